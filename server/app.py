@@ -1,0 +1,107 @@
+"""Build and run the gRPC server: ``create_server(config)`` and the ``serve`` loop with its drain.
+
+Drain (DESIGN.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
+UNAVAILABLE, open streams get ``drain_seconds`` to finish, then end with UNAVAILABLE "server
+shutting down", and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
+from server.auth import AuthInterceptor
+from server.config import ServerConfig
+from server.servicers import EnhancerServicer, StreamRegistry
+from server.store import Store
+
+__all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
+
+log = logging.getLogger("hushwire.server")
+
+ENHANCER_SERVICE = enhancer_pb2.DESCRIPTOR.services_by_name["Enhancer"].full_name
+HEALTH_SERVICES = ("", ENHANCER_SERVICE)
+# The contract's largest chunk is 1 s of 8-channel float32 at 48 kHz (1.5 MB); grpc's default
+# 4 MiB receive limit stays, so an oversized message is refused by grpc (RESOURCE_EXHAUSTED).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Server:
+    """A started server and the parts a drain needs."""
+
+    grpc_server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    registry: StreamRegistry
+    store: Store
+    draining: bool = False
+
+    async def drain(self, seconds: float) -> None:
+        self.draining = True
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        open_streams = len(self.registry.tasks)
+        if open_streams:
+            log.info("draining: %d open stream(s), waiting up to %.1f s", open_streams, seconds)
+            if not await self.registry.wait_idle(seconds):
+                log.info("drain time over: ending %d stream(s)", len(self.registry.tasks))
+                self.registry.end_all()
+                await self.registry.wait_idle(5.0)
+        await self.grpc_server.stop(grace=1.0)
+        self.store.close()
+
+
+async def create_server(config: ServerConfig) -> Server:
+    """Create, bind and start the server; health is SERVING when this returns."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.sqlite_path)
+    registry = StreamRegistry()
+    holder: dict[str, Server] = {}
+    interceptor = AuthInterceptor(store, is_draining=lambda: holder["server"].draining)
+    grpc_server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry), grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (ENHANCER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        grpc_server,
+    )
+    host = config.host
+    address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
+    port = grpc_server.add_insecure_port(address)
+    await grpc_server.start()
+    for name in HEALTH_SERVICES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server = Server(grpc_server, port, health_servicer, registry, store)
+    holder["server"] = server
+    return server
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, drain, and return the exit status (0)."""
+    server = await create_server(config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    log.info("listening on %s:%d", host, server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1f s", config.drain_seconds)
+    await server.drain(config.drain_seconds)
+    log.info("stopped")
+    return 0

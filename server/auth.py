@@ -1,0 +1,119 @@
+"""API-key check for every RPC, streaming ones included, in one server interceptor.
+
+The key comes in metadata ``authorization`` as the raw key or ``Bearer <key>``. Health checking
+and reflection are open. The caller's :class:`~server.store.Principal` reaches the servicer
+through :func:`current_principal` (a context variable set in the same task as the handler).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from server.errors import ERRORS, trailing_metadata
+from server.store import Principal, Store
+
+__all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal", "key_from_metadata"]
+
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being served (only valid inside a handler)."""
+    p = _principal.get()
+    if p is None:  # the interceptor always sets it for a non-open RPC
+        raise RuntimeError("no authenticated principal in this context")
+    return p
+
+
+def key_from_metadata(metadata: Any) -> str | None:
+    for k, v in metadata or ():
+        if k == "authorization":
+            v = v.decode() if isinstance(v, bytes) else v
+            v = v.strip()
+            if v[:7].lower() == "bearer ":
+                v = v[7:].strip()
+            return v or None
+    return None
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: str, msg: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that ends the call with the error ``code``."""
+    spec = ERRORS[code]
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(spec.grpc_status, msg, trailing_metadata=trailing_metadata(code))
+
+    return _same_kind(handler, refuse)
+
+
+def _same_kind(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
+    """Wrap the handler's behaviour so it runs with ``principal`` set in its own task."""
+    behavior = (
+        handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+    )
+    if inspect.isasyncgenfunction(behavior):
+
+        async def gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _principal.set(principal)
+            async for item in behavior(request, context):
+                yield item
+
+        return _same_kind(handler, gen)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _principal.set(principal)
+        return await behavior(request, context)
+
+    return _same_kind(handler, call)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid key (UNAUTHENTICATED) and, while draining, new calls (UNAVAILABLE)."""
+
+    def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False) -> None:
+        self._store = store
+        self._is_draining = is_draining
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_SERVICES):
+            return handler
+        if self._is_draining():
+            return _refusal(handler, "SERVICE_UNAVAILABLE", "server shutting down")
+        key = key_from_metadata(handler_call_details.invocation_metadata)
+        principal = self._store.authenticate(key) if key else None
+        if principal is None:
+            return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg)
+        return _with_principal(handler, principal)

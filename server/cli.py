@@ -1,0 +1,242 @@
+"""The one command-line entry point: ``hushwire serve | keys | enhance | denoise | config``.
+
+Each subcommand resolves its settings through :mod:`server.config` (flag > environment >
+config file > default) and imports only what it needs, so ``hushwire denoise`` never loads grpc.
+Errors a user can fix are printed as one line on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server.config import SETTINGS, ClientConfig, ConfigError, ServerConfig, resolve
+
+__all__ = ["main"]
+
+_STORE_SETTINGS = ["data_dir", "database_url", "blob_url"]
+_SERVER_SETTINGS = [
+    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "log_level", "log_format",
+    "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user", "max_upload_bytes",
+    "max_upload_seconds", "lease_seconds", "metrics_port", "workers",
+]
+_CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Add the flag for setting ``name``; its default is None so resolve() can tell it was not given."""
+    s = SETTINGS[name]
+    help_ = kw.pop("help", "")
+    env = f" [env {s.env}]" if s.env else ""
+    default = s.default if not callable(s.default) else "see docs"
+    parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                        help=f"{help_}{env} (default: {default})", **kw)
+
+
+def _common(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    parser.add_argument("--config", default=None, help="TOML config file [env HUSHWIRE_CONFIG]")
+    for name in names:
+        _flag(parser, name)
+
+
+def _settings(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    flags = {n: getattr(args, n, None) for n in names}
+    return resolve(names, flags, config_file=getattr(args, "config", None))
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**_settings(args, _SERVER_SETTINGS))
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig(**_settings(args, _CLIENT_SETTINGS))
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.app import serve
+    from server.logs import setup_logging
+
+    config = _server_config(args)
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(serve(config))
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from server.store import Store
+
+    config = ServerConfig(**_settings(args, _STORE_SETTINGS))
+    return Store(config.sqlite_path)
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from server.store import StoreError
+
+    store = _open_store(args)
+    try:
+        if args.keys_cmd == "create":
+            if args.user is not None:
+                name = store.user_name(args.user)
+                if name is None:
+                    raise UsageError(f"no user with uid {args.user}")
+                uid = args.user
+            else:
+                name = args.name or "default"
+                uid = store.create_user(name)
+            key_id, key = store.create_key(uid)
+            print(f"key_id={key_id} uid={uid} name={name}", file=sys.stderr)
+            print(key)
+        elif args.keys_cmd == "list":
+            print(f"{'key_id':>6}  {'uid':>5}  {'name':<20}  {'created (UTC)':<20}  status")
+            for k in store.list_keys():
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created_at))
+                status = "revoked" if k.revoked_at else "active"
+                print(f"{k.key_id:>6}  {k.uid:>5}  {k.name:<20}  {created:<20}  {status}")
+        elif args.keys_cmd == "revoke":
+            store.revoke_key(args.key_id)
+            print(f"revoked key_id={args.key_id}", file=sys.stderr)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    return 0
+
+
+# -- enhance (through the server) and denoise (local) -------------------------------------------
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from client.errors import HushwireClientError
+    from client.files import from_stream_rate, read_audio, to_stream_rate, write_like
+    from client.stream import EnhancerClient
+
+    cfg = _client_config(args)
+    audio = _read(args.input, read_audio)
+    x, rate = to_stream_rate(audio.samples, audio.sample_rate)
+    try:
+        with EnhancerClient(cfg.target, cfg.key, connect_timeout=cfg.connect_timeout) as client:
+            y = client.enhance(x, rate, chunk_ms=args.chunk_ms, realtime=args.realtime,
+                               attenuation_limit_db=args.attenuation_limit)
+    except HushwireClientError as exc:
+        raise UsageError(str(exc)) from None
+    write_like(args.output, from_stream_rate(y, rate, audio.sample_rate, audio.samples.shape[0]), audio)
+    return 0
+
+
+def _read(path: str, reader: Any) -> Any:
+    import soundfile as sf
+
+    try:
+        return reader(path)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise UsageError(f"cannot read audio file {path}: {exc}") from None
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from client.files import from_stream_rate, read_audio, to_stream_rate, write_like
+    from server.dsp import Denoiser
+
+    audio = _read(args.input, read_audio)
+    x, rate = to_stream_rate(audio.samples, audio.sample_rate)
+    d = Denoiser(rate, x.shape[1], args.attenuation_limit)
+    block = rate  # 1 s at a time keeps memory flat for long files
+    parts = [d.process(x[i : i + block]) for i in range(0, x.shape[0], block)]
+    parts.append(d.flush())
+    y = np.concatenate(parts)
+    if args.no_align:
+        frames = x.shape[0] + d.latency_samples
+        if rate != audio.sample_rate:
+            frames = int(round(frames * audio.sample_rate / rate))
+        write_like(args.output, from_stream_rate(y, rate, audio.sample_rate, frames), audio)
+    else:
+        y = y[d.latency_samples :]
+        write_like(args.output, from_stream_rate(y, rate, audio.sample_rate, audio.samples.shape[0]), audio)
+    return 0
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    values = _settings(args, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
+                              *_CLIENT_SETTINGS])
+    for name, value in values.items():
+        if name == "key" and value:
+            value = "(set)"
+        print(f"{name} = {value}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hushwire", description="Self-hostable speech enhancement.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    _common(serve, _SERVER_SETTINGS)
+    serve.set_defaults(func=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage users and API keys")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = ksub.add_parser("create", help="create a key (a new user, or --user UID for rotation)")
+    create.add_argument("--name", help="name of the new user")
+    create.add_argument("--user", type=int, help="add the key to this existing user (uid)")
+    lst = ksub.add_parser("list", help="list keys (never shows the keys themselves)")
+    revoke = ksub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key_id", type=int)
+    for k in (create, lst, revoke):
+        _common(k, _STORE_SETTINGS)
+    keys.set_defaults(func=_cmd_keys)
+
+    enhance = sub.add_parser("enhance", help="denoise a file through the server's live stream")
+    enhance.add_argument("input")
+    enhance.add_argument("output")
+    enhance.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length sent (default 20)")
+    enhance.add_argument("--realtime", action="store_true", help="pace the chunks at real time")
+    enhance.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
+    _common(enhance, _CLIENT_SETTINGS)
+    enhance.set_defaults(func=_cmd_enhance)
+
+    denoise = sub.add_parser("denoise", help="denoise a file locally, no server")
+    denoise.add_argument("input")
+    denoise.add_argument("output")
+    denoise.add_argument("--no-align", action="store_true", help="keep the algorithmic delay in the output")
+    denoise.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
+    denoise.set_defaults(func=_cmd_denoise)
+
+    config = sub.add_parser("config", help="print the resolved settings")
+    _common(config, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
+                     *_CLIENT_SETTINGS])
+    config.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UsageError, ConfigError) as exc:
+        print(f"hushwire: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Settings: command-line flags, environment, config file and defaults, resolved in one place.
+
+Precedence is flag > environment > TOML config file > default (DESIGN.md, "Command line and
+configuration"). This is the only module that reads ``os.environ``; everything else receives a
+typed config object.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ClientConfig",
+    "ConfigError",
+    "SETTINGS",
+    "ServerConfig",
+    "Setting",
+    "default_data_dir",
+    "resolve",
+]
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used (bad number, unreadable config file)."""
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hushwire"
+
+
+def _size(text: str | int | float) -> int:
+    """Parse a byte size: 200000, "200 MB", "10GB", "512KiB"."""
+    if isinstance(text, int | float):
+        return int(text)
+    s = text.strip().upper().replace(" ", "")
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+             "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1}
+    for suffix, factor in units.items():
+        if s.endswith(suffix):
+            return int(float(s[: -len(suffix)]) * factor)
+    return int(float(s))
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of DESIGN.md's settings table."""
+
+    name: str                      # attribute name and argparse dest
+    env: str | None                # environment variable
+    toml: str | None               # dotted TOML key
+    default: Any                   # default, or a callable(env) -> default
+    parse: Callable[[Any], Any] = str
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("data_dir", "HUSHWIRE_DATA_DIR", "data_dir", default_data_dir, Path),
+        Setting("host", "HUSHWIRE_HOST", "server.host", "127.0.0.1"),
+        Setting("port", "HUSHWIRE_PORT", "server.port", 50051, int),
+        Setting("gateway_host", "HUSHWIRE_GATEWAY_HOST", "gateway.host", "127.0.0.1"),
+        Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
+        Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
+        Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
+        Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
+        Setting("key", "HUSHWIRE_API_KEY", None, None),
+        Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
+        Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
+        Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
+        Setting("signing_secret_file", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
+        Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
+        Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
+        Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
+        Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
+                "limits.max_streams_per_user", 256, int),
+        Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
+                "limits.max_queued_jobs_per_user", 100, int),
+        Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
+                "limits.max_bytes_per_day_per_user", "10 GB", _size),
+        Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
+        Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
+                7200.0, float),
+        Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
+        Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
+        Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, int),
+    ]
+}
+
+
+def _toml_lookup(doc: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _load_toml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def resolve(
+    names: list[str],
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Resolve the named settings: a flag that was given wins, then the environment, then the
+    TOML file (``--config`` or ``HUSHWIRE_CONFIG``), then the default."""
+    env = dict(os.environ) if env is None else dict(env)
+    flags = flags or {}
+    doc = _load_toml(config_file or env.get("HUSHWIRE_CONFIG"))
+    out: dict[str, Any] = {}
+    for name in names:
+        s = SETTINGS[name]
+        raw: Any = flags.get(name)
+        where = f"--{name.replace('_', '-')}"
+        if raw is None and s.env and env.get(s.env) not in (None, ""):
+            raw, where = env[s.env], s.env
+        if raw is None and s.toml:
+            raw, where = _toml_lookup(doc, s.toml), s.toml
+        if raw is None:
+            out[name] = s.default(env) if callable(s.default) else s.default
+            if out[name] is not None and s.parse is not str:
+                out[name] = s.parse(out[name])
+            continue
+        try:
+            out[name] = s.parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: cannot use {raw!r} ({exc})") from exc
+    return out
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``create_server`` needs. Built by the CLI from :func:`resolve`."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    drain_seconds: float = 10.0
+    database_url: str | None = None
+    blob_url: str | None = None
+    signing_secret_file: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    max_streams_per_user: int = 256
+    max_queued_jobs_per_user: int = 100
+    max_bytes_per_day_per_user: int = 10 * 1000**3
+    max_upload_bytes: int = 200 * 1000**2
+    max_upload_seconds: float = 7200.0
+    lease_seconds: float = 30.0
+    metrics_port: int | None = None
+    workers: int | None = None
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file: ``sqlite:///path`` from the database URL, else ``data_dir/hushwire.db``."""
+        url = self.database_url
+        if not url:
+            return self.data_dir / "hushwire.db"
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite://"):])  # sqlite:///var/lib/x.db -> /var/lib/x.db
+        raise ConfigError(f"unsupported database URL {url!r}: only sqlite:///PATH is built in")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What a client command needs to reach the server."""
+
+    target: str = "127.0.0.1:50051"
+    key: str | None = None
+    connect_timeout: float = 10.0

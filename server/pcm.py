@@ -1,0 +1,36 @@
+"""The stream's sample encodings: interleaved little-endian PCM16 or float32 bytes <-> float32 frames.
+
+Pure numpy (no grpc), shared by the server and the client library so both ends agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BYTES_PER_SAMPLE", "PCM16", "FLOAT32", "decode", "encode"]
+
+PCM16 = 1    # SampleEncoding.SAMPLE_ENCODING_PCM16
+FLOAT32 = 2  # SampleEncoding.SAMPLE_ENCODING_FLOAT32
+BYTES_PER_SAMPLE = {PCM16: 2, FLOAT32: 4}
+_PCM16_SCALE = 32768.0
+
+
+def decode(data: bytes, encoding: int, channels: int) -> np.ndarray:
+    """Bytes -> float32 array of shape (frames, channels). ``data`` must hold whole frames."""
+    if encoding == PCM16:
+        x = np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(_PCM16_SCALE)
+    elif encoding == FLOAT32:
+        x = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    else:
+        raise ValueError(f"unsupported encoding {encoding}")
+    return x.reshape(-1, channels)
+
+
+def encode(x: np.ndarray, encoding: int) -> bytes:
+    """Float frames (frames, channels) -> interleaved bytes. PCM16 rounds and saturates, never wraps."""
+    if encoding == PCM16:
+        y = np.clip(np.rint(np.asarray(x, dtype=np.float32) * np.float32(_PCM16_SCALE)), -32768, 32767)
+        return y.astype("<i2").tobytes()
+    if encoding == FLOAT32:
+        return np.ascontiguousarray(x, dtype="<f4").tobytes()
+    raise ValueError(f"unsupported encoding {encoding}")
