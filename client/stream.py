@@ -17,9 +17,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 
 __all__ = ["AsyncEnhancerClient", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]
@@ -110,6 +111,24 @@ def _aligned(outputs: list[np.ndarray], delay: int, frames: int, channels: int) 
     return y
 
 
+_HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="hushwire.v1.Enhancer")
+
+
+def _unreachable(target: str, timeout: float, err: grpc.RpcError) -> HushwireClientError:
+    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        return HushwireClientError(
+            grpc.StatusCode.UNAVAILABLE, None, f"cannot reach the hushwire server at {target} within {timeout:g} s"
+        )
+    return from_rpc_error(err)
+
+
+def _check_serving(resp: health_pb2.HealthCheckResponse, target: str) -> None:
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        raise HushwireClientError(
+            grpc.StatusCode.UNAVAILABLE, None, f"the hushwire server at {target} is not serving (shutting down?)"
+        )
+
+
 def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", key),) if key else ()
 
@@ -149,6 +168,7 @@ class EnhancerClient:
         self.connect_timeout = connect_timeout
         self._channel = grpc.insecure_channel(target)
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -160,14 +180,13 @@ class EnhancerClient:
         self._channel.close()
 
     def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the server answers its health check as SERVING, up to ``connect_timeout``."""
         timeout = self.connect_timeout if timeout is None else timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise HushwireClientError(
-                grpc.StatusCode.UNAVAILABLE, None,
-                f"cannot reach the hushwire server at {self.target} within {timeout:g} s",
-            ) from None
+            resp = self._health.Check(_HEALTH_REQUEST, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise _unreachable(self.target, timeout, err) from None
+        _check_serving(resp, self.target)
 
     def stream(
         self, items: Iterable[np.ndarray | Update], sample_rate: int, channels: int = 1, *,
@@ -216,6 +235,7 @@ class AsyncEnhancerClient:
         self.connect_timeout = connect_timeout
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self
@@ -227,14 +247,13 @@ class AsyncEnhancerClient:
         await self._channel.close()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the server answers its health check as SERVING, up to ``connect_timeout``."""
         timeout = self.connect_timeout if timeout is None else timeout
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        except TimeoutError:
-            raise HushwireClientError(
-                grpc.StatusCode.UNAVAILABLE, None,
-                f"cannot reach the hushwire server at {self.target} within {timeout:g} s",
-            ) from None
+            resp = await self._health.Check(_HEALTH_REQUEST, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise _unreachable(self.target, timeout, err) from None
+        _check_serving(resp, self.target)
 
     async def stream(
         self, items: AsyncIterable[np.ndarray | Update] | Iterable[np.ndarray | Update], sample_rate: int,
@@ -263,7 +282,7 @@ class AsyncEnhancerClient:
 
         async def outputs() -> AsyncIterator[StreamOutput]:
             try:
-                async for r in call:
+                while (r := await call.read()) is not grpc.aio.EOF:
                     yield StreamOutput(pcm.decode(r.audio, enc, channels), r.voice_probability)
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from None

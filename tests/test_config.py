@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, ServerConfig, default_data_dir, resolve
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "hushwire.toml"
+    cfg.write_text('[server]\nport = 6000\nhost = "::1"\ndrain_seconds = 3\n[limits]\nmax_upload_bytes = "5 MB"\n')
+    env = {"HUSHWIRE_PORT": "7000"}
+    names = ["port", "host", "drain_seconds", "max_upload_bytes", "log_level"]
+    out = resolve(names, {"port": None}, env=env, config_file=cfg)
+    assert out == {"port": 7000, "host": "::1", "drain_seconds": 3.0, "max_upload_bytes": 5_000_000,
+                   "log_level": "info"}
+    out = resolve(names, {"port": "8000"}, env=env, config_file=cfg)
+    assert out["port"] == 8000
+    out = resolve(names, {}, env={}, config_file=None)
+    assert out["port"] == 50051 and out["host"] == "127.0.0.1" and out["max_upload_bytes"] == 200_000_000
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data_dir = "/srv/hw"\n')
+    assert resolve(["data_dir"], {}, env={"HUSHWIRE_CONFIG": str(cfg)})["data_dir"] == Path("/srv/hw")
+
+
+def test_default_data_dir_follows_xdg() -> None:
+    assert default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/hushwire")
+    assert resolve(["data_dir"], {}, env={"XDG_DATA_HOME": "/y"})["data_dir"] == Path("/y/hushwire")
+
+
+def test_bad_values_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="HUSHWIRE_PORT"):
+        resolve(["port"], {}, env={"HUSHWIRE_PORT": "eighty"})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve(["port"], {}, env={}, config_file=bad)
+
+
+def test_sqlite_url() -> None:
+    assert ServerConfig(data_dir=Path("/d")).sqlite_path == Path("/d/hushwire.db")
+    assert ServerConfig(data_dir=Path("/d"), database_url="sqlite:///var/x.db").sqlite_path == Path("/var/x.db")
+    with pytest.raises(ConfigError):
+        _ = ServerConfig(data_dir=Path("/d"), database_url="mysql://h/db").sqlite_path
