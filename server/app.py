@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
+
 from server.auth import AuthInterceptor
 from server.config import ServerConfig
 from server.servicers import EnhancerServicer, StreamRegistry

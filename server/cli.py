@@ -11,7 +11,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from server.config import SETTINGS, ClientConfig, ConfigError, ServerConfig, resolve

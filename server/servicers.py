@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
+
 from server.auth import current_principal
 from server.errors import HushwireError, abort_with
 from server.streams import StreamSession
