@@ -1,0 +1,175 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATUS_UNSPECIFIED: _ClassVar[JobStatus]
+    JOB_STATUS_PENDING: _ClassVar[JobStatus]
+    JOB_STATUS_PRE_PROCESSING: _ClassVar[JobStatus]
+    JOB_STATUS_PROCESSING: _ClassVar[JobStatus]
+    JOB_STATUS_POST_PROCESSING: _ClassVar[JobStatus]
+    JOB_STATUS_COMPLETED: _ClassVar[JobStatus]
+    JOB_STATUS_FAILED: _ClassVar[JobStatus]
+JOB_STATUS_UNSPECIFIED: JobStatus
+JOB_STATUS_PENDING: JobStatus
+JOB_STATUS_PRE_PROCESSING: JobStatus
+JOB_STATUS_PROCESSING: JobStatus
+JOB_STATUS_POST_PROCESSING: JobStatus
+JOB_STATUS_COMPLETED: JobStatus
+JOB_STATUS_FAILED: JobStatus
+
+class JobOptions(_message.Message):
+    __slots__ = ("attenuation_limit_db",)
+    ATTENUATION_LIMIT_DB_FIELD_NUMBER: _ClassVar[int]
+    attenuation_limit_db: float
+    def __init__(self, attenuation_limit_db: _Optional[float] = ...) -> None: ...
+
+class JobSpec(_message.Message):
+    __slots__ = ("file_name", "file_key", "options", "hold", "size_hint_bytes")
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_HINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    file_name: str
+    file_key: str
+    options: JobOptions
+    hold: bool
+    size_hint_bytes: int
+    def __init__(self, file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., hold: _Optional[bool] = ..., size_hint_bytes: _Optional[int] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("spec", "chunk")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    chunk: bytes
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("code", "msg")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MSG_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    msg: str
+    def __init__(self, code: _Optional[str] = ..., msg: _Optional[str] = ...) -> None: ...
+
+class ResultLink(_message.Message):
+    __slots__ = ("expires", "sig", "token")
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    SIG_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    expires: int
+    sig: str
+    token: str
+    def __init__(self, expires: _Optional[int] = ..., sig: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "status", "progress", "file_name", "file_key", "uid", "billed_time", "timestamp", "mod_time", "model", "error", "result", "sample_rate_hz", "channels", "duration_seconds", "format", "options", "held")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_KEY_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    BILLED_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    MOD_TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    status: JobStatus
+    progress: float
+    file_name: str
+    file_key: str
+    uid: int
+    billed_time: float
+    timestamp: int
+    mod_time: int
+    model: str
+    error: JobError
+    result: ResultLink
+    sample_rate_hz: int
+    channels: int
+    duration_seconds: float
+    format: str
+    options: JobOptions
+    held: bool
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., uid: _Optional[int] = ..., billed_time: _Optional[float] = ..., timestamp: _Optional[int] = ..., mod_time: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[ResultLink, _Mapping]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., format: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., held: _Optional[bool] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StartJobRequest(_message.Message):
+    __slots__ = ("job_id", "options")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    options: JobOptions
+    def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
+
+class DownloadResultRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ResultInfo(_message.Message):
+    __slots__ = ("file_name", "content_type", "size_bytes")
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    file_name: str
+    content_type: str
+    size_bytes: int
+    def __init__(self, file_name: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class DownloadResultResponse(_message.Message):
+    __slots__ = ("info", "chunk")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    info: ResultInfo
+    chunk: bytes
+    def __init__(self, info: _Optional[_Union[ResultInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
