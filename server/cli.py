@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from server.config import SETTINGS, ClientConfig, ConfigError, ServerConfig, resolve
+from server.config import SETTINGS, ClientConfig, ConfigError, GatewayConfig, ServerConfig, resolve
 
 __all__ = ["main"]
 
@@ -24,6 +24,8 @@ _SERVER_SETTINGS = [
     "max_upload_seconds", "lease_seconds", "metrics_port", "workers",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
+_GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
+                     "connect_timeout", "max_upload_bytes"]
 
 
 class UsageError(Exception):
@@ -71,6 +73,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _server_config(args)
     setup_logging(config.log_level, config.log_format)
     return asyncio.run(serve(config))
+
+
+# -- gateway ---------------------------------------------------------------------------------------
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.app import run
+    from server.logs import setup_logging
+
+    flags = {n: getattr(args, n, None) for n in _GATEWAY_SETTINGS}
+    flags["gateway_host"] = args.host
+    flags["gateway_port"] = args.port
+    config = GatewayConfig(**resolve(_GATEWAY_SETTINGS, flags, config_file=args.config))
+    setup_logging(config.log_level, config.log_format)
+    return run(config)
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -190,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     _common(serve, _SERVER_SETTINGS)
     serve.set_defaults(func=_cmd_serve)
+
+    gw = sub.add_parser("gateway", help="run the HTTP gateway (DeepHearing-compatible REST)")
+    gw.add_argument("--config", default=None, help="TOML config file [env HUSHWIRE_CONFIG]")
+    gw.add_argument("--host", default=None, help="listen host [env HUSHWIRE_GATEWAY_HOST] (default: 127.0.0.1)")
+    gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
+    for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes"):
+        _flag(gw, name)
+    gw.set_defaults(func=_cmd_gateway)
 
     keys = sub.add_parser("keys", help="manage users and API keys")
     ksub = keys.add_subparsers(dest="keys_cmd", required=True)

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "ClientConfig",
     "ConfigError",
+    "GatewayConfig",
     "SETTINGS",
     "ServerConfig",
     "Setting",
@@ -184,6 +185,20 @@ class ServerConfig:
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite://"):])  # sqlite:///var/lib/x.db -> /var/lib/x.db
         raise ConfigError(f"unsupported database URL {url!r}: only sqlite:///PATH is built in")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs. ``public_url`` defaults to ``http://host:port``."""
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    grpc_target: str = "127.0.0.1:50051"
+    public_url: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    connect_timeout: float = 10.0
+    max_upload_bytes: int = 200 * 1000**2
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,17 @@ class DownloadResultResponse(_message.Message):
     info: ResultInfo
     chunk: bytes
     def __init__(self, info: _Optional[_Union[ResultInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("uid", "name", "key_id")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    name: str
+    key_id: int
+    def __init__(self, uid: _Optional[int] = ..., name: _Optional[str] = ..., key_id: _Optional[int] = ...) -> None: ...

@@ -319,3 +319,78 @@ class Jobs:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AccountStub:
+    """Who the caller's key belongs to (the web console and `GET /me` use it to check a key).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WhoAmI = channel.unary_unary(
+                '/hushwire.v1.Account/WhoAmI',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+
+
+class AccountServicer:
+    """Who the caller's key belongs to (the web console and `GET /me` use it to check a key).
+    """
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AccountServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'hushwire.v1.Account', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('hushwire.v1.Account', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Account:
+    """Who the caller's key belongs to (the web console and `GET /me` use it to check a key).
+    """
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Account/WhoAmI',
+            hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
