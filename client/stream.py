@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 
 __all__ = ["AsyncEnhancerClient", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]

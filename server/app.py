@@ -2,7 +2,7 @@
 
 Drain (DESIGN.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
 UNAVAILABLE, open streams get ``drain_seconds`` to finish, then end with UNAVAILABLE "server
-shutting down", and the process exits 0.
+shutting down", in-flight jobs are requeued, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.auth import AuthInterceptor
+from server.blobs import LocalBlobs
 from server.config import ServerConfig
-from server.servicers import EnhancerServicer, StreamRegistry
+from server.jobs import JobRunner
+from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
+from server.signing import Signer, load_secret
 from server.store import Store
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
@@ -27,7 +30,9 @@ __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
 log = logging.getLogger("hushwire.server")
 
 ENHANCER_SERVICE = enhancer_pb2.DESCRIPTOR.services_by_name["Enhancer"].full_name
-HEALTH_SERVICES = ("", ENHANCER_SERVICE)
+JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
+ACCOUNT_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Account"].full_name
+HEALTH_SERVICES = ("", ENHANCER_SERVICE, JOBS_SERVICE)
 # The contract's largest chunk is 1 s of 8-channel float32 at 48 kHz (1.5 MB); grpc's default
 # 4 MiB receive limit stays, so an oversized message is refused by grpc (RESOURCE_EXHAUSTED).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -42,6 +47,7 @@ class Server:
     health: health.aio.HealthServicer
     registry: StreamRegistry
     store: Store
+    runner: JobRunner
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
@@ -55,6 +61,7 @@ class Server:
                 log.info("drain time over: ending %d stream(s)", len(self.registry.tasks))
                 self.registry.end_all()
                 await self.registry.wait_idle(5.0)
+        await self.runner.stop()
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
 
@@ -63,6 +70,10 @@ async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.sqlite_path)
+    blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
+    signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
+    runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds)
+    limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user)
     registry = StreamRegistry()
     holder: dict[str, Server] = {}
     interceptor = AuthInterceptor(store, is_draining=lambda: holder["server"].draining)
@@ -74,19 +85,23 @@ async def create_server(config: ServerConfig) -> Server:
         ],
     )
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry), grpc_server)
+    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
+    jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
-        (ENHANCER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
         grpc_server,
     )
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     port = grpc_server.add_insecure_port(address)
+    await runner.start()
     await grpc_server.start()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server = Server(grpc_server, port, health_servicer, registry, store)
+    server = Server(grpc_server, port, health_servicer, registry, store, runner)
     holder["server"] = server
     return server
 

@@ -17,13 +17,18 @@ import grpc
 from server.errors import ERRORS, trailing_metadata
 from server.store import Principal, Store
 
-__all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal", "key_from_metadata"]
+__all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
+           "maybe_principal"]
 
 OPEN_SERVICES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+# DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
+TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
+RESULT_TOKEN_KEY = "hushwire-result-token"
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
@@ -34,6 +39,11 @@ def current_principal() -> Principal:
     if p is None:  # the interceptor always sets it for a non-open RPC
         raise RuntimeError("no authenticated principal in this context")
     return p
+
+
+def maybe_principal() -> Principal | None:
+    """The caller, or None on a token-authorised call (DownloadResult with a result token)."""
+    return _principal.get()
 
 
 def key_from_metadata(metadata: Any) -> str | None:
@@ -112,8 +122,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._is_draining():
             return _refusal(handler, "SERVICE_UNAVAILABLE", "server shutting down")
-        key = key_from_metadata(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata
+        key = key_from_metadata(metadata)
         principal = self._store.authenticate(key) if key else None
+        if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):
+            return handler  # the servicer checks the token
         if principal is None:
             return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg)
         return _with_principal(handler, principal)

@@ -19,7 +19,8 @@ __all__ = ["main"]
 
 _STORE_SETTINGS = ["data_dir", "database_url", "blob_url"]
 _SERVER_SETTINGS = [
-    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "log_level", "log_format",
+    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
+    "log_format",
     "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user", "max_upload_bytes",
     "max_upload_seconds", "lease_seconds", "metrics_port", "workers",
 ]
@@ -194,7 +195,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     values = _settings(args, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
                               *_CLIENT_SETTINGS])
     for name, value in values.items():
-        if name == "key" and value:
+        if name in ("key", "signing_secret") and value:
             value = "(set)"
         print(f"{name} = {value}")
     return 0
@@ -205,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC server")
-    _common(serve, _SERVER_SETTINGS)
+    _common(serve, [n for n in _SERVER_SETTINGS if n != "signing_secret"])  # the secret itself: env or file only
     serve.set_defaults(func=_cmd_serve)
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway (DeepHearing-compatible REST)")

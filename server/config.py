@@ -81,7 +81,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
-        Setting("signing_secret_file", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
+        # The flag names a file holding the secret; the environment and TOML give the secret itself.
+        Setting("signing_secret_file", None, None, None),
+        Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
@@ -165,6 +167,7 @@ class ServerConfig:
     database_url: str | None = None
     blob_url: str | None = None
     signing_secret_file: str | None = None
+    signing_secret: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256

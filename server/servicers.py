@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
-from server.auth import current_principal
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from server import store as store_mod
+from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
+from server.blobs import LocalBlobs
 from server.errors import HushwireError, abort_with
+from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
+from server.signing import Signer
+from server.store import JobRow, Store
 from server.streams import StreamSession
 
-__all__ = ["EnhancerServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -130,3 +137,228 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             raise HushwireError(
                 "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
             ) from None
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+_STATUS = {
+    store_mod.PENDING: jobs_pb2.JOB_STATUS_PENDING,
+    store_mod.PRE_PROCESSING: jobs_pb2.JOB_STATUS_PRE_PROCESSING,
+    store_mod.PROCESSING: jobs_pb2.JOB_STATUS_PROCESSING,
+    store_mod.POST_PROCESSING: jobs_pb2.JOB_STATUS_POST_PROCESSING,
+    store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
+    store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
+}
+MAX_FILE_NAME_CHARS = 255
+MAX_FILE_KEY_CHARS = 256
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+
+
+def _clean_name(name: str, limit: int) -> str:
+    """Keep a display name harmless: no path, no control characters, bounded length."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())
+    return name[:limit]
+
+
+def _options_limit(options: jobs_pb2.JobOptions) -> float | None:
+    if not options.HasField("attenuation_limit_db"):
+        return None
+    db = options.attenuation_limit_db
+    if not math.isfinite(db) or db < 0:
+        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
+    return float(db)
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    max_upload_bytes: int
+    max_upload_seconds: float
+    max_queued_jobs_per_user: int
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, store: Store, blobs: LocalBlobs, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._runner = runner
+        self._signer = signer
+        self._limits = limits
+
+    def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
+        msg = jobs_pb2.Job(
+            job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
+            file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
+            mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
+            sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
+            duration_seconds=job.frames / job.sample_rate, format=job.format,
+        )
+        if job.attenuation_limit_db is not None:
+            msg.options.attenuation_limit_db = job.attenuation_limit_db
+        if job.status == store_mod.FAILED:
+            msg.error.code = job.error_code or "INTERNAL"
+            msg.error.msg = job.error_msg or ""
+        if job.status == store_mod.COMPLETED:
+            expires, sig = self._signer.sign(job.job_id)
+            msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
+        return msg
+
+    def _own_job(self, job_id: str) -> JobRow:
+        job = self._store.get_job(job_id) if len(job_id) <= 64 else None
+        if job is None or job.uid != current_principal().uid:
+            raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+        return job
+
+    async def SubmitJob(  # noqa: N802
+        self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobRequest], context: grpc.aio.ServicerContext,
+    ) -> jobs_pb2.Job:
+        try:
+            return await self._submit(context)
+        except HushwireError as err:
+            await abort_with(context, err)
+            raise AssertionError("unreachable") from None
+
+    async def _submit(self, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        principal = current_principal()
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("msg") != "spec":
+            raise HushwireError("INVALID_REQUEST", "the first message must be the JobSpec")
+        spec = first.spec
+        limit_db = _options_limit(spec.options)
+        if spec.size_hint_bytes > self._limits.max_upload_bytes:
+            raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
+                                f"{self._limits.max_upload_bytes} bytes")
+        if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
+            raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
+                                "per user; wait for some to finish")
+        job_id = new_job_id()
+        upload_blob = f"uploads/{job_id}"
+        tmp = self._blobs.temp_path(upload_blob)
+        try:
+            size = 0
+            with open(tmp, "wb") as f:
+                while (req := await context.read()) is not grpc.aio.EOF:
+                    if req.WhichOneof("msg") != "chunk":
+                        raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
+                    size += len(req.chunk)
+                    if size > self._limits.max_upload_bytes:
+                        raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
+                                            f"{self._limits.max_upload_bytes} bytes")
+                    f.write(req.chunk)
+            info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
+            await asyncio.to_thread(self._blobs.commit, tmp, upload_blob)
+        finally:
+            tmp.unlink(missing_ok=True)
+        now = time.time()
+        job = JobRow(
+            job_id=job_id, uid=principal.uid, key_id=principal.key_id, status=store_mod.PENDING, progress=0.0,
+            held=spec.hold, file_name=_clean_name(spec.file_name, MAX_FILE_NAME_CHARS) or "audio",
+            file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
+            created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
+            channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
+        )
+        try:
+            self._store.create_job(job)
+        except BaseException:
+            self._blobs.delete(upload_blob)
+            raise
+        self._store.record_upload(principal.key_id, principal.uid, size)
+        log.info("job %s submitted uid=%d file=%r bytes=%d held=%s", job_id, principal.uid, job.file_name, size,
+                 job.held)
+        if not job.held:
+            self._runner.poke()
+        return self._to_proto(job)
+
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
+        try:
+            return self._to_proto(self._own_job(request.job_id))
+        except HushwireError as err:
+            await abort_with(context, err)
+            raise AssertionError("unreachable") from None
+
+    async def ListJobs(  # noqa: N802
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        before = None
+        if request.page_token:
+            created, _, job_id = request.page_token.partition(":")
+            try:
+                before = (float(created), job_id)
+            except ValueError:
+                await abort_with(context, HushwireError("INVALID_REQUEST", "bad page_token"))
+        rows = self._store.list_jobs(current_principal().uid, size + 1, before)
+        resp = jobs_pb2.ListJobsResponse(jobs=[self._to_proto(j) for j in rows[:size]])
+        if len(rows) > size:
+            last = rows[size - 1]
+            resp.next_page_token = f"{last.created_at!r}:{last.job_id}"
+        return resp
+
+    async def CancelJob(  # noqa: N802
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        try:
+            job = self._own_job(request.job_id)
+        except HushwireError as err:
+            await abort_with(context, err)
+            raise AssertionError("unreachable") from None
+        deleted = self._store.delete_job(job.job_id)
+        if deleted is not None:  # a running worker sees its lease gone and stops
+            self._blobs.delete(deleted.upload_blob)
+            if deleted.result_blob:
+                self._blobs.delete(deleted.result_blob)
+            log.info("job %s cancelled uid=%d", job.job_id, job.uid)
+        return jobs_pb2.CancelJobResponse()
+
+    async def StartJob(self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
+        try:
+            job = self._own_job(request.job_id)
+            set_options = request.HasField("options")
+            limit_db = _options_limit(request.options) if set_options else None
+            self._store.start_job(job.job_id, limit_db, set_options)
+        except HushwireError as err:
+            await abort_with(context, err)
+            raise AssertionError("unreachable") from None
+        self._runner.poke()
+        return self._to_proto(self._own_job(job.job_id))
+
+    async def DownloadResult(  # noqa: N802
+        self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            job = self._downloadable(request.job_id, context)
+        except HushwireError as err:
+            await abort_with(context, err)
+            return
+        assert job.result_blob is not None
+        fmt = job.result_format or job.format
+        await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+            file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
+            size_bytes=self._blobs.size(job.result_blob))))
+        with self._blobs.open(job.result_blob) as f:
+            while chunk := await asyncio.to_thread(f.read, DOWNLOAD_CHUNK_BYTES):
+                await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+
+    def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
+        """The job if the caller may download it: its owner's key, or a valid signed token."""
+        principal = maybe_principal()
+        if principal is None:
+            token = dict(context.invocation_metadata() or ()).get(RESULT_TOKEN_KEY, "")
+            self._signer.check(job_id, str(token))
+            job = self._store.get_job(job_id)
+            if job is None:
+                raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+        else:
+            job = self._own_job(job_id)
+        if job.status != store_mod.COMPLETED or not job.result_blob:
+            raise HushwireError("JOB_NOT_FOUND", f"job {job_id!r} has no result yet (status {job.status})")
+        return job
+
+
+class AccountServicer(jobs_pb2_grpc.AccountServicer):
+    async def WhoAmI(  # noqa: N802
+        self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WhoAmIResponse:
+        p = current_principal()
+        return jobs_pb2.WhoAmIResponse(uid=p.uid, name=p.name, key_id=p.key_id)

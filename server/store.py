@@ -1,4 +1,4 @@
-"""Persistent state: users and API keys (and, later, jobs and usage) in SQLite.
+"""Persistent state: users, API keys, jobs and usage in SQLite.
 
 All SQL of the project lives in this module, behind a few methods, so another engine can
 replace SQLite without touching the servicers (DESIGN.md, "Growing past one machine").
@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KEY_PREFIX", "KeyRecord", "Principal", "Store", "StoreError"]
+__all__ = [
+    "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
+    "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
+]
 
 KEY_PREFIX = "hw_"
 
@@ -39,7 +42,53 @@ _SCHEMA = [
         revoked_at REAL
     );
     """,
+    # version 2: jobs and per-key usage
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        progress REAL NOT NULL DEFAULT 0,
+        held INTEGER NOT NULL DEFAULT 0,
+        file_name TEXT NOT NULL,
+        file_key TEXT NOT NULL,
+        attenuation_limit_db REAL,
+        created_at REAL NOT NULL,
+        mod_time REAL NOT NULL,
+        format TEXT NOT NULL,
+        subtype TEXT NOT NULL,
+        sample_rate INTEGER NOT NULL,
+        channels INTEGER NOT NULL,
+        frames INTEGER NOT NULL,
+        upload_bytes INTEGER NOT NULL,
+        upload_blob TEXT NOT NULL,
+        result_blob TEXT,
+        result_format TEXT,
+        error_code TEXT,
+        error_msg TEXT,
+        lease_owner TEXT,
+        lease_expires REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_user ON jobs (uid, created_at);
+    CREATE INDEX jobs_by_status ON jobs (status, held, created_at);
+    CREATE TABLE usage (
+        key_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        day TEXT NOT NULL,
+        billed_seconds REAL NOT NULL DEFAULT 0,
+        upload_bytes INTEGER NOT NULL DEFAULT 0,
+        jobs INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, day)
+    );
+    """,
 ]
+
+# Job states, as the REST contract spells them.
+PENDING, PRE_PROCESSING, PROCESSING, POST_PROCESSING = "pending", "pre-processing", "processing", "post-processing"
+COMPLETED, FAILED = "completed", "failed"
+IN_FLIGHT = (PRE_PROCESSING, PROCESSING, POST_PROCESSING)
 
 
 class StoreError(Exception):
@@ -62,6 +111,46 @@ class KeyRecord:
     name: str
     created_at: float
     revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    uid: int
+    key_id: int
+    status: str
+    progress: float
+    held: bool
+    file_name: str
+    file_key: str
+    attenuation_limit_db: float | None
+    created_at: float
+    mod_time: float
+    format: str
+    subtype: str
+    sample_rate: int
+    channels: int
+    frames: int
+    upload_bytes: int
+    upload_blob: str
+    result_blob: str | None = None
+    result_format: str | None = None
+    error_code: str | None = None
+    error_msg: str | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    attempts: int = 0
+
+    @property
+    def billed_seconds(self) -> float:
+        return self.frames / self.sample_rate * self.channels if self.sample_rate else 0.0
+
+
+_JOB_COLUMNS = ", ".join(JobRow.__dataclass_fields__)
+
+
+def _day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
 def _hash_key(key: str) -> bytes:
@@ -165,3 +254,171 @@ class Store:
         if row is None or not hmac.compare_digest(row[3], digest):
             return None
         return Principal(uid=row[1], key_id=row[0], name=row[2])
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self)
+
+    def create_job(self, job: JobRow) -> None:
+        values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return JobRow(*row) if row else None
+
+    def list_jobs(self, uid: int, limit: int, before: tuple[float, str] | None = None) -> list[JobRow]:
+        """The user's jobs, newest first; ``before`` is the (created_at, job_id) of the previous page's last."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uid = ?"
+        args: list[object] = [uid]
+        if before is not None:
+            sql += " AND (created_at < ? OR (created_at = ? AND job_id < ?))"
+            args += [before[0], before[0], before[1]]
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [JobRow(*r) for r in self._db.execute(sql, args).fetchall()]
+
+    def count_queued(self, uid: int) -> int:
+        """Jobs of the user that are not finished yet (for the queued-jobs limit)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE uid = ? AND status NOT IN (?, ?)", (uid, COMPLETED, FAILED)
+            ).fetchone()
+        return int(row[0])
+
+    def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool) -> bool:
+        with self._lock:
+            if set_options:
+                cur = self._db.execute(
+                    "UPDATE jobs SET held = 0, attenuation_limit_db = ? WHERE job_id = ?",
+                    (attenuation_limit_db, job_id))
+            else:
+                cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
+            return cur.rowcount == 1
+
+    def delete_job(self, job_id: str) -> JobRow | None:
+        """Remove the job's row; returns it (its blobs are the caller's to delete)."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        return JobRow(*row)
+
+    def claim_next(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRow | None:
+        """Lease the oldest runnable job: pending and not held, or in flight with an expired lease.
+        A job that already used ``max_attempts`` leases fails instead (a poison file must not loop)."""
+        now = time.time()
+        with self._tx() as db:
+            while True:
+                row = db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 0 AND (status = ? OR "
+                    f"(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY created_at LIMIT 1",
+                    (PENDING, *IN_FLIGHT, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                job = JobRow(*row)
+                if job.attempts >= max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET status = ?, error_code = 'INTERNAL', error_msg = ?, mod_time = ?, "
+                        "lease_owner = NULL, lease_expires = NULL WHERE job_id = ?",
+                        (FAILED, f"processing stopped {job.attempts} times; giving up", now, job.job_id))
+                    continue
+                db.execute(
+                    "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
+                    "attempts = attempts + 1, mod_time = ? WHERE job_id = ?",
+                    (PRE_PROCESSING, owner, now + lease_seconds, now, job.job_id))
+                return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "lease_owner": owner,
+                                 "lease_expires": now + lease_seconds, "attempts": job.attempts + 1})
+
+    def update_job(self, job_id: str, owner: str, lease_seconds: float, *, status: str | None = None,
+                   progress: float | None = None) -> bool:
+        """Renew the lease (and set status/progress). False when the job is gone or leased by another."""
+        now = time.time()
+        sets, args = ["lease_expires = ?"], [now + lease_seconds]
+        if status is not None:
+            sets += ["status = ?", "mod_time = ?"]
+            args += [status, now]
+        if progress is not None:
+            sets.append("progress = ?")
+            args.append(progress)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND lease_owner = ?", [*args, job_id, owner])
+            return cur.rowcount == 1
+
+    def finish_job(self, job_id: str, owner: str, *, result_blob: str | None = None,
+                   result_format: str | None = None, error: tuple[str, str] | None = None) -> bool:
+        """Mark the job completed (recording usage) or failed. False when the lease was lost."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND lease_owner = ?",
+                             (job_id, owner)).fetchone()
+            if row is None:
+                return False
+            job = JobRow(*row)
+            if error is None:
+                db.execute(
+                    "UPDATE jobs SET status = ?, progress = 1, result_blob = ?, result_format = ?, mod_time = ?, "
+                    "lease_owner = NULL, lease_expires = NULL WHERE job_id = ?",
+                    (COMPLETED, result_blob, result_format, now, job_id))
+                db.execute(
+                    "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) "
+                    "VALUES (?, ?, ?, ?, 0, 1) ON CONFLICT (key_id, day) DO UPDATE SET "
+                    "billed_seconds = billed_seconds + excluded.billed_seconds, jobs = jobs + 1",
+                    (job.key_id, job.uid, _day(now), job.billed_seconds))
+            else:
+                db.execute(
+                    "UPDATE jobs SET status = ?, error_code = ?, error_msg = ?, mod_time = ?, lease_owner = NULL, "
+                    "lease_expires = NULL WHERE job_id = ?", (FAILED, error[0], error[1], now, job_id))
+            return True
+
+    def requeue(self, owner: str | None = None) -> int:
+        """Put in-flight jobs back to pending: those of ``owner``, or all (embedded store at start-up)."""
+        now = time.time()
+        sql = "UPDATE jobs SET status = ?, progress = 0, lease_owner = NULL, lease_expires = NULL, mod_time = ? " \
+              "WHERE status IN (?, ?, ?)"
+        args: list[object] = [PENDING, now, *IN_FLIGHT]
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args.append(owner)
+        with self._lock:
+            return self._db.execute(sql, args).rowcount
+
+    def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO usage (key_id, uid, day, upload_bytes) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key_id, day) DO UPDATE SET upload_bytes = upload_bytes + excluded.upload_bytes",
+                (key_id, uid, _day(time.time()), nbytes))
+
+    def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
+        """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(  # type: ignore[misc]
+                "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
+                (key_id,)).fetchall()]
+
+
+class _Transaction:
+    """``with store._tx() as db``: one IMMEDIATE transaction under the store's lock."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._store._lock.acquire()
+        self._store._db.execute("BEGIN IMMEDIATE")
+        return self._store._db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            self._store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._store._lock.release()

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 from conftest import ServerProcess, dev_pair, energy_db
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 from client import AsyncEnhancerClient, EnhancerClient, HushwireClientError
 from client.stream import Update
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 from server.dsp import Denoiser
 

@@ -1,0 +1,319 @@
+"""The file-job pipeline: header checks at upload, the worker that denoises, and the runner.
+
+States: ``pending`` -> ``pre-processing`` (full decode, checks) -> ``processing`` (denoise, with
+progress) -> ``post-processing`` (encode) -> ``completed``; or ``failed`` with an error code.
+
+Work runs in worker processes (:class:`JobRunner` keeps a pool, one per core by default), never on
+the server's event loop. A worker holds a lease on its job and renews it with every progress
+update; a job whose lease expired (its worker died) is claimed again. The output is the same
+denoiser the live stream runs, fed the same float samples, so a job equals the stream within 1 LSB.
+Memory is bounded by the block size, not by the file's length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from server.blobs import LocalBlobs
+from server.dsp import SUPPORTED_RATES, Denoiser
+from server.errors import HushwireError
+from server.store import FAILED, POST_PROCESSING, PROCESSING, JobRow, Store
+
+__all__ = ["BLOCK_SECONDS", "JobRunner", "Probe", "content_type", "new_job_id", "probe", "result_name", "run_job"]
+
+log = logging.getLogger("hushwire.jobs")
+
+BLOCK_SECONDS = 1.0          # audio decoded, denoised and encoded per step
+PROGRESS_EVERY_S = 0.25      # how often a worker writes progress (and renews its lease)
+MAX_ATTEMPTS = 3             # leases a job may use before it fails (a file that kills workers)
+MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
+MAX_CHANNELS = 8
+# Sample formats accepted: 8/16/24/32-bit integer, 32/64-bit float, and compressed codecs.
+ACCEPTED_SUBTYPES = {
+    "PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",
+    "VORBIS", "OPUS", "MPEG_LAYER_III", "MPEG_LAYER_II", "MPEG_LAYER_I",
+}
+_PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+_CONTENT_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg",
+                  "AIFF": "audio/aiff", "W64": "audio/x-w64", "RF64": "audio/wav", "CAF": "audio/x-caf"}
+_EXTENSIONS = {"WAV": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3", "AIFF": "aiff", "W64": "w64",
+               "RF64": "wav", "CAF": "caf"}
+
+
+def new_job_id() -> str:
+    """A UUID4's 16 bytes in URL-safe base64 without padding (22 characters)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def content_type(fmt: str) -> str:
+    return _CONTENT_TYPES.get(fmt, "application/octet-stream")
+
+
+def result_name(file_name: str, fmt: str) -> str:
+    stem = Path(file_name).stem or "audio"
+    return f"{stem}_enhanced.{_EXTENSIONS.get(fmt, 'wav')}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    format: str
+    subtype: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+
+def _invalid(msg: str) -> HushwireError:
+    return HushwireError("INVALID_FILE", msg)
+
+
+def probe(path: Path, max_seconds: float) -> Probe:
+    """Check an upload's header (DESIGN.md, "Checking uploads"); raise INVALID_FILE / FILE_TOO_LARGE."""
+    size = path.stat().st_size
+    if size == 0:
+        raise _invalid("the file is empty")
+    try:
+        info = sf.info(str(path))
+    except Exception:  # libsndfile's errors for non-audio input come in several types
+        raise _invalid("not a readable audio file (WAV, FLAC, OGG/Vorbis, Opus, MP3, ...)") from None
+    if not MIN_RATE_HZ <= info.samplerate <= MAX_RATE_HZ:
+        raise _invalid(f"sample rate {info.samplerate} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise _invalid(f"{info.channels} channels; 1 to {MAX_CHANNELS} are supported")
+    if info.subtype not in ACCEPTED_SUBTYPES:
+        raise _invalid(f"sample format {info.subtype} is not supported (8/16/24/32-bit integer, 32/64-bit float)")
+    if info.frames < 1:
+        raise _invalid("the file has no audio frames")
+    if info.format in ("WAV", "W64", "RF64", "AIFF") and info.subtype in _PCM_BYTES:
+        declared = info.frames * info.channels * _PCM_BYTES[info.subtype]
+        if declared > size:
+            raise _invalid(f"the header declares {declared} bytes of audio but the file has {size} bytes")
+    seconds = info.frames / info.samplerate
+    if seconds > max_seconds:
+        raise HushwireError("FILE_TOO_LARGE", f"{seconds:.0f} s of audio is over the limit of {max_seconds:.0f} s")
+    return Probe(info.format, info.subtype, int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _native_rate(rate: int) -> int:
+    return rate if rate in SUPPORTED_RATES else next((r for r in SUPPORTED_RATES if r >= rate), SUPPORTED_RATES[-1])
+
+
+class _Resampler:
+    """Streaming resampler (soxr) that is the identity when the rates match."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
+        self._stream = None
+        if rate_in != rate_out:
+            import soxr
+
+            self._stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+
+    def __call__(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return x
+        return np.asarray(self._stream.resample_chunk(np.ascontiguousarray(x, np.float32), last=last), np.float32)
+
+
+class _Cancelled(Exception):
+    """The job was cancelled (deleted) or its lease went to another worker."""
+
+
+def _output_format(job: JobRow) -> tuple[str, str]:
+    if sf.check_format(job.format, job.subtype):
+        return job.format, job.subtype
+    return "WAV", "PCM_16"
+
+
+def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds: float) -> str:
+    """Worker-process entry: decode, denoise, encode one claimed job. Returns the final status."""
+    store = Store(db_path)
+    blobs = LocalBlobs(blob_root)
+    tmp: Path | None = None
+    try:
+        job = store.get_job(job_id)
+        if job is None or job.lease_owner != owner:
+            return "lost"
+        fmt, subtype = _output_format(job)
+        result_blob = f"results/{job_id}-{owner}"
+        tmp = blobs.temp_path(result_blob)
+        last = time.monotonic()
+
+        def progress(status: str | None, fraction: float | None) -> None:
+            if not store.update_job(job_id, owner, lease_seconds, status=status, progress=fraction):
+                raise _Cancelled
+
+        rate = _native_rate(job.sample_rate)
+        denoiser = Denoiser(rate, job.channels, job.attenuation_limit_db)
+        to_native = _Resampler(job.sample_rate, rate, job.channels)
+        from_native = _Resampler(rate, job.sample_rate, job.channels)
+        skip = denoiser.latency_samples  # drop the algorithmic delay: output aligned to the input
+        written = 0
+        block = max(1, int(BLOCK_SECONDS * job.sample_rate))
+
+        def emit(out: sf.SoundFile, y: np.ndarray) -> None:
+            nonlocal skip, written
+            if skip:
+                cut = min(skip, y.shape[0])
+                y, skip = y[cut:], skip - cut
+            y = y[: job.frames - written]
+            if y.shape[0]:
+                out.write(np.clip(y, -1.0, 1.0))
+                written += y.shape[0]
+
+        progress(PROCESSING, 0.0)
+        try:
+            src = sf.SoundFile(str(blobs.local_path(job.upload_blob)))
+        except Exception:
+            raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
+        with src, sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt) as out:
+            read = 0
+            while read < job.frames:
+                try:
+                    x = src.read(block, dtype="float32", always_2d=True)
+                except Exception:
+                    raise HushwireError("INVALID_FILE", f"decoding failed after {read / job.sample_rate:.2f} s "
+                                        "of audio: the file is damaged or truncated") from None
+                if x.shape[0] == 0:
+                    break
+                read += x.shape[0]
+                emit(out, from_native(denoiser.process(to_native(x))))
+                if time.monotonic() - last > PROGRESS_EVERY_S:
+                    progress(None, min(read / job.frames, 0.99))
+                    last = time.monotonic()
+            if read < job.frames * 0.999 - 1:
+                raise HushwireError("INVALID_FILE", f"the file is truncated: its header declares {job.frames} "
+                                    f"frames but only {read} could be decoded")
+            tail = denoiser.flush()
+            emit(out, from_native(tail, last=True) if rate != job.sample_rate else tail)
+            if rate != job.sample_rate:
+                emit(out, from_native(np.zeros((0, job.channels), np.float32), last=True))
+            progress(POST_PROCESSING, 1.0)
+            if written < job.frames:  # resampler edge: pad so the result has exactly the input's frames
+                out.write(np.zeros((job.frames - written, job.channels), np.float32))
+        blobs.commit(tmp, result_blob)
+        tmp = None
+        if not store.finish_job(job_id, owner, result_blob=result_blob, result_format=fmt):
+            blobs.delete(result_blob)
+            return "lost"
+        return "completed"
+    except _Cancelled:
+        return "cancelled"
+    except HushwireError as err:
+        store.finish_job(job_id, owner, error=(err.code, err.msg))
+        return FAILED
+    except Exception as exc:  # a bug: fail the job with an id the operator can find in the log
+        incident = uuid.uuid4().hex[:12]
+        logging.getLogger("hushwire.jobs").exception("job %s failed (incident %s)", job_id, incident)
+        msg = f"internal error (incident {incident}): {type(exc).__name__}"
+        store.finish_job(job_id, owner, error=("INTERNAL", msg))
+        return FAILED
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        store.close()
+
+
+def _worker_init() -> None:
+    """Worker processes die with the server (Linux), and leave signals to the server."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class JobRunner:
+    """Claims runnable jobs and runs them in a pool of worker processes."""
+
+    def __init__(self, store: Store, db_path: Path, blob_root: Path, workers: int | None, lease_seconds: float,
+                 requeue_on_start: bool = True) -> None:
+        self._store = store
+        self._db_path = str(db_path)
+        self._blob_root = str(blob_root)
+        self.workers = workers or os.cpu_count() or 1
+        self._lease = lease_seconds
+        self._requeue_on_start = requeue_on_start
+        self.owner = uuid.uuid4().hex[:16]
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Future[str]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._stopping = False
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+
+    async def start(self) -> None:
+        if self._requeue_on_start:  # the embedded store belongs to this server alone
+            n = self._store.requeue()
+            if n:
+                log.info("requeued %d unfinished job(s) from the previous run", n)
+        self._pool = self._new_pool()
+        self._task = asyncio.create_task(self._loop())
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            while len(self._running) < self.workers and not self._stopping:
+                job = self._store.claim_next(self.owner, self._lease, MAX_ATTEMPTS)
+                if job is None:
+                    break
+                assert self._pool is not None
+                log.info("job %s started file=%r uid=%d attempt=%d", job.job_id, job.file_name, job.uid, job.attempts)
+                fut = loop.run_in_executor(
+                    self._pool, run_job, self._db_path, self._blob_root, job.job_id, self.owner, self._lease)
+                self._running.add(fut)
+                fut.add_done_callback(lambda f, j=job: self._done(f, j))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    def _done(self, fut: asyncio.Future[str], job: JobRow) -> None:
+        self._running.discard(fut)
+        try:
+            status = fut.result()
+            log.info("job %s %s billed_seconds=%.2f", job.job_id, status, job.billed_seconds)
+        except concurrent.futures.process.BrokenProcessPool:
+            if not self._stopping:
+                log.error("a worker process died during job %s; restarting the pool", job.job_id)
+                self._store.requeue(self.owner)
+                self._pool = self._new_pool()
+        except Exception:
+            log.exception("job %s: runner error", job.job_id)
+        self.poke()
+
+    async def stop(self) -> None:
+        """Stop claiming, end the workers, and put their jobs back in the queue."""
+        self._stopping = True
+        self.poke()
+        if self._task is not None:
+            await self._task
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        n = self._store.requeue(self.owner)
+        if n:
+            log.info("requeued %d in-flight job(s)", n)
