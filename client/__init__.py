@@ -6,6 +6,7 @@
 """
 
 from client.errors import HushwireClientError
+from client.jobs import JobsClient
 from client.stream import AsyncEnhancerClient, EnhancerClient, StreamOutput
 
-__all__ = ["AsyncEnhancerClient", "EnhancerClient", "HushwireClientError", "StreamOutput"]
+__all__ = ["AsyncEnhancerClient", "EnhancerClient", "HushwireClientError", "JobsClient", "StreamOutput"]

@@ -19,6 +19,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import time
 import uuid
@@ -47,7 +48,7 @@ ACCEPTED_SUBTYPES = {
     "PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",
     "VORBIS", "OPUS", "MPEG_LAYER_III", "MPEG_LAYER_II", "MPEG_LAYER_I",
 }
-_PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+_SHORT_DATA = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _CONTENT_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg",
                   "AIFF": "audio/aiff", "W64": "audio/x-w64", "RF64": "audio/wav", "CAF": "audio/x-caf"}
 _EXTENSIONS = {"WAV": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3", "AIFF": "aiff", "W64": "w64",
@@ -98,10 +99,11 @@ def probe(path: Path, max_seconds: float) -> Probe:
         raise _invalid(f"sample format {info.subtype} is not supported (8/16/24/32-bit integer, 32/64-bit float)")
     if info.frames < 1:
         raise _invalid("the file has no audio frames")
-    if info.format in ("WAV", "W64", "RF64", "AIFF") and info.subtype in _PCM_BYTES:
-        declared = info.frames * info.channels * _PCM_BYTES[info.subtype]
-        if declared > size:
-            raise _invalid(f"the header declares {declared} bytes of audio but the file has {size} bytes")
+    if info.format in ("WAV", "W64", "RF64", "AIFF"):
+        # libsndfile trims a short data chunk silently but notes it in its header log.
+        m = _SHORT_DATA.search(info.extra_info)
+        if m and int(m.group(1)) > int(m.group(2)):
+            raise _invalid(f"the header declares {m.group(1)} bytes of audio data but the file holds {m.group(2)}")
     seconds = info.frames / info.samplerate
     if seconds > max_seconds:
         raise HushwireError("FILE_TOO_LARGE", f"{seconds:.0f} s of audio is over the limit of {max_seconds:.0f} s")
@@ -197,10 +199,9 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
             if read < job.frames * 0.999 - 1:
                 raise HushwireError("INVALID_FILE", f"the file is truncated: its header declares {job.frames} "
                                     f"frames but only {read} could be decoded")
-            tail = denoiser.flush()
-            emit(out, from_native(tail, last=True) if rate != job.sample_rate else tail)
-            if rate != job.sample_rate:
-                emit(out, from_native(np.zeros((0, job.channels), np.float32), last=True))
+            empty = np.zeros((0, job.channels), np.float32)
+            emit(out, from_native(denoiser.process(to_native(empty, last=True))))
+            emit(out, from_native(denoiser.flush(), last=True))
             progress(POST_PROCESSING, 1.0)
             if written < job.frames:  # resampler edge: pad so the result has exactly the input's frames
                 out.write(np.zeros((job.frames - written, job.channels), np.float32))

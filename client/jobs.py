@@ -1,0 +1,171 @@
+"""Typed client for file jobs (``hushwire.v1.Jobs``): submit, get, list, cancel, start, download, wait."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from client.errors import HushwireClientError, from_rpc_error
+from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+
+__all__ = ["STATUS_NAMES", "JobsClient", "job_to_dict"]
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+# The REST contract's spelling of each state.
+STATUS_NAMES = {
+    jobs_pb2.JOB_STATUS_PENDING: "pending",
+    jobs_pb2.JOB_STATUS_PRE_PROCESSING: "pre-processing",
+    jobs_pb2.JOB_STATUS_PROCESSING: "processing",
+    jobs_pb2.JOB_STATUS_POST_PROCESSING: "post-processing",
+    jobs_pb2.JOB_STATUS_COMPLETED: "completed",
+    jobs_pb2.JOB_STATUS_FAILED: "failed",
+}
+FINISHED = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED)
+
+
+def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
+    """A job in the shape of the REST status reply (DESIGN.md, ``/stat/jobs/<id>``)."""
+    out: dict[str, object] = {
+        "model": job.model,
+        "app_id": 1,
+        "billed_time": round(job.billed_time, 6),
+        "timestamp": job.timestamp,
+        "mod_time": job.mod_time,
+        "file_name": job.file_name,
+        "job_id": job.job_id,
+        "uid": job.uid,
+        "file_key": job.file_key,
+        "job_status": STATUS_NAMES.get(job.status, "pending"),
+        "progress": round(job.progress, 4),
+    }
+    if job.status == jobs_pb2.JOB_STATUS_COMPLETED and result_url:
+        out["result"] = result_url
+    if job.status == jobs_pb2.JOB_STATUS_FAILED:
+        out["error"] = {"code": job.error.code, "msg": job.error.msg}
+    return out
+
+
+class JobsClient:
+    """Blocking client for file jobs. ``key`` goes in metadata ``authorization``."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0) -> None:
+        self.target = target
+        self.key = key
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._stub = jobs_pb2_grpc.JobsStub(self._channel)
+
+    def __enter__(self) -> JobsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _md(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
+        return ((("authorization", self.key),) if self.key else ()) + extra
+
+    def _unary(self, method: Callable[..., object], request: object) -> object:
+        try:
+            return method(request, metadata=self._md(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def submit(
+        self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
+        attenuation_limit_db: float | None = None, hold: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> jobs_pb2.Job:
+        """Upload a file (path or binary file object) in chunks and create a job."""
+        own = isinstance(source, str | os.PathLike)
+        f: BinaryIO = open(source, "rb") if own else source  # type: ignore[arg-type, assignment]
+        name = file_name or (Path(source).name if own else getattr(f, "name", "audio"))  # type: ignore[arg-type]
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold)
+        if attenuation_limit_db is not None:
+            spec.options.attenuation_limit_db = attenuation_limit_db
+        if own:
+            spec.size_hint_bytes = os.fstat(f.fileno()).st_size
+
+        def requests() -> Iterator[jobs_pb2.SubmitJobRequest]:
+            yield jobs_pb2.SubmitJobRequest(spec=spec)
+            while chunk := f.read(UPLOAD_CHUNK_BYTES):
+                yield jobs_pb2.SubmitJobRequest(chunk=chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+
+        try:
+            return self._stub.SubmitJob(requests(), metadata=self._md())  # type: ignore[no-any-return]
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            if own:
+                f.close()
+
+    def get(self, job_id: str) -> jobs_pb2.Job:
+        return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))  # type: ignore[return-value]
+
+    def list(self, page_size: int = 50) -> Iterator[jobs_pb2.Job]:
+        token = ""
+        while True:
+            resp: jobs_pb2.ListJobsResponse = self._unary(  # type: ignore[assignment]
+                self._stub.ListJobs, jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token))
+            yield from resp.jobs
+            if not resp.next_page_token:
+                return
+            token = resp.next_page_token
+
+    def cancel(self, job_id: str) -> None:
+        self._unary(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id))
+
+    def start(self, job_id: str, attenuation_limit_db: float | None = None) -> jobs_pb2.Job:
+        req = jobs_pb2.StartJobRequest(job_id=job_id)
+        if attenuation_limit_db is not None:
+            req.options.attenuation_limit_db = attenuation_limit_db
+        return self._unary(self._stub.StartJob, req)  # type: ignore[return-value]
+
+    def wait(self, job_id: str, timeout: float = 600.0, poll_s: float = 0.2,
+             on_update: Callable[[jobs_pb2.Job], None] | None = None) -> jobs_pb2.Job:
+        """Poll until the job is completed or failed (or ``timeout`` passes: TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if on_update:
+                on_update(job)
+            if job.status in FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {STATUS_NAMES.get(job.status)} after {timeout:g} s")
+            time.sleep(poll_s)
+
+    def download(self, job_id: str, dest: str | os.PathLike[str] | None = None, *, token: str | None = None,
+                 ) -> tuple[jobs_pb2.ResultInfo, Path | bytes]:
+        """Download the result into ``dest`` (a file path or a directory), or return its bytes.
+        With ``token`` (a result URL's ``expires.sig``) no key is needed."""
+        md = self._md((("hushwire-result-token", token),) if token else ())
+        try:
+            stream = self._stub.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=md,
+                                               timeout=self.timeout * 10)
+            first = next(stream)
+            info = first.info
+            if dest is None:
+                return info, b"".join(r.chunk for r in stream)
+            path = Path(dest)
+            if path.is_dir():
+                path = path / info.file_name
+            tmp = path.with_name(f".{path.name}.part")
+            with open(tmp, "wb") as out:
+                for r in stream:
+                    out.write(r.chunk)
+            tmp.replace(path)
+            return info, path
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        except StopIteration:
+            raise HushwireClientError(None, None, "the server sent no result") from None
