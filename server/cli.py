@@ -188,6 +188,78 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from client.errors import HushwireClientError
+    from client.jobs import STATUS_NAMES, JobsClient, job_to_dict
+
+    cfg = _client_config(args)
+    try:
+        with JobsClient(cfg.target, cfg.key, timeout=cfg.connect_timeout) as jobs:
+            if args.jobs_cmd == "submit":
+                return _jobs_submit(args, jobs)
+            if args.jobs_cmd == "list":
+                for job in jobs.list():
+                    print(json.dumps(job_to_dict(job)))
+            elif args.jobs_cmd == "get":
+                print(json.dumps(job_to_dict(jobs.get(args.job_id)), indent=2))
+            elif args.jobs_cmd == "cancel":
+                jobs.cancel(args.job_id)
+                print(f"cancelled {args.job_id}", file=sys.stderr)
+            elif args.jobs_cmd == "download":
+                job = jobs.get(args.job_id)
+                if STATUS_NAMES[job.status] != "completed":
+                    raise UsageError(f"job {args.job_id} is {STATUS_NAMES[job.status]}, not completed")
+                _, path = jobs.download(args.job_id, args.out or ".")
+                print(path)
+    except HushwireClientError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _jobs_submit(args: argparse.Namespace, jobs: Any) -> int:
+    """Upload each file with a progress bar; with --wait, follow processing and download the results."""
+    import os
+
+    from tqdm import tqdm
+
+    from client.jobs import STATUS_NAMES
+
+    submitted = []
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+        with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"upload {os.path.basename(path)}",
+                  leave=False, disable=args.quiet) as bar:
+            job = jobs.submit(path, attenuation_limit_db=args.attenuation_limit, on_bytes=bar.update)
+        print(f"{path}\t{job.job_id}")
+        submitted.append((path, job))
+    if not args.wait:
+        return 0
+    failed = 0
+    for path, job in submitted:
+        with tqdm(total=100, unit="%", desc=f"denoise {os.path.basename(path)}", leave=False,
+                  disable=args.quiet) as bar:
+            def show(j: Any, bar: Any = bar) -> None:
+                bar.set_postfix_str(STATUS_NAMES[j.status])
+                bar.update(int(j.progress * 100) - bar.n)
+
+            done = jobs.wait(job.job_id, timeout=args.timeout, on_update=show)
+        if STATUS_NAMES[done.status] != "completed":
+            print(f"{path}\tfailed: {done.error.code}: {done.error.msg}", file=sys.stderr)
+            failed += 1
+            continue
+        out_dir = args.out or os.path.dirname(os.path.abspath(path))
+        os.makedirs(out_dir, exist_ok=True)
+        _, result = jobs.download(job.job_id, out_dir)
+        print(f"{path}\t{result}")
+    return 1 if failed else 0
+
+
 # -- config --------------------------------------------------------------------------------------
 
 
@@ -244,6 +316,27 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--no-align", action="store_true", help="keep the algorithmic delay in the output")
     denoise.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
     denoise.set_defaults(func=_cmd_denoise)
+
+    jobs = sub.add_parser("jobs", help="file jobs over gRPC: submit, list, get, cancel, download")
+    jsub = jobs.add_subparsers(dest="jobs_cmd", required=True)
+    submit = jsub.add_parser("submit", help="upload files as jobs (with --wait: download the results)")
+    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
+    submit.add_argument("--wait", action="store_true", help="wait for each job and download its result")
+    submit.add_argument("--out", default=None, metavar="DIR", help="where results go (default: next to the input)")
+    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait per job (default 3600)")
+    submit.add_argument("--quiet", action="store_true", help="no progress bars")
+    jsub_list = jsub.add_parser("list", help="your jobs, newest first, one JSON object a line")
+    get = jsub.add_parser("get", help="one job, as the REST status shows it")
+    get.add_argument("job_id")
+    cancel = jsub.add_parser("cancel", help="stop and delete a job")
+    cancel.add_argument("job_id")
+    download = jsub.add_parser("download", help="download a completed job's result")
+    download.add_argument("job_id")
+    download.add_argument("--out", default=None, metavar="PATH", help="file or directory (default: .)")
+    for j in (submit, jsub_list, get, cancel, download):
+        _common(j, _CLIENT_SETTINGS)
+    jobs.set_defaults(func=_cmd_jobs)
 
     config = sub.add_parser("config", help="print the resolved settings")
     _common(config, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",

@@ -72,3 +72,29 @@ def test_denoise_locally_with_and_without_alignment(tmp_path: Path) -> None:
 def test_serve_refuses_bad_settings_cleanly(tmp_path: Path) -> None:
     bad = run_cli("serve", "--port", "notaport", "--data-dir", str(tmp_path), check=False)
     assert bad.returncode == 2 and "--port" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_jobs_commands(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
+    import json
+
+    a = tmp_path / "a.wav"
+    b = tmp_path / "b.flac"
+    white_noise_file(a, seconds=1.0)
+    sf.write(str(b), np.zeros((8000, 2), np.float32), 16000, format="FLAC")
+    out = run_cli("jobs", "submit", str(a), str(b), "--wait", "--out", str(tmp_path / "res"),
+                  "--target", server.target, "--key", api_key)
+    lines = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    ids = [x[1] for x in lines[:2]]
+    assert [x[0] for x in lines] == [str(a), str(b), str(a), str(b)]
+    assert sf.info(lines[2][1]).frames == 16000 and sf.info(lines[3][1]).channels == 2
+    got = json.loads(run_cli("jobs", "get", ids[0], "--target", server.target, "--key", api_key).stdout)
+    assert got["job_status"] == "completed" and got["job_id"] == ids[0] and got["file_name"] == "a.wav"
+    assert set(got) >= {"model", "app_id", "billed_time", "timestamp", "mod_time", "uid", "file_key", "progress"}
+    listed = [json.loads(x)["job_id"] for x in
+              run_cli("jobs", "list", "--target", server.target, "--key", api_key).stdout.splitlines()]
+    assert ids[0] in listed and ids[1] in listed
+    dl = run_cli("jobs", "download", ids[1], "--out", str(tmp_path / "x.flac"), "--target", server.target,
+                 "--key", api_key)
+    assert sf.info(dl.stdout.strip()).format == "FLAC"
+    bad = run_cli("jobs", "get", "nope", "--target", server.target, "--key", api_key, check=False)
+    assert bad.returncode == 2 and "JOB_NOT_FOUND" in bad.stderr
