@@ -260,6 +260,28 @@ def _jobs_submit(args: argparse.Namespace, jobs: Any) -> int:
     return 1 if failed else 0
 
 
+# -- mic ------------------------------------------------------------------------------------------
+
+
+def _cmd_mic(args: argparse.Namespace) -> int:
+    from client.mic import MicError, MicOptions, list_devices, run_mic
+
+    try:
+        if args.list_devices:
+            print(list_devices())
+            return 0
+        cfg = _client_config(args)
+        opts = MicOptions(
+            target=cfg.target, key=cfg.key, connect_timeout=cfg.connect_timeout, input_device=args.input_device,
+            output_device=args.output_device, rate=args.rate, channels=args.channels, block_ms=args.block_ms,
+            attenuation_limit_db=args.attenuation_limit, record=args.record, record_raw=args.record_raw,
+            playback=not args.no_playback, duration=args.duration,
+        )
+        return run_mic(opts)
+    except MicError as exc:
+        raise UsageError(str(exc)) from None
+
+
 # -- config --------------------------------------------------------------------------------------
 
 
@@ -337,6 +359,21 @@ def _parser() -> argparse.ArgumentParser:
     for j in (submit, jsub_list, get, cancel, download):
         _common(j, _CLIENT_SETTINGS)
     jobs.set_defaults(func=_cmd_jobs)
+
+    mic = sub.add_parser("mic", help="talk into the microphone, hear (and record) yourself denoised")
+    mic.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    mic.add_argument("--input-device", default=None, help="index or name substring (default: system default)")
+    mic.add_argument("--output-device", default=None, help="index or name substring (default: system default)")
+    mic.add_argument("--rate", type=int, default=None, help="sample rate (default: the device's, if supported)")
+    mic.add_argument("--channels", type=int, default=1)
+    mic.add_argument("--block-ms", type=float, default=20.0, help="capture block length (default 20)")
+    mic.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
+    mic.add_argument("--record", default=None, metavar="OUT.wav", help="also write the denoised audio")
+    mic.add_argument("--record-raw", default=None, metavar="IN.wav", help="also write the raw capture")
+    mic.add_argument("--no-playback", action="store_true", help="do not play the denoised audio")
+    mic.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this much audio")
+    _common(mic, _CLIENT_SETTINGS)
+    mic.set_defaults(func=_cmd_mic)
 
     config = sub.add_parser("config", help="print the resolved settings")
     _common(config, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
