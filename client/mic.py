@@ -407,7 +407,8 @@ def run_mic(opts: MicOptions) -> int:
         stats = session.run()
     except HushwireClientError as err:
         if err.code == "API_KEY_NOT_FOUND":
-            raise MicError("the server rejected the API key (API_KEY_NOT_FOUND): check --key or HUSHWIRE_API_KEY") from None
+            raise MicError("the server rejected the API key (API_KEY_NOT_FOUND): check --key or "
+                           "HUSHWIRE_API_KEY") from None
         raise MicError(str(err)) from None
     _say(_summary(session, stats))
     return 0
