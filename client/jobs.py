@@ -46,7 +46,7 @@ def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, o
     if job.status == jobs_pb2.JOB_STATUS_COMPLETED and result_url:
         out["result"] = result_url
     if job.status == jobs_pb2.JOB_STATUS_FAILED:
-        out["error"] = {"code": job.error.code, "msg": job.error.msg}
+        out["error"] = {"code": job.error.code or "INTERNAL", "msg": job.error.msg}
     return out
 
 

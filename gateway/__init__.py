@@ -1,4 +1,10 @@
-"""hushwire gateway: the HTTP/WebSocket front (DeepHearing-compatible REST) that translates to gRPC.
+"""hushwire gateway: the HTTP front (DeepHearing-compatible REST) that translates requests into gRPC
+calls on the hushwire server. It holds no business logic: the server checks keys, files and jobs.
 
-It arrives with the file pipeline (issue 5); it holds no business logic of its own.
+    from gateway import create_app, run
+    run(GatewayConfig(gateway_port=8080, grpc_target="127.0.0.1:50051"))
 """
+
+from gateway.app import create_app, run
+
+__all__ = ["create_app", "run"]

@@ -341,14 +341,16 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
 
     def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
-        """The job if the caller may download it: its owner's key, or a valid signed token."""
-        principal = maybe_principal()
-        if principal is None:
-            token = dict(context.invocation_metadata() or ()).get(RESULT_TOKEN_KEY, "")
+        """The job if the caller may download it: a valid signed token (whoever presents it, with or
+        without a key: a shared result URL works for anyone), else the owner's key."""
+        token = dict(context.invocation_metadata() or ()).get(RESULT_TOKEN_KEY)
+        if token is not None:
             self._signer.check(job_id, str(token))
             job = self._store.get_job(job_id)
             if job is None:
                 raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+        elif maybe_principal() is None:
+            raise HushwireError("API_KEY_NOT_FOUND")
         else:
             job = self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:

@@ -1,0 +1,430 @@
+"""The HTTP gateway: ``create_app(config)`` (an ASGI app) and ``run(config)`` (uvicorn).
+
+Each route translates one HTTP request into gRPC calls on the hushwire server over one
+``grpc.aio`` channel made at start-up, and the reply back; the server does every check that is
+about audio, keys or jobs. Failed RPCs become HTTP errors in one place
+(:func:`gateway.errors.from_rpc_error`, installed as an exception handler).
+
+Routes (DESIGN.md, "Files (REST gateway, DeepHearing-compatible)"):
+
+- ``POST /enhance``: multipart upload → held ``Jobs.SubmitJob`` per file → ``Jobs.StartJob`` (gateway.upload)
+- ``GET|POST /stat/jobs/{job_id}``: ``Jobs.GetJob`` → the DeepHearing status keys
+- ``GET /results/{job_id}?expires=&sig=``: ``Jobs.DownloadResult`` with the signed token, streamed
+- ``GET /me``: ``Account.WhoAmI``; ``GET /healthz``, ``GET /readyz``; ``/docs``, ``/openapi.json``; ``GET /``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+import grpc
+import swagger_ui_bundle
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from client.jobs import job_to_dict
+from gateway.errors import GatewayError, error_response, from_rpc_error
+from gateway.openapi import ENHANCE_BODY, ERROR_REPLIES, openapi_document, reply
+from gateway.upload import UploadLimits, enhance_upload
+from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+from server.config import ConfigError, GatewayConfig
+
+__all__ = ["MAX_FILES_PER_REQUEST", "RESULT_TOKEN_KEY", "create_app", "public_url_of", "run"]
+
+log = logging.getLogger("hushwire.gateway")
+
+MAX_FILES_PER_REQUEST = 32
+RESULT_TOKEN_KEY = "hushwire-result-token"
+READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
+GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+# A restarted server is found again within ~3 s: grpc's default reconnect backoff grows to 120 s.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+]
+SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
+
+_CONSOLE_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>hushwire</title></head>
+<body>
+<h1>hushwire</h1>
+<p>Speech enhancement service. The HTTP API (DeepHearing-compatible) is described in the
+<a href="/docs">API docs</a> (<a href="/openapi.json">OpenAPI document</a>).</p>
+</body>
+</html>
+"""
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def public_url_of(config: GatewayConfig, port: int) -> str:
+    """Where clients reach the gateway: ``--public-url``, else its own ``http://host:port``."""
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    if config.gateway_host in WILDCARD_HOSTS:
+        raise ConfigError(f"--public-url is required when the gateway listens on all interfaces "
+                          f"({config.gateway_host or '*'}): result URLs must name an address clients can reach")
+    return f"http://{_url_host(config.gateway_host)}:{port}"
+
+
+class _Upstream:
+    """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
+        self.account = jobs_pb2_grpc.AccountStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def _metadata(request: Request) -> list[tuple[str, str]]:
+    """The caller's ``Authorization`` header, passed through as gRPC metadata (the server checks it)."""
+    auth = request.headers.get("authorization")
+    if auth is None or not auth.strip():
+        return []
+    auth = auth.strip()
+    if not all(" " <= ch <= "~" for ch in auth):   # not even a possible key, and not valid metadata
+        raise GatewayError("API_KEY_NOT_FOUND")
+    return [("authorization", auth)]
+
+
+def _content_disposition(file_name: str) -> str:
+    plain = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in file_name) or "result"
+    value = f'attachment; filename="{plain}"'
+    if plain != file_name:
+        value += f"; filename*=UTF-8''{quote(file_name, safe='')}"
+    return value
+
+
+class _CatchAll:
+    """An unexpected exception becomes 500 INTERNAL with an id in ``msg``, logged with the same id;
+    the client never sees a traceback. Once a reply has started, the connection is just cut."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("internal error id=%s on %s %s", error_id, scope.get("method"), scope.get("path"))
+            if not started:
+                response = error_response(500, "INTERNAL", f"internal error (id {error_id})")
+                await response(scope, receive, send)
+
+
+class _Gateway:
+    """The route handlers, bound to one config and one upstream channel."""
+
+    def __init__(self, config: GatewayConfig, public_url: str) -> None:
+        self.config = config
+        self.public_url = public_url
+        self.limits = UploadLimits(max_body_bytes=config.max_upload_bytes, max_files=MAX_FILES_PER_REQUEST,
+                                   rpc_timeout=config.connect_timeout)
+        self._upstream: _Upstream | None = None
+
+    @property
+    def upstream(self) -> _Upstream:
+        if self._upstream is None:
+            raise RuntimeError("the gateway's gRPC channel is not open (lifespan not started)")
+        return self._upstream
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        self._upstream = _Upstream(self.config.grpc_target)
+        log.info("forwarding to the hushwire server at %s; result URLs start with %s", self.config.grpc_target,
+                 self.public_url)
+        try:
+            yield
+        finally:
+            await self._upstream.close()
+            self._upstream = None
+
+    # -- files --------------------------------------------------------------------------------------
+
+    async def enhance(self, request: Request) -> JSONResponse:
+        """Upload one or more audio files; each becomes a job. The reply maps field names to job ids."""
+        result = await enhance_upload(request, self.upstream.jobs, _metadata(request), self.limits)
+        return JSONResponse(result)
+
+    async def stat(self, request: Request, job_id: str) -> JSONResponse:
+        """A job's status with the DeepHearing keys, plus `progress` and, for failed jobs, `error`."""
+        job = await self.upstream.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=_metadata(request),
+                                              timeout=self.config.connect_timeout)
+        return JSONResponse(self._stat(job))
+
+    def _stat(self, job: jobs_pb2.Job) -> dict[str, Any]:
+        url = None
+        if job.status == jobs_pb2.JOB_STATUS_COMPLETED and job.HasField("result"):
+            query = urlencode({"expires": job.result.expires, "sig": job.result.sig})
+            url = f"{self.public_url}/results/{quote(job.job_id, safe='')}?{query}"
+        return job_to_dict(job, url)
+
+    async def result(
+        self,
+        request: Request,
+        job_id: str,
+        expires: Annotated[str, Query(description="from the signed result URL")] = "",
+        sig: Annotated[str, Query(description="from the signed result URL")] = "",
+    ) -> StreamingResponse:
+        """Download a completed job's result through its signed URL (no API key needed)."""
+        token = f"{expires}.{sig}"
+        if not expires or not sig or not all(" " < ch <= "~" for ch in token):
+            raise GatewayError("JOB_NOT_FOUND", "this result URL is not valid")
+        metadata = [*_metadata(request), (RESULT_TOKEN_KEY, token)]
+        call = self.upstream.jobs.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=metadata)
+        try:
+            first = await call.read()
+        except BaseException:
+            call.cancel()
+            raise
+        if first is grpc.aio.EOF or first.WhichOneof("msg") != "info":
+            call.cancel()
+            raise GatewayError("UPSTREAM_ERROR", "the server's result stream did not start with its info", 502)
+        info = first.info
+        headers = {"Content-Disposition": _content_disposition(info.file_name or f"{job_id}.wav")}
+        if info.size_bytes:
+            headers["Content-Length"] = str(info.size_bytes)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while (msg := await call.read()) is not grpc.aio.EOF:
+                    if msg.WhichOneof("msg") == "chunk":
+                        yield msg.chunk
+            except grpc.aio.AioRpcError as exc:
+                # Headers are gone already: cut the connection so the client sees a broken download.
+                raise RuntimeError(f"result stream of job {job_id} broke off: {from_rpc_error(exc)}") from None
+            finally:
+                call.cancel()
+
+        return StreamingResponse(chunks(), media_type=info.content_type or "application/octet-stream",
+                                 headers=headers)
+
+    # -- account and probes ------------------------------------------------------------------------
+
+    async def me(self, request: Request) -> JSONResponse:
+        """Who the API key belongs to; 401 for a missing or unknown key."""
+        who = await self.upstream.account.WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=_metadata(request),
+                                                 timeout=self.config.connect_timeout)
+        return JSONResponse({"uid": who.uid, "name": who.name})
+
+    async def healthz(self) -> JSONResponse:
+        """Liveness: 200 while the process runs."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self) -> JSONResponse:
+        """Readiness: 200 when the server's health check for "" is SERVING, else 503."""
+        try:
+            resp = await self.upstream.health.Check(health_pb2.HealthCheckRequest(service=""),
+                                                    timeout=min(READY_TIMEOUT_S, self.config.connect_timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayError("SERVICE_UNAVAILABLE", f"the hushwire server is not ready ({exc.code().name})") \
+                from None
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            raise GatewayError("SERVICE_UNAVAILABLE", f"the hushwire server is {name}")
+        return JSONResponse({"status": "ok"})
+
+    # -- pages ---------------------------------------------------------------------------------------
+
+    async def console(self) -> HTMLResponse:
+        return HTMLResponse(_CONSOLE_HTML)
+
+    async def docs(self) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="hushwire API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js", swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            # Swagger UI would otherwise load a validity badge from validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("hushwire")
+    except importlib_metadata.PackageNotFoundError:
+        return "0"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def gateway_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return exc.response()
+
+    async def rpc_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, grpc.aio.AioRpcError)
+        return from_rpc_error(exc).response()
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            response = error_response(404, "NOT_FOUND", "no such route")
+        elif exc.status_code == 405:
+            response = error_response(405, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+        else:
+            response = error_response(exc.status_code, "INVALID_REQUEST", str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, "INVALID_REQUEST", f"{where}: {first.get('msg', 'invalid request')}")
+
+    async def client_gone(request: Request, _exc: Exception) -> Response:
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_response(400, "INVALID_REQUEST", "the client disconnected")
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, rpc_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """The ASGI app. Its gRPC channel to ``config.grpc_target`` opens in the lifespan start-up."""
+    gw = _Gateway(config, public_url_of(config, config.gateway_port))
+    app = FastAPI(
+        title="hushwire", version=_version(), lifespan=gw.lifespan,
+        description="Speech enhancement: upload audio files, poll their jobs, download the results. "
+                    "DeepHearing-compatible.",
+        docs_url=None, redoc_url=None, openapi_url=None,
+    )
+    secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
+    route = app.add_api_route
+    route("/enhance", gw.enhance, methods=["POST"], tags=["files"], summary="Enhance files",
+          response_class=JSONResponse, openapi_extra={"requestBody": ENHANCE_BODY, "security": secured},
+          responses={200: reply("job ids by form field name", "EnhanceReply"), **ERROR_REPLIES})
+    stat_replies: dict[int | str, dict[str, Any]] = {200: reply("the job's status", "JobStat"), **ERROR_REPLIES}
+    for method in ("GET", "POST"):
+        route("/stat/jobs/{job_id}", gw.stat, methods=[method], tags=["files"], summary="Job status",
+              operation_id=f"stat_job_{method.lower()}", response_class=JSONResponse,
+              openapi_extra={"security": secured}, responses=stat_replies)
+    route("/results/{job_id}", gw.result, methods=["GET"], tags=["files"], summary="Download a result",
+          response_class=StreamingResponse,
+          responses={200: reply("the enhanced audio file", None), **ERROR_REPLIES})
+    route("/me", gw.me, methods=["GET"], tags=["account"], summary="Who owns this key",
+          response_class=JSONResponse, openapi_extra={"security": secured},
+          responses={200: reply("the key's user", "Me"), **ERROR_REPLIES})
+    route("/healthz", gw.healthz, methods=["GET"], tags=["probes"], summary="Liveness",
+          response_class=JSONResponse, responses={200: reply("alive", "Status")})
+    route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",
+          response_class=JSONResponse, responses={200: reply("ready", "Status"), **ERROR_REPLIES})
+    route("/", gw.console, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    route("/docs", gw.docs, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_ASSETS), name="swagger-assets")
+
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(openapi_document(app))
+
+    route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    _install_error_handlers(app)
+    app.add_middleware(_CatchAll)
+    return app
+
+
+# -- run ---------------------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM/SIGINT end it gracefully with exit status 0 (uvicorn
+    re-raises the signal after shutdown, which would kill the process with it)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            log.info("shutting down (signal %d)", sig)
+            self.handle_exit(sig, frame)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(server: uvicorn.Server, sockets: Sequence[socket.socket], url: str) -> None:
+    task = asyncio.ensure_future(server.serve(sockets=list(sockets)))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        log.info("listening on %s", url)
+    await task
+
+
+def run(config: GatewayConfig) -> int:
+    """Bind, serve until SIGTERM/SIGINT, and return the exit status. With port 0 the port the system
+    gave is the one logged (``listening on http://HOST:PORT``) and used in result URLs."""
+    if not config.public_url and config.gateway_host in WILDCARD_HOSTS:
+        public_url_of(config, config.gateway_port)   # raises the one-line ConfigError
+    sock = _bind(config.gateway_host, config.gateway_port)
+    port = sock.getsockname()[1]
+    config = dataclasses.replace(config, gateway_port=port)
+    app = create_app(config)
+    server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False,
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+    url = f"http://{_url_host(config.gateway_host)}:{port}"
+    try:
+        asyncio.run(_serve(server, [sock], url))
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,77 @@
+"""HTTP errors of the gateway: one shape, one mapping from gRPC.
+
+Every error reply is ``{"error": {"code": "...", "msg": "..."}}`` (DESIGN.md, "Errors").
+
+Tree::
+
+    GatewayError                     an HTTP error reply: status, contract code, message
+    ├── from a hushwire server       trailer ``hushwire-error-code`` → server.errors.ERRORS[code].http_status
+    ├── from anything else (no trailer), by gRPC status:
+    │     UNAVAILABLE        503 SERVICE_UNAVAILABLE
+    │     DEADLINE_EXCEEDED  504 UPSTREAM_TIMEOUT
+    │     anything else      502 UPSTREAM_ERROR
+    └── raised by the gateway itself for the HTTP shape of a request:
+          400/415 INVALID_REQUEST, 400 INVALID_FILE (no file), 413 FILE_TOO_LARGE, 408 REQUEST_TIMEOUT,
+          404 NOT_FOUND / 405 METHOD_NOT_ALLOWED (no such route or method), 500 INTERNAL (a bug, with an id)
+
+:func:`from_rpc_error` is the only place that turns a gRPC failure into an HTTP status.
+"""
+
+from __future__ import annotations
+
+import grpc
+from starlette.responses import JSONResponse
+
+from server.errors import ERROR_CODE_KEY, ERRORS
+
+__all__ = ["GatewayError", "error_response", "from_rpc_error"]
+
+# Codes that exist only at the HTTP edge (no hushwire server sent them).
+UPSTREAM_ERROR = "UPSTREAM_ERROR"
+UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+
+
+class GatewayError(Exception):
+    """An error reply. ``status`` defaults to the contract table's HTTP status for ``code``."""
+
+    def __init__(self, code: str, msg: str | None = None, status: int | None = None) -> None:
+        spec = ERRORS.get(code)
+        if status is None:
+            if spec is None:
+                raise ValueError(f"no HTTP status known for code {code!r}; pass one")
+            status = spec.http_status
+        self.code = code
+        self.msg = msg or (spec.default_msg if spec else code)
+        self.status = status
+        super().__init__(f"{status} {code}: {self.msg}")
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.msg)
+
+
+def error_response(status: int, code: str, msg: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status)
+
+
+def _trailer_code(exc: grpc.aio.AioRpcError) -> str | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_CODE_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> GatewayError:
+    """The HTTP error for a failed RPC: the server's contract code when it sent one, else by status."""
+    code = _trailer_code(exc)
+    if code is not None:
+        spec = ERRORS.get(code)
+        if spec is not None:
+            return GatewayError(code, exc.details() or spec.default_msg, spec.http_status)
+        # A code newer than this gateway: keep it visible, but do not guess an HTTP status from gRPC's.
+        return GatewayError(code, exc.details() or code, 502)
+    status = exc.code()
+    if status == grpc.StatusCode.UNAVAILABLE:
+        return GatewayError("SERVICE_UNAVAILABLE", "the hushwire server cannot be reached; try again shortly")
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return GatewayError(UPSTREAM_TIMEOUT, "the hushwire server did not answer in time", 504)
+    return GatewayError(UPSTREAM_ERROR, f"upstream error ({status.name})", 502)

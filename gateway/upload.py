@@ -1,0 +1,342 @@
+"""``POST /enhance``: a multipart body parsed as a stream and forwarded file by file to ``Jobs.SubmitJob``.
+
+How memory stays bounded: python-multipart's push parser is fed the request body chunk by chunk
+(``request.stream()``; uvicorn delivers at most a few hundred KiB per chunk and stops reading the
+socket while the app has not taken what it buffered). The parser's callbacks only record what they
+saw; after each chunk the events are replayed here, and a file part's bytes go into that file's
+client-streamed ``SubmitJob`` call in messages of at most :data:`CHUNK_BYTES`. Each ``write`` is
+awaited, and grpc completes it only once the message is handed to the transport (HTTP/2 flow
+control), so the gateway never reads more of the request than the server has taken: at any time
+it holds one body chunk, one part's pending bytes (< :data:`CHUNK_BYTES`) and grpc's one message in
+flight, whatever the file size. Nothing is spooled to disk.
+
+Atomicity (DESIGN.md): every file is submitted with ``hold = true``. If any file is refused, or the
+request fails in any other way, the jobs already created are deleted with ``Jobs.CancelJob`` and the
+reply is that error; only when every file was accepted does the gateway call ``Jobs.StartJob`` for each.
+
+The gateway checks only the HTTP shape (content type, form fields, number of files, body size,
+the option's syntax). Everything about the audio is the server's to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import grpc
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from gateway.errors import GatewayError, from_rpc_error
+from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+
+__all__ = ["CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
+
+log = logging.getLogger("hushwire.gateway")
+
+OPTION_FIELD = "attenuation_limit_db"
+CHUNK_BYTES = 256 * 1024          # file bytes per SubmitJob message (the contract allows up to 1 MiB)
+MAX_FIELD_VALUE_BYTES = 64        # the option's value: a number, never more than a few characters
+MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
+
+# Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+Metadata = Sequence[tuple[str, str]]
+_SubmitCall: TypeAlias = "grpc.aio.StreamUnaryCall[jobs_pb2.SubmitJobRequest, jobs_pb2.Job]"
+Reply = dict[str, str | list[str]]
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_body_bytes: int
+    max_files: int = 32
+    idle_seconds: float = 60.0    # a body that sends nothing for this long is a stalled upload (408)
+    rpc_timeout: float = 10.0     # deadline of the unary calls (StartJob, CancelJob)
+
+
+@dataclass
+class _Part:
+    """The part being parsed: its headers, then either a file upload or the option's value."""
+
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    headers: dict[str, str] = field(default_factory=dict)
+    header_bytes: int = 0
+    name: str = ""
+    call: _SubmitCall | None = None
+    pending: bytearray = field(default_factory=bytearray)   # file bytes not yet sent (< CHUNK_BYTES)
+    value: bytearray | None = None                          # the option's value, for a non-file part
+
+
+def _text(raw: bytes) -> str:
+    """A header parameter: browsers send UTF-8 bytes that python-multipart hands over as latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _attenuation(raw: bytes) -> float:
+    try:
+        value = float(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
+                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}")
+    return value
+
+
+class _Upload:
+    """One ``POST /enhance`` request: parse, submit held jobs, then start them (or cancel them all)."""
+
+    def __init__(self, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata, limits: UploadLimits) -> None:
+        self._stub = stub
+        self._metadata = tuple(metadata)
+        self._limits = limits
+        self._events: list[tuple[str, bytes]] = []
+        self._part: _Part | None = None
+        self._ended = False
+        self._files = 0
+        self._attenuation: float | None = None
+        self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
+
+    # -- parser callbacks: record only; the async work happens in _replay ---------------------------
+
+    def _on(self, kind: str) -> None:
+        self._events.append((kind, b""))
+
+    def _on_data(self, kind: str, data: bytes, start: int, end: int) -> None:
+        self._events.append((kind, bytes(data[start:end])))
+
+    def _parser(self, boundary: bytes) -> MultipartParser:
+        return MultipartParser(boundary, {
+            "on_part_begin": lambda: self._on("part_begin"),
+            "on_header_field": lambda d, s, e: self._on_data("header_field", d, s, e),
+            "on_header_value": lambda d, s, e: self._on_data("header_value", d, s, e),
+            "on_header_end": lambda: self._on("header_end"),
+            "on_headers_finished": lambda: self._on("headers_finished"),
+            "on_part_data": lambda d, s, e: self._on_data("part_data", d, s, e),
+            "on_part_end": lambda: self._on("part_end"),
+            "on_end": lambda: self._on("end"),
+        })
+
+    # -- the request -------------------------------------------------------------------------------------
+
+    async def run(self, request: Request) -> Reply:
+        ctype, params = parse_options_header(request.headers.get("content-type"))
+        if ctype != b"multipart/form-data":
+            raise GatewayError("INVALID_REQUEST", "the body must be multipart/form-data with one or more files",
+                               415)
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise GatewayError("INVALID_REQUEST", "multipart/form-data without a boundary")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._limits.max_body_bytes:
+            raise GatewayError("FILE_TOO_LARGE", self._too_large_msg())
+        try:
+            parser = self._parser(boundary)
+        except FormParserError as exc:
+            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {exc}") from None
+        accepted = False
+        try:
+            async with contextlib.aclosing(self._body(request)) as body:
+                async for chunk in body:
+                    try:
+                        parser.write(chunk)
+                    except FormParserError as exc:
+                        raise GatewayError("INVALID_REQUEST", f"malformed multipart body: {exc}") from None
+                    await self._replay()
+            parser.finalize()
+            await self._replay()
+            if not self._ended:
+                raise GatewayError("INVALID_REQUEST", "the multipart body ended before its closing boundary")
+            if not self._jobs:
+                raise GatewayError("INVALID_FILE", "no file in the request: send one or more files as "
+                                   "multipart/form-data")
+            await self._start_all()
+            accepted = True
+        finally:
+            if self._part is not None and self._part.call is not None:
+                self._part.call.cancel()   # an upload cut short: the server stores nothing for it
+            if not accepted and self._jobs:
+                await self._cancel_all()
+        reply: Reply = {}
+        for name, job_id in self._jobs:
+            prev = reply.get(name)
+            reply[name] = job_id if prev is None else [*([prev] if isinstance(prev, str) else prev), job_id]
+        return reply
+
+    def _too_large_msg(self) -> str:
+        return f"the request body is over the upload limit of {self._limits.max_body_bytes} bytes"
+
+    async def _body(self, request: Request) -> AsyncGenerator[bytes, None]:
+        """The body's chunks, refused with 413 as soon as it passes the limit and 408 if it stalls."""
+        stream = request.stream().__aiter__()
+        total = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), self._limits.idle_seconds)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise GatewayError("REQUEST_TIMEOUT", f"the upload sent nothing for "
+                                   f"{self._limits.idle_seconds:g} s") from None
+            total += len(chunk)
+            if total > self._limits.max_body_bytes:
+                raise GatewayError("FILE_TOO_LARGE", self._too_large_msg())
+            if chunk:
+                yield chunk
+
+    async def _replay(self) -> None:
+        events, self._events = self._events, []
+        for kind, data in events:
+            if kind == "part_begin":
+                self._part = _Part()
+            elif kind == "end":
+                self._ended = True
+            else:
+                part = self._part
+                assert part is not None, f"multipart event {kind} outside a part"
+                await self._part_event(part, kind, data)
+
+    async def _part_event(self, part: _Part, kind: str, data: bytes) -> None:
+        if kind == "part_data":
+            if part.call is not None:
+                part.pending += data
+                if len(part.pending) >= CHUNK_BYTES:
+                    await self._send(part, final=False)
+            elif part.value is not None:
+                part.value += data
+                if len(part.value) > MAX_FIELD_VALUE_BYTES:
+                    raise GatewayError("INVALID_REQUEST", f"the value of {OPTION_FIELD} is too long")
+        elif kind in ("header_field", "header_value"):
+            part.header_bytes += len(data)
+            if part.header_bytes > MAX_PART_HEADER_BYTES:
+                raise GatewayError("INVALID_REQUEST", "a multipart part has too many header bytes")
+            (part.header_field if kind == "header_field" else part.header_value).extend(data)
+        elif kind == "header_end":
+            part.headers[part.header_field.decode("latin-1").strip().lower()] = part.header_value.decode("latin-1")
+            part.header_field.clear()
+            part.header_value.clear()
+        elif kind == "headers_finished":
+            await self._begin_part(part)
+        elif kind == "part_end":
+            await self._end_part(part)
+            self._part = None
+
+    async def _begin_part(self, part: _Part) -> None:
+        disposition, params = parse_options_header(part.headers.get("content-disposition"))
+        if disposition != b"form-data" or b"name" not in params:
+            raise GatewayError("INVALID_REQUEST", "every multipart part needs a Content-Disposition: form-data "
+                               "header with a name")
+        part.name = _text(params[b"name"])
+        if b"filename" not in params:
+            if part.name != OPTION_FIELD:
+                raise GatewayError("INVALID_REQUEST", f"unknown form field {part.name!r}: the only field that is "
+                                   f"not a file is {OPTION_FIELD!r}")
+            if self._attenuation is not None:
+                raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
+            part.value = bytearray()
+            return
+        self._files += 1
+        if self._files > self._limits.max_files:
+            raise GatewayError("INVALID_REQUEST", f"at most {self._limits.max_files} files per request")
+        spec = jobs_pb2.JobSpec(file_name=_text(params[b"filename"]), file_key=part.name, hold=True)
+        if self._attenuation is not None:
+            spec.options.attenuation_limit_db = self._attenuation
+        part.call = self._stub.SubmitJob(metadata=self._metadata)
+        await self._write(part.call, jobs_pb2.SubmitJobRequest(spec=spec))
+
+    async def _end_part(self, part: _Part) -> None:
+        if part.value is not None:
+            self._attenuation = _attenuation(bytes(part.value))
+        elif part.call is not None:
+            await self._send(part, final=True)
+            await self._write(part.call, None)
+            try:
+                job = await part.call
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+            part.call = None
+            self._jobs.append((part.name, job.job_id))
+
+    async def _send(self, part: _Part, final: bool) -> None:
+        assert part.call is not None
+        while len(part.pending) >= CHUNK_BYTES or (final and part.pending):
+            chunk = bytes(part.pending[:CHUNK_BYTES])
+            del part.pending[:CHUNK_BYTES]
+            await self._write(part.call, jobs_pb2.SubmitJobRequest(chunk=chunk))
+
+    async def _write(self, call: _SubmitCall, message: jobs_pb2.SubmitJobRequest | None) -> None:
+        """Send one message (None: half-close). If the server already ended the call (a refused file),
+        raise the server's error."""
+        try:
+            if message is None:
+                await call.done_writing()
+            else:
+                await call.write(message)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # grpc raises several kinds here; the call's outcome decides
+            failure: BaseException = exc
+        # grpc.aio reports a write racing the server's end of the call as a local INTERNAL error
+        # ("Internal error from Core") or InvalidStateError; the call's own outcome has the server's
+        # status and its hushwire-error-code trailer.
+        try:
+            job = await asyncio.wait_for(self._outcome(call), self._limits.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        except TimeoutError:
+            call.cancel()
+            raise GatewayError("UPSTREAM_ERROR", f"sending the upload failed: {failure}", 502) from None
+        self._jobs.append(("", job.job_id))   # answered before the whole file was sent: it is cancelled
+        raise GatewayError("UPSTREAM_ERROR", "the server answered before the upload was complete", 502)
+
+    @staticmethod
+    async def _outcome(call: _SubmitCall) -> jobs_pb2.Job:
+        return await call
+
+    async def _start_all(self) -> None:
+        options = None
+        if self._attenuation is not None:
+            options = jobs_pb2.JobOptions(attenuation_limit_db=self._attenuation)
+        for _, job_id in self._jobs:
+            try:
+                await self._stub.StartJob(jobs_pb2.StartJobRequest(job_id=job_id, options=options),
+                                          metadata=self._metadata, timeout=self._limits.rpc_timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+
+    async def _cancel_all(self) -> None:
+        """Delete every job this request created. Shielded: it must finish even if the request is cancelled."""
+        jobs = [job_id for _, job_id in self._jobs]
+
+        async def cancel() -> None:
+            for job_id in jobs:
+                try:
+                    await self._stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=self._metadata,
+                                               timeout=self._limits.rpc_timeout)
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("could not cancel job %s of a refused request: %s %s", job_id, exc.code().name,
+                                exc.details())
+
+        task = asyncio.ensure_future(cancel())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        await asyncio.shield(task)
+
+
+async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
+                         limits: UploadLimits) -> Reply:
+    """Parse the request's multipart body as a stream into held jobs and start them; the reply maps
+    each field name to its job id (a list when the field carried several files)."""
+    return await _Upload(stub, metadata, limits).run(request)
