@@ -55,6 +55,9 @@ def _stored(server: ServerProcess) -> tuple[int, list[Path]]:
         ("WAV", "PCM_U8", 8000, 1),
         ("OGG", "VORBIS", 44100, 1),
         ("WAV", "DOUBLE", 96000, 1),
+        ("MP3", "MPEG_LAYER_III", 44100, 2),
+        ("OGG", "OPUS", 48000, 1),
+        ("WAV", "PCM_32", 32000, 8),
     ],
 )
 def test_job_keeps_format_and_denoises(jobs: JobsClient, tmp_path: Path, fmt: str, subtype: str, rate: int,
