@@ -22,7 +22,7 @@ class HushwireClientError(Exception):
 
 def _trailer_code(err: grpc.RpcError) -> str | None:
     try:
-        trailers = err.trailing_metadata()  # type: ignore[attr-defined]
+        trailers = err.trailing_metadata()
     except Exception:  # an error raised before any call was made has no trailers
         return None
     for k, v in trailers or ():
@@ -32,8 +32,8 @@ def _trailer_code(err: grpc.RpcError) -> str | None:
 
 
 def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
-    status = err.code() if hasattr(err, "code") else None  # type: ignore[attr-defined]
-    details = err.details() if hasattr(err, "details") else str(err)  # type: ignore[attr-defined]
+    status = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
     return HushwireClientError(status, _trailer_code(err), details or "")
 
 

@@ -84,9 +84,12 @@ class JobsClient:
         on_bytes: Callable[[int], None] | None = None,
     ) -> jobs_pb2.Job:
         """Upload a file (path or binary file object) in chunks and create a job."""
-        own = isinstance(source, str | os.PathLike)
-        f: BinaryIO = open(source, "rb") if own else source  # type: ignore[arg-type, assignment]
-        name = file_name or (Path(source).name if own else getattr(f, "name", "audio"))  # type: ignore[arg-type]
+        f: BinaryIO
+        if isinstance(source, str | os.PathLike):
+            own, f, default_name = True, open(source, "rb"), Path(source).name
+        else:
+            own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
+        name = file_name or default_name
         spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold)
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
@@ -101,7 +104,7 @@ class JobsClient:
                     on_bytes(len(chunk))
 
         try:
-            return self._stub.SubmitJob(requests(), metadata=self._md())  # type: ignore[no-any-return]
+            return self._stub.SubmitJob(requests(), metadata=self._md())
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         finally:
@@ -109,12 +112,12 @@ class JobsClient:
                 f.close()
 
     def get(self, job_id: str) -> jobs_pb2.Job:
-        return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))  # type: ignore[return-value]
+        return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
 
     def list(self, page_size: int = 50) -> Iterator[jobs_pb2.Job]:
         token = ""
         while True:
-            resp: jobs_pb2.ListJobsResponse = self._unary(  # type: ignore[assignment]
+            resp: jobs_pb2.ListJobsResponse = self._unary(
                 self._stub.ListJobs, jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token))
             yield from resp.jobs
             if not resp.next_page_token:
@@ -128,7 +131,7 @@ class JobsClient:
         req = jobs_pb2.StartJobRequest(job_id=job_id)
         if attenuation_limit_db is not None:
             req.options.attenuation_limit_db = attenuation_limit_db
-        return self._unary(self._stub.StartJob, req)  # type: ignore[return-value]
+        return self._unary(self._stub.StartJob, req)
 
     def wait(self, job_id: str, timeout: float = 600.0, poll_s: float = 0.2,
              on_update: Callable[[jobs_pb2.Job], None] | None = None) -> jobs_pb2.Job:

@@ -115,7 +115,7 @@ _HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="hushwire.v1.Enhancer")
 
 
 def _unreachable(target: str, timeout: float, err: grpc.RpcError) -> HushwireClientError:
-    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return HushwireClientError(
             grpc.StatusCode.UNAVAILABLE, None, f"cannot reach the hushwire server at {target} within {timeout:g} s"
         )

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import concurrent.futures
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -284,14 +285,14 @@ class JobRunner:
                 fut = loop.run_in_executor(
                     self._pool, run_job, self._db_path, self._blob_root, job.job_id, self.owner, self._lease)
                 self._running.add(fut)
-                fut.add_done_callback(lambda f, j=job: self._done(f, j))
+                fut.add_done_callback(functools.partial(self._done, job=job))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             except TimeoutError:
                 pass
 
-    def _done(self, fut: asyncio.Future[str], job: JobRow) -> None:
+    def _done(self, fut: asyncio.Future[str], *, job: JobRow) -> None:
         self._running.discard(fut)
         try:
             status = fut.result()

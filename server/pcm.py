@@ -30,7 +30,7 @@ def encode(x: np.ndarray, encoding: int) -> bytes:
     """Float frames (frames, channels) -> interleaved bytes. PCM16 rounds and saturates, never wraps."""
     if encoding == PCM16:
         y = np.clip(np.rint(np.asarray(x, dtype=np.float32) * np.float32(_PCM16_SCALE)), -32768, 32767)
-        return y.astype("<i2").tobytes()
+        return bytes(y.astype("<i2").tobytes())
     if encoding == FLOAT32:
-        return np.ascontiguousarray(x, dtype="<f4").tobytes()
+        return bytes(np.ascontiguousarray(x, dtype="<f4").tobytes())
     raise ValueError(f"unsupported encoding {encoding}")

@@ -341,7 +341,8 @@ class Store:
                    progress: float | None = None) -> bool:
         """Renew the lease (and set status/progress). False when the job is gone or leased by another."""
         now = time.time()
-        sets, args = ["lease_expires = ?"], [now + lease_seconds]
+        sets: list[str] = ["lease_expires = ?"]
+        args: list[object] = [now + lease_seconds]
         if status is not None:
             sets += ["status = ?", "mod_time = ?"]
             args += [status, now]
@@ -401,7 +402,7 @@ class Store:
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
         with self._lock:
-            return [tuple(r) for r in self._db.execute(  # type: ignore[misc]
+            return [tuple(r) for r in self._db.execute(
                 "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
                 (key_id,)).fetchall()]
 
