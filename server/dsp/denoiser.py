@@ -3,13 +3,19 @@
 Signal path per hop of 10 ms, all channels at once::
 
     hop -> analysis (asymmetric window, Mauler & Martin 2007) -> |Y|^2
-        -> noise PSD (Gerkmann & Hendriks 2012) -> MMSE-LSA gain (Ephraim & Malah 1985)
+        -> noise PSD (Gerkmann & Hendriks 2012)
+        -> OM-LSA gain (Ephraim & Malah 1985, Cohen & Berdugo 2001)
         -> floor / attenuation limit -> overlap-add synthesis -> hop of output
 
 Why a 10 ms hop with a 32 ms analysis window and a 20 ms synthesis window: the estimators
 need the frequency resolution of a ~30 ms window to resolve harmonics of hum and of low
 voices, while the asymmetric pair keeps the algorithmic delay at one hop (10 ms) at every
 rate. A 10 ms hop is an integer number of samples at all supported rates (441 at 44.1 kHz).
+Measured on dev while tuning: a 5 ms hop with a 10 ms synthesis window scored no better
+(and is not an integer at 44.1 kHz), and analysis lengths of 20-40 ms were within 0.03 PESQ.
+
+The gain never goes below FLOOR_DB; ``attenuation_limit_db`` can only raise that floor
+(6 dB means the gain stays >= -6 dB), and 0 turns the gain off (exact pass-through).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from .gain import LsaGain
+from .gain import OmLsaGain
 from .noise import NoiseTracker
 from .stft import Rechunker, StreamingStft
 
@@ -60,7 +66,7 @@ class Denoiser:
         n_bins = self._stft.n_bins
         self._rechunker = Rechunker(hop, self.channels)
         self._noise = NoiseTracker(self.channels, n_bins, hop_ms)
-        self._lsa = LsaGain(self.channels, n_bins)
+        self._gain_rule = OmLsaGain(self.channels, n_bins)
         self._power = np.zeros((self.channels, n_bins))  # |Y|^2 of the current frame
         self._power_imag = np.zeros((self.channels, n_bins))  # scratch for |Im Y|^2
         self._gain = np.ones((self.channels, n_bins))  # gain applied to the current frame
@@ -125,7 +131,7 @@ class Denoiser:
         self._stft.reset()
         self._rechunker.reset()
         self._noise.reset()
-        self._lsa.reset()
+        self._gain_rule.reset()
         self._frame_vad = 0.0
         self._voice_probability = 0.0
         self._in_count = 0
@@ -165,9 +171,12 @@ class Denoiser:
             arr = arr[:, None]
         if arr.ndim != 2 or arr.shape[1] != self.channels:
             raise ValueError(f"expected shape (n, {self.channels}), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"expected a float array, got {arr.dtype}")
-        clean = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if not np.issubdtype(arr.dtype, np.floating):
+            # Integer PCM would need a scale this object cannot guess (int16? int32?).
+            raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
+        clean = arr.astype(np.float64)
+        if not np.isfinite(clean).all():
+            np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(clean, -INPUT_ABS_MAX, INPUT_ABS_MAX, out=clean)
         return clean
 
@@ -182,7 +191,8 @@ class Denoiser:
             vad_sum += self._frame_vad
         if n_hops:
             self._voice_probability = vad_sum / n_hops
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if not np.isfinite(out).all():  # cannot happen with finite input; a last guard
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(out, -1.0, 1.0, out=out)
         return out
 
@@ -198,7 +208,7 @@ class Denoiser:
         if scale != 1.0:
             power *= scale
         noise_psd = self._noise.update(power)
-        gain = self._lsa.update(power, noise_psd)
+        gain = self._gain_rule.update(power, noise_psd)
         self._frame_vad = self._vad()
         if self._bypass or self._min_gain >= 1.0:
             self._gain.fill(1.0)
@@ -209,8 +219,8 @@ class Denoiser:
 
     def _vad(self) -> float:
         """Frame speech probability from the mean log likelihood ratio (Sohn et al. 1999)."""
-        xi = self._lsa.xi[:, self._vad_bins]
-        gamma = self._lsa.gamma[:, self._vad_bins]
+        xi = self._gain_rule.xi[:, self._vad_bins]
+        gamma = self._gain_rule.gamma[:, self._vad_bins]
         llr = self._llr[:, self._vad_bins]
         np.divide(xi, 1.0 + xi, out=llr)
         llr *= gamma

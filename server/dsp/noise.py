@@ -24,9 +24,12 @@ Array = npt.NDArray[np.float64]
 
 XI_H1_DB = 15.0  # a-priori SNR assumed when speech is present (paper: 15 dB)
 PRIOR_H1 = 0.5  # a-priori speech presence probability (paper: 0.5)
-# The paper's smoothing constants 0.8 (noise) and 0.9 (SPP) at a 16 ms hop, as time constants:
-NOISE_SMOOTH_MS = 72.0  # -16 ms / ln 0.8
-SPP_SMOOTH_MS = 152.0  # -16 ms / ln 0.9
+# The paper's SPP smoothing 0.9 at a 16 ms hop, as a time constant (-16 ms / ln 0.9):
+SPP_SMOOTH_MS = 152.0
+# The paper's noise smoothing 0.8 at a 16 ms hop is a 72 ms time constant. 300 ms halves
+# the variance of the estimate again (fewer gain outliers, less musical noise) and scored
+# clearly better on dev, at the price of following a rising noise level more slowly.
+NOISE_SMOOTH_MS = 300.0
 SPP_STAGNATION = 0.99  # cap on the SPP while the smoothed SPP stays above it
 INIT_MS = 60.0  # the first frames are averaged to start the estimate (assumed speech-free)
 POWER_FLOOR = 1e-12  # keeps ratios finite on digital silence (about -120 dBFS per bin)

@@ -149,9 +149,12 @@ class StreamingStft:
     def synthesize(self, spec: CArray, out: npt.NDArray[np.floating]) -> None:
         """Overlap-add the modified ``spec`` and write ``hop`` final frames to ``out`` (hop, channels)."""
         hop = self.hop
-        frame = np.fft.irfft(spec, n=self.frame_len, axis=-1)
+        frame = self._windowed  # free again after analyze(); reused to avoid an allocation
+        np.fft.irfft(spec, n=self.frame_len, axis=-1, out=frame)
+        tail = frame[:, -2 * hop :]
+        tail *= self._synth_tail
         ola = self._ola
-        ola += frame[:, -2 * hop :] * self._synth_tail
+        ola += tail
         out[...] = ola[:, :hop].T
         ola[:, :hop] = ola[:, hop:]
         ola[:, hop:] = 0.0
