@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEV, ServerProcess, energy_db, run_cli
+from conftest import DEV, ROOT, ServerProcess, energy_db, run_cli
 
 from server.dsp import Denoiser
 
@@ -120,3 +121,14 @@ def test_mic_without_devices_says_so(tmp_path: Path) -> None:
     env = dict(os.environ, HOME=str(tmp_path))  # no ALSA config: no devices at all
     bad = run_cli("mic", "--key", "k", env=env, check=False)
     assert bad.returncode == 2 and ("no input device" in bad.stderr or "PortAudio" in bad.stderr)
+
+
+def test_missing_portaudio_says_how_to_install(tmp_path: Path) -> None:
+    # Hide the PortAudio library from sounddevice's loader, as on a machine without libportaudio2.
+    code = ("import ctypes.util, sys; ctypes.util.find_library = lambda name: None; "
+            "from server.cli import main; sys.exit(main(['mic', '--list-devices']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, HOME=str(tmp_path)), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "PortAudio library was not found" in proc.stderr and "apt-get install libportaudio2" in proc.stderr
+    assert "Traceback" not in proc.stderr
