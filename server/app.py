@@ -73,8 +73,9 @@ async def create_server(config: ServerConfig) -> Server:
     blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
     runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds)
-    limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user)
-    registry = StreamRegistry()
+    limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
+                       config.max_bytes_per_day_per_user)
+    registry = StreamRegistry(config.max_streams_per_user)
     holder: dict[str, Server] = {}
     interceptor = AuthInterceptor(store, is_draining=lambda: holder["server"].draining)
     grpc_server = grpc.aio.server(

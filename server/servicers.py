@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -33,18 +34,28 @@ SLOW_CONSUMER_SECONDS = 10.0
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[object]] = set()
+    def __init__(self, max_per_user: int = 256) -> None:
+        self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
+        self.per_user: collections.Counter[int] = collections.Counter()
+        self.max_per_user = max_per_user
         self.shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def add(self, task: asyncio.Task[object]) -> None:
-        self.tasks.add(task)
+    def add(self, task: asyncio.Task[object], uid: int) -> None:
+        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open."""
+        if self.per_user[uid] >= self.max_per_user:
+            raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+        self.tasks[task] = uid
+        self.per_user[uid] += 1
         self._idle.clear()
 
     def discard(self, task: asyncio.Task[object]) -> None:
-        self.tasks.discard(task)
+        uid = self.tasks.pop(task, None)
+        if uid is not None:
+            self.per_user[uid] -= 1
+            if self.per_user[uid] <= 0:
+                del self.per_user[uid]
         if not self.tasks:
             self._idle.set()
 
@@ -72,11 +83,11 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._registry.add(task)
         principal = current_principal()
         started = time.monotonic()
         session: StreamSession | None = None
         try:
+            self._registry.add(task, principal.uid)
             session = await self._serve(context)
         except HushwireError as err:
             await abort_with(context, err)
@@ -176,6 +187,7 @@ class JobLimits:
     max_upload_bytes: int
     max_upload_seconds: float
     max_queued_jobs_per_user: int
+    max_bytes_per_day_per_user: int
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -232,6 +244,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
                                 "per user; wait for some to finish")
+        quota_left = self._limits.max_bytes_per_day_per_user - self._store.uploaded_today(principal.uid)
+        quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
+        if quota_left <= 0 or spec.size_hint_bytes > quota_left:
+            raise HushwireError("RATE_LIMITED", quota_msg)
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -245,6 +261,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                     if size > self._limits.max_upload_bytes:
                         raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
                                             f"{self._limits.max_upload_bytes} bytes")
+                    if size > quota_left:
+                        raise HushwireError("RATE_LIMITED", quota_msg)
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
             await asyncio.to_thread(self._blobs.commit, tmp, upload_blob)

@@ -392,6 +392,13 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).rowcount
 
+    def uploaded_today(self, uid: int) -> int:
+        """Bytes the user's accepted uploads took today (UTC), over all their keys."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(upload_bytes), 0) FROM usage WHERE uid = ? AND day = ?",
+                                   (uid, _day(time.time()))).fetchone()
+        return int(row[0])
+
     def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
         with self._lock:
             self._db.execute(
