@@ -174,7 +174,8 @@ class Denoiser:
         if not np.issubdtype(arr.dtype, np.floating):
             # Integer PCM would need a scale this object cannot guess (int16? int32?).
             raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
-        clean = arr.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # signalling NaNs from raw bytes warn on the cast
+            clean = arr.astype(np.float64)
         if not np.isfinite(clean).all():
             np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(clean, -INPUT_ABS_MAX, INPUT_ABS_MAX, out=clean)
