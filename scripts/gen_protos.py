@@ -21,8 +21,9 @@ def proto_files() -> list[Path]:
 
 
 def generate(out: Path) -> None:
-    from grpc_tools import protoc  # build-time only
     import importlib.resources
+
+    from grpc_tools import protoc  # build-time only
 
     include = str(importlib.resources.files("grpc_tools") / "_proto")
     out.mkdir(parents=True, exist_ok=True)
