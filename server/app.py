@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.auth import AuthInterceptor
 from server.blobs import LocalBlobs
 from server.config import ServerConfig
 from server.jobs import JobRunner
+from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
 from server.signing import Signer, load_secret
 from server.store import Store
@@ -72,7 +74,9 @@ async def create_server(config: ServerConfig) -> Server:
     store = Store(config.sqlite_path)
     blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
-    runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds)
+    runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds,
+                       log_level=config.log_level, log_format=config.log_format)
+    METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
@@ -85,7 +89,7 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry), grpc_server)
+    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry, store), grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
     health_servicer = health.aio.HealthServicer()
@@ -98,8 +102,13 @@ async def create_server(config: ServerConfig) -> Server:
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     port = grpc_server.add_insecure_port(address)
-    await runner.start()
+    for name in HEALTH_SERVICES:  # until the workers are up
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await grpc_server.start()
+    await runner.start()
+    await runner.warm_up()
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server = Server(grpc_server, port, health_servicer, registry, store, runner)

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from server.errors import ERRORS, trailing_metadata
+from server.metrics import METRICS
 from server.store import Principal, Store
 
 __all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
@@ -62,6 +63,7 @@ def _refusal(handler: grpc.RpcMethodHandler, code: str, msg: str) -> grpc.RpcMet
     spec = ERRORS[code]
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        METRICS.errors.labels(code).inc()
         await context.abort(spec.grpc_status, msg, trailing_metadata=trailing_metadata(code))
 
     return _same_kind(handler, refuse)

@@ -290,7 +290,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
                               *_CLIENT_SETTINGS])
     for name, value in values.items():
         if name in ("key", "signing_secret") and value:
-            value = "(set)"
+            value = "*** (set)"
         print(f"{name} = {value}")
     return 0
 
@@ -375,7 +375,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(mic, _CLIENT_SETTINGS)
     mic.set_defaults(func=_cmd_mic)
 
-    config = sub.add_parser("config", help="print the resolved settings")
+    config = sub.add_parser("config", help="config show: print the effective settings (secrets masked)")
+    config.add_argument("action", nargs="?", choices=["show"], default="show")
     _common(config, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
                      *_CLIENT_SETTINGS])
     config.set_defaults(func=_cmd_config)

@@ -117,11 +117,29 @@ def _load_toml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         return {}
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    known = {s.toml for s in SETTINGS.values() if s.toml}
+    sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
+    for key in _dotted_keys(doc):
+        if key not in known:
+            hint = " (a section, not a value)" if key in sections else ""
+            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+    return doc
+
+
+def _dotted_keys(doc: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in doc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            keys += _dotted_keys(v, name + ".")
+        else:
+            keys.append(name)
+    return keys
 
 
 def resolve(

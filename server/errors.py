@@ -80,4 +80,7 @@ def trailing_metadata(code: str) -> tuple[tuple[str, str], ...]:
 
 async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> None:
     """End the RPC with the error's status, message and ``hushwire-error-code`` trailer."""
+    from server.metrics import METRICS  # here, so importing the table (the gateway does) stays light
+
+    METRICS.errors.labels(err.code).inc()
     await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code))

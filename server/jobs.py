@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -33,7 +34,9 @@ import soundfile as sf
 from server.blobs import LocalBlobs
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
-from server.store import FAILED, POST_PROCESSING, PROCESSING, JobRow, Store
+from server.logs import event, setup_logging
+from server.metrics import METRICS
+from server.store import COMPLETED, FAILED, POST_PROCESSING, PROCESSING, JobRow, Store
 
 __all__ = ["BLOCK_SECONDS", "JobRunner", "Probe", "content_type", "new_job_id", "probe", "result_name", "run_job"]
 
@@ -178,6 +181,7 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
                 written += y.shape[0]
 
         progress(PROCESSING, 0.0)
+        event(log, "job processing", job_id=job_id, uid=job.uid, file_name=job.file_name)
         try:
             src = sf.SoundFile(str(blobs.local_path(job.upload_blob)))
         except Exception:
@@ -204,6 +208,7 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
             emit(out, from_native(denoiser.process(to_native(empty, last=True))))
             emit(out, from_native(denoiser.flush(), last=True))
             progress(POST_PROCESSING, 1.0)
+            event(log, "job post-processing", job_id=job_id, uid=job.uid, file_name=job.file_name)
             if written < job.frames:  # resampler edge: pad so the result has exactly the input's frames
                 out.write(np.zeros((job.frames - written, job.channels), np.float32))
         blobs.commit(tmp, result_blob)
@@ -211,7 +216,7 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
         if not store.finish_job(job_id, owner, result_blob=result_blob, result_format=fmt):
             blobs.delete(result_blob)
             return "lost"
-        return "completed"
+        return COMPLETED
     except _Cancelled:
         return "cancelled"
     except HushwireError as err:
@@ -229,8 +234,13 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
         store.close()
 
 
-def _worker_init() -> None:
-    """Worker processes die with the server (Linux), and leave signals to the server."""
+def _ready() -> bool:
+    return True
+
+
+def _worker_init(log_level: str = "info", log_format: str = "text") -> None:
+    """Worker processes log like the server, die with it (Linux), and leave signals to it."""
+    setup_logging(log_level, log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -244,7 +254,8 @@ class JobRunner:
     """Claims runnable jobs and runs them in a pool of worker processes."""
 
     def __init__(self, store: Store, db_path: Path, blob_root: Path, workers: int | None, lease_seconds: float,
-                 requeue_on_start: bool = True) -> None:
+                 requeue_on_start: bool = True, log_level: str = "info", log_format: str = "text") -> None:
+        self._log_level, self._log_format = log_level, log_format
         self._store = store
         self._db_path = str(db_path)
         self._blob_root = str(blob_root)
@@ -260,13 +271,20 @@ class JobRunner:
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+            initargs=(self._log_level, self._log_format))
+
+    async def warm_up(self) -> None:
+        """Start every worker process (imports included) before the server reports SERVING."""
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.workers)))
 
     async def start(self) -> None:
         if self._requeue_on_start:  # the embedded store belongs to this server alone
             n = self._store.requeue()
             if n:
-                log.info("requeued %d unfinished job(s) from the previous run", n)
+                event(log, "jobs requeued", count=n, reason="unfinished at the previous stop")
         self._pool = self._new_pool()
         self._task = asyncio.create_task(self._loop())
 
@@ -281,25 +299,41 @@ class JobRunner:
                 if job is None:
                     break
                 assert self._pool is not None
-                log.info("job %s started file=%r uid=%d attempt=%d", job.job_id, job.file_name, job.uid, job.attempts)
+                event(log, "job pre-processing", job_id=job.job_id, uid=job.uid, file_name=job.file_name,
+                      attempt=job.attempts)
+                started = time.monotonic()
                 fut = loop.run_in_executor(
                     self._pool, run_job, self._db_path, self._blob_root, job.job_id, self.owner, self._lease)
                 self._running.add(fut)
-                fut.add_done_callback(functools.partial(self._done, job=job))
+                fut.add_done_callback(functools.partial(self._done, job=job, started=started))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             except TimeoutError:
                 pass
 
-    def _done(self, fut: asyncio.Future[str], *, job: JobRow) -> None:
+    def _done(self, fut: asyncio.Future[str], *, job: JobRow, started: float) -> None:
         self._running.discard(fut)
         try:
             status = fut.result()
-            log.info("job %s %s billed_seconds=%.2f", job.job_id, status, job.billed_seconds)
+            fields: dict[str, Any] = {"job_id": job.job_id, "uid": job.uid, "file_name": job.file_name,
+                                         "seconds": round(time.monotonic() - started, 3)}
+            if status == COMPLETED:
+                METRICS.jobs_completed.inc()
+                METRICS.job_seconds.observe(time.monotonic() - started)
+                METRICS.billed(job.uid, job.key_id, job.billed_seconds, "job")
+                fields["billed_seconds"] = round(job.billed_seconds, 3)
+            elif status == FAILED:
+                METRICS.jobs_failed.inc()
+                METRICS.job_seconds.observe(time.monotonic() - started)
+                row = self._store.get_job(job.job_id)
+                code = row.error_code if row and row.error_code else "INTERNAL"
+                METRICS.errors.labels(code).inc()
+                fields.update(error_code=code, error_msg=row.error_msg if row else "")
+            event(log, f"job {status}", **fields)
         except concurrent.futures.process.BrokenProcessPool:
             if not self._stopping:
-                log.error("a worker process died during job %s; restarting the pool", job.job_id)
+                event(log, "worker died; restarting the pool", level=logging.ERROR, job_id=job.job_id)
                 self._store.requeue(self.owner)
                 self._pool = self._new_pool()
         except Exception:
@@ -318,4 +352,4 @@ class JobRunner:
             self._pool.shutdown(wait=True, cancel_futures=True)
         n = self._store.requeue(self.owner)
         if n:
-            log.info("requeued %d in-flight job(s)", n)
+            event(log, "jobs requeued", count=n, reason="server stopping")

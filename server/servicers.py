@@ -18,6 +18,8 @@ from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
 from server.blobs import LocalBlobs
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
+from server.logs import event
+from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
 from server.streams import StreamSession
@@ -72,9 +74,17 @@ class StreamRegistry:
             task.cancel()
 
 
+@dataclass
+class _StreamStats:
+    chunks: int = 0
+    processing_s: float = 0.0
+    max_processing_s: float = 0.0
+
+
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry) -> None:
+    def __init__(self, registry: StreamRegistry, store: Store) -> None:
         self._registry = registry
+        self._store = store
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -85,10 +95,17 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         assert task is not None
         principal = current_principal()
         started = time.monotonic()
+        stats = _StreamStats()
         session: StreamSession | None = None
         try:
             self._registry.add(task, principal.uid)
-            session = await self._serve(context)
+            session = await self._open(context)
+            if session is not None:
+                METRICS.streams_open.inc()
+                METRICS.streams_total.inc()
+                event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
+                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
+                await self._run(context, session, stats)
         except HushwireError as err:
             await abort_with(context, err)
         except asyncio.CancelledError:
@@ -98,13 +115,20 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         finally:
             self._registry.discard(task)
             if session is not None:
-                log.info(
-                    "stream closed uid=%d rate=%d channels=%d frames_in=%d frames_out=%d seconds=%.2f",
-                    principal.uid, session.sample_rate_hz, session.channels,
-                    session.frames_in, session.frames_out, time.monotonic() - started,
-                )
+                self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
-    async def _serve(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
+    def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
+        METRICS.streams_open.dec()
+        billed = session.frames_in / session.sample_rate_hz * session.channels
+        METRICS.billed(uid, key_id, billed, "stream")
+        self._store.record_stream(key_id, uid, billed)
+        event(log, "stream closed", uid=uid, key_id=key_id, rate=session.sample_rate_hz,
+              channels=session.channels, duration_s=round(seconds, 3), audio_s=round(billed / session.channels, 3),
+              chunks=stats.chunks, frames_in=session.frames_in, frames_out=session.frames_out,
+              mean_processing_ms=round(1000 * stats.processing_s / max(stats.chunks, 1), 3),
+              max_processing_ms=round(1000 * stats.max_processing_s, 3))
+
+    async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return None
@@ -119,13 +143,25 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         )
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
+        return session
+
+    async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats) -> None:
         while True:
             req = await context.read()
             if req is grpc.aio.EOF:
                 break
             kind = req.WhichOneof("msg")
             if kind == "audio":
+                t0 = time.perf_counter()
                 audio, vp = session.process(req.audio)
+                dt = time.perf_counter() - t0
+                stats.chunks += 1
+                stats.processing_s += dt
+                stats.max_processing_s = max(stats.max_processing_s, dt)
+                METRICS.chunk_seconds.observe(dt)
+                chunk_s = len(req.audio) / session.frame_bytes / session.sample_rate_hz
+                if chunk_s > 0:
+                    METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
             elif kind == "update":
                 up = req.update
@@ -138,7 +174,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             else:
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
-        return session
 
     @staticmethod
     async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
@@ -282,8 +317,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             self._blobs.delete(upload_blob)
             raise
         self._store.record_upload(principal.key_id, principal.uid, size)
-        log.info("job %s submitted uid=%d file=%r bytes=%d held=%s", job_id, principal.uid, job.file_name, size,
-                 job.held)
+        event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
@@ -326,7 +361,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             self._blobs.delete(deleted.upload_blob)
             if deleted.result_blob:
                 self._blobs.delete(deleted.result_blob)
-            log.info("job %s cancelled uid=%d", job.job_id, job.uid)
+            event(log, "job cancelled", job_id=job.job_id, uid=job.uid, file_name=job.file_name)
         return jobs_pb2.CancelJobResponse()
 
     async def StartJob(self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802

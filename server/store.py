@@ -153,6 +153,15 @@ def _day(t: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
+def _add_usage(db: sqlite3.Connection, key_id: int, uid: int, now: float, *, billed_seconds: float = 0.0,
+               upload_bytes: int = 0, jobs: int = 0) -> None:
+    db.execute(
+        "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (key_id, day) DO UPDATE SET billed_seconds = billed_seconds + excluded.billed_seconds, "
+        "upload_bytes = upload_bytes + excluded.upload_bytes, jobs = jobs + excluded.jobs",
+        (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs))
+
+
 def _hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
@@ -369,11 +378,7 @@ class Store:
                     "UPDATE jobs SET status = ?, progress = 1, result_blob = ?, result_format = ?, mod_time = ?, "
                     "lease_owner = NULL, lease_expires = NULL WHERE job_id = ?",
                     (COMPLETED, result_blob, result_format, now, job_id))
-                db.execute(
-                    "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) "
-                    "VALUES (?, ?, ?, ?, 0, 1) ON CONFLICT (key_id, day) DO UPDATE SET "
-                    "billed_seconds = billed_seconds + excluded.billed_seconds, jobs = jobs + 1",
-                    (job.key_id, job.uid, _day(now), job.billed_seconds))
+                _add_usage(db, job.key_id, job.uid, now, billed_seconds=job.billed_seconds, jobs=1)
             else:
                 db.execute(
                     "UPDATE jobs SET status = ?, error_code = ?, error_msg = ?, mod_time = ?, lease_owner = NULL, "
@@ -392,6 +397,14 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).rowcount
 
+    def job_stats(self) -> tuple[dict[str, int], int, float | None]:
+        """Jobs per state; runnable pending jobs (not held); the creation time of the oldest of those."""
+        with self._lock:
+            counts = dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            queued, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
+        return counts, int(queued), oldest
+
     def uploaded_today(self, uid: int) -> int:
         """Bytes the user's accepted uploads took today (UTC), over all their keys."""
         with self._lock:
@@ -401,10 +414,12 @@ class Store:
 
     def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO usage (key_id, uid, day, upload_bytes) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key_id, day) DO UPDATE SET upload_bytes = upload_bytes + excluded.upload_bytes",
-                (key_id, uid, _day(time.time()), nbytes))
+            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes)
+
+    def record_stream(self, key_id: int, uid: int, billed_seconds: float) -> None:
+        """Usage of a finished live stream (seconds of audio x channels)."""
+        with self._lock:
+            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds)
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""

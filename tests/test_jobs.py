@@ -266,6 +266,6 @@ def test_sigkill_mid_job_then_restart_completes(tmp_path: Path) -> None:
             assert STATUS_NAMES[done.status] == "completed", done.error
             _, path = c.download(job.job_id, tmp_path / "out.wav")
             assert sf.info(str(path)).frames == 240 * 48000
-        assert "requeued 1 unfinished job" in srv2.log
+        assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
     finally:
         assert srv2.stop() == 0

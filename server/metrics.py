@@ -1,0 +1,81 @@
+"""Prometheus metrics of the server (names are a contract: dashboards and alerts depend on them).
+
+All counting happens in the server process: job outcomes are counted when a worker's result
+reaches the parent, so the figures add up however many worker processes there are. Labels are
+bounded: codes, paths, states, user and key numbers; never a job id or a raw key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.store import Store
+
+__all__ = ["METRICS", "Metrics"]
+
+# Per-chunk processing time: a 20 ms chunk takes ~0.1-1 ms; the budget for real time is the chunk.
+_CHUNK_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5)
+_RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+class _StoreCollector(Collector):
+    """Job-queue figures read from the store at scrape time (so any replica reports the truth)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, queued, oldest = self._store.job_stats()
+        states = GaugeMetricFamily("hushwire_jobs", "Jobs by state.", labels=["state"])
+        for state, n in sorted(counts.items()):
+            states.add_metric([state], n)
+        yield states
+        yield GaugeMetricFamily("hushwire_jobs_queued", "Jobs waiting to run (pending, not held).",
+                                value=queued)
+        age = time.time() - oldest if oldest is not None else 0.0
+        yield GaugeMetricFamily("hushwire_oldest_pending_job_age_seconds",
+                                "Age of the oldest pending job (0 when none).", value=age)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.streams_open = Gauge("hushwire_streams_open", "Live streams open now.", registry=r)
+        self.streams_total = Counter("hushwire_streams", "Live streams opened.", registry=r)
+        self.audio_seconds = Counter("hushwire_audio_seconds", "Seconds of audio processed (x channels).",
+                                     ["path"], registry=r)
+        self.chunk_seconds = Histogram("hushwire_chunk_processing_seconds",
+                                       "Time to denoise one stream chunk.", buckets=_CHUNK_BUCKETS, registry=r)
+        self.realtime_factor = Histogram("hushwire_denoiser_realtime_factor",
+                                         "Processing time / audio time, per stream chunk.", buckets=_RTF_BUCKETS,
+                                         registry=r)
+        self.jobs_completed = Counter("hushwire_jobs_completed", "Jobs completed.", registry=r)
+        self.jobs_failed = Counter("hushwire_jobs_failed", "Jobs failed.", registry=r)
+        self.job_seconds = Histogram("hushwire_job_processing_seconds", "Wall time from claim to finish per job.",
+                                     buckets=_JOB_BUCKETS, registry=r)
+        self.errors = Counter("hushwire_errors", "Refusals and failures by contract code.", ["code"], registry=r)
+        self.billed_seconds = Counter("hushwire_billed_seconds", "Billed seconds (audio x channels) per user.",
+                                      ["uid"], registry=r)
+        self.key_billed_seconds = Counter("hushwire_key_billed_seconds", "Billed seconds per key.", ["key_id"],
+                                          registry=r)
+        self._store_collector: _StoreCollector | None = None
+
+    def bind_store(self, store: Store) -> None:
+        if self._store_collector is not None:
+            self.registry.unregister(self._store_collector)
+        self._store_collector = _StoreCollector(store)
+        self.registry.register(self._store_collector)
+
+    def billed(self, uid: int, key_id: int, seconds: float, path: str) -> None:
+        self.audio_seconds.labels(path).inc(seconds)
+        self.billed_seconds.labels(str(uid)).inc(seconds)
+        self.key_billed_seconds.labels(str(key_id)).inc(seconds)
+
+
+METRICS = Metrics()

@@ -1,0 +1,88 @@
+"""Metrics, JSON logs and config: scrape a real server after real traffic; parse what it logs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import create_key, run_cli, start_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from client import EnhancerClient, HushwireClientError, JobsClient
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
+    key = create_key(tmp_path, "--name", "ops")
+    port = _free_port()
+    srv = start_server(tmp_path, "--metrics-port", str(port), "--log-format", "json")
+    try:
+        before = _scrape(port)
+        assert before[("hushwire_streams_open", ())] == 0
+        x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.05
+        with EnhancerClient(srv.target, key) as c:
+            c.enhance(x, 16000, chunk_ms=20)  # 50 chunks, 1 s of audio
+            with pytest.raises(HushwireClientError):
+                EnhancerClient(srv.target, "nope").enhance(x[:160], 16000)
+        src = tmp_path / "in.wav"
+        sf.write(str(src), np.zeros((24000, 2), np.float32), 16000)  # 1.5 s stereo: 3 billed seconds
+        with JobsClient(srv.target, key) as j:
+            job = j.wait(j.submit(src).job_id, timeout=60)
+        m = _scrape(port)
+        assert m[("hushwire_audio_seconds_total", (("path", "stream"),))] == pytest.approx(1.0)
+        assert m[("hushwire_audio_seconds_total", (("path", "job"),))] == pytest.approx(3.0)
+        assert m[("hushwire_chunk_processing_seconds_count", ())] == 50
+        assert m[("hushwire_denoiser_realtime_factor_count", ())] == 50
+        assert m[("hushwire_jobs_completed_total", ())] == 1
+        assert m[("hushwire_jobs_failed_total", ())] == 0
+        assert m[("hushwire_job_processing_seconds_count", ())] == 1
+        assert m[("hushwire_billed_seconds_total", (("uid", "1"),))] == pytest.approx(4.0)
+        assert m[("hushwire_key_billed_seconds_total", (("key_id", "1"),))] == pytest.approx(4.0)
+        assert m[("hushwire_errors_total", (("code", "API_KEY_NOT_FOUND"),))] == 1
+        assert m[("hushwire_streams_open", ())] == 0
+        assert m[("hushwire_jobs_queued", ())] == 0
+        assert m[("hushwire_oldest_pending_job_age_seconds", ())] == 0
+        assert m[("hushwire_jobs", (("state", "completed"),))] == 1
+        labels = {v for (_, ls) in m for (_, v) in ls}
+        assert job.job_id not in labels and key not in labels
+    finally:
+        assert srv.stop() == 0
+    events = [json.loads(line) for line in srv.log.splitlines() if line.strip()]  # every line is JSON
+    assert any(e["msg"].startswith("listening on 127.0.0.1:") for e in events)
+    closed = [e for e in events if e.get("event") == "stream closed"]
+    assert closed and closed[0]["chunks"] == 50 and closed[0]["uid"] == 1 and closed[0]["rate"] == 16000
+    assert closed[0]["max_processing_ms"] >= closed[0]["mean_processing_ms"] > 0
+    states = [e["event"] for e in events if e.get("job_id") == job.job_id]
+    assert states[:1] == ["job submitted"] and "job completed" in states and "job processing" in states
+    done = next(e for e in events if e.get("event") == "job completed")
+    assert done["billed_seconds"] == 3.0 and done["file_name"] == "in.wav"
+    assert key not in srv.log
+
+
+def test_bad_config_fails_fast_with_the_key_name(tmp_path: Path) -> None:
+    cfg = tmp_path / "hushwire.toml"
+    cfg.write_text('[server]\nprot = 5\n')
+    bad = run_cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "unknown key 'server.prot'" in bad.stderr and "Traceback" not in bad.stderr
+    cfg.write_text('[server]\nport = "eighty"\n')
+    bad = run_cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "server.port" in bad.stderr
+    cfg.write_text('[server]\nport = 6000\nsigning_secret = "s3cret"\n[log]\nformat = "json"\n')
+    out = run_cli("config", "show", "--config", str(cfg)).stdout
+    assert "port = 6000" in out and "log_format = json" in out and "s3cret" not in out and "signing_secret = ***" in out
