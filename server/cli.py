@@ -36,7 +36,7 @@ class UsageError(Exception):
 def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
     """Add the flag for setting ``name``; its default is None so resolve() can tell it was not given."""
     s = SETTINGS[name]
-    help_ = kw.pop("help", "")
+    help_ = kw.pop("help", s.help)
     env = f" [env {s.env}]" if s.env else ""
     default = s.default if not callable(s.default) else "see docs"
     parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,

@@ -22,6 +22,7 @@ __all__ = [
     "ServerConfig",
     "Setting",
     "default_data_dir",
+    "reference_table",
     "resolve",
 ]
 
@@ -64,6 +65,64 @@ class Setting:
     toml: str | None               # dotted TOML key
     default: Any                   # default, or a callable(env) -> default
     parse: Callable[[Any], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + {"gateway_host": "host", "gateway_port": "port"}.get(self.name, self.name).replace("_", "-")
+
+    @property
+    def help(self) -> str:
+        return _HELP.get(self.name, "")
+
+    @property
+    def default_text(self) -> str:
+        if callable(self.default):
+            return "`$XDG_DATA_HOME/hushwire` (`~/.local/share/hushwire`)"
+        if self.default is None:
+            return {"signing_secret": "generated into the data dir", "database_url": "SQLite in the data dir",
+                    "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
+                    "workers": "one per core", "metrics_port": "off"}.get(self.name, "none")
+        return f"`{self.default}`"
+
+
+_HELP = {
+    "data_dir": "where the SQLite file, blobs and the signing secret live",
+    "host": "the gRPC server's listen address",
+    "port": "the gRPC server's port (0: any free port, logged at start)",
+    "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
+    "gateway_port": "the gateway's port (`hushwire gateway --port`)",
+    "grpc_target": "the gRPC server the gateway forwards to",
+    "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
+    "target": "the server a client command talks to",
+    "key": "the API key of a client command",
+    "log_level": "debug, info, warning or error",
+    "log_format": "`text` or `json` (one JSON object per line on stderr)",
+    "drain_seconds": "on SIGTERM, how long open streams may finish",
+    "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
+    "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
+    "database_url": "`sqlite:///PATH` (built in)",
+    "blob_url": "`file:///PATH` (built in)",
+    "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
+    "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
+    "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
+    "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
+    "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
+    "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
+    "connect_timeout": "how long clients (and the gateway) wait for the server",
+    "metrics_port": "serve Prometheus metrics on this port (server)",
+    "workers": "job worker processes",
+}
+
+
+def reference_table() -> str:
+    """The settings as a Markdown table (docs/operations.md embeds it; a test keeps it in sync)."""
+    rows = ["| setting | flag | environment | TOML key | default | meaning |", "|---|---|---|---|---|---|"]
+    for s in SETTINGS.values():
+        env = f"`{s.env}`" if s.env else "–"
+        toml = f"`{s.toml}`" if s.toml else "–"
+        flag = "–" if s.name == "signing_secret" else f"`{s.flag}`"
+        rows.append(f"| {s.name} | {flag} | {env} | {toml} | {s.default_text} | {s.help} |")
+    return "\n".join(rows) + "\n"
 
 
 SETTINGS: dict[str, Setting] = {

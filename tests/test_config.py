@@ -46,3 +46,14 @@ def test_sqlite_url() -> None:
     assert ServerConfig(data_dir=Path("/d"), database_url="sqlite:///var/x.db").sqlite_path == Path("/var/x.db")
     with pytest.raises(ConfigError):
         _ = ServerConfig(data_dir=Path("/d"), database_url="mysql://h/db").sqlite_path
+
+
+def test_operations_doc_config_reference_is_current() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_docs.py"), "--check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
