@@ -31,6 +31,8 @@ log = logging.getLogger("hushwire.server")
 # A client that has not taken a response for this long is ended with SLOW_CONSUMER. gRPC's
 # flow-control window bounds what is buffered meanwhile, so memory per stream stays bounded.
 SLOW_CONSUMER_SECONDS = 10.0
+# A stream must send its config this soon after opening, or it is ended (it holds a slot meanwhile).
+CONFIG_TIMEOUT_SECONDS = 10.0
 
 
 class StreamRegistry:
@@ -129,7 +131,10 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
               max_processing_ms=round(1000 * stats.max_processing_s, 3))
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
-        first = await context.read()
+        try:
+            first = await asyncio.wait_for(context.read(), CONFIG_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise HushwireError("REQUEST_TIMEOUT", f"no config within {CONFIG_TIMEOUT_SECONDS:g} s") from None
         if first is grpc.aio.EOF:
             return None
         if first.WhichOneof("msg") != "config":
