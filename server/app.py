@@ -71,7 +71,7 @@ class Server:
 async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.sqlite_path)
+    store = config.open_store()
     blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
     runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds,

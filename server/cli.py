@@ -17,7 +17,7 @@ from server.config import SETTINGS, ClientConfig, ConfigError, GatewayConfig, Se
 
 __all__ = ["main"]
 
-_STORE_SETTINGS = ["data_dir", "database_url", "blob_url"]
+_STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper"]
 _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
     "log_format",
@@ -25,6 +25,7 @@ _SERVER_SETTINGS = [
     "max_upload_seconds", "lease_seconds", "metrics_port", "workers",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
+_SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes"]
 
@@ -95,10 +96,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Any:
-    from server.store import Store
-
-    config = ServerConfig(**_settings(args, _STORE_SETTINGS))
-    return Store(config.sqlite_path)
+    return ServerConfig(**_settings(args, _STORE_SETTINGS)).open_store()
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -289,7 +287,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     values = _settings(args, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
                               *_CLIENT_SETTINGS])
     for name, value in values.items():
-        if name in ("key", "signing_secret") and value:
+        if name in ("key", *_SECRETS) and value:
             value = "*** (set)"
         print(f"{name} = {value}")
     return 0
@@ -300,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gRPC server")
-    _common(serve, [n for n in _SERVER_SETTINGS if n != "signing_secret"])  # the secret itself: env or file only
+    _common(serve, [n for n in _SERVER_SETTINGS if n not in _SECRETS])  # secrets: environment or file only
     serve.set_defaults(func=_cmd_serve)
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway (DeepHearing-compatible REST)")
@@ -320,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = ksub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id", type=int)
     for k in (create, lst, revoke):
-        _common(k, _STORE_SETTINGS)
+        _common(k, [n for n in _STORE_SETTINGS if n not in _SECRETS])
     keys.set_defaults(func=_cmd_keys)
 
     enhance = sub.add_parser("enhance", help="denoise a file through the server's live stream")
@@ -377,8 +375,8 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="config show: print the effective settings (secrets masked)")
     config.add_argument("action", nargs="?", choices=["show"], default="show")
-    _common(config, [*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
-                     *_CLIENT_SETTINGS])
+    _common(config, [n for n in (*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
+                                 *_CLIENT_SETTINGS) if n not in _SECRETS])
     config.set_defaults(func=_cmd_config)
     return p
 

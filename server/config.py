@@ -12,7 +12,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 __all__ = [
     "ClientConfig",
@@ -79,7 +82,8 @@ class Setting:
         if callable(self.default):
             return "`$XDG_DATA_HOME/hushwire` (`~/.local/share/hushwire`)"
         if self.default is None:
-            return {"signing_secret": "generated into the data dir", "database_url": "SQLite in the data dir",
+            return {"signing_secret": "generated into the data dir", "key_pepper": "generated into the data dir",
+                    "database_url": "SQLite in the data dir",
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
                     "workers": "one per core", "metrics_port": "off"}.get(self.name, "none")
         return f"`{self.default}`"
@@ -100,6 +104,7 @@ _HELP = {
     "drain_seconds": "on SIGTERM, how long open streams may finish",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
+    "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
     "database_url": "`sqlite:///PATH` (built in)",
     "blob_url": "`file:///PATH` (built in)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
@@ -120,7 +125,7 @@ def reference_table() -> str:
     for s in SETTINGS.values():
         env = f"`{s.env}`" if s.env else "–"
         toml = f"`{s.toml}`" if s.toml else "–"
-        flag = "–" if s.name == "signing_secret" else f"`{s.flag}`"
+        flag = "–" if s.name in ("signing_secret", "key_pepper") else f"`{s.flag}`"
         rows.append(f"| {s.name} | {flag} | {env} | {toml} | {s.default_text} | {s.help} |")
     return "\n".join(rows) + "\n"
 
@@ -143,6 +148,7 @@ SETTINGS: dict[str, Setting] = {
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
+        Setting("key_pepper", "HUSHWIRE_KEY_PEPPER", "server.key_pepper", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
@@ -245,6 +251,7 @@ class ServerConfig:
     blob_url: str | None = None
     signing_secret_file: str | None = None
     signing_secret: str | None = None
+    key_pepper: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256
@@ -255,6 +262,13 @@ class ServerConfig:
     lease_seconds: float = 30.0
     metrics_port: int | None = None
     workers: int | None = None
+
+    def open_store(self) -> Store:
+        """The store with its key pepper (configured, or generated into the data dir on first use)."""
+        from server.signing import load_secret
+        from server.store import Store
+
+        return Store(self.sqlite_path, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
 
     @property
     def sqlite_path(self) -> Path:

@@ -21,8 +21,8 @@ __all__ = ["RESULT_URL_TTL_SECONDS", "Signer", "load_secret"]
 RESULT_URL_TTL_SECONDS = 24 * 3600
 
 
-def load_secret(secret: str | None, secret_file: str | None, data_dir: Path) -> bytes:
-    """The configured secret (value, or file), else one generated into the data dir on first start."""
+def load_secret(secret: str | None, secret_file: str | None, data_dir: Path, name: str = "signing_secret") -> bytes:
+    """The configured secret (value, or file), else one generated into ``data_dir/name`` on first use."""
     if secret:
         return secret.encode()
     if secret_file:
@@ -30,7 +30,7 @@ def load_secret(secret: str | None, secret_file: str | None, data_dir: Path) -> 
         if not data:
             raise ValueError(f"signing secret file {secret_file} is empty")
         return data
-    path = data_dir / "signing_secret"
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

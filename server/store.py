@@ -3,9 +3,11 @@
 All SQL of the project lives in this module, behind a few methods, so another engine can
 replace SQLite without touching the servicers (DESIGN.md, "Growing past one machine").
 
-Keys are random 192-bit tokens, so a plain SHA-256 of the key is stored: a salt adds nothing
-against guessing a uniformly random 192-bit secret, and the raw key is never stored or logged.
-The lookup goes through the hash index; the final comparison is constant-time.
+Keys are random 192-bit tokens. The store keeps HMAC-SHA256(pepper, key) only: the pepper lives
+outside the database (a file in the data dir, or configuration shared by replicas), so a leaked
+database alone does not let anyone test guesses. The raw key is never stored or logged. The lookup
+goes through the hash index; the final comparison is constant-time. Rows from schema 1-2 (plain
+SHA-256) still work and are re-hashed with the pepper on first use.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ _SCHEMA = [
         jobs INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (key_id, day)
     );
+    """,
+    # version 3: keys hashed with a pepper (HMAC); older rows say 'sha256' until first use
+    """
+    ALTER TABLE api_keys ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
     """,
 ]
 
@@ -162,14 +168,16 @@ def _add_usage(db: sqlite3.Connection, key_id: int, uid: int, now: float, *, bil
         (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs))
 
 
-def _hash_key(key: str) -> bytes:
+def _sha256_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 class Store:
     """SQLite-backed store. Safe to share between threads; other processes may open the same file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, key_pepper: bytes | None = None) -> None:
+        """``key_pepper`` is needed only to create or check keys (job workers open the store without it)."""
+        self._pepper = key_pepper
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -206,6 +214,11 @@ class Store:
 
     # -- users and keys -------------------------------------------------------------------
 
+    def _hash_key(self, key: str) -> bytes:
+        if not self._pepper:
+            raise StoreError("this store was opened without the key pepper")
+        return hmac.new(self._pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
     def create_user(self, name: str) -> int:
         with self._lock:
             cur = self._db.execute("INSERT INTO users (name, created_at) VALUES (?, ?)", (name, time.time()))
@@ -224,8 +237,8 @@ class Store:
             if self._db.execute("SELECT 1 FROM users WHERE uid = ?", (uid,)).fetchone() is None:
                 raise StoreError(f"no user with uid {uid}")
             cur = self._db.execute(
-                "INSERT INTO api_keys (uid, key_hash, created_at) VALUES (?, ?, ?)",
-                (uid, _hash_key(key), time.time()),
+                "INSERT INTO api_keys (uid, key_hash, created_at, scheme) VALUES (?, ?, ?, 'hmac')",
+                (uid, self._hash_key(key), time.time()),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid, key
@@ -253,13 +266,18 @@ class Store:
         """The principal for a valid, unrevoked key, else None."""
         if not key or len(key) > 256:
             return None
-        digest = _hash_key(key)
+        digest = self._hash_key(key)
+        query = ("SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
+                 "WHERE k.key_hash = ? AND k.scheme = ? AND k.revoked_at IS NULL")
         with self._lock:
-            row = self._db.execute(
-                "SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
-                "WHERE k.key_hash = ? AND k.revoked_at IS NULL",
-                (digest,),
-            ).fetchone()
+            row = self._db.execute(query, (digest, "hmac")).fetchone()
+            if row is None:  # a key created before peppering: check, then upgrade it in place
+                legacy = _sha256_key(key)
+                row = self._db.execute(query, (legacy, "sha256")).fetchone()
+                if row is not None and hmac.compare_digest(row[3], legacy):
+                    self._db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
+                                     (digest, row[0]))
+                    row = (*row[:3], digest)
         if row is None or not hmac.compare_digest(row[3], digest):
             return None
         return Principal(uid=row[1], key_id=row[0], name=row[2])

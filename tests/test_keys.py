@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from client import EnhancerClient, HushwireClientError
 from server.store import Store, StoreError
 
 
-def test_store_keeps_only_hashes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+PEPPER = b"test-pepper"
+
+
+def test_store_keeps_only_peppered_hashes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite", PEPPER)
     uid = store.create_user("ann")
     key_id, key = store.create_key(uid)
     p = store.authenticate(key)
@@ -25,10 +29,26 @@ def test_store_keeps_only_hashes(tmp_path: Path) -> None:
     raw = (tmp_path / "db.sqlite").read_bytes() + b"".join(
         f.read_bytes() for f in tmp_path.glob("db.sqlite-*"))
     assert key.encode() not in raw
+    assert hashlib.sha256(key.encode()).digest() not in raw  # keyed: the database alone can't test guesses
+    assert Store(tmp_path / "db.sqlite", b"another pepper").authenticate(key) is None
+
+
+def test_legacy_sha256_keys_still_work_and_are_upgraded(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite", PEPPER)
+    uid = store.create_user("old")
+    key = "hw_" + "x" * 32
+    con = sqlite3.connect(tmp_path / "db.sqlite")
+    con.execute("INSERT INTO api_keys (uid, key_hash, created_at, scheme) VALUES (?, ?, 0, 'sha256')",
+                (uid, hashlib.sha256(key.encode()).digest()))
+    con.commit()
+    p = store.authenticate(key)
+    assert p is not None and p.uid == uid
+    assert con.execute("SELECT scheme FROM api_keys").fetchall() == [("hmac",)]
+    assert store.authenticate(key) is not None
 
 
 def test_rotation_and_revocation(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+    store = Store(tmp_path / "db.sqlite", PEPPER)
     uid = store.create_user("bo")
     k1_id, k1 = store.create_key(uid)
     _, k2 = store.create_key(uid)
