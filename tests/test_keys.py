@@ -13,7 +13,6 @@ from conftest import create_key, run_cli, start_server
 from client import EnhancerClient, HushwireClientError
 from server.store import Store, StoreError
 
-
 PEPPER = b"test-pepper"
 
 
