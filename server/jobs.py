@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from server.blobs import LocalBlobs
+from server.blobs import STORAGE_FULL_MSG, LocalBlobs, is_storage_full
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.logs import event, setup_logging
@@ -222,7 +222,10 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
     except HushwireError as err:
         store.finish_job(job_id, owner, error=(err.code, err.msg))
         return FAILED
-    except Exception as exc:  # a bug: fail the job with an id the operator can find in the log
+    except Exception as exc:  # a full disk, or a bug: fail the job with an id the operator can find in the log
+        if is_storage_full(exc, blobs.root):
+            store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG))
+            return FAILED
         incident = uuid.uuid4().hex[:12]
         logging.getLogger("hushwire.jobs").exception("job %s failed (incident %s)", job_id, incident)
         msg = f"internal error (incident {incident}): {type(exc).__name__}"

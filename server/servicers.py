@@ -15,7 +15,7 @@ import grpc
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
-from server.blobs import LocalBlobs
+from server.blobs import STORAGE_FULL_MSG, LocalBlobs, is_storage_full
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
@@ -306,6 +306,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
             await asyncio.to_thread(self._blobs.commit, tmp, upload_blob)
+        except OSError as exc:
+            if not is_storage_full(exc):
+                raise
+            raise HushwireError("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG) from None
         finally:
             tmp.unlink(missing_ok=True)
         now = time.time()
