@@ -10,7 +10,9 @@ Routes (DESIGN.md, "Files (REST gateway, DeepHearing-compatible)"):
 - ``POST /enhance``: multipart upload → held ``Jobs.SubmitJob`` per file → ``Jobs.StartJob`` (gateway.upload)
 - ``GET|POST /stat/jobs/{job_id}``: ``Jobs.GetJob`` → the DeepHearing status keys
 - ``GET /results/{job_id}?expires=&sig=``: ``Jobs.DownloadResult`` with the signed token, streamed
-- ``GET /me``: ``Account.WhoAmI``; ``GET /healthz``, ``GET /readyz``; ``/docs``, ``/openapi.json``; ``GET /``
+- ``GET /me``: ``Account.WhoAmI``; ``GET /healthz``, ``GET /readyz``; ``/docs``, ``/openapi.json``
+- ``GET /`` and ``/console/*``: the web console (gateway.console), with a strict Content-Security-Policy
+- ``WS /live``: one WebSocket bridged to one ``Enhancer.StreamEnhance`` call (gateway.live, protocol there)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from urllib.parse import quote, urlencode
 import grpc
 import swagger_ui_bundle
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -43,10 +45,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.jobs import job_to_dict
+from gateway.console import ConsoleAssets, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
+from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.openapi import ENHANCE_BODY, ERROR_REPLIES, openapi_document, reply
 from gateway.upload import UploadLimits, enhance_upload
-from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.config import ConfigError, GatewayConfig
 
 __all__ = ["MAX_FILES_PER_REQUEST", "RESULT_TOKEN_KEY", "create_app", "public_url_of", "run"]
@@ -65,18 +69,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 3000),
 ]
 SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
-
-_CONSOLE_HTML = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>hushwire</title></head>
-<body>
-<h1>hushwire</h1>
-<p>Speech enhancement service. The HTTP API (DeepHearing-compatible) is described in the
-<a href="/docs">API docs</a> (<a href="/openapi.json">OpenAPI document</a>).</p>
-</body>
-</html>
-"""
-
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
@@ -98,6 +90,7 @@ class _Upstream:
     def __init__(self, target: str) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
+        self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
         self.account = jobs_pb2_grpc.AccountStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -267,8 +260,11 @@ class _Gateway:
 
     # -- pages ---------------------------------------------------------------------------------------
 
-    async def console(self) -> HTMLResponse:
-        return HTMLResponse(_CONSOLE_HTML)
+    async def console(self, request: Request) -> Response:
+        return console_page(request, self.public_url)
+
+    async def live(self, websocket: WebSocket) -> None:
+        await LiveBridge(self.upstream.enhancer, self.public_url, self.config.connect_timeout)(websocket)
 
     async def docs(self) -> HTMLResponse:
         return get_swagger_ui_html(
@@ -355,6 +351,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",
           response_class=JSONResponse, responses={200: reply("ready", "Status"), **ERROR_REPLIES})
     route("/", gw.console, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    app.mount("/console", ConsoleAssets(), name="console-assets")
+    app.add_api_websocket_route("/live", gw.live)
     route("/docs", gw.docs, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_ASSETS), name="swagger-assets")
 
@@ -421,7 +419,7 @@ def run(config: GatewayConfig) -> int:
     config = dataclasses.replace(config, gateway_port=port)
     app = create_app(config)
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False,
-                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws_max_size=MAX_MESSAGE_BYTES))
     url = f"http://{_url_host(config.gateway_host)}:{port}"
     try:
         asyncio.run(_serve(server, [sock], url))
