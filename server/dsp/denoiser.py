@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .gain import OmLsaGain
+from .model import DEFAULT_WEIGHTS, GainModel, load_weights
 from .noise import NoiseTracker
 from .stft import Rechunker, StreamingStft
 
@@ -41,6 +42,23 @@ VAD_LOW_HZ = 200.0
 VAD_HIGH_HZ = 4000.0
 VAD_THRESHOLD = 0.5  # mean log likelihood ratio at which the probability is 0.5
 VAD_SLOPE = 6.0  # logistic slope per unit of mean log likelihood ratio
+# The learned band gain and the classical per-bin gain are multiplied: the network catches
+# transients and babble the statistical model misses, and the per-bin gain adds the spectral
+# detail (hum harmonics, narrow tones) that 40 bands cannot resolve. The exponents set how much
+# each contributes (tuned on dev; see docs/quality.md).
+MODEL_GAIN_EXPONENT = 1.0
+CLASSICAL_GAIN_EXPONENT = 0.5
+
+_WEIGHTS_CACHE: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
+
+
+def _default_weights() -> dict[str, npt.NDArray[np.float64]] | None:
+    """The shipped weights, loaded once per process; None if they are missing (classical only)."""
+    if "default" not in _WEIGHTS_CACHE:
+        if not DEFAULT_WEIGHTS.exists():
+            return None
+        _WEIGHTS_CACHE["default"] = load_weights(DEFAULT_WEIGHTS)
+    return _WEIGHTS_CACHE["default"]
 
 
 class Denoiser:
@@ -52,7 +70,8 @@ class Denoiser:
     The concatenated output does not depend on how the input was chunked.
     """
 
-    def __init__(self, sample_rate: int, channels: int = 1, attenuation_limit_db: float | None = None) -> None:
+    def __init__(self, sample_rate: int, channels: int = 1, attenuation_limit_db: float | None = None,
+                 model: bool = True) -> None:
         if sample_rate not in SUPPORTED_RATES:
             raise ValueError(f"unsupported sample rate {sample_rate}; supported: {SUPPORTED_RATES}")
         if not isinstance(channels, int | np.integer) or not 1 <= channels <= MAX_CHANNELS:
@@ -67,6 +86,9 @@ class Denoiser:
         self._rechunker = Rechunker(hop, self.channels)
         self._noise = NoiseTracker(self.channels, n_bins, hop_ms)
         self._gain_rule = OmLsaGain(self.channels, n_bins)
+        weights = _default_weights() if model else None
+        self._model = (GainModel(sample_rate, frame_len, float(np.sum(self._stft.analysis**2)), self.channels,
+                                 weights, MODEL_GAIN_EXPONENT) if weights is not None else None)
         self._power = np.zeros((self.channels, n_bins))  # |Y|^2 of the current frame
         self._power_imag = np.zeros((self.channels, n_bins))  # scratch for |Im Y|^2
         self._gain = np.ones((self.channels, n_bins))  # gain applied to the current frame
@@ -132,6 +154,8 @@ class Denoiser:
         self._rechunker.reset()
         self._noise.reset()
         self._gain_rule.reset()
+        if self._model is not None:
+            self._model.reset()
         self._frame_vad = 0.0
         self._voice_probability = 0.0
         self._in_count = 0
@@ -210,7 +234,14 @@ class Denoiser:
             power *= scale
         noise_psd = self._noise.update(power)
         gain = self._gain_rule.update(power, noise_psd)
-        self._frame_vad = self._vad()
+        if self._model is not None:
+            model_gain, voice = self._model.step(power)
+            if CLASSICAL_GAIN_EXPONENT != 1.0:
+                np.power(gain, CLASSICAL_GAIN_EXPONENT, out=gain)
+            gain *= model_gain
+            self._frame_vad = float(voice.mean())
+        else:
+            self._frame_vad = self._vad()
         if self._bypass or self._min_gain >= 1.0:
             self._gain.fill(1.0)
         else:

@@ -1,0 +1,130 @@
+"""Tests of the numpy inference of the learned band-gain model (server/dsp/model.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.dsp.model import DEFAULT_WEIGHTS, GainModel, band_centres_hz, band_weights, load_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+RATES_FRAMES = [(8000, 256), (16000, 512), (24000, 768), (44100, 1411), (48000, 1536)]
+
+
+def _random_weights(seed: int = 0, n_bands: int = 40, dense: int = 24, hidden: int = 16) -> dict:
+    """Small random weights with the layout train.py exports (no torch needed)."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape: int) -> np.ndarray:
+        return rng.normal(0.0, 0.3, shape)
+
+    return {
+        "centres_hz": band_centres_hz(n_bands),
+        "feat_mean": r(n_bands) - 6.0, "feat_std": np.abs(r(n_bands)) + 1.0,
+        "dense.weight": r(dense, n_bands), "dense.bias": r(dense),
+        "gru1.weight_ih_l0": r(3 * hidden, dense), "gru1.weight_hh_l0": r(3 * hidden, hidden),
+        "gru1.bias_ih_l0": r(3 * hidden), "gru1.bias_hh_l0": r(3 * hidden),
+        "gru2.weight_ih_l0": r(3 * hidden, hidden), "gru2.weight_hh_l0": r(3 * hidden, hidden),
+        "gru2.bias_ih_l0": r(3 * hidden), "gru2.bias_hh_l0": r(3 * hidden),
+        "gain.weight": r(n_bands, dense + 2 * hidden), "gain.bias": r(n_bands),
+        "vad.weight": r(1, hidden), "vad.bias": r(1),
+    }
+
+
+def _power(rng: np.random.Generator, channels: int, frame_len: int, frames: int) -> np.ndarray:
+    spec = rng.normal(size=(frames, channels, frame_len // 2 + 1)) * 0.01
+    spec *= np.exp(rng.normal(size=(frames, channels, 1)))  # varying level per frame
+    return spec**2
+
+
+def test_band_layout() -> None:
+    c = band_centres_hz()
+    assert c.size == 40 and c[0] == 0.0 and c[-1] == pytest.approx(8000.0)
+    assert np.all(np.diff(c) >= 62.5 - 1e-9)
+    freqs = np.arange(257) * 16000 / 512
+    w = band_weights(freqs, c)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)  # gains interpolate exactly
+    assert np.all(w.sum(axis=0) > 0)  # no empty band at 16 kHz
+
+
+@pytest.mark.parametrize(("rate", "frame_len"), RATES_FRAMES)
+def test_shapes_and_range(rate: int, frame_len: int) -> None:
+    channels = 3
+    m = GainModel(rate, frame_len, 200.0, channels, weights=_random_weights())
+    p = _power(np.random.default_rng(1), channels, frame_len, 5)
+    for frame in p:
+        g, v = m.step(frame)
+        assert g.shape == (channels, frame_len // 2 + 1) and v.shape == (channels,)
+        assert np.all(np.isfinite(g)) and g.min() >= 0.0 and g.max() <= 1.0
+        assert v.min() >= 0.0 and v.max() <= 1.0
+
+
+def test_deterministic_reset_and_channels_independent() -> None:
+    rng = np.random.default_rng(2)
+    p = _power(rng, 2, 512, 30)
+    w = _random_weights()
+    m = GainModel(16000, 512, 200.0, 2, weights=w)
+    first = np.stack([m.step(f)[0].copy() for f in p])
+    m.reset()
+    again = np.stack([m.step(f)[0].copy() for f in p])
+    np.testing.assert_array_equal(first, again)
+    mono = GainModel(16000, 512, 200.0, 1, weights=w)
+    ch1 = np.stack([mono.step(f[1:2])[0].copy() for f in p])
+    np.testing.assert_allclose(first[:, 1:2], ch1, rtol=0, atol=1e-12)
+
+
+def test_gain_exponent() -> None:
+    p = _power(np.random.default_rng(3), 1, 512, 10)
+    w = _random_weights()
+    a, b = GainModel(16000, 512, 200.0, weights=w), GainModel(16000, 512, 200.0, weights=w, gain_exponent=2.0)
+    for f in p:
+        ga, gb = a.step(f)[0].copy(), b.step(f)[0]
+    # Interpolated squared band gains lie between the squared and the plain interpolated gains.
+    assert np.all(gb >= ga**2 - 1e-12) and np.all(gb <= ga + 1e-12)
+
+
+def test_shipped_weights_load() -> None:
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.skip("no exported weights yet")
+    w = load_weights()
+    m = GainModel(48000, 1536, 600.0, 2)
+    g, v = m.step(_power(np.random.default_rng(4), 2, 1536, 1)[0])
+    assert g.shape == (2, 769) and np.all(np.isfinite(g))
+    assert sum(v.size for k, v in w.items() if "." in k) < 200_000  # about 100k parameters
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (training-only dependency)")
+def test_matches_torch() -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from train import FRAME_LEN, Frontend, GainNet, export_npz
+
+    torch.manual_seed(0)
+    net = GainNet()
+    with torch.no_grad():
+        net.feat_mean.uniform_(-8, -4)
+        net.feat_std.uniform_(1, 2)
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(2, 16000)) * np.linspace(0.001, 0.3, 16000)).astype(np.float32)
+    fe = Frontend()
+    with torch.no_grad():
+        power = fe.power(fe.stft(torch.from_numpy(x)))
+        g_t, v_t = net(fe.logband(power))
+        gb_t = (g_t @ fe.w_synth).numpy()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.npz"
+        export_npz(net, path)
+        m = GainModel(16000, FRAME_LEN, float(np.sum(fe.window.numpy().astype(np.float64) ** 2)), 2, path)
+    pw = power.numpy().astype(np.float64)
+    for t in range(pw.shape[1]):
+        g, v = m.step(pw[:, t])
+        np.testing.assert_allclose(g, gb_t[:, t], atol=2e-5)
+        np.testing.assert_allclose(v, v_t[:, t].numpy(), atol=2e-5)
