@@ -34,7 +34,7 @@ SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 MAX_CHANNELS = 8
 HOP_MS = 10.0  # hop, and algorithmic delay
 ANALYSIS_MS = 32.0  # analysis window length
-FLOOR_DB = -25.0  # lowest gain: deeper gains make the residual noise sound musical
+FLOOR_DB = -40.0  # lowest gain; the learned gain keeps the residual from sounding musical down to here
 INPUT_ABS_MAX = 1e4  # clamp absurd input so powers stay finite in float64
 # Voice activity: mean log likelihood ratio of Sohn, Kim & Sung, "A statistical model-based
 # voice activity detector", IEEE SPL 6(1), 1999, over the speech band, through a logistic.
