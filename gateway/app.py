@@ -48,6 +48,7 @@ from client.jobs import job_to_dict
 from gateway.console import ConsoleAssets, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
+from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ERROR_REPLIES, openapi_document, reply
 from gateway.upload import UploadLimits, enhance_upload
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -360,9 +361,15 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return JSONResponse(openapi_document(app))
 
     route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
+
+    async def metrics() -> Response:
+        return metrics_response()
+
+    route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     _install_error_handlers(app)
     app.add_middleware(_CatchAll)
+    app.add_middleware(MetricsMiddleware)
     return app
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import grpc
 from starlette.responses import JSONResponse
 
+from gateway.metrics import METRICS
 from server.errors import ERROR_CODE_KEY, ERRORS
 
 __all__ = ["GatewayError", "error_response", "from_rpc_error"]
@@ -50,6 +51,7 @@ class GatewayError(Exception):
 
 
 def error_response(status: int, code: str, msg: str) -> JSONResponse:
+    METRICS.errors.labels(code).inc()
     return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status)
 
 

@@ -86,3 +86,33 @@ def test_bad_config_fails_fast_with_the_key_name(tmp_path: Path) -> None:
     cfg.write_text('[server]\nport = 6000\nsigning_secret = "s3cret"\n[log]\nformat = "json"\n')
     out = run_cli("config", "show", "--config", str(cfg)).stdout
     assert "port = 6000" in out and "log_format = json" in out and "s3cret" not in out and "signing_secret = ***" in out
+
+
+def test_gateway_metrics_count_requests_and_errors(tmp_path: Path) -> None:
+    import httpx
+    from test_gateway import start_gateway
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path)
+    gw = start_gateway(tmp_path, srv.target)
+    try:
+        src = tmp_path / "a.wav"
+        sf.write(str(src), np.zeros(8000, np.float32), 16000)
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            with open(src, "rb") as f:
+                job_id = http.post("/enhance", headers={"Authorization": key}, files={"f": f}).json()["f"]
+            assert http.get(f"/stat/jobs/{job_id}", headers={"Authorization": key}).status_code == 200
+            assert http.get("/me", headers={"Authorization": "wrong"}).status_code == 401
+            text = http.get("/metrics").text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text) for s in fam.samples}
+        assert samples[("hushwire_http_requests_total",
+                        (("method", "POST"), ("route", "/enhance"), ("status", "200")))] == 1
+        assert samples[("hushwire_http_requests_total",
+                        (("method", "GET"), ("route", "/stat/jobs/{job_id}"), ("status", "200")))] == 1
+        assert samples[("hushwire_errors_total", (("code", "API_KEY_NOT_FOUND"),))] == 1
+        labels = {v for (_, ls) in samples for (_, v) in ls}
+        assert job_id not in labels and key not in labels
+    finally:
+        gw.stop()
+        assert srv.stop() == 0
