@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,43 @@ def create_key(data_dir: Path, *extra: str) -> str:
     return run_cli("keys", "create", "--data-dir", str(data_dir), *extra).stdout.strip().splitlines()[-1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], what: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal ``proc`` and return its exit status; kill it (and fail) if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{what} did not exit within {timeout} s of signal {sig}") from None
+
+
+def start_logged(args: list[str], log_path: Path, what: str, timeout: float = 30,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+    """Start a hushwire command with stderr in ``log_path`` (a pipe nobody reads could block it) and
+    wait for its ``listening on HOST:PORT`` line."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*HUSHWIRE, *args], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = _LISTENING.search(log_path.read_text(errors="replace"))
+        if m:
+            return proc, m
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"{what} did not report 'listening on':\n" + log_path.read_text(errors="replace"))
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -50,36 +88,16 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"server did not exit within {timeout} s of signal {sig}") from None
+        return stop_process(self.proc, "server", sig, timeout)
 
 
 def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 30,
                  ) -> ServerProcess:
-    """Start ``hushwire serve --port 0``; its stderr goes to a file (a pipe nobody reads could block it)."""
+    """Start ``hushwire serve --port 0`` with a temp data dir."""
     log_path = data_dir / f"server-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*HUSHWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir), *extra],
-            stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = _LISTENING.search(log_path.read_text(errors="replace"))
-        if m:
-            return ServerProcess(data_dir, proc, int(m.group(2)), log_path)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError("server did not report 'listening on':\n" + log_path.read_text(errors="replace"))
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir), *extra]
+    proc, m = start_logged(args, log_path, "server", timeout, env)
+    return ServerProcess(data_dir, proc, int(m.group(2)), log_path)
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,10 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from conftest import HUSHWIRE, ROOT, ServerProcess, create_key, start_server
+from conftest import HUSHWIRE, ROOT, ServerProcess, create_key, free_port, start_logged, start_server, stop_process
 
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-_LISTENING = re.compile(r"listening on (http://\S+):(\d+)")
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 STAT_KEYS = {"model", "app_id", "billed_time", "timestamp", "mod_time", "file_name", "job_id", "uid", "file_key",
              "job_status", "progress"}
@@ -53,41 +52,18 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"gateway did not exit within {timeout} s of signal {sig}") from None
+        return stop_process(self.proc, "gateway", sig, timeout)
 
 
 def start_gateway(log_dir: Path, grpc_target: str, *extra: str, timeout: float = 30) -> GatewayProcess:
-    """Start ``hushwire gateway --port 0``; stderr goes to a file that is polled for the listening line."""
+    """Start ``hushwire gateway --port 0`` against ``grpc_target``."""
     log_path = log_dir / f"gateway-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*HUSHWIRE, "gateway", "--host", "127.0.0.1", "--port", "0", "--grpc-target", grpc_target, *extra],
-            stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = _LISTENING.search(log_path.read_text(errors="replace"))
-        if m:
-            return GatewayProcess(proc, f"{m.group(1)}:{m.group(2)}", log_path)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError("gateway did not report 'listening on':\n" + log_path.read_text(errors="replace"))
+    args = ["gateway", "--host", "127.0.0.1", "--port", "0", "--grpc-target", grpc_target, *extra]
+    proc, m = start_logged(args, log_path, "gateway", timeout)
+    return GatewayProcess(proc, f"{m.group(1)}:{m.group(2)}", log_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.request
@@ -12,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerProcess, create_key, start_server
+from conftest import ServerProcess, create_key, free_port, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
@@ -22,9 +21,7 @@ from server import pcm
 @pytest.fixture(scope="module")
 def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, int]]:
     data = tmp_path_factory.mktemp("hostile")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     key = create_key(data)
     srv = start_server(data, "--metrics-port", str(port))
     yield srv, key, port

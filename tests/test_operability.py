@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import create_key, run_cli, start_server
+from conftest import create_key, free_port, run_cli, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import EnhancerClient, HushwireClientError, JobsClient
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,7 +23,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
     key = create_key(tmp_path, "--name", "ops")
-    port = _free_port()
+    port = free_port()
     srv = start_server(tmp_path, "--metrics-port", str(port), "--log-format", "json")
     try:
         before = _scrape(port)
