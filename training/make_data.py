@@ -1,0 +1,206 @@
+"""Rebuild the training data from installable sources, with a fixed seed.
+
+    OMP_NUM_THREADS=1 .venv/bin/python training/make_data.py [--out training/data] [--seed 20251126]
+
+Speech: sentences from ``sentences.py`` spoken by Debian's TTS voices, one
+synthesis process at a time (espeak-ng variants, flite voices, festival
+diphone and HTS voices), each with random speaking rate and pitch, resampled
+to 16 kHz, half of them also re-pitched by a small resampling factor. Needs
+``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
+festvox-us-slt-hts``.
+
+Noise: per type a bank of clips from ``noises.py`` plus babble made of TTS
+utterances that are kept out of the speech set.
+
+Output (under ``--out``): ``speech.npy`` (float16, all utterances end to end),
+``speech_index.npy`` (start, length per utterance), ``noise_<type>.npy``
+(float16, clips end to end, unit RMS each) and ``manifest.json``. Mixing
+(SNR, level, colouration) happens on the fly in ``train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import noises  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import soxr  # noqa: E402
+from sentences import make_paragraph  # noqa: E402
+
+SR = 16000
+SEED = 20251126
+ESPEAK_LANGS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
+                "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
+                   "+f4", "+f5", "+klatt", "+klatt2", "+klatt3", "+klatt4", "+croak", "+Andy", "+Annie",
+                   "+edward", "+steph", "+Denis", "+linda", "+john", "+paul", "+belinda", "+benjamin",
+                   "+grandma", "+grandpa", "+aunty", "+adam", "+anika", "+david", "+robert", "+victor",
+                   "+zac", "+max", "+Alex", "+Gene", "+Lee", "+Mike", "+shelby", "+quincy")
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+# Utterances per engine (1-3 sentences each, about 5 s on average).
+N_ESPEAK, N_FLITE, N_FESTIVAL = 1300, 650, 480
+N_BABBLE_UTTS = 300          # extra espeak/flite utterances used only inside babble
+NOISE_CLIPS_PER_TYPE = 36
+NOISE_CLIP_S = 12.0
+
+
+def _load(path: Path) -> np.ndarray:
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if sr != SR:
+        x = soxr.resample(x, sr, SR)
+    return x.astype(np.float32)
+
+
+def _trim(x: np.ndarray, keep_s: float = 0.15) -> np.ndarray:
+    """Cut leading/trailing silence (below -50 dB of the peak frame), keep a margin."""
+    fr = x[: len(x) // 160 * 160].reshape(-1, 160)
+    e = 10 * np.log10(np.mean(fr**2, axis=1) + 1e-12)
+    act = np.nonzero(e > e.max() - 50)[0]
+    if len(act) == 0:
+        return x
+    k = int(keep_s * SR)
+    return x[max(0, act[0] * 160 - k): min(len(x), (act[-1] + 1) * 160 + k)]
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> None:
+    subprocess.run(cmd, input=stdin, text=True, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=600)
+
+
+def synth_espeak(rng: random.Random, text: str, out: Path) -> str:
+    voice = rng.choice(ESPEAK_LANGS) + rng.choice(ESPEAK_VARIANTS)
+    speed, pitch = rng.randint(125, 200), rng.randint(20, 85)
+    _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text])
+    return f"espeak-ng:{voice}:s{speed}:p{pitch}"
+
+
+def synth_flite(rng: random.Random, text: str, out: Path) -> str:
+    voice = rng.choice(FLITE_VOICES)
+    stretch = round(rng.uniform(0.8, 1.3), 2)
+    cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}"]
+    if rng.random() < 0.5:
+        f0 = rng.randint(80, 220) if voice != "slt" else rng.randint(140, 260)
+        cmd += ["--setf", f"int_f0_target_mean={f0}"]
+    _run(cmd + ["-t", text, "-o", str(out)])
+    return f"flite:{voice}:d{stretch}"
+
+
+def synth_festival_batch(rng: random.Random, items: list[tuple[str, Path]]) -> list[str]:
+    """One festival process per voice for many utterances (start-up is slow)."""
+    descs = []
+    by_voice: dict[str, list[str]] = {v: [] for v in FESTIVAL_VOICES}
+    for text, out in items:
+        voice = rng.choice(FESTIVAL_VOICES)
+        stretch = round(rng.uniform(0.85, 1.25), 2)
+        t = text.replace("\\", " ").replace('"', " ")
+        by_voice[voice].append(f"(Parameter.set 'Duration_Stretch {stretch})\n"
+                               f"(utt.save.wave (utt.synth (Utterance Text \"{t}\")) \"{out}\" 'riff)\n")
+        descs.append(f"festival:{voice}:d{stretch}")
+    for voice, lines in by_voice.items():
+        if not lines:
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".scm", delete=False) as f:
+            f.write(f"(voice_{voice})\n" + "".join(lines))
+            script = f.name
+        _run(["festival", "-b", script])
+        os.unlink(script)
+    return descs
+
+
+def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], list[np.ndarray]]:
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="hw_tts_"))
+    jobs = ([("espeak", i) for i in range(N_ESPEAK)] + [("flite", i) for i in range(N_FLITE)]
+            + [("festival", i) for i in range(N_FESTIVAL)]
+            + [("babble_espeak", i) for i in range(N_BABBLE_UTTS * 2 // 3)]
+            + [("babble_flite", i) for i in range(N_BABBLE_UTTS // 3)])
+    wavs: list[tuple[str, Path, str]] = []
+    fest_items = []
+    t0 = time.time()
+    for kind, i in jobs:
+        text = make_paragraph(rng, rng.choice((1, 1, 2, 2, 3)))
+        path = tmp / f"{kind}_{i:05d}.wav"
+        if kind.endswith("espeak"):
+            wavs.append((kind, path, synth_espeak(rng, text, path)))
+        elif kind.endswith("flite"):
+            wavs.append((kind, path, synth_flite(rng, text, path)))
+        else:
+            fest_items.append((text, path))
+    descs = synth_festival_batch(rng, fest_items)
+    wavs += [("festival", p, d) for (_, p), d in zip(fest_items, descs, strict=True)]
+    print(f"tts done in {time.time() - t0:.0f} s", flush=True)
+
+    nrng = np.random.default_rng(seed)
+    speech, meta, babble_pool = [], [], []
+    for kind, path, desc in wavs:
+        if not path.exists():
+            continue
+        x = _trim(_load(path))
+        if len(x) < SR // 2:
+            continue
+        if nrng.random() < 0.5:  # re-pitch and re-time by up to +-8 %
+            fct = nrng.uniform(0.92, 1.08)
+            x = soxr.resample(x, SR, SR * fct).astype(np.float32)
+            desc += f":rs{fct:.3f}"
+        x = x / (np.sqrt(np.mean(x**2)) + 1e-9) * 0.05
+        if kind.startswith("babble"):
+            babble_pool.append(x)
+        else:
+            speech.append(x)
+            meta.append(desc)
+    shutil.rmtree(tmp)
+    return speech, meta, babble_pool
+
+
+def build_noise(out: Path, seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
+    rng = np.random.default_rng(seed + 1)
+    n = int(NOISE_CLIP_S * SR)
+    counts = {}
+    for name, gen in [*noises.GENERATORS.items(), ("babble", None)]:
+        clips = []
+        for _ in range(NOISE_CLIPS_PER_TYPE):
+            x = noises.babble(rng, n, babble_pool) if gen is None else gen(rng, n, SR)
+            clips.append(x.astype(np.float16))
+        np.save(out / f"noise_{name}.npy", np.concatenate(clips))
+        counts[name] = len(clips)
+        print(f"noise {name}: {len(clips)} x {NOISE_CLIP_S} s", flush=True)
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
+    ap.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    speech, meta, babble_pool = build_speech(out, args.seed)
+    lens = np.array([len(x) for x in speech])
+    idx = np.stack([np.concatenate([[0], np.cumsum(lens)[:-1]]), lens], axis=1)
+    np.save(out / "speech.npy", np.concatenate(speech).astype(np.float16))
+    np.save(out / "speech_index.npy", idx)
+    print(f"speech: {len(speech)} utterances, {lens.sum() / SR / 3600:.2f} h", flush=True)
+    counts = build_noise(out, args.seed, babble_pool)
+    manifest = {"seed": args.seed, "sample_rate": SR, "utterances": meta,
+                "speech_hours": float(lens.sum() / SR / 3600), "noise_clips": counts,
+                "noise_clip_s": NOISE_CLIP_S, "build_seconds": round(time.time() - t0)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    print(f"done in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

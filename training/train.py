@@ -1,0 +1,363 @@
+"""Train the band-gain network and export ``server/dsp/weights/gain_model.npz``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python training/train.py --minutes 50 [--seed 1]
+
+Mixes ``training/data`` (from ``make_data.py``) on the fly: speech at -7..22 dB
+active-speech SNR over one or two noise types, clean-only and noise-only
+segments, random level, random microphone colouration (tilt, resonances,
+high- and low-pass, sometimes an 8 kHz-rate band limit). Features and targets
+come from the same asymmetric-window STFT as ``server/dsp`` (``window_pair``,
+32 ms analysis, 10 ms hop at 16 kHz).
+
+Every ``--eval-every`` minutes a checkpoint is exported to
+``training/checkpoints/`` and scored on the dev corpus (16 kHz pairs, the model
+alone via ``eval_model.enhance``); the best one by ΔPESQ + ΔESTOI is copied to
+``server/dsp/weights/gain_model.npz``. Uses one core.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from server.dsp.model import LOG_FLOOR, REF_RATE_HZ, band_centres_hz, band_weights  # noqa: E402
+from server.dsp.stft import window_pair  # noqa: E402
+
+SR = 16000
+HOP = 160  # 10 ms
+FRAME_LEN = 512  # 32 ms, as server/dsp/denoiser.py (ANALYSIS_MS)
+N_BINS = FRAME_LEN // 2 + 1
+SEG_S = 3.0
+WEIGHTS_OUT = ROOT / "server" / "dsp" / "weights" / "gain_model.npz"
+CKPT_DIR = Path(__file__).resolve().parent / "checkpoints"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+# ----------------------------------------------------------------------------- model
+
+class GainNet(nn.Module):
+    """Dense -> GRU -> GRU; band gains from all three layers, voice probability from the first GRU."""
+
+    def __init__(self, n_bands: int = 40, dense: int = 96, hidden: int = 96) -> None:
+        super().__init__()
+        self.dense = nn.Linear(n_bands, dense)
+        self.gru1 = nn.GRU(dense, hidden, batch_first=True)
+        self.gru2 = nn.GRU(hidden, hidden, batch_first=True)
+        self.gain = nn.Linear(dense + 2 * hidden, n_bands)
+        self.vad = nn.Linear(hidden, 1)
+        self.register_buffer("feat_mean", torch.zeros(n_bands))
+        self.register_buffer("feat_std", torch.ones(n_bands))
+
+    def forward(self, logband: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (logband - self.feat_mean) / self.feat_std
+        d = torch.tanh(self.dense(x))
+        h1, _ = self.gru1(d)
+        h2, _ = self.gru2(h1)
+        g = torch.sigmoid(self.gain(torch.cat([d, h1, h2], dim=-1)))
+        v = torch.sigmoid(self.vad(h1))[..., 0]
+        return g, v
+
+
+def export_npz(model: GainNet, path: Path, extra: dict | None = None) -> None:
+    arrs = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    arrs["centres_hz"] = band_centres_hz().astype(np.float32)
+    for k, v in (extra or {}).items():
+        arrs[k] = np.asarray(v)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrs)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- data
+
+class Mixer:
+    """Draws (clean speech, noise) segment pairs from the data built by make_data.py."""
+
+    def __init__(self, data_dir: Path, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.speech = np.load(data_dir / "speech.npy", mmap_mode="r")
+        self.index = np.load(data_dir / "speech_index.npy")
+        self.noise = {p.stem[len("noise_"):]: np.load(p) for p in sorted(data_dir.glob("noise_*.npy"))}
+        self.noise_types = sorted(self.noise)
+        self.clip = int(json.loads((data_dir / "manifest.json").read_text())["noise_clip_s"] * SR)
+
+    def _speech(self, n: int) -> np.ndarray:
+        rng = self.rng
+        out = np.zeros(n, dtype=np.float32)
+        pos = int(rng.integers(0, int(0.8 * SR))) if rng.random() < 0.5 else -int(rng.integers(0, 2 * SR))
+        while pos < n:
+            s0, ln = self.index[rng.integers(len(self.index))]
+            u = np.asarray(self.speech[s0:s0 + ln], dtype=np.float32) * 10 ** (rng.uniform(-6, 6) / 20)
+            a, b = max(pos, 0), min(n, pos + ln)
+            if b > a:
+                out[a:b] = u[a - pos:b - pos]
+            pos += ln + int(rng.uniform(0.05, 1.0) * SR)
+        return out
+
+    def _noise_one(self, kind: str, n: int) -> np.ndarray:
+        bank = self.noise[kind]
+        k = len(bank) // self.clip
+        c = int(self.rng.integers(k))
+        off = int(self.rng.integers(0, self.clip - n + 1))
+        return np.asarray(bank[c * self.clip + off: c * self.clip + off + n], dtype=np.float32)
+
+    def _noise(self, n: int) -> np.ndarray:
+        rng = self.rng
+        x = self._noise_one(self.noise_types[rng.integers(len(self.noise_types))], n)
+        if rng.random() < 0.3:  # mixtures such as a cafe: babble + clicks + music
+            y = self._noise_one(self.noise_types[rng.integers(len(self.noise_types))], n)
+            x = x + y * 10 ** (rng.uniform(-12, 3) / 20)
+        if rng.random() < 0.3:  # slowly changing noise level
+            ramp = np.linspace(rng.uniform(-6, 6), rng.uniform(-6, 6), n) / 20
+            x = x * 10 ** ramp
+        return x
+
+    def pair(self, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Speech and noise, scaled to a random SNR and level; flag says 'has speech'."""
+        rng = self.rng
+        r = rng.random()
+        s = np.zeros(n, np.float32) if r < 0.08 else self._speech(n)
+        noise = np.zeros(n, np.float32) if 0.08 <= r < 0.15 else self._noise(n)
+        fr = s[: n // HOP * HOP].reshape(-1, HOP)
+        e = np.mean(fr**2, axis=1)
+        active = e > e.max() * 10 ** (-3.5) if e.max() > 0 else np.zeros_like(e, bool)
+        p_s = float(e[active].mean()) if active.any() else 0.0
+        level_db = rng.uniform(-42, -15)  # active speech level, dBFS
+        snr_db = rng.uniform(-7, 22)
+        if p_s > 0:
+            g_s = 10 ** (level_db / 20) / math.sqrt(p_s)
+            s = s * g_s
+            p_n = float(np.mean(noise**2))
+            if p_n > 0:
+                noise = noise * math.sqrt(10 ** ((level_db - snr_db) / 10) / p_n)
+        else:  # noise only: any level
+            p_n = float(np.mean(noise**2))
+            noise = noise * (10 ** (rng.uniform(-55, -15) / 20) / math.sqrt(p_n + 1e-20))
+        peak = float(np.max(np.abs(s + noise)))
+        if peak > 0.99:
+            s, noise = s * 0.99 / peak, noise * 0.99 / peak
+        return s, noise, p_s > 0
+
+    def batch(self, b: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        ss, nn_ = zip(*[self.pair(n)[:2] for _ in range(b)], strict=True)
+        return np.stack(ss).astype(np.float32), np.stack(nn_).astype(np.float32)
+
+
+class Frontend:
+    """Torch version of the streaming STFT analysis + band features of server/dsp."""
+
+    def __init__(self) -> None:
+        ana, _ = window_pair(FRAME_LEN, HOP)
+        self.window = torch.tensor(ana, dtype=torch.float32)
+        cum = np.cumsum(ana[::-1] ** 2)
+        # fill correction of the first frames (StreamingStft.fill_scale)
+        n_fill = FRAME_LEN // HOP + 1
+        self.fill = torch.tensor([cum[-1] / cum[min((t + 1) * HOP, FRAME_LEN) - 1] for t in range(n_fill)],
+                                 dtype=torch.float32)
+        self.psd_scale = REF_RATE_HZ / (float(np.sum(ana**2)) * SR)
+        self.freqs = np.arange(N_BINS) * SR / FRAME_LEN
+        w = band_weights(self.freqs, band_centres_hz())
+        self.w_synth = torch.tensor(w.T, dtype=torch.float32)  # (bands, bins)
+        self.w_ana = torch.tensor(w / w.sum(0), dtype=torch.float32)  # (bins, bands): band means
+        self.f = torch.tensor(self.freqs, dtype=torch.float32)
+
+    def stft(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, T, bins) complex, frame t ends at sample (t + 1) * HOP."""
+        xp = torch.nn.functional.pad(x, (FRAME_LEN - HOP, 0))
+        fr = xp.unfold(-1, FRAME_LEN, HOP) * self.window
+        return torch.fft.rfft(fr, dim=-1)
+
+    def colouration(self, b: int, rng: np.random.Generator) -> torch.Tensor:
+        """Random smooth microphone/room magnitude response per example, (B, 1, bins)."""
+        f = np.maximum(self.freqs, 1.0)
+        lf = np.log2(f / 1000.0)
+        out = np.zeros((b, N_BINS))
+        for i in range(b):
+            db = rng.uniform(-3, 3) * lf  # tilt, dB per octave
+            for _ in range(rng.integers(0, 4)):  # resonances and dips
+                db += rng.uniform(-8, 8) * np.exp(-0.5 * ((lf - rng.uniform(-3, 2.9)) / rng.uniform(0.15, 1.0)) ** 2)
+            hp = rng.uniform(20, 300)
+            db += 10 * np.log10(1 / (1 + (hp / f) ** 4))
+            if rng.random() < 0.3:
+                lp = rng.uniform(3000, 7800)
+                db += 10 * np.log10(1 / (1 + (f / lp) ** rng.choice([4, 8, 16])))
+            g = 10 ** (db / 20)
+            if rng.random() < 0.08:  # an 8 kHz stream: nothing above 4 kHz
+                g[self.freqs > 4000] = 0.0
+            out[i] = g
+        return torch.tensor(out[:, None, :], dtype=torch.float32)
+
+    def power(self, spec: torch.Tensor) -> torch.Tensor:
+        p = spec.real**2 + spec.imag**2
+        n_fill = min(self.fill.numel(), p.shape[1])
+        scale = torch.ones(p.shape[1])
+        scale[:n_fill] = self.fill[:n_fill]
+        return p * scale[None, :, None]
+
+    def logband(self, power: torch.Tensor) -> torch.Tensor:
+        e = (power @ self.w_ana) * self.psd_scale
+        return torch.log10(torch.clamp(e, min=LOG_FLOOR))
+
+
+# ----------------------------------------------------------------------------- training
+
+def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: torch.Tensor):
+    S = fe.stft(s) * col
+    N = fe.stft(n) * col
+    Y = S + N
+    py, ps = fe.power(Y), fe.power(S)
+    feats = fe.logband(py)
+    g, v = model(feats)
+    ey = (py @ fe.w_ana) * fe.psd_scale
+    es = (ps @ fe.w_ana) * fe.psd_scale
+    target = torch.clamp(torch.sqrt(es / (ey + 1e-14)), 0.0, 1.0)
+    valid = (ey > 1e-11).float()  # skip empty bands (band-limited input, digital silence)
+    d = torch.sqrt(g + 1e-8) - torch.sqrt(target)
+    gain_loss = ((d**2 + 10 * d**4) * valid).sum() / valid.sum().clamp(min=1)
+    gb = g @ fe.w_synth  # (B, T, bins)
+    lvl = torch.sqrt(py.mean(dim=(1, 2), keepdim=True) + 1e-12)  # per-example level
+    mag_y = torch.sqrt(py + 1e-12) / lvl
+    mag_s = torch.sqrt(ps + 1e-12) / lvl
+    spec_loss = ((gb * mag_y + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3).pow(2).mean()
+    es_frame = ps.sum(-1)
+    thr = es_frame.amax(dim=1, keepdim=True) * 10 ** (-3.5)
+    vad_t = ((es_frame > thr) & (es_frame > 1e-9)).float()
+    vad_loss = nn.functional.binary_cross_entropy(v.clamp(1e-6, 1 - 1e-6), vad_t)
+    return gain_loss, spec_loss, vad_loss
+
+
+def dev_score(npz: Path, exponent: float) -> dict:
+    import eval_model
+    sys.path.insert(0, str(ROOT.parent / "shared" / "eval"))
+    import score
+    eval_model.configure(npz, exponent)
+    res = score.score_corpus(ROOT.parent / "shared" / "eval-data" / "dev", score.System(fn=eval_model.enhance),
+                             include_48k=False)
+    return res["summary"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=50.0)
+    ap.add_argument("--eval-every", type=float, default=10.0, help="minutes between dev checks")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--exponent", type=float, default=1.0, help="gain exponent used for dev checks")
+    ap.add_argument("--resume", type=str, default="")
+    ap.add_argument("--spec-weight", type=float, default=1.0)
+    ap.add_argument("--tag", default="", help="checkpoint name prefix (for a second run)")
+    ap.add_argument("--best", type=float, default=-1e9,
+                    help="export only checkpoints whose dev dPESQ + 5 dESTOI beats this (e.g. the last run's)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    mixer = Mixer(DATA_DIR, rng)
+    fe = Frontend()
+    model = GainNet()
+    n_params = sum(p.numel() for p in model.parameters())
+    seg = int(SEG_S * SR)
+    if args.resume:
+        model.load_state_dict(torch.load(args.resume))
+    else:  # feature normalisation from a few batches
+        with torch.no_grad():
+            fs = []
+            for _ in range(8):
+                s, n = mixer.batch(args.batch, seg)
+                col = fe.colouration(args.batch, rng)
+                y = (fe.stft(torch.from_numpy(s)) + fe.stft(torch.from_numpy(n))) * col
+                fs.append(fe.logband(fe.power(y)).reshape(-1, 40))
+            f = torch.cat(fs)
+            model.feat_mean.copy_(f.mean(0))
+            model.feat_std.copy_(f.std(0).clamp(min=0.5))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    CKPT_DIR.mkdir(exist_ok=True)
+    log = open(CKPT_DIR / "train_log.txt", "a")
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.write(msg + "\n")
+        log.flush()
+
+    say(f"params {n_params}, batch {args.batch} x {SEG_S} s, {args.minutes} min, seed {args.seed}")
+    t_start = time.time()
+    train_s = 0.0  # time spent training (dev checks excluded)
+    next_eval = args.eval_every * 60
+    step, acc = 0, np.zeros(3)
+    best = args.best
+    history = []
+    while True:
+        t0 = time.time()
+        frac = min(1.0, train_s / (args.minutes * 60))
+        if frac > 0.03:  # cosine decay to 5 % after a short warm-up
+            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        else:
+            lr = args.lr * frac / 0.03 + 1e-5
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        s, n = mixer.batch(args.batch, seg)
+        col = fe.colouration(args.batch, rng)
+        gl, sl, vl = losses(fe, model, torch.from_numpy(s), torch.from_numpy(n), col)
+        loss = gl + args.spec_weight * sl + 0.05 * vl
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        acc += [gl.item(), sl.item(), vl.item()]
+        step += 1
+        train_s += time.time() - t0
+        if step % 100 == 0:
+            a = acc / 100
+            acc[:] = 0
+            say(f"step {step} t {train_s / 60:.1f} min lr {lr:.2e} gain {a[0]:.4f} spec {a[1]:.4f} vad {a[2]:.4f}")
+        done = train_s >= args.minutes * 60
+        if train_s >= next_eval or done:
+            next_eval += args.eval_every * 60
+            ck = CKPT_DIR / f"ckpt_{args.tag}{step:06d}.npz"
+            export_npz(model, ck)
+            torch.save(model.state_dict(), CKPT_DIR / f"ckpt_{args.tag}{step:06d}.pt")
+            torch.save(model.state_dict(), CKPT_DIR / "last.pt")
+            t1 = time.time()
+            summ = dev_score(ck, args.exponent)
+            o = summ["overall"]
+            crit = o["d_pesq"] + 5 * o["d_estoi"]
+            history.append({"step": step, "train_min": train_s / 60, "d_pesq": o["d_pesq"],
+                            "estoi": o["estoi"], "d_si_sdr": o["d_si_sdr"],
+                            "clean_in_pesq": summ["clean_in"]["pesq"] if summ["clean_in"] else None})
+            say(f"DEV step {step} (crit {crit:.4f}): dPESQ {o['d_pesq']:+.3f} ESTOI {o['estoi']:.3f} "
+                f"dSI-SDR {o['d_si_sdr']:+.2f} "
+                f"clean-in {history[-1]['clean_in_pesq']:.2f} atten {summ['noise_only_attenuation_db']:.1f} "
+                f"({time.time() - t1:.0f} s)")
+            if crit > best:
+                best = crit
+                shutil.copy(ck, WEIGHTS_OUT)
+                shutil.copy(CKPT_DIR / f"ckpt_{args.tag}{step:06d}.pt", CKPT_DIR / "best.pt")
+                say(f"  -> best so far, exported to {WEIGHTS_OUT.relative_to(ROOT)}")
+            (CKPT_DIR / "history.json").write_text(json.dumps(history, indent=1))
+        if done:
+            break
+    say(f"finished: {step} steps, {train_s / 60:.1f} min training, wall {(time.time() - t_start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
