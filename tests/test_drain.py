@@ -80,3 +80,33 @@ def test_drain_ends_stragglers_with_unavailable(tmp_path: Path) -> None:
     err = result[0]
     assert isinstance(err, HushwireClientError)
     assert err.status == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.msg
+
+
+@pytest.mark.slow
+def test_drain_requeues_a_running_job_and_a_restart_finishes_it(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from client import JobsClient
+    from client.jobs import STATUS_NAMES
+    from hushwire.v1 import jobs_pb2
+
+    key = create_key(tmp_path)
+    src = tmp_path / "long.wav"
+    sf.write(str(src), np.zeros((48000 * 120, 2), np.float32), 48000)
+    srv = start_server(tmp_path, "--workers", "1", "--drain-seconds", "1")
+    with JobsClient(srv.target, key) as c:
+        job_id = c.submit(src).job_id
+        deadline = time.monotonic() + 60
+        while c.get(job_id).status != jobs_pb2.JOB_STATUS_PROCESSING:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+    assert srv.stop() == 0
+    assert "jobs requeued count=1 reason='server stopping'" in srv.log
+    srv2 = start_server(tmp_path, "--workers", "1")
+    try:
+        with JobsClient(srv2.target, key) as c:
+            done = c.wait(job_id, timeout=240)
+            assert STATUS_NAMES[done.status] == "completed"
+            assert sf.info(str(c.download(job_id, tmp_path)[1])).frames == 48000 * 120
+    finally:
+        assert srv2.stop() == 0
