@@ -2,6 +2,7 @@
 
 The benchmarks start their own servers on loopback and clean them up; these tests only check
 that they still work against the current code, so a refactor cannot silently break them.
+The streams and memory smoke runs take over 10 s and are marked slow.
 """
 
 from __future__ import annotations
@@ -23,50 +24,48 @@ def run_bench(module: str, *args: str, timeout: float = 180) -> str:
     return proc.stdout
 
 
-def table_rows(out: str, first_header: str) -> list[list[str]]:
-    """The body rows of the Markdown table whose header starts with ``first_header``."""
+def table_rows(out: str, column: str) -> list[dict[str, str]]:
+    """The body rows of the first Markdown table with a column named ``column``, as dicts."""
     lines = out.splitlines()
     for i, line in enumerate(lines):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_header:
+        header = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and column in header:
             rows = []
             for body in lines[i + 2 :]:
                 if not body.startswith("|"):
                     break
-                rows.append([c.strip() for c in body.strip().strip("|").split("|")])
+                rows.append(dict(zip(header, (c.strip() for c in body.strip().strip("|").split("|")), strict=True)))
             return rows
-    raise AssertionError(f"no table with header {first_header!r} in:\n{out}")
+    raise AssertionError(f"no table with a column {column!r} in:\n{out}")
 
 
 @pytest.mark.slow
 def test_streams_quick_prints_both_knees() -> None:
     out = run_bench("bench.streams")
-    knees = table_rows(out, "server")
-    assert {r[0] for r in knees} >= {"hushwire", "echo"}
+    knees = table_rows(out, "knee (streams)")
+    assert {r["server"] for r in knees} == {"hushwire", "echo"}
     assert "hushwire knee / echo knee" in out
 
 
-@pytest.mark.slow
 def test_denoiser_quick_prints_hop_costs_and_job_throughput() -> None:
     out = run_bench("bench.denoiser")
-    rows = table_rows(out, "what")
-    assert any(r[0].startswith("Denoiser 16 kHz") for r in rows)
-    assert any(r[0].startswith("Denoiser 48 kHz × 8 ch") for r in rows)
-    assert all(float(r[2]) > 0 for r in rows)
-    assert table_rows(out, "path")[0][0] == "run_job 16 kHz mono"
+    rows = table_rows(out, "µs per hop")
+    assert any(r["what"].startswith("Denoiser 16 kHz") for r in rows)
+    assert any(r["what"].startswith("Denoiser 48 kHz × 8 ch") for r in rows)
+    assert all(float(r["µs per hop"]) > 0 for r in rows)
+    assert table_rows(out, "audio s per wall s")[0]["path"] == "run_job 16 kHz mono"
 
 
 @pytest.mark.slow
 def test_memory_quick_prints_rss_per_stream_and_job_peaks() -> None:
     out = run_bench("bench.memory")
-    streams = table_rows(out, "open streams")
-    assert [r[0] for r in streams[:3]] == ["0", "10", "20"]
-    jobs = table_rows(out, "file")
-    assert len(jobs) == 2 and all(float(r[6]) > 0 for r in jobs)
+    streams = table_rows(out, "server RSS MiB")
+    assert [r["open streams"] for r in streams[:3]] == ["0", "10", "20"]
+    jobs = table_rows(out, "peak")
+    assert len(jobs) == 2 and all(float(r["peak"]) > 0 for r in jobs)
 
 
-@pytest.mark.slow
 def test_files_quick_prints_the_gateway_table() -> None:
     out = run_bench("bench.files")
-    (row,) = table_rows(out, "clients")
-    assert row[0] == "2" and int(row[8]) > 0 and row[9] == "0"
+    (row,) = table_rows(out, "uploads/s (POST /enhance)")
+    assert row["clients"] == "2" and int(row["jobs"]) > 0 and row["errors"] == "0"

@@ -1,0 +1,266 @@
+"""Denoiser cost on one core: µs per 10 ms hop, real-time factor, and file-job throughput.
+
+Per-hop cost is measured on ``server.dsp.Denoiser`` fed in three chunkings: one hop (10 ms) per
+``process`` call, the live stream's 20 ms chunks, and the job path's 1 s blocks; and on
+``server.streams.StreamSession`` (PCM16 bytes in and out, what the servicer calls per chunk).
+The real-time factor is cost / audio duration; "× real time" is its inverse. Each figure is the
+median of ``--repeats`` runs of ``--seconds`` of audio.
+
+File-job throughput runs the real job path: ``server.jobs.run_job`` on a real SQLite store and
+blob directory (decode, denoise, encode, progress writes, commit), for a 16 kHz PCM16 WAV.
+
+This process pins itself to ``--cpu`` (one core), and numpy's BLAS is kept to one thread.
+
+    python -m bench.denoiser             # about a minute
+    python -m bench.denoiser --quick
+    python -m bench.denoiser --profile-out /tmp/denoiser.txt   # plus a py-spy profile of the hop loop
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402 (the thread limits must be set before numpy loads)
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from bench._common import (  # noqa: E402
+    BenchTimeout,
+    install_watchdog,
+    pin_self,
+    print_header,
+    print_profile,
+    print_table,
+    py_spy_record,
+    temp_dir,
+    test_audio,
+)
+from server import pcm  # noqa: E402
+from server.dsp import Denoiser  # noqa: E402
+from server.streams import StreamSession  # noqa: E402
+
+HOP_MS = 10.0
+CONFIGS = [(16000, 1), (48000, 1), (16000, 8), (48000, 8)]
+
+
+def _frames(seconds: float, rate: int, channels: int) -> np.ndarray:
+    mono = test_audio(seconds, rate)
+    # Different material per channel (shifted), so no channel is a copy of another.
+    return np.stack([np.roll(mono, 9973 * c) for c in range(channels)], axis=1)
+
+
+def hop_cost(rate: int, channels: int, chunk_ms: float, seconds: float, repeats: int) -> list[float]:
+    """Seconds of CPU per 10 ms hop for each repeat, feeding ``chunk_ms`` chunks."""
+    x = _frames(seconds, rate, channels)
+    hop = round(rate * HOP_MS / 1000)
+    chunk = max(hop, round(rate * chunk_ms / 1000))
+    chunks = [x[i : i + chunk] for i in range(0, x.shape[0] - chunk + 1, chunk)]
+    n_hops = len(chunks) * chunk // hop
+    out: list[float] = []
+    for _ in range(repeats):
+        den = Denoiser(rate, channels)
+        den.process(chunks[0])  # first call: leave one-time costs out
+        t0 = time.process_time()
+        for c in chunks:
+            den.process(c)
+        out.append((time.process_time() - t0) / n_hops)
+    return out
+
+
+def session_cost(rate: int, chunk_ms: float, seconds: float, repeats: int) -> list[float]:
+    """Seconds per 10 ms hop through ``StreamSession.process`` (PCM16 bytes in and out), mono."""
+    x = _frames(seconds, rate, 1)
+    data = pcm.encode(x, pcm.PCM16)
+    step = round(rate * chunk_ms / 1000) * 2
+    chunks = [data[i : i + step] for i in range(0, len(data) - step + 1, step)]
+    n_hops = len(chunks) * chunk_ms / HOP_MS
+    out: list[float] = []
+    for _ in range(repeats):
+        session = StreamSession(rate, 1, pcm.PCM16)
+        session.process(chunks[0])
+        t0 = time.process_time()
+        for c in chunks:
+            session.process(c)
+        out.append((time.process_time() - t0) / n_hops)
+    return out
+
+
+def components(rate: int, channels: int, hops: int, repeats: int) -> list[tuple[str, float]] | None:
+    """µs per hop of each stage of ``Denoiser._step`` (private attributes: best effort, None if renamed)."""
+    den = Denoiser(rate, channels)
+    hop = round(rate * HOP_MS / 1000)
+    x = _frames(hops * hop / rate + 0.1, rate, channels)
+    blocks = [np.ascontiguousarray(x[i * hop : (i + 1) * hop], dtype=np.float64) for i in range(hops)]
+    try:
+        stft, noise, gain_rule = den._stft, den._noise, den._gain_rule
+        for b in blocks[:20]:  # leave the noise tracker's start-up phase
+            den.process(b)
+        out = np.empty((hop, channels), np.float32)
+        spec = stft.analyze(blocks[0])
+        power = np.abs(spec) ** 2
+        noise_psd = noise.update(power).copy()
+        stages: list[tuple[str, object]] = [
+            ("StreamingStft.analyze (window + rfft)", lambda i: stft.analyze(blocks[i])),
+            ("NoiseTracker.update", lambda i: noise.update(power)),
+            ("OmLsaGain.update", lambda i: gain_rule.update(power, noise_psd)),
+        ]
+        model = getattr(den, "_model", None)
+        if model is not None:  # the learned band gain (server/dsp/model.py); it also gives the VAD
+            stages.append(("GainModel.step (learned band gain + VAD)", lambda i: model.step(power)))
+        else:
+            stages.append(("Denoiser._vad", lambda i: den._vad()))
+        stages += [
+            ("StreamingStft.synthesize (irfft + overlap-add)", lambda i: stft.synthesize(spec, out)),
+            ("Denoiser._step (one hop: the above + power, gain products and floor, spec × gain)",
+             lambda i: den._step(blocks[i], out)),
+            ("Denoiser._check (input validation of one call)", lambda i: den._check(blocks[i])),
+            ("Denoiser.process (all of it, one hop per call)", lambda i: den.process(blocks[i])),
+        ]
+    except AttributeError:
+        return None
+    rows = []
+    for name, fn in stages:
+        runs = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for i in range(hops):
+                fn(i)  # type: ignore[operator]
+            runs.append((time.process_time() - t0) / hops)
+        rows.append((name, statistics.median(runs)))
+    return rows
+
+
+def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float, float]]:
+    """(audio s per wall s, audio s per CPU s) of ``server.jobs.run_job`` on a 16 kHz PCM16 WAV."""
+    from server.blobs import LocalBlobs
+    from server.jobs import new_job_id, run_job
+    from server.store import PENDING, JobRow, Store
+
+    rate = 16000
+    store_path = tmp / "hushwire.sqlite3"
+    store = Store(store_path, b"bench pepper")  # a pepper only to make the job's owner key
+    blobs = LocalBlobs(tmp / "blobs")
+    uid = store.create_user("bench")
+    key_id, _ = store.create_key(uid)
+    x = _frames(seconds, rate, 1)
+    results = []
+    for _ in range(repeats):
+        job_id = new_job_id()
+        upload = f"uploads/{job_id}"
+        with blobs.writer(upload) as f:
+            sf.write(f, x, rate, subtype="PCM_16", format="WAV")
+        now = time.time()
+        store.create_job(JobRow(
+            job_id=job_id, uid=uid, key_id=key_id, status=PENDING, progress=0.0, held=False, file_name="bench.wav",
+            file_key="file", attenuation_limit_db=None, created_at=now, mod_time=now, format="WAV",
+            subtype="PCM_16", sample_rate=rate, channels=1, frames=x.shape[0],
+            upload_bytes=blobs.size(upload), upload_blob=upload))
+        owner = "bench"
+        claimed = store.claim_next(owner, 60.0, 3)
+        assert claimed is not None and claimed.job_id == job_id
+        w0, c0 = time.perf_counter(), time.process_time()
+        status = run_job(str(store_path), str(blobs.root), job_id, owner, 60.0)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        if status != "completed":
+            raise RuntimeError(f"run_job returned {status!r}: {store.get_job(job_id)}")
+        results.append((seconds / wall, seconds / cpu))
+        store.delete_job(job_id)
+    store.close()
+    return results
+
+
+def profile_hops(out: Path, seconds: float) -> None:
+    """py-spy on this process while it runs 16 kHz mono hops for ``seconds``."""
+    spy = py_spy_record(os.getpid(), out, seconds)
+    x = _frames(10.0, 16000, 1)
+    hop = 160
+    den = Denoiser(16000, 1)
+    end = time.monotonic() + seconds + 0.5
+    while time.monotonic() < end:
+        for i in range(0, x.shape[0] - hop + 1, hop):
+            den.process(x[i : i + hop])
+    _, err = spy.communicate(timeout=seconds + 30)
+    if spy.returncode != 0:
+        print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+    print_profile(out, "Denoiser.process, 16 kHz mono, one hop per call")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (0.5 s of audio, one repeat)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio per repeat for the hop costs")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--job-seconds", type=float, default=120.0, help="length of the file for run_job")
+    parser.add_argument("--job-repeats", type=int, default=3)
+    parser.add_argument("--cpu", type=int, default=0, help="core to pin this process to (-1: none)")
+    parser.add_argument("--profile-out", default=None, help="also profile the 16 kHz hop loop with py-spy")
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats, args.job_seconds, args.job_repeats = 0.5, 1, 2.0, 1
+        args.max_seconds = min(args.max_seconds, 120.0)
+        args.profile_seconds = min(args.profile_seconds, 2.0)
+    install_watchdog(args.max_seconds)
+    if args.cpu >= 0 and args.cpu in os.sched_getaffinity(0):
+        pin_self(args.cpu)
+    print_header("bench.denoiser", "Denoiser cost on one core")
+    print(f"pinned to core(s) {sorted(os.sched_getaffinity(0))}; CPU time (process_time) per hop, "
+          f"median of {args.repeats} × {args.seconds:g} s of audio")
+    try:
+        rows = []
+        for rate, channels in CONFIGS:
+            for chunk_ms, label in ((HOP_MS, "10 ms (one hop)"), (20.0, "20 ms (stream)"), (1000.0, "1 s (job)")):
+                if chunk_ms == 1000.0 and args.seconds < 2:
+                    continue
+                cost = statistics.median(hop_cost(rate, channels, chunk_ms, args.seconds, args.repeats))
+                rows.append([f"Denoiser {rate // 1000} kHz × {channels} ch", label, round(cost * 1e6, 1),
+                             round(cost * 1e6 / channels, 1), f"{cost / (HOP_MS / 1000):.4f}",
+                             f"{HOP_MS / 1000 / cost:.0f}×"])
+            if channels == 1:
+                cost = statistics.median(session_cost(rate, 20.0, args.seconds, args.repeats))
+                rows.append([f"StreamSession {rate // 1000} kHz PCM16", "20 ms (stream)", round(cost * 1e6, 1),
+                             round(cost * 1e6, 1), f"{cost / (HOP_MS / 1000):.4f}", f"{HOP_MS / 1000 / cost:.0f}×"])
+        print_table(["what", "chunk", "µs per hop", "µs per hop per channel", "real-time factor",
+                     "× real time (one core)"], rows)
+
+        hops = max(100, int(args.seconds * 100))
+        parts = {rate: components(rate, 1, hops, args.repeats) for rate in (16000, 48000)}
+        if all(parts.values()):
+            print("where a hop's time goes (each stage timed alone on realistic state, mono; process() minus "
+                  "_step and _check is _run's rechunking and output guards):")
+            names = [n for n, _ in parts[16000] or []]
+            print_table(["stage", "µs per hop 16 kHz", "µs per hop 48 kHz"],
+                        [[n, round(parts[16000][i][1] * 1e6, 1), round(parts[48000][i][1] * 1e6, 1)]  # type: ignore[index]
+                         for i, n in enumerate(names)])
+
+        with temp_dir() as tmp:
+            runs = job_throughput(args.job_seconds, args.job_repeats, tmp)
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        print(f"file job: server.jobs.run_job, {args.job_seconds:g} s 16 kHz mono PCM16 WAV → WAV, "
+              f"real SQLite store + blob dir, median of {len(runs)}")
+        print_table(["path", "audio s per wall s", "audio s per CPU s", "target ≥ 100× (stretch 200×)"],
+                    [["run_job 16 kHz mono", f"{wall:.0f}", f"{cpu:.0f}",
+                      "stretch met" if wall >= 200 else "met" if wall >= 100 else f"MISSED ({wall / 100:.0%} of it)"]])
+        if args.profile_out:
+            profile_hops(Path(args.profile_out), args.profile_seconds)
+    except BenchTimeout as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
