@@ -13,7 +13,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from server.config import SETTINGS, ClientConfig, ConfigError, GatewayConfig, ServerConfig, resolve
+from server.config import (
+    SETTINGS,
+    ClientConfig,
+    ConfigError,
+    GatewayConfig,
+    ServerConfig,
+    one_blas_thread,
+    resolve,
+)
 
 __all__ = ["main"]
 
@@ -382,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    one_blas_thread()
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))

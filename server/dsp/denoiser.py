@@ -236,7 +236,9 @@ class Denoiser:
         gain = self._gain_rule.update(power, noise_psd)
         if self._model is not None:
             model_gain, voice = self._model.step(power)
-            if CLASSICAL_GAIN_EXPONENT != 1.0:
+            if CLASSICAL_GAIN_EXPONENT == 0.5:
+                np.sqrt(gain, out=gain)
+            elif CLASSICAL_GAIN_EXPONENT != 1.0:
                 np.power(gain, CLASSICAL_GAIN_EXPONENT, out=gain)
             gain *= model_gain
             self._frame_vad = float(voice.mean())
