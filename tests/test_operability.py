@@ -109,3 +109,42 @@ def test_gateway_metrics_count_requests_and_errors(tmp_path: Path) -> None:
     finally:
         gw.stop()
         assert srv.stop() == 0
+
+
+def test_health_is_not_serving_until_the_workers_are_up(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    import grpc
+    from conftest import HUSHWIRE, ROOT
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT)
+    seen: list[tuple[int, bool]] = []  # (status, was "listening on" logged yet)
+    try:
+        fast_retry = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+                      ("grpc.max_reconnect_backoff_ms", 50)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=fast_retry) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service="hushwire.v1.Jobs"), timeout=0.5).status
+                except grpc.RpcError:
+                    time.sleep(0.01)
+                    continue
+                seen.append((status, "listening on" in log.read_text()))
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.01)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    statuses = [s for s, _ in seen]
+    assert statuses[0] == health_pb2.HealthCheckResponse.NOT_SERVING, statuses[:3]
+    assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
+    assert not any(listening for s, listening in seen if s == health_pb2.HealthCheckResponse.NOT_SERVING)
