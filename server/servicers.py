@@ -183,7 +183,8 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     @staticmethod
     async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
         try:
-            await asyncio.wait_for(context.write(response), SLOW_CONSUMER_SECONDS)
+            async with asyncio.timeout(SLOW_CONSUMER_SECONDS):  # no Task per write, unlike wait_for
+                await context.write(response)
         except TimeoutError:
             raise HushwireError(
                 "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
