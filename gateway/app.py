@@ -154,7 +154,7 @@ class _Gateway:
         self.config = config
         self.public_url = public_url
         self.limits = UploadLimits(max_body_bytes=config.max_upload_bytes, max_files=MAX_FILES_PER_REQUEST,
-                                   rpc_timeout=config.connect_timeout)
+                                   idle_seconds=config.upload_idle_seconds, rpc_timeout=config.connect_timeout)
         self._upstream: _Upstream | None = None
 
     @property

@@ -35,7 +35,7 @@ _SERVER_SETTINGS = [
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
-                     "connect_timeout", "max_upload_bytes"]
+                     "connect_timeout", "max_upload_bytes", "upload_idle_seconds"]
 
 
 class UsageError(Exception):
@@ -313,7 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--config", default=None, help="TOML config file [env HUSHWIRE_CONFIG]")
     gw.add_argument("--host", default=None, help="listen host [env HUSHWIRE_GATEWAY_HOST] (default: 127.0.0.1)")
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
-    for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes"):
+    for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
+                 "upload_idle_seconds"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 

@@ -106,6 +106,7 @@ _HELP = {
     "gateway_port": "the gateway's port (`hushwire gateway --port`)",
     "grpc_target": "the gRPC server the gateway forwards to",
     "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
+    "upload_idle_seconds": "an upload body that sends nothing for this long gets 408 REQUEST_TIMEOUT",
     "target": "the server a client command talks to",
     "key": "the API key of a client command",
     "log_level": "debug, info, warning or error",
@@ -149,6 +150,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
         Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
         Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
+        Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
         Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
@@ -302,6 +304,7 @@ class GatewayConfig:
     log_format: str = "text"
     connect_timeout: float = 10.0
     max_upload_bytes: int = 200 * 1000**2
+    upload_idle_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

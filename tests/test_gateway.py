@@ -756,3 +756,30 @@ def test_path_and_nul_in_the_file_name_are_neutralised(http: httpx.Client, key: 
     assert got.status_code == 200
     disposition = got.headers["content-disposition"]
     assert "/" not in disposition.split("filename", 1)[1] and "\x00" not in disposition
+
+
+def test_a_stalled_upload_gets_408_and_leaves_no_job(tmp_path: Path, hw_server: ServerProcess, key: str,
+                                                     jobs_stub: jobs_pb2_grpc.JobsStub) -> None:
+    import socket as socket_mod
+
+    gw = start_gateway(tmp_path, hw_server.target, "--upload-idle-seconds", "1")
+    before = list_job_ids(jobs_stub, key)
+    try:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        head = multipart([("f", "slow.wav", b"RIFF" + b"\0" * 2000)])[:1500]  # a part begun, never finished
+        request = (f"POST /enhance HTTP/1.1\r\nHost: {host}\r\nAuthorization: {key}\r\n"
+                   f"Content-Type: {MULTIPART_TYPE}\r\nContent-Length: 100000\r\n\r\n").encode() + head
+        with socket_mod.create_connection((host, int(port)), timeout=15) as s:
+            s.sendall(request)
+            started = time.monotonic()
+            reply = ""  # the client says nothing more; read the whole reply
+            while "REQUEST_TIMEOUT" not in reply and time.monotonic() - started < 10:
+                data = s.recv(65536)
+                if not data:
+                    break
+                reply += data.decode(errors="replace")
+        assert reply.startswith("HTTP/1.1 408"), reply[:200]
+        assert "REQUEST_TIMEOUT" in reply and time.monotonic() - started < 10
+        assert list_job_ids(jobs_stub, key) == before  # the held job was cancelled
+    finally:
+        assert gw.stop() == 0
