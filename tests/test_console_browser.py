@@ -30,7 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LIVE_NOISY = DEV / "48k" / "noisy" / "d48_00_white_p00.wav"   # 0 dB white noise, 48 kHz, 3.1 s
 LIVE_CLEAN = DEV / "48k" / "clean" / LIVE_NOISY.name
-LIVE_SECONDS = 9.0            # warm-up, then surely one whole pass of the fake microphone's 3.1 s loop
+LIVE_SECONDS = 11.0           # warm-up, then surely one whole pass of the fake microphone's 3.1 s loop
 WARM_UP_SECONDS = 1.5         # the denoiser's noise estimate settles; scored after this
 MIN_SI_SDR_GAIN_DB = 3.0      # the recording must be this much closer to the clean speech than the input
 WAIT_S = 60.0
@@ -274,7 +274,7 @@ def test_live_bypass_and_limit_controls(browser: Driver, console_gateway: Gatewa
             const s = document.getElementById('attenuation-limit');
             s.value = 12; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));""")
         assert browser.find_element(By.ID, "attenuation-value").text == "12 dB"
-        time.sleep(7.5)
+        time.sleep(10.0)  # two whole passes of the looped file after a 0.5 s warm-up, with margin
         browser.find_element(By.ID, "live-stop").click()
         link = wait_for(browser, "the recording", lambda d: (
             d.find_element(By.ID, "live-download").get_attribute("href") or "").startswith("blob:")
