@@ -169,6 +169,7 @@ class EnhancerClient:
         self._channel = grpc.insecure_channel(target)
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._ready = False  # checked once, and again after a retryable failure
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -193,7 +194,9 @@ class EnhancerClient:
         encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> LiveStream:
         """Start a live stream over ``items`` (audio arrays and :class:`Update` s, consumed lazily)."""
-        self.wait_ready()
+        if not self._ready:
+            self.wait_ready()
+            self._ready = True
         enc = ENCODINGS[encoding]
         requests = itertools.chain(
             [_config_request(sample_rate, channels, enc, attenuation_limit_db)],
@@ -221,6 +224,7 @@ class EnhancerClient:
                 y = _aligned(outs, live.delay_samples, frames.shape[0], frames.shape[1])
                 return y if x.ndim == 2 else y[:, 0]
             except HushwireClientError as err:
+                self._ready = False
                 time.sleep(retry.wait_after(err))
 
 
@@ -236,6 +240,7 @@ class AsyncEnhancerClient:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._ready = False  # checked once, and again after a retryable failure
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self
@@ -260,7 +265,9 @@ class AsyncEnhancerClient:
         channels: int = 1, *, encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> tuple[int, AsyncIterator[StreamOutput]]:
         """Start a live stream; returns ``(delay_samples, outputs)``."""
-        await self.wait_ready()
+        if not self._ready:
+            await self.wait_ready()
+            self._ready = True
         enc = ENCODINGS[encoding]
 
         async def requests() -> AsyncIterator[enhancer_pb2.StreamEnhanceRequest]:
@@ -307,4 +314,5 @@ class AsyncEnhancerClient:
                 y = _aligned(outs, delay, frames.shape[0], frames.shape[1])
                 return y if x.ndim == 2 else y[:, 0]
             except HushwireClientError as err:
+                self._ready = False
                 await asyncio.sleep(retry.wait_after(err))
