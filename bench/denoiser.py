@@ -167,7 +167,7 @@ def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float,
         claimed = store.claim_next(owner, 60.0, 3)
         assert claimed is not None and claimed.job_id == job_id
         w0, c0 = time.perf_counter(), time.process_time()
-        status = run_job(str(store_path), str(blobs.root), job_id, owner, 60.0)
+        status = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         if status != "completed":
             raise RuntimeError(f"run_job returned {status!r}: {store.get_job(job_id)}")

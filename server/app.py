@@ -19,7 +19,6 @@ from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.auth import AuthInterceptor
-from server.blobs import LocalBlobs
 from server.config import ServerConfig
 from server.jobs import JobRunner
 from server.metrics import METRICS
@@ -71,10 +70,11 @@ class Server:
 async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = config.open_blobs()
+    await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
-    blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
-    runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds,
+    runner = JobRunner(store, config.sqlite_path, blobs, config.data_dir, config.workers, config.lease_seconds,
                        log_level=config.log_level, log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,

@@ -78,11 +78,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from server.app import serve
+    from server.blobs import BlobStoreError
     from server.logs import setup_logging
 
     config = _server_config(args)
     setup_logging(config.log_level, config.log_format)
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except BlobStoreError as exc:  # unreachable store, wrong credentials: checked before anything starts
+        raise UsageError(f"blob store: {exc}") from None
 
 
 # -- gateway ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from server.blobs import BlobStore
     from server.store import Store
 
 __all__ = [
@@ -116,7 +117,7 @@ _HELP = {
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
     "database_url": "`sqlite:///PATH` (built in)",
-    "blob_url": "`file:///PATH` (built in)",
+    "blob_url": "`file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` (extra `scale`)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
@@ -280,6 +281,12 @@ class ServerConfig:
         from server.store import Store
 
         return Store(self.sqlite_path, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
+
+    def open_blobs(self) -> BlobStore:
+        """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
+        from server.blobs import open_blobs
+
+        return open_blobs(self.blob_url, self.data_dir)
 
     @property
     def sqlite_path(self) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import logging
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from server.blobs import STORAGE_FULL_MSG, LocalBlobs, is_storage_full
+from server.blobs import BLOB_UNAVAILABLE_MSG, STORAGE_FULL_MSG, BlobStore, BlobStoreError, is_storage_full, open_blobs
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.logs import event, setup_logging
@@ -144,10 +145,19 @@ def _output_format(job: JobRow) -> tuple[str, str]:
     return "WAV", "PCM_16"
 
 
-def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds: float) -> str:
-    """Worker-process entry: decode, denoise, encode one claimed job. Returns the final status."""
+@functools.lru_cache(maxsize=4)
+def _worker_blobs(blob_url: str, data_dir: str) -> BlobStore:
+    """The worker process's blob store, made once (an S3 client takes a while to set up)."""
+    return open_blobs(blob_url, Path(data_dir))
+
+
+def run_job(db_path: str, blob_url: str, data_dir: str, job_id: str, owner: str, lease_seconds: float) -> str:
+    """Worker-process entry: decode, denoise, encode one claimed job. Returns the final status.
+
+    The input is read from a local copy (the blob itself for a local store, a download for S3) and
+    the result is written to a temporary file, then committed: it appears whole or not at all."""
     store = Store(db_path)
-    blobs = LocalBlobs(blob_root)
+    blobs = _worker_blobs(blob_url, data_dir)
     tmp: Path | None = None
     try:
         job = store.get_job(job_id)
@@ -182,11 +192,13 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
 
         progress(PROCESSING, 0.0)
         event(log, "job processing", job_id=job_id, uid=job.uid, file_name=job.file_name)
-        try:
-            src = sf.SoundFile(str(blobs.local_path(job.upload_blob)))
-        except Exception:
-            raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
-        with src, sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt) as out:
+        with contextlib.ExitStack() as stack:
+            src_path = stack.enter_context(blobs.local_copy(job.upload_blob))
+            try:
+                src = stack.enter_context(sf.SoundFile(str(src_path)))
+            except Exception:
+                raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
+            out = stack.enter_context(sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt))
             read = 0
             while read < job.frames:
                 try:
@@ -222,8 +234,12 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
     except HushwireError as err:
         store.finish_job(job_id, owner, error=(err.code, err.msg))
         return FAILED
+    except BlobStoreError as exc:  # S3 unreachable or refusing: the operator's to fix, not the file's fault
+        logging.getLogger("hushwire.jobs").error("job %s failed: %s", job_id, exc)
+        store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
+        return FAILED
     except Exception as exc:  # a full disk, or a bug: fail the job with an id the operator can find in the log
-        if is_storage_full(exc, blobs.root):
+        if is_storage_full(exc, blobs.scratch_dir):
             store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG))
             return FAILED
         incident = uuid.uuid4().hex[:12]
@@ -256,12 +272,13 @@ def _worker_init(log_level: str = "info", log_format: str = "text") -> None:
 class JobRunner:
     """Claims runnable jobs and runs them in a pool of worker processes."""
 
-    def __init__(self, store: Store, db_path: Path, blob_root: Path, workers: int | None, lease_seconds: float,
-                 requeue_on_start: bool = True, log_level: str = "info", log_format: str = "text") -> None:
+    def __init__(self, store: Store, db_path: Path, blobs: BlobStore, data_dir: Path, workers: int | None,
+                 lease_seconds: float, requeue_on_start: bool = True, log_level: str = "info",
+                 log_format: str = "text") -> None:
         self._log_level, self._log_format = log_level, log_format
         self._store = store
         self._db_path = str(db_path)
-        self._blob_root = str(blob_root)
+        self._blob_url, self._data_dir = blobs.url, str(data_dir)  # workers reopen the same store
         self.workers = workers or os.cpu_count() or 1
         self._lease = lease_seconds
         self._requeue_on_start = requeue_on_start
@@ -306,7 +323,8 @@ class JobRunner:
                       attempt=job.attempts)
                 started = time.monotonic()
                 fut = loop.run_in_executor(
-                    self._pool, run_job, self._db_path, self._blob_root, job.job_id, self.owner, self._lease)
+                    self._pool, run_job, self._db_path, self._blob_url, self._data_dir, job.job_id, self.owner,
+                    self._lease)
                 self._running.add(fut)
                 fut.add_done_callback(functools.partial(self._done, job=job, started=started))
             self._wake.clear()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from s3_fixtures import s3_blob_url, s3_server  # noqa: F401  (a real S3-compatible server: tests/s3_fixtures.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT.parent / "shared" / "eval-data" / "dev"
