@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from server.blobs import BLOB_UNAVAILABLE_MSG, STORAGE_FULL_MSG, BlobStore, BlobStoreError, is_storage_full, open_blobs
+from server.blobs import (
+    BLOB_UNAVAILABLE_MSG,
+    STORAGE_FULL_MSG,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreError,
+    is_storage_full,
+    open_blobs,
+)
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.logs import event, setup_logging
@@ -230,6 +238,11 @@ def run_job(db_path: str, blob_url: str, data_dir: str, job_id: str, owner: str,
             return "lost"
         return COMPLETED
     except _Cancelled:
+        return "cancelled"
+    except BlobNotFound as exc:  # the job was cancelled meanwhile (its blobs go first), or the store lost it
+        if store.finish_job(job_id, owner, error=("INTERNAL", "the uploaded file is missing from the blob store")):
+            logging.getLogger("hushwire.jobs").error("job %s: blob %s is missing", job_id, exc)
+            return FAILED
         return "cancelled"
     except HushwireError as err:
         store.finish_job(job_id, owner, error=(err.code, err.msg))
