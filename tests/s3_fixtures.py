@@ -17,6 +17,7 @@ Skips with the reason when ``weed`` or boto3 is missing (``pip install -e '.[tes
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -63,6 +64,14 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if pytest dies, so a killed run leaves no weed behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -152,7 +161,8 @@ def start_seaweedfs(root: Path) -> S3Server:
     ]
     (root / "data").mkdir(exist_ok=True)
     with open(root / "weed.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
+                                preexec_fn=_die_with_parent)
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access, secret, proc, root)
     client = server.client()
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -11,6 +11,8 @@ import hashlib
 import io
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, free_port, run_cli, start_server
+from conftest import ROOT, ServerProcess, create_key, free_port, run_cli, start_server
 from s3_fixtures import S3Server, start_seaweedfs
 
 from client import HushwireClientError, JobsClient
@@ -310,6 +312,16 @@ def test_store_problems_stop_the_server_with_one_line(case: str, s3_server: S3Se
     assert time.monotonic() - t0 < 30
     if case == "wrong secret":
         assert s3_server.keys(url) == []  # nothing was created with the bad signature
+
+
+def test_s3_url_without_boto3_says_which_extra(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['boto3'] = None\n"  # as if the `scale` extra were not installed
+            "from server.cli import main\n"
+            f"sys.exit(main(['serve', '--port', '0', '--data-dir', {str(tmp_path)!r}, "
+            "'--blob-url', 's3://bucket?endpoint=http://127.0.0.1:9']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "hushwire: s3:// blob URLs need boto3: pip install 'hushwire[scale]'"
 
 
 # -- the store going away while the server runs -----------------------------------------------------------
