@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from s3_fixtures import S3Server, start_seaweedfs
 
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
+from hushwire.v1 import jobs_pb2
 from server.blobs import BlobNotFound, BlobStore, BlobStoreError, LocalBlobs, open_blobs
 from server.config import ConfigError
 
@@ -127,8 +129,10 @@ def test_wrong_secret_is_refused(s3_server: S3Server, s3_blob_url: str, tmp_path
     good.check()
     with good.writer("uploads/secret") as f:
         f.write(b"private audio")
+    secret = s3_server.secret_key
+    bad = secret[:-1] + ("y" if secret.endswith("x") else "x")  # one character off
     wrong = S3Blobs.from_url(s3_blob_url, tmp_path, credentials={
-        "aws_access_key_id": s3_server.access_key, "aws_secret_access_key": s3_server.secret_key[:-1] + "x"})
+        "aws_access_key_id": s3_server.access_key, "aws_secret_access_key": bad})
     with pytest.raises(BlobStoreError, match="access denied"):
         wrong.check()
     with pytest.raises(BlobStoreError, match="SignatureDoesNotMatch|403"):
@@ -282,6 +286,33 @@ def test_upload_over_the_limit_leaves_no_objects(s3_server: S3Server, tmp_path: 
         _no_local_blobs(srv)
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_job_exposes_no_partial_result(s3_server: S3Server, tmp_path: Path) -> None:
+    url = s3_server.url()
+    key = create_key(tmp_path)
+    src = _noise_wav(tmp_path / "long.wav", 120.0, 48000, 2)  # 23 MB: a multipart upload
+    srv = start_server(tmp_path, "--blob-url", url, "--workers", "1")
+    with JobsClient(srv.target, key) as c:
+        job = c.submit(src)
+        deadline = time.monotonic() + 60
+        while (j := c.get(job.job_id)).status != jobs_pb2.JOB_STATUS_PROCESSING or j.progress < 0.05:
+            assert j.status not in (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED), j
+            assert time.monotonic() < deadline, "job never started processing"
+            time.sleep(0.05)
+    srv.stop(sig=signal.SIGKILL)
+    assert s3_server.keys(url) == [f"uploads/{job.job_id}"], "a partial result is visible in the store"
+    srv2 = start_server(tmp_path, "--blob-url", url, "--workers", "1")
+    try:
+        with JobsClient(srv2.target, key) as c:
+            done = c.wait(job.job_id, timeout=240)
+            assert STATUS_NAMES[done.status] == "completed", done.error
+            info, data = c.download(job.job_id)
+        assert sf.info(io.BytesIO(data)).frames == 120 * 48000 and info.size_bytes == len(data)
+        assert len([k for k in s3_server.keys(url) if k.startswith("results/")]) == 1
+    finally:
+        assert srv2.stop() == 0, srv2.log
 
 
 # -- start-up: one line and a non-zero exit, never a traceback ----------------------------------------
