@@ -124,6 +124,18 @@ def test_missing_bucket_is_created(s3_server: S3Server, tmp_path: Path) -> None:
     assert s3_server.keys(url) == [], "the write check left its test object behind"
 
 
+def test_check_sweeps_only_stale_scratch_files(s3_server: S3Server, s3_blob_url: str, tmp_path: Path) -> None:
+    blobs = S3Blobs.from_url(s3_blob_url, tmp_path / "spool")
+    stale, fresh, other = (tmp_path / "spool" / n for n in ("old.tmp", "new.tmp", "keep.wav"))
+    for p in (stale, fresh, other):
+        p.write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 86400
+    for p in (stale, other):
+        os.utime(p, (two_days_ago, two_days_ago))
+    blobs.check()
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
 def test_wrong_secret_is_refused(s3_server: S3Server, s3_blob_url: str, tmp_path: Path) -> None:
     good = S3Blobs.from_url(s3_blob_url, tmp_path)
     good.check()
