@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,6 +84,7 @@ class S3Server:
     secret_key: str
     proc: subprocess.Popen[bytes]
     root: Path
+    tmpdir: Path
 
     @property
     def log(self) -> str:
@@ -133,6 +135,8 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def start_seaweedfs(root: Path) -> S3Server:
@@ -160,10 +164,14 @@ def start_seaweedfs(root: Path) -> S3Server:
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
     (root / "data").mkdir(exist_ok=True)
+    # weed puts its glog files and some gRPC sockets in the temp dir: give it a private one, short
+    # enough for a socket path (108 bytes), removed at stop.
+    tmpdir = Path(tempfile.mkdtemp(prefix="weed-"))
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
     with open(root / "weed.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
-                                preexec_fn=_die_with_parent)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access, secret, proc, root)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=root, env=env, preexec_fn=_die_with_parent)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access, secret, proc, root, tmpdir)
     client = server.client()
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
