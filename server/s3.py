@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from server.blobs import BlobNotFound, BlobReader, BlobStoreError
 from server.config import ConfigError
@@ -52,7 +52,7 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 STALE_SCRATCH_S = 24 * 3600          # scratch files older than this are left over from a crash
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
 def parse_s3_url(url: str) -> tuple[str, str, str | None, str | None]:
@@ -95,6 +95,8 @@ def _describe(exc: BaseException) -> str:
 def _is_not_found(exc: BaseException) -> bool:
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":  # the bucket went away under a running server: the operator's to fix
+            return False
         return code in _NOT_FOUND or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
     return False
 
@@ -133,7 +135,8 @@ class S3Blobs:
             # virtual-host style needs wildcard DNS, which a self-hosted store rarely has.
             s3={"addressing_style": "path" if endpoint else "auto"},
             # boto3 >= 1.36 adds CRC checksums that several S3-compatible servers refuse; send them
-            # only where the API requires one. Payloads over http are covered by the SigV4 signature.
+            # only where the API requires one. Payloads are covered by the SigV4 signature over http
+            # (botocore signs the body's SHA-256 there) and by TLS over https.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
         )
         session = boto3.session.Session(**(credentials or {}))
@@ -148,7 +151,7 @@ class S3Blobs:
 
     @property
     def url(self) -> str:
-        query = "&".join(f"{k}={v}" for k, v in (("endpoint", self.endpoint), ("region", self.region)) if v)
+        query = urlencode({k: v for k, v in (("endpoint", self.endpoint), ("region", self.region)) if v}, safe=":/")
         return f"s3://{self.bucket}/{self.prefix}" + (f"?{query}" if query else "")
 
     @property

@@ -155,6 +155,16 @@ def test_wrong_secret_is_refused(s3_server: S3Server, s3_blob_url: str, tmp_path
     good.delete("uploads/secret")
 
 
+def test_a_vanished_bucket_is_a_store_error_not_a_missing_blob(s3_server: S3Server, tmp_path: Path) -> None:
+    url = s3_server.url()
+    blobs = S3Blobs.from_url(url, tmp_path)
+    blobs.check()
+    s3_server.client().delete_bucket(Bucket=parse_s3_url(url)[0])
+    with pytest.raises(BlobStoreError, match="NoSuchBucket"):  # not JOB_NOT_FOUND: the operator must act
+        blobs.open("results/x")
+    # (A write would succeed here: SeaweedFS creates a missing bucket on upload for admin identities.)
+
+
 def test_unreachable_store_is_a_store_error(tmp_path: Path) -> None:
     blobs = S3Blobs.from_url(f"s3://nobody-home?endpoint=http://127.0.0.1:{free_port()}", tmp_path,
                              credentials={"aws_access_key_id": "a", "aws_secret_access_key": "b"})
