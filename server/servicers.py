@@ -22,7 +22,7 @@ from server.logs import event
 from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
-from server.streams import StreamSession
+from server.streams import StreamBatcher, StreamSession
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
@@ -87,6 +87,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: Store) -> None:
         self._registry = registry
         self._store = store
+        self._batcher = StreamBatcher()
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -117,6 +118,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         finally:
             self._registry.discard(task)
             if session is not None:
+                session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
@@ -145,6 +147,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.channels,
             cfg.encoding,
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
+            self._batcher,
         )
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
@@ -157,9 +160,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 break
             kind = req.WhichOneof("msg")
             if kind == "audio":
-                t0 = time.perf_counter()
-                audio, vp = session.process(req.audio)
-                dt = time.perf_counter() - t0
+                audio, vp, dt = await self._batcher.process(session, req.audio)
                 stats.chunks += 1
                 stats.processing_s += dt
                 stats.max_processing_s = max(stats.max_processing_s, dt)

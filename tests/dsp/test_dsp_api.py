@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_exported_members() -> None:
-    assert sorted(server.dsp.__all__) == sorted(["SUPPORTED_RATES", "Denoiser", "enhance"])
+    assert sorted(server.dsp.__all__) == sorted(["SUPPORTED_RATES", "Denoiser", "DenoiserPool", "enhance"])
     for name in server.dsp.__all__:
         assert getattr(server.dsp, name) is not None
 
