@@ -18,6 +18,7 @@ import numpy.typing as npt
 from server import pcm
 from server.dsp import SUPPORTED_RATES, Denoiser, DenoiserPool
 from server.errors import HushwireError
+from server.metrics import METRICS
 
 __all__ = ["MAX_CHANNELS", "MAX_CHUNK_SECONDS", "StreamBatcher", "StreamSession"]
 
@@ -163,6 +164,7 @@ class StreamBatcher:
             share = (time.perf_counter() - t0) / len(items)
             self.batches += 1
             self.chunks += len(items)
+            METRICS.batch_chunks.observe(len(items))
             for (session, _, fut), y in zip(items, outs, strict=True):
                 audio, voice = session.encode(y)
                 fut.set_result((audio, voice, share))
