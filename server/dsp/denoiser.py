@@ -384,11 +384,12 @@ class Denoiser:
         if not np.issubdtype(arr.dtype, np.floating):
             # Integer PCM would need a scale this object cannot guess (int16? int32?).
             raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
-        with np.errstate(invalid="ignore"):  # signalling NaNs from raw bytes warn on the cast
+        with np.errstate(invalid="ignore", over="ignore"):  # signalling NaNs from raw bytes warn on the cast
             clean = arr.astype(np.float64)
-        if not np.isfinite(clean).all():
-            np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        np.clip(clean, -INPUT_ABS_MAX, INPUT_ABS_MAX, out=clean)
+            if not math.isfinite(float(clean.sum())):  # one pass: any NaN or inf makes the sum non-finite
+                np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.minimum(clean, INPUT_ABS_MAX, out=clean)
+        np.maximum(clean, -INPUT_ABS_MAX, out=clean)
         return clean
 
     def _take(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -399,8 +400,10 @@ class Denoiser:
 
     def _finish(self, y: npt.NDArray[np.float64], voice: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float32]:
         """Turn the pool's ``(channels, n)`` output into the caller's ``(n, channels)`` float32."""
-        out = np.clip(y.T, -1.0, 1.0).astype(np.float32)
-        if not np.isfinite(out).all():  # cannot happen with finite input; a last guard
+        out = y.T.astype(np.float32)
+        np.minimum(out, 1.0, out=out)
+        np.maximum(out, -1.0, out=out)
+        if not math.isfinite(float(out.sum())):  # cannot happen with finite input; a last guard
             np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         if voice is not None and voice.size:
             self._voice_probability = float(voice.mean())
