@@ -160,12 +160,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 break
             kind = req.WhichOneof("msg")
             if kind == "audio":
-                audio, vp, dt = await self._batcher.process(session, req.audio)
+                data = req.audio  # each read of a bytes field makes a new bytes object
+                audio, vp, dt = await self._batcher.process(session, data)
                 stats.chunks += 1
                 stats.processing_s += dt
                 stats.max_processing_s = max(stats.max_processing_s, dt)
                 METRICS.chunk_seconds.observe(dt)
-                chunk_s = len(req.audio) / session.frame_bytes / session.sample_rate_hz
+                chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
                 if chunk_s > 0:
                     METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
