@@ -204,10 +204,11 @@ class DenoiserPool:
         engine = self._engine
         hop = engine.hop
         taken = []
-        for den, x in items:
-            if den._pool is not self:
-                raise ValueError("the denoiser belongs to another pool")
-            taken.append(den._take(den._check(x)))
+        with np.errstate(invalid="ignore"):  # signalling NaNs in raw float32 bytes warn on the cast
+            for den, x in items:
+                if den._pool is not self:
+                    raise ValueError("the denoiser belongs to another pool")
+                taken.append(den._take(den._frames(x)))
         groups: dict[int, list[int]] = {}
         for i, block in enumerate(taken):
             groups.setdefault(block.shape[0] // hop, []).append(i)
@@ -215,7 +216,7 @@ class DenoiserPool:
         for n_hops, members in groups.items():
             if n_hops == 0:
                 for i in members:
-                    items[i][0]._finish(taken[i].T, None)
+                    results[i] = items[i][0]._finish(np.empty((items[i][0].channels, 0), np.float32), None)
                 continue
             members.sort(key=lambda i: items[i][0]._rows.start)
             dens = [items[i][0] for i in members]
@@ -223,7 +224,8 @@ class DenoiserPool:
             contiguous = last - first == sum(d.channels for d in dens)
             index = None if contiguous else np.concatenate([np.arange(d._rows.start, d._rows.stop) for d in dens])
             max_hops = max(1, engine.max_hops_per_row // (last - first if contiguous else len(index)))  # type: ignore[arg-type]
-            x_all = np.concatenate([taken[i].T for i in members]) if len(members) > 1 else taken[members[0]].T
+            with np.errstate(invalid="ignore"):
+                x_all = _sanitize(np.concatenate([taken[i].T for i in members], dtype=np.float64))
             y_all = np.empty(x_all.shape)
             v_all = np.empty((n_hops, x_all.shape[0]))
             if contiguous:
@@ -237,12 +239,29 @@ class DenoiserPool:
             if not contiguous:
                 for k, v in self._state.items():
                     v[index] = state[k]
+            y32 = y_all.astype(np.float32)
+            np.minimum(y32, 1.0, out=y32)
+            np.maximum(y32, -1.0, out=y32)
+            if not math.isfinite(float(y32.sum())):  # cannot happen with finite input; a last guard
+                np.nan_to_num(y32, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            voice = v_all.mean(axis=0)  # per row, over the hops
             row = 0
             for i, den in zip(members, dens, strict=True):
                 c = den.channels
-                results[i] = den._finish(y_all[row : row + c], v_all[:, row : row + c])
+                results[i] = den._finish(y32[row : row + c], voice[row : row + c])
                 row += c
         return results
+
+
+def _sanitize(x: Array) -> Array:
+    """NaN and inf to 0, then clamp to +-INPUT_ABS_MAX so powers stay finite in float64 (in place)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf in the sum, or a signalling NaN
+        finite = math.isfinite(float(x.sum()))  # one pass: any NaN or inf makes the sum non-finite
+    if not finite:
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.minimum(x, INPUT_ABS_MAX, out=x)
+    np.maximum(x, -INPUT_ABS_MAX, out=x)
+    return x
 
 
 class Denoiser:
@@ -373,7 +392,8 @@ class Denoiser:
 
     # -- internals --------------------------------------------------------------------
 
-    def _check(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    def _frames(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
+        """``x`` as ``(n, channels)`` float frames (not copied; the pool sanitises the values)."""
         if self._closed:
             raise ValueError("the denoiser is closed")
         arr = np.asarray(x)
@@ -384,29 +404,18 @@ class Denoiser:
         if not np.issubdtype(arr.dtype, np.floating):
             # Integer PCM would need a scale this object cannot guess (int16? int32?).
             raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
-        with np.errstate(invalid="ignore", over="ignore"):  # signalling NaNs from raw bytes warn on the cast
-            clean = arr.astype(np.float64)
-            if not math.isfinite(float(clean.sum())):  # one pass: any NaN or inf makes the sum non-finite
-                np.nan_to_num(clean, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        np.minimum(clean, INPUT_ABS_MAX, out=clean)
-        np.maximum(clean, -INPUT_ABS_MAX, out=clean)
-        return clean
+        return arr
 
-    def _take(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def _take(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
         """Count the input and return its whole hops, ``(hops * hop, channels)``."""
         self._in_count += x.shape[0]
-        head: npt.NDArray[np.float64] = self._rechunker.take(x)  # type: ignore[assignment]
-        return head
+        return self._rechunker.take(x)
 
-    def _finish(self, y: npt.NDArray[np.float64], voice: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float32]:
-        """Turn the pool's ``(channels, n)`` output into the caller's ``(n, channels)`` float32."""
-        out = y.T.astype(np.float32)
-        np.minimum(out, 1.0, out=out)
-        np.maximum(out, -1.0, out=out)
-        if not math.isfinite(float(out.sum())):  # cannot happen with finite input; a last guard
-            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    def _finish(self, y: npt.NDArray[np.float32], voice: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float32]:
+        """The pool's ``(channels, n)`` output as the caller's ``(n, channels)``; the voice of its rows."""
+        out = np.ascontiguousarray(y.T)
         if voice is not None and voice.size:
-            self._voice_probability = float(voice.mean())
+            self._voice_probability = float(voice[0]) if voice.size == 1 else float(voice.mean())
         self._out_count += out.shape[0]
         return out
 

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import expit
 
 from .stft import RowState
 
@@ -122,6 +121,27 @@ def _shared(key: tuple[int, ...], make: Callable[[], tuple[Any, ...]]) -> tuple[
     return _SHARED[key]
 
 
+def _sigmoid(x: Array) -> None:
+    """Logistic in place. Its arguments here are bounded (inputs in [-1, 1] through tanh, see
+    ``_check_bounded``), so exp cannot overflow; scipy's expit costs 5x more on large batches
+    (measured 290 vs 53 us for 25,700 values) and 1.4x more on one row."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1.0
+    np.reciprocal(x, out=x)
+
+
+def _check_bounded(p: dict[str, Array]) -> None:
+    """Refuse weights whose gate pre-activations could overflow exp: every layer after the dense
+    one sees inputs in [-1, 1], so |pre-activation| <= sum |w| + |b| per output."""
+    for w, b in (("gru1.weight_ih_l0", "gru1.bias_ih_l0"), ("gru1.weight_hh_l0", "gru1.bias_hh_l0"),
+                 ("gru2.weight_ih_l0", "gru2.bias_ih_l0"), ("gru2.weight_hh_l0", "gru2.bias_hh_l0"),
+                 ("gain.weight", "gain.bias"), ("vad.weight", "vad.bias")):
+        bound = float(np.max(np.abs(p[w]).sum(axis=1) + np.abs(p[b])))
+        if not bound < 300.0:
+            raise ValueError(f"weights {w} could saturate the logistic beyond exp's range (bound {bound:.0f})")
+
+
 def _matmul(a: Array, w: Array) -> Array:
     """``a @ w`` for a C-contiguous ``a`` of any rank, as one 2-D product.
 
@@ -167,7 +187,7 @@ class _Gru:
         for t in range(x.shape[0]):
             np.matmul(prev, self.w_hh_t, out=gh)
             np.add(gi[t, :, : 2 * hid], gh[:, : 2 * hid], out=rz)
-            expit(rz, out=rz)
+            _sigmoid(rz)
             ghn = gh[:, 2 * hid :]
             ghn += self.b_hn
             np.multiply(rz[:, :hid], ghn, out=n)
@@ -198,6 +218,7 @@ class GainModel:
                  weights: dict[str, Array] | str | Path | None = None, gain_exponent: float = 1.0) -> None:
         p = load_weights(DEFAULT_WEIGHTS if weights is None else weights) if not isinstance(weights, dict) \
             else weights
+        _check_bounded(p)
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.n_bins = frame_len // 2 + 1
@@ -270,12 +291,12 @@ class GainModel:
         bg += _matmul(h1, w[nd : nd + n1])
         bg += _matmul(h2, w[nd + n1 :])
         bg += self._gain_b
-        expit(bg, out=bg)
+        _sigmoid(bg)
         if self.gain_exponent != 1.0:
             np.power(bg, self.gain_exponent, out=bg)
         vad = _matmul(h1, self._vad_w_t)
         vad += self._vad_b
-        expit(vad, out=vad)
+        _sigmoid(vad)
         g = _matmul(bg, self._synth_w)
         if self._any_high:
             g[..., self._high_bins] = bg[..., -HIGH_BAND_SPAN:].mean(axis=-1, keepdims=True)
