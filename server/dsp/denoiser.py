@@ -61,6 +61,10 @@ CLASSICAL_GAIN_EXPONENT = 0.5
 
 Array = npt.NDArray[np.float64]
 _WEIGHTS_CACHE: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
+# The estimators (noise tracker, gain rule, network) run in float32: on big batches numpy's float32
+# log/tanh/divide are 2-7x faster than float64 and the matrix products 2x. The STFT stays float64
+# (numpy's float32 FFT measured 4x slower) and so does the signal path.
+ESTIMATOR_DTYPE = np.float32
 MAX_BLOCK_VALUES = 1 << 16  # rows x hops x bins per batch: bounds the scratch memory of one call (~0.5 MiB an array)
 
 
@@ -83,11 +87,12 @@ class _Engine:
         frame_len = round(sample_rate * ANALYSIS_MS / 1000.0)
         self.stft = Stft(frame_len, self.hop)
         n_bins = self.stft.n_bins
-        self.noise = NoiseTracker(n_bins, hop_ms)
+        self.noise = NoiseTracker(n_bins, hop_ms, ESTIMATOR_DTYPE)
         weights = _default_weights() if model else None
         self.model = (GainModel(sample_rate, frame_len, float(np.sum(self.stft.analysis**2)), 1, weights,
-                                MODEL_GAIN_EXPONENT) if weights is not None else None)
-        self.gain_rule = OmLsaGain(n_bins, CLASSICAL_GAIN_EXPONENT if self.model is not None else 1.0)
+                                MODEL_GAIN_EXPONENT, ESTIMATOR_DTYPE) if weights is not None else None)
+        self.gain_rule = OmLsaGain(n_bins, CLASSICAL_GAIN_EXPONENT if self.model is not None else 1.0,
+                                   ESTIMATOR_DTYPE)
         freqs = np.arange(n_bins) * sample_rate / frame_len
         self.vad_bins = slice(int(np.searchsorted(freqs, VAD_LOW_HZ)), int(np.searchsorted(freqs, VAD_HIGH_HZ)))
         self.floor = 10.0 ** (FLOOR_DB / 20.0)
@@ -99,12 +104,13 @@ class _Engine:
         self.gain_rule.init_state(state, rows)
         if self.model is not None:
             self.model.init_state(state, rows)
-        state["min_gain"] = np.full(rows, self.floor)  # per row: max(floor, limit); 1.0 = pass-through
+        state["min_gain"] = np.full(rows, self.floor, ESTIMATOR_DTYPE)  # per row: max(floor, limit); 1.0 = pass-through
 
     def run(self, state: RowState, x: Array) -> tuple[Array, Array]:
         """Denoise ``x`` ``(rows, hops * hop)``; return the output (same shape) and voice ``(hops, rows)``."""
         spec, scale = self.stft.analyze(state, x)
-        power = np.multiply(spec.real, spec.real)
+        power = np.empty(spec.shape, ESTIMATOR_DTYPE)
+        np.multiply(spec.real, spec.real, out=power)
         power += spec.imag * spec.imag
         if scale is not None:
             power *= scale[..., None]
@@ -227,7 +233,7 @@ class DenoiserPool:
             with np.errstate(invalid="ignore"):
                 x_all = _sanitize(np.concatenate([taken[i].T for i in members], dtype=np.float64))
             y_all = np.empty(x_all.shape)
-            v_all = np.empty((n_hops, x_all.shape[0]))
+            v_all = np.empty((n_hops, x_all.shape[0]), ESTIMATOR_DTYPE)
             if contiguous:
                 state = {k: v[first:last] for k, v in self._state.items()}
             else:

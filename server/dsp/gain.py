@@ -71,15 +71,17 @@ class OmLsaGain:
     decision-directed recursion runs hop by hop; the rest is computed for all hops at once.
     """
 
-    def __init__(self, n_bins: int, exponent: float = 1.0) -> None:
+    def __init__(self, n_bins: int, exponent: float = 1.0, dtype: type[np.floating] = np.float64) -> None:
         self.n_bins = n_bins
+        self.dtype = dtype
+        self._table = _LSA_TABLE.astype(dtype)
         self.exponent = float(exponent)  # G ** exponent, folded into the log-domain weighting
         self._xi_min = 10.0 ** (XI_MIN_DB / 10.0)
         self._gain_min = 10.0 ** (GAIN_MIN_DB / 20.0)
         self._prior_odds = SPEECH_ABSENCE_PRIOR / (1.0 - SPEECH_ABSENCE_PRIOR)
 
     def init_state(self, state: RowState, rows: int) -> None:
-        state["gain.clean_snr"] = np.zeros((rows, self.n_bins))  # G_H1^2 * gamma of the last frame
+        state["gain.clean_snr"] = np.zeros((rows, self.n_bins), self.dtype)  # G_H1^2 * gamma of the last frame
 
     def run(self, state: RowState, power: Array, noise_psd: Array) -> tuple[Array, Array, Array]:
         """Return ``(gain ** exponent, xi, gamma)``, each ``(hops, rows, bins)``."""
@@ -93,7 +95,7 @@ class OmLsaGain:
         v = np.empty_like(gamma)
         clean_snr = state["gain.clean_snr"]
         rows_bins = clean_snr.shape
-        tmp = np.empty(rows_bins)
+        tmp = np.empty(rows_bins, self.dtype)
         index = np.empty(rows_bins, dtype=np.intp)
         for t in range(gamma.shape[0]):
             xt, gt, vt = xi[t], g_h1[t], v[t]
@@ -111,7 +113,7 @@ class OmLsaGain:
             tmp += 0.5 - _LSA_LOG_LO * _LSA_SCALE  # round to the nearest entry by truncation
             np.minimum(tmp, LSA_TABLE_SIZE - 1, out=tmp)  # v >= V_MIN = the table's start: tmp >= 0.5
             np.copyto(index, tmp, casting="unsafe")
-            _LSA_TABLE.take(index, out=tmp)
+            self._table.take(index, out=tmp)
             gt *= tmp
             np.minimum(gt, 1.0, out=gt)
             np.multiply(gt, gt, out=clean_snr)

@@ -156,7 +156,7 @@ def _matmul(a: Array, w: Array) -> Array:
 class _Gru:
     """Constants of one GRU layer with torch's gate layout (r, z, n) and equations."""
 
-    def __init__(self, p: dict[str, Array], name: str) -> None:
+    def __init__(self, p: dict[str, Array], name: str, dtype: type[np.floating]) -> None:
         w_ih, w_hh = p[f"{name}.weight_ih_l0"], p[f"{name}.weight_hh_l0"]
         b_ih, b_hh = p[f"{name}.bias_ih_l0"], p[f"{name}.bias_hh_l0"]
         self.name = name
@@ -166,9 +166,11 @@ class _Gru:
             # b_hh of the r and z gates adds to b_ih; b_hh of n stays inside r * (W_hn h + b_hn).
             bias = b_ih.copy()
             bias[: 2 * h] += b_hh[: 2 * h]
-            return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), bias, b_hh[2 * h :].copy(), w_ih, w_hh
+            return (np.ascontiguousarray(w_ih.T, dtype), np.ascontiguousarray(w_hh.T, dtype), bias.astype(dtype),
+                    b_hh[2 * h :].astype(dtype), w_ih, w_hh)
 
-        self.w_ih_t, self.w_hh_t, self.bias, self.b_hn = _shared((id(w_ih), id(w_hh)), make)[:4]
+        self.dtype = dtype
+        self.w_ih_t, self.w_hh_t, self.bias, self.b_hn = _shared((id(w_ih), id(w_hh), np.dtype(dtype).num), make)[:4]
 
     def run(self, h: Array, x: Array) -> Array:
         """Run over ``x`` ``(hops, rows, in)`` from hidden state ``h`` ``(rows, hidden)``, updated in place.
@@ -179,10 +181,10 @@ class _Gru:
         gi = _matmul(x, self.w_ih_t)  # input projections of every hop at once
         gi += self.bias
         rows = h.shape[0]
-        out = np.empty(x.shape[:2] + (hid,))
-        gh = np.empty((rows, 3 * hid))
-        rz = np.empty((rows, 2 * hid))
-        n = np.empty((rows, hid))
+        out = np.empty(x.shape[:2] + (hid,), self.dtype)
+        gh = np.empty((rows, 3 * hid), self.dtype)
+        rz = np.empty((rows, 2 * hid), self.dtype)
+        n = np.empty((rows, hid), self.dtype)
         prev = h
         for t in range(x.shape[0]):
             np.matmul(prev, self.w_hh_t, out=gh)
@@ -215,10 +217,13 @@ class GainModel:
     """
 
     def __init__(self, sample_rate: int, frame_len: int, analysis_window_energy: float, channels: int = 1,
-                 weights: dict[str, Array] | str | Path | None = None, gain_exponent: float = 1.0) -> None:
+                 weights: dict[str, Array] | str | Path | None = None, gain_exponent: float = 1.0,
+                 dtype: type[np.floating] = np.float64) -> None:
         p = load_weights(DEFAULT_WEIGHTS if weights is None else weights) if not isinstance(weights, dict) \
             else weights
         _check_bounded(p)
+        self.dtype = dtype
+        key = np.dtype(dtype).num
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.n_bins = frame_len // 2 + 1
@@ -238,39 +243,38 @@ class GainModel:
                 ramp = 0.5 * (1.0 + np.cos(np.pi * np.clip((freqs - lo) / (hi - lo), 0.0, 1.0)))
                 analysis_w *= ramp[:, None]
             # gains back to bins; bins above the top centre
-            return analysis_w, w.T.copy(), freqs > centres[-1], centres
+            return analysis_w.astype(dtype), w.T.astype(dtype), freqs > centres[-1], centres
 
-        self._analysis_w, self._synth_w, self._high_bins, _ = _shared((id(centres), sample_rate, frame_len),
+        self._analysis_w, self._synth_w, self._high_bins, _ = _shared((id(centres), sample_rate, frame_len, key),
                                                                       band_matrices)
         self._any_high = bool(np.any(self._high_bins))
         # Features: (log10(max(psd_scale * P @ A, LOG_FLOOR)) - mean) / std, folded into one scale and offset.
         self._log_floor = LOG_FLOOR / psd_scale
-        self._feat_scale = 1.0 / p["feat_std"]
-        self._feat_offset = (np.log10(psd_scale) - p["feat_mean"]) / p["feat_std"]
-        self._dense_w_t, self._gain_w_t, self._vad_w_t = _shared(
-            (id(p["dense.weight"]), id(p["gain.weight"]), id(p["vad.weight"])),
-            lambda: (np.ascontiguousarray(p["dense.weight"].T), np.ascontiguousarray(p["gain.weight"].T),
-                     np.ascontiguousarray(p["vad.weight"].T), p["dense.weight"], p["gain.weight"], p["vad.weight"]),
-        )[:3]
-        self._dense_b = p["dense.bias"]
-        self._gru1 = _Gru(p, "gru1")
-        self._gru2 = _Gru(p, "gru2")
-        self._gain_b = p["gain.bias"]
-        self._vad_b = p["vad.bias"]
+        self._feat_scale = (1.0 / p["feat_std"]).astype(dtype)
+        self._feat_offset = ((np.log10(psd_scale) - p["feat_mean"]) / p["feat_std"]).astype(dtype)
+        self._dense_w_t, self._gain_w_t, self._vad_w_t, self._dense_b, self._gain_b, self._vad_b = _shared(
+            (id(p["dense.weight"]), id(p["gain.weight"]), id(p["vad.weight"]), key),
+            lambda: (np.ascontiguousarray(p["dense.weight"].T, dtype), np.ascontiguousarray(p["gain.weight"].T, dtype),
+                     np.ascontiguousarray(p["vad.weight"].T, dtype), p["dense.bias"].astype(dtype),
+                     p["gain.bias"].astype(dtype), p["vad.bias"].astype(dtype),
+                     p["dense.weight"], p["gain.weight"], p["vad.weight"]),
+        )[:6]
+        self._gru1 = _Gru(p, "gru1", dtype)
+        self._gru2 = _Gru(p, "gru2", dtype)
         self._dense_n = self._dense_b.size
         self._own: RowState = {}
         self.init_state(self._own, self.channels)
 
     def init_state(self, state: RowState, rows: int) -> None:
-        state["model.h1"] = np.zeros((rows, self._gru1.hidden))
-        state["model.h2"] = np.zeros((rows, self._gru2.hidden))
+        state["model.h1"] = np.zeros((rows, self._gru1.hidden), self.dtype)
+        state["model.h2"] = np.zeros((rows, self._gru2.hidden), self.dtype)
 
     def reset(self) -> None:
         self.init_state(self._own, self.channels)
 
     def features(self, power: npt.NDArray[np.floating]) -> Array:
         """Normalised log band energies, shape ``power.shape[:-1] + (n_bands,)``."""
-        feat = _matmul(np.asarray(power, dtype=np.float64), self._analysis_w)
+        feat = _matmul(np.asarray(power, dtype=self.dtype), self._analysis_w)
         np.maximum(feat, self._log_floor, out=feat)
         np.log10(feat, out=feat)
         feat *= self._feat_scale
@@ -304,5 +308,5 @@ class GainModel:
 
     def step(self, power: npt.NDArray[np.floating]) -> tuple[Array, Array]:
         """One hop on the object's own state: ``power`` (channels, n_bins) -> (gains, voice (channels,))."""
-        g, v = self.run(self._own, np.asarray(power, dtype=np.float64)[None])
+        g, v = self.run(self._own, np.asarray(power, dtype=self.dtype)[None])
         return g[0], v[0]

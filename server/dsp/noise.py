@@ -50,8 +50,9 @@ class NoiseTracker:
     over rows and bins.
     """
 
-    def __init__(self, n_bins: int, hop_ms: float) -> None:
+    def __init__(self, n_bins: int, hop_ms: float, dtype: type[np.floating] = np.float64) -> None:
         self.n_bins = n_bins
+        self.dtype = dtype
         xi_h1 = 10.0 ** (XI_H1_DB / 10.0)
         # P(H1|y) = 1 / (1 + F exp(-c gamma)), F the prior odds times (1 + xi_H1)
         self._glr_factor = (1.0 - PRIOR_H1) / PRIOR_H1 * (1.0 + xi_h1)
@@ -61,8 +62,8 @@ class NoiseTracker:
         self.init_frames = max(1, round(INIT_MS / hop_ms))
 
     def init_state(self, state: RowState, rows: int) -> None:
-        state["noise.psd"] = np.full((rows, self.n_bins), POWER_FLOOR)  # lambda_N per bin
-        state["noise.spp_smooth"] = np.zeros((rows, self.n_bins))  # recursive mean of the SPP
+        state["noise.psd"] = np.full((rows, self.n_bins), POWER_FLOOR, self.dtype)  # lambda_N per bin
+        state["noise.spp_smooth"] = np.zeros((rows, self.n_bins), self.dtype)  # recursive mean of the SPP
         state["noise.frames"] = np.zeros(rows, dtype=np.int64)  # frames seen, saturating after the start
 
     def run(self, state: RowState, power: Array) -> Array:
