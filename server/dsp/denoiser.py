@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,8 +60,8 @@ VAD_SLOPE = 6.0  # logistic slope per unit of mean log likelihood ratio
 MODEL_GAIN_EXPONENT = 1.0
 CLASSICAL_GAIN_EXPONENT = 0.5
 
-Array = npt.NDArray[np.float64]
-_WEIGHTS_CACHE: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
+Array = npt.NDArray[np.floating[Any]]
+_WEIGHTS_CACHE: dict[str, dict[str, Array]] = {}
 # The estimators (noise tracker, gain rule, network) run in float32: on big batches numpy's float32
 # log/tanh/divide are 2-7x faster than float64 and the matrix products 2x. The STFT stays float64
 # (numpy's float32 FFT measured 4x slower) and so does the signal path.
@@ -68,7 +69,7 @@ ESTIMATOR_DTYPE = np.float32
 MAX_BLOCK_VALUES = 1 << 16  # rows x hops x bins per batch: bounds the scratch memory of one call (~0.5 MiB an array)
 
 
-def _default_weights() -> dict[str, npt.NDArray[np.float64]] | None:
+def _default_weights() -> dict[str, Array] | None:
     """The shipped weights, loaded once per process; None if they are missing (classical only)."""
     if "default" not in _WEIGHTS_CACHE:
         if not DEFAULT_WEIGHTS.exists():
@@ -126,12 +127,12 @@ class _Engine:
         spec *= gain
         return self.stft.synthesize(state, spec), voice
 
-    def _vad(self, xi: npt.NDArray[np.float64], gamma: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def _vad(self, xi: Array, gamma: Array) -> Array:
         """Speech probability per hop and row from the mean log likelihood ratio (Sohn et al. 1999)."""
         xi = xi[..., self.vad_bins]
         llr = gamma[..., self.vad_bins] * xi / (1.0 + xi) - np.log1p(xi)
         mean_llr = np.clip(llr.mean(axis=-1), -50.0, 50.0)
-        prob: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-VAD_SLOPE * (mean_llr - VAD_THRESHOLD)))
+        prob: Array = 1.0 / (1.0 + np.exp(-VAD_SLOPE * (mean_llr - VAD_THRESHOLD)))
         return prob
 
 

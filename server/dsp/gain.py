@@ -29,13 +29,15 @@ State arrays are ``(rows, bins)`` (one row per channel of one or many streams).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from scipy.special import exp1
 
 from .stft import RowState
 
-Array = npt.NDArray[np.float64]
+Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 
 DD_ALPHA = 0.95  # decision-directed weight of the previous frame at a 10 ms hop (E&M: 0.98 at 16 ms);
 # lower than the classic value so onsets are attenuated less (better ESTOI on dev)

@@ -54,7 +54,7 @@ HIGH_BAND_SPAN = 4  # bands whose mean gain is used above BAND_TOP_HZ
 FEATURE_ROLLOFF_HZ = (7500.0, 8000.0)
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "gain_model.npz"
 
-Array = npt.NDArray[np.float64]
+Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 
 
 def _erb_width_hz(f: float) -> float:

@@ -17,12 +17,14 @@ State arrays are ``(rows, bins)`` (one row per channel of one or many streams).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 from .stft import RowState
 
-Array = npt.NDArray[np.float64]
+Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 
 XI_H1_DB = 15.0  # a-priori SNR assumed when speech is present (paper: 15 dB)
 PRIOR_H1 = 0.5  # a-priori speech presence probability (paper: 0.5)

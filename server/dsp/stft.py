@@ -140,7 +140,7 @@ class Stft:
         scale: Array = cum[-1] / cum[filled - 1]
         return scale
 
-    def analyze(self, state: RowState, x: Array) -> tuple[CArray, Array | None]:
+    def analyze(self, state: RowState, x: npt.NDArray[np.floating[Any]]) -> tuple[CArray, Array | None]:
         """Spectra ``(hops, rows, n_bins)`` of the frames that ``x`` ``(rows, hops * hop)`` completes."""
         hop, n = self.hop, self.frame_len
         hops = x.shape[1] // hop
