@@ -123,7 +123,8 @@ class _Engine:
         else:
             voice = self._vad(xi, gamma)
         min_gain = state["min_gain"]
-        np.clip(gain, min_gain[:, None], 1.0, out=gain)
+        np.maximum(gain, min_gain[:, None], out=gain)  # ufuncs: np.clip's Python wrapper costs more
+        np.minimum(gain, 1.0, out=gain)
         spec *= gain
         return self.stft.synthesize(state, spec), voice
 
@@ -251,7 +252,7 @@ class DenoiserPool:
             np.maximum(y32, -1.0, out=y32)
             if not math.isfinite(float(y32.sum())):  # cannot happen with finite input; a last guard
                 np.nan_to_num(y32, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            voice = v_all.mean(axis=0)  # per row, over the hops
+            voice = np.add.reduce(v_all, axis=0) / n_hops  # per row, over the hops
             row = 0
             for i, den in zip(members, dens, strict=True):
                 c = den.channels
