@@ -311,8 +311,9 @@ class Store:
                     "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
                     "attempts = attempts + 1, mod_time = ? WHERE job_id = ?",
                     (PRE_PROCESSING, owner, now + lease_seconds, now, job.job_id))
-                return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "lease_owner": owner,
-                                 "lease_expires": now + lease_seconds, "attempts": job.attempts + 1})
+                return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "progress": 0.0, "mod_time": now,
+                                 "lease_owner": owner, "lease_expires": now + lease_seconds,
+                                 "attempts": job.attempts + 1})
 
     def update_job(self, job_id: str, owner: str, lease_seconds: float, *, status: str | None = None,
                    progress: float | None = None, attempt: int | None = None) -> bool:
