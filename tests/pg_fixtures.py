@@ -71,12 +71,15 @@ class PostgresCluster:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.root)
 
     def start(self) -> None:
-        init = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                         "-E", "UTF8", "--locale=C")
-        if init.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
-        for _ in range(3):  # the free port may be taken between the probe and the bind: try another
-            self.port = _free_port()
+        """Create the cluster (first time) and start it; after :meth:`halt`, on the same port again."""
+        if not (self.data / "PG_VERSION").exists():
+            init = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                             "-E", "UTF8", "--locale=C")
+            if init.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        # The free port may be taken between the probe and the bind: try another (on a first start).
+        for port in [self.port] if self.port else [_free_port() for _ in range(3)]:
+            self.port = port
             options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
             started = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t",
@@ -86,7 +89,14 @@ class PostgresCluster:
         log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
         raise RuntimeError(f"pg_ctl start failed:\n{started.stdout}\n{started.stderr}\n{log}")
 
+    def halt(self) -> None:
+        """Shut the server down (clients are disconnected), keeping the cluster for :meth:`start`."""
+        stopped = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        if stopped.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{stopped.stdout}\n{stopped.stderr}")
+
     def stop(self) -> None:
+        """Stop the server and delete the cluster."""
         if self._admin is not None:
             self._admin.close()  # type: ignore[attr-defined]
         if self.port:
@@ -100,7 +110,7 @@ class PostgresCluster:
         """A new, empty database; returns its URL."""
         import psycopg
 
-        if self._admin is None:
+        if self._admin is None or self._admin.broken or self._admin.closed:  # type: ignore[attr-defined]
             self._admin = psycopg.connect(self.url(), autocommit=True)
         name = f"{prefix}_{next(self._names)}"
         self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
-"""Two servers sharing one real PostgreSQL: a replica that dies mid-job loses its lease, and the other
-finishes the job exactly once."""
+"""Servers on a real PostgreSQL: a replica that dies mid-job loses its lease and the other finishes
+the job exactly once; a database outage is SERVICE_UNAVAILABLE, and the server recovers from it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import create_key, start_server
-from pg_fixtures import PostgresCluster
+from pg_fixtures import PostgresCluster, find_pg_bin
 
-from client import JobsClient
+from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
 from hushwire.v1 import jobs_pb2
 from server.store import Store
@@ -63,3 +64,49 @@ def test_a_dead_replicas_job_is_finished_once_by_the_survivor(tmp_path: Path, po
         if b is not None:
             assert b.stop() == 0, b.log
         a.stop(sig=signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_database_outage_is_service_unavailable_and_the_server_recovers(tmp_path: Path) -> None:
+    """Its own cluster, so stopping it harms no other test."""
+    bindir = find_pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        url = cluster.create_database()
+        key = create_key(tmp_path, "--database-url", url)
+        srv = start_server(tmp_path, "--database-url", url, "--workers", "1")
+        src = tmp_path / "a.wav"
+        sf.write(str(src), np.zeros(16000, np.float32), 16000)
+        try:
+            with JobsClient(srv.target, key, timeout=10) as c:
+                first = c.wait(c.submit(src).job_id, timeout=60)
+                assert STATUS_NAMES[first.status] == "completed"
+                cluster.halt()
+                for _ in range(3):  # the call that meets the break, then calls that cannot reconnect
+                    with pytest.raises(HushwireClientError) as info:
+                        c.get(first.job_id)
+                    assert info.value.code == "SERVICE_UNAVAILABLE", info.value
+                    assert info.value.status == grpc.StatusCode.UNAVAILABLE
+                    assert "database is unavailable" in info.value.msg and url not in info.value.msg
+                time.sleep(1.0)  # the job loop polls the database twice a second: let it fail too
+                assert srv.proc.poll() is None, "the server died with its database"
+                cluster.start()  # same port, same data
+                deadline = time.monotonic() + 30
+                while True:  # the first call after the restart may still meet the old, broken connection
+                    try:
+                        assert c.get(first.job_id).job_id == first.job_id
+                        break
+                    except HushwireClientError as err:
+                        assert err.code == "SERVICE_UNAVAILABLE" and time.monotonic() < deadline, err
+                        time.sleep(0.2)
+                second = c.wait(c.submit(src).job_id, timeout=60)  # the job loop claims again
+                assert STATUS_NAMES[second.status] == "completed"
+            assert "cannot claim jobs" in srv.log and "claiming jobs again" in srv.log, srv.log
+            assert "Traceback" not in srv.log, srv.log
+        finally:
+            assert srv.stop() == 0, srv.log
+    finally:
+        cluster.stop()
