@@ -304,6 +304,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     for name, value in values.items():
         if name in ("key", *_SECRETS) and value:
             value = "*** (set)"
+        elif name == "database_url" and value:
+            from server.store import redact
+
+            value = redact(value)  # a password in the URL
         print(f"{name} = {value}")
     return 0
 

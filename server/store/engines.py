@@ -77,17 +77,27 @@ class Engine:
     def _lock_schema(self) -> None:
         """Inside the migration transaction: keep other processes from migrating at the same time."""
 
+    def _has_version_table(self) -> bool:
+        raise NotImplementedError
+
     def schema_version(self) -> int:
-        self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        """The schema's version; 0 for an empty database."""
+        if not self._has_version_table():
+            return 0
         row = self.execute("SELECT version FROM schema_version").fetchone()
         return int(row[0]) if row else 0
 
     def migrate(self, upto: int = VERSION) -> int:
         """Create the schema, or apply the migrations it lacks, in one transaction; returns the version.
-        Safe to call from several processes at once and on an up-to-date database (it does nothing)."""
+        Safe to call from several processes at once; on an up-to-date database it only reads the
+        version (every job worker opens the store)."""
+        version = self.schema_version()
+        if version >= upto:
+            return version
         with self.transaction():
             self._lock_schema()
-            version = self.schema_version()
+            self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = self.schema_version()  # again, under the lock: another process may have migrated
             for i in range(version, upto):
                 for stmt in statements(MIGRATIONS[i]):
                     self.execute(render(stmt, self.dialect))
@@ -117,6 +127,10 @@ class SQLiteEngine(Engine):
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
+
+    def _has_version_table(self) -> bool:
+        return self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+                            ).fetchone() is not None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -190,6 +204,9 @@ class PostgresEngine(Engine):
 
     def _lock_schema(self) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
+
+    def _has_version_table(self) -> bool:
+        return self.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0] is True
 
     def close(self) -> None:
         self._conn.close()
