@@ -133,6 +133,21 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unsupported database URL" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_postgresql_url_without_the_driver_says_what_to_install(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    hide_psycopg = ("import sys; sys.modules['psycopg'] = None; from server.cli import main; "
+                    f"sys.exit(main(['keys', 'list', '--data-dir', {str(tmp_path)!r}, "
+                    "'--database-url', 'postgresql://u@127.0.0.1:5432/db']))")
+    out = subprocess.run([sys.executable, "-c", hide_psycopg], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == ("hushwire: a postgresql:// database URL needs the psycopg driver: "
+                                  "pip install 'hushwire[scale]'")
+
+
 def test_revocation_takes_effect_at_once(tmp_path: Path, database_url: str) -> None:
     key = create_key(tmp_path, "--name", "eve", "--database-url", database_url)
     srv = start_server(tmp_path, "--database-url", database_url)
