@@ -72,6 +72,7 @@ async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = config.open_store()
+    log.info("database %s (schema version %d)", store.description, store.schema_version)
     blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
     # An embedded store belongs to this server alone, so a start requeues what the last run left in

@@ -89,8 +89,9 @@ def _same_kind(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> 
     )
 
 
-def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
-    """Wrap the handler's behaviour so it runs with ``principal`` set in its own task."""
+def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None) -> grpc.RpcMethodHandler:
+    """Wrap the handler's behaviour so it runs with ``principal`` set in its own task (None: a call
+    authorised by a result token), and a database outage ends it with SERVICE_UNAVAILABLE."""
     behavior = (
         handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
     )
@@ -150,7 +151,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             log.warning("%s", exc)
             return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG)
         if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):
-            return handler  # the servicer checks the token
+            return _with_principal(handler, None)  # the servicer checks the token
         if principal is None:
             return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg)
         return _with_principal(handler, principal)

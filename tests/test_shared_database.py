@@ -91,6 +91,9 @@ def test_a_database_outage_is_service_unavailable_and_the_server_recovers(tmp_pa
                     assert info.value.code == "SERVICE_UNAVAILABLE", info.value
                     assert info.value.status == grpc.StatusCode.UNAVAILABLE
                     assert "database is unavailable" in info.value.msg and url not in info.value.msg
+                with JobsClient(srv.target, None) as anon, pytest.raises(HushwireClientError) as info:
+                    anon.download(first.job_id, token=first.result.token)  # by result token, no key
+                assert info.value.code == "SERVICE_UNAVAILABLE", info.value
                 time.sleep(1.0)  # the job loop polls the database twice a second: let it fail too
                 assert srv.proc.poll() is None, "the server died with its database"
                 cluster.start()  # same port, same data
@@ -105,6 +108,7 @@ def test_a_database_outage_is_service_unavailable_and_the_server_recovers(tmp_pa
                 second = c.wait(c.submit(src).job_id, timeout=60)  # the job loop claims again
                 assert STATUS_NAMES[second.status] == "completed"
             assert "cannot claim jobs" in srv.log and "claiming jobs again" in srv.log, srv.log
+            assert f"database {url} (schema version" in srv.log
             assert "Traceback" not in srv.log, srv.log
         finally:
             assert srv.stop() == 0, srv.log
