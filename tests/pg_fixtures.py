@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ class PostgresCluster:
         self.logfile = self.root / "postgres.log"
         self.port = 0
         self._names = itertools.count(1)
-        self._admin: object | None = None
+        self._admin: Any = None
 
     def _run(self, *args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / args[0]), *args[1:]]
@@ -98,7 +99,7 @@ class PostgresCluster:
     def stop(self) -> None:
         """Stop the server and delete the cluster."""
         if self._admin is not None:
-            self._admin.close()  # type: ignore[attr-defined]
+            self._admin.close()
         if self.port:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
@@ -106,15 +107,23 @@ class PostgresCluster:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self, prefix: str = "hw") -> str:
-        """A new, empty database; returns its URL."""
+    def _admin_connection(self) -> Any:
         import psycopg
 
-        if self._admin is None or self._admin.broken or self._admin.closed:  # type: ignore[attr-defined]
+        if self._admin is None or self._admin.broken or self._admin.closed:
             self._admin = psycopg.connect(self.url(), autocommit=True)
+        return self._admin
+
+    def create_database(self, prefix: str = "hw") -> str:
+        """A new, empty database; returns its URL."""
         name = f"{prefix}_{next(self._names)}"
-        self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")  # type: ignore[attr-defined]
+        self._admin_connection().execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by :meth:`create_database`, closing whatever still uses it."""
+        name = url.rsplit("/", 1)[1]
+        self._admin_connection().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +152,9 @@ def _fresh_database(request: pytest.FixtureRequest, kind: str, directory: Path) 
     if kind == "sqlite":
         return f"sqlite://{directory / 'db' / 'hushwire.db'}"  # not the data dir's default file
     cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return cluster.create_database()
+    url = cluster.create_database()
+    request.addfinalizer(lambda: cluster.drop_database(url))  # after the test's servers have stopped
+    return url
 
 
 @pytest.fixture(params=DATABASES)
