@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["DATABASES", "PostgresCluster", "database_url", "find_pg_bin", "module_database_url", "postgres"]
+__all__ = ["DATABASES", "PostgresCluster", "database_url", "find_pg_bin", "fresh_database_url", "module_database_url",
+           "postgres"]
 
 DATABASES = ["sqlite", "postgresql"]
 START_TIMEOUT_S = 60
@@ -148,7 +149,9 @@ def postgres() -> Iterator[PostgresCluster]:
     cluster.stop()
 
 
-def _fresh_database(request: pytest.FixtureRequest, kind: str, directory: Path) -> str:
+def fresh_database_url(request: pytest.FixtureRequest, kind: str, directory: Path) -> str:
+    """A new, empty database of ``kind`` (a :data:`DATABASES` name), dropped when ``request``'s fixture
+    ends; SQLite files go under ``directory``. For fixtures that pair a database with other stores."""
     if kind == "sqlite":
         return f"sqlite://{directory / 'db' / 'hushwire.db'}"  # not the data dir's default file
     cluster: PostgresCluster = request.getfixturevalue("postgres")
@@ -160,10 +163,10 @@ def _fresh_database(request: pytest.FixtureRequest, kind: str, directory: Path) 
 @pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database for one test: ``sqlite:///...`` or ``postgresql://...``."""
-    return _fresh_database(request, request.param, tmp_path)
+    return fresh_database_url(request, request.param, tmp_path)
 
 
 @pytest.fixture(scope="module", params=DATABASES)
 def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A fresh, empty database shared by one module's tests (for its module-scoped server)."""
-    return _fresh_database(request, request.param, tmp_path_factory.mktemp("database"))
+    return fresh_database_url(request, request.param, tmp_path_factory.mktemp("database"))
