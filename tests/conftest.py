@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from pg_fixtures import database_url, module_database_url, postgres  # noqa: F401  (PostgreSQL fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT.parent / "shared" / "eval-data" / "dev"
