@@ -73,9 +73,13 @@ async def create_server(config: ServerConfig) -> Server:
     blobs = config.open_blobs()
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
+    log.info("database %s (schema version %d)", store.description, store.schema_version)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
-    runner = JobRunner(store, config.sqlite_path, blobs, config.data_dir, config.workers, config.lease_seconds,
-                       log_level=config.log_level, log_format=config.log_format)
+    # An embedded store belongs to this server alone, so a start requeues what the last run left in
+    # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
+    runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
+                       requeue_on_start=store.dialect == "sqlite", log_level=config.log_level,
+                       log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)

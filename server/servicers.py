@@ -30,7 +30,7 @@ from server.logs import event
 from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
-from server.streams import StreamSession
+from server.streams import StreamBatcher, StreamSession
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
@@ -95,6 +95,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: Store) -> None:
         self._registry = registry
         self._store = store
+        self._batcher = StreamBatcher()
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -125,6 +126,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         finally:
             self._registry.discard(task)
             if session is not None:
+                session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
@@ -153,6 +155,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.channels,
             cfg.encoding,
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
+            self._batcher,
         )
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
@@ -165,14 +168,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 break
             kind = req.WhichOneof("msg")
             if kind == "audio":
-                t0 = time.perf_counter()
-                audio, vp = session.process(req.audio)
-                dt = time.perf_counter() - t0
+                data = req.audio  # each read of a bytes field makes a new bytes object
+                audio, vp, dt = await self._batcher.process(session, data)
                 stats.chunks += 1
                 stats.processing_s += dt
                 stats.max_processing_s = max(stats.max_processing_s, dt)
                 METRICS.chunk_seconds.observe(dt)
-                chunk_s = len(req.audio) / session.frame_bytes / session.sample_rate_hz
+                chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
                 if chunk_s > 0:
                     METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
