@@ -12,6 +12,9 @@ Fixtures:
 - ``s3_blob_url`` (session): ``s3://hushwire-tests?endpoint=...``, for ``--blob-url``. The bucket
   does not exist until a hushwire server (or :meth:`BlobStore.check`) creates it.
 
+For pairing with a database param: :func:`fresh_blob_url` (a new folder or bucket per call) and
+:func:`stored_blobs` (what a blob URL's store holds, either kind).
+
 Skips with the reason when ``weed`` or boto3 is missing (``pip install -e '.[test]'`` brings both).
 """
 
@@ -36,7 +39,9 @@ from typing import Any
 
 import pytest
 
-__all__ = ["S3Server", "s3_blob_url", "s3_server", "start_seaweedfs"]
+__all__ = ["BLOB_STORES", "S3Server", "fresh_blob_url", "s3_blob_url", "s3_server", "start_seaweedfs", "stored_blobs"]
+
+BLOB_STORES = ["file", "s3"]
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -204,3 +209,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_blob_url(s3_server: S3Server) -> str:
     return s3_server.url("hushwire-tests")
+
+
+def fresh_blob_url(request: pytest.FixtureRequest, kind: str, directory: Path) -> str:
+    """A new, empty blob store of ``kind`` (a :data:`BLOB_STORES` name): a folder under ``directory``
+    or a bucket that does not exist yet. For fixtures that pair a blob store with a database
+    (pg_fixtures.fresh_database_url), e.g. a module-scoped server's ``--blob-url``."""
+    if kind == "file":
+        return f"file://{tempfile.mkdtemp(prefix='blobs-', dir=directory)}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.url()
+
+
+def stored_blobs(request: pytest.FixtureRequest, url: str) -> list[str]:
+    """The names of the blobs (and any temporary files) a blob URL's store holds, sorted."""
+    if url.startswith("file://"):
+        root = Path(url[len("file://"):])
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.keys(url)

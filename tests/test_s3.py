@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT, ServerProcess, create_key, free_port, run_cli, start_server
-from s3_fixtures import S3Server, start_seaweedfs
+from pg_fixtures import fresh_database_url
+from s3_fixtures import S3Server, fresh_blob_url, start_seaweedfs, stored_blobs
 
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
@@ -335,6 +336,29 @@ def test_sigkill_mid_job_exposes_no_partial_result(s3_server: S3Server, tmp_path
         assert len([k for k in s3_server.keys(url) if k.startswith("results/")]) == 1
     finally:
         assert srv2.stop() == 0, srv2.log
+
+
+def test_postgresql_and_s3_together(request: pytest.FixtureRequest, s3_server: S3Server, tmp_path: Path) -> None:
+    """The scaled-out configuration: jobs and keys in PostgreSQL, blobs in S3, nothing in the data dir."""
+    database = fresh_database_url(request, "postgresql", tmp_path)
+    blobs = fresh_blob_url(request, "s3", tmp_path)
+    stores = ("--database-url", database, "--blob-url", blobs)
+    key = create_key(tmp_path, *stores)
+    srv = start_server(tmp_path, *stores, "--workers", "1")
+    try:
+        src = _noise_wav(tmp_path / "pg.wav", 1.0)
+        with JobsClient(srv.target, key) as c:
+            done = c.wait(c.submit(src).job_id, timeout=60)
+            assert STATUS_NAMES[done.status] == "completed", done.error
+            info, data = c.download(done.job_id)
+            assert sf.info(io.BytesIO(data)).frames == 16000 and info.size_bytes == len(data)
+            assert len(stored_blobs(request, blobs)) == 2
+            c.cancel(done.job_id)
+        assert stored_blobs(request, blobs) == []
+        assert not (tmp_path / "hushwire.db").exists()
+        _no_local_blobs(srv)
+    finally:
+        assert srv.stop() == 0, srv.log
 
 
 # -- start-up: one line and a non-zero exit, never a traceback ----------------------------------------
