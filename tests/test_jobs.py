@@ -29,7 +29,6 @@ from hushwire.v1 import jobs_pb2
 from server.dsp import Denoiser
 from server.store import Store
 
-
 STORE_PAIRS = {"sqlite+file": ("sqlite", "file"), "postgresql+s3": ("postgresql", "s3")}
 
 
