@@ -2,7 +2,7 @@
 
 The benchmarks start their own servers on loopback and clean them up; these tests only check
 that they still work against the current code, so a refactor cannot silently break them.
-The streams and memory smoke runs take over 10 s and are marked slow.
+The streams, memory and soak smoke runs take over 10 s and are marked slow.
 """
 
 from __future__ import annotations
@@ -69,3 +69,21 @@ def test_files_quick_prints_the_gateway_table() -> None:
     out = run_bench("bench.files")
     (row,) = table_rows(out, "uploads/s (POST /enhance)")
     assert row["clients"] == "2" and int(row["jobs"]) > 0 and row["errors"] == "0"
+
+
+@pytest.mark.slow
+def test_soak_quick_loses_nothing() -> None:
+    out = run_bench("bench.soak")  # exits 1 if anything was lost or duplicated (run_bench asserts 0)
+    (streams,) = table_rows(out, "chunks answered")
+    assert streams["streams"] == "5" and streams["completed"] == "5", streams
+    assert streams["unanswered"] == "0" and streams["tails flushed"] == "5", streams
+    assert int(streams["chunks sent"]) > 0
+    (uploads,) = table_rows(out, "downloads matching length")
+    assert int(uploads["accepted"]) > 0 and uploads["completed"] == uploads["accepted"], uploads
+    assert uploads["downloads matching length"] == uploads["completed"], uploads
+    (jobs,) = table_rows(out, "lost (accepted, no row)")
+    assert jobs["accepted"] == jobs["rows in the DB"] == uploads["accepted"], jobs
+    assert jobs["lost (accepted, no row)"] == jobs["duplicated (rows per upload > 1)"] == "0", jobs
+    memory = table_rows(out, "after − before")
+    assert {r["process"] for r in memory} >= {"server", "gateway"}
+    assert "nothing lost" in out
