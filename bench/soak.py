@@ -92,7 +92,7 @@ BYTES_PER_DAY_RAISED = str(1 << 50)
 
 @dataclass
 class StreamResult:
-    outcome: str = "completed"     # completed | refused | broken
+    outcome: str = "unfinished"    # completed | refused | broken | unfinished (the bench's budget ran out)
     reason: str = ""               # status/code for refused and broken streams
     sent: int = 0                  # audio requests sent
     answered: int = 0              # responses to them
@@ -127,8 +127,9 @@ async def _status_of(call: grpc.aio.StreamStreamCall, exc: BaseException | None)
 
 
 async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Sequence[bytes], t0: float,
-                     t_stop: float, stats: StreamStats) -> StreamResult:
+                     t_stop: float, max_ahead: int, stats: StreamStats) -> StreamResult:
     res = StreamResult()
+    stats.results.append(res)  # now, so that a run cut short by the budget still counts it
     loop = asyncio.get_running_loop()
     period = CHUNK_MS / 1000.0
     chunk_frames = int(RATE_HZ * period)
@@ -152,18 +153,23 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
         res.delay = first.algorithmic_delay_samples
         pending: collections.deque[float] = collections.deque()
         last_rx = [loop.time()]
+        room = asyncio.Event()  # set when fewer than max_ahead chunks wait for their answer
 
         async def reader() -> None:
-            while (resp := await call.read()) is not grpc.aio.EOF:
-                now = last_rx[0] = loop.time()
-                res.frames_out += len(resp.audio) // 2
-                if pending:
-                    stats.latencies_s.append(now - pending.popleft())
-                    res.answered += 1
-                elif res.sent and writing_done.is_set():
-                    res.tail = True
-                else:
-                    raise RuntimeError("a response that answers no request")
+            try:
+                while (resp := await call.read()) is not grpc.aio.EOF:
+                    now = last_rx[0] = loop.time()
+                    res.frames_out += len(resp.audio) // 2
+                    if pending:
+                        stats.latencies_s.append(now - pending.popleft())
+                        res.answered += 1
+                        room.set()
+                    elif res.sent and writing_done.is_set():
+                        res.tail = True
+                    else:
+                        raise RuntimeError("a response that answers no request")
+            finally:
+                room.set()
 
         writing_done = asyncio.Event()
         read_task = asyncio.create_task(reader())
@@ -179,6 +185,17 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
                 wait = due - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                # A client with a bounded buffer: at most max_ahead chunks unanswered. grpc.aio
+                # completes a write once core has queued it, so without this bound a client would
+                # pile its whole input up in the server's and its own HTTP/2 buffers.
+                while max_ahead and len(pending) >= max_ahead and not read_task.done():
+                    room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(room.wait(), max(0.0, t_stop - loop.time()))
+                    if loop.time() >= t_stop:
+                        break
+                if loop.time() >= t_stop or read_task.done():
+                    break
                 sent_at = loop.time()
                 stats.lags_s.append(sent_at - due)
                 pending.append(sent_at)
@@ -222,6 +239,8 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
         elif res.frames_out != res.frames_in + res.delay:
             res.outcome, res.reason = "broken", (f"output {res.frames_out} frames, expected "
                                                  f"{res.frames_in} + {res.delay}")
+        else:
+            res.outcome = "completed"
         return res
     finally:
         with contextlib.suppress(Exception):
@@ -410,11 +429,13 @@ class Outcome:
     cpu: dict[str, float]
     db: list[tuple[str, str, str, int, int]]
     logs: dict[str, str]
+    budget_ran_out: bool = False
 
 
 async def soak(args: argparse.Namespace, target: str, url: str, key: str, memory: Memory,
                db_path: Path, deadline: float) -> Outcome:
     requests = audio_requests(min(30.0, args.seconds + 1))
+    max_ahead = int(args.max_ahead_ms // CHUNK_MS)
     files = audio_files(args.files)
     streams, uploads = StreamStats(), UploadStats()
     limits = httpx.Limits(max_connections=args.uploads + 4, max_keepalive_connections=args.uploads + 4)
@@ -423,7 +444,7 @@ async def soak(args: argparse.Namespace, target: str, url: str, key: str, memory
         # model's weights and the workers are loaded before the baseline is taken.
         loop = asyncio.get_running_loop()
         now = loop.time()
-        warm = await run_stream(0, 1, target, key, requests, now + 0.05, now + 1.0, StreamStats())
+        warm = await run_stream(0, 1, target, key, requests, now + 0.05, now + 1.0, max_ahead, StreamStats())
         if warm.outcome != "completed":
             raise RuntimeError(f"the warm-up stream failed: {warm.outcome} {warm.reason}")
         warm_up = Upload("warmup.wav", files[0])
@@ -449,17 +470,16 @@ async def soak(args: argparse.Namespace, target: str, url: str, key: str, memory
                     await asyncio.wait_for(stop_sampling.wait(), RSS_PERIOD_S)
 
         sampling = asyncio.create_task(sampler())
-        stream_tasks = [run_stream(k, args.streams, target, key, requests, t0, t_stop, streams)
+        stream_tasks = [run_stream(k, args.streams, target, key, requests, t0, t_stop, max_ahead, streams)
                         for k in range(args.streams)]
         upload_tasks = [upload_client(c, http, key, files, time.monotonic() + 0.5 + args.seconds,
                                       args.poll_ms / 1000, give_up_at, uploads) for c in range(args.uploads)]
 
-        async def all_streams() -> None:
-            streams.results.extend(await asyncio.gather(*stream_tasks))
-
+        budget_ran_out = False
         try:
-            await asyncio.wait_for(asyncio.gather(all_streams(), *upload_tasks),
-                                   max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(asyncio.gather(*stream_tasks, *upload_tasks), max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            budget_ran_out = True  # what finished is reported; the rest shows as unfinished
         finally:
             stop_sampling.set()
             await sampling
@@ -469,7 +489,7 @@ async def soak(args: argparse.Namespace, target: str, url: str, key: str, memory
         cpu["load generator"] = (time.process_time() - cpu0["load generator"]) / (w1 - w0)
     await asyncio.sleep(args.settle_seconds)
     memory.after = memory.sample()
-    return Outcome(streams, uploads, memory, args.seconds, w1 - w0, cpu, db_jobs(db_path), {})
+    return Outcome(streams, uploads, memory, args.seconds, w1 - w0, cpu, db_jobs(db_path), {}, budget_ran_out)
 
 
 def _alive(pid: int) -> bool:
@@ -488,6 +508,7 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
     done = [r for r in res if r.outcome == "completed"]
     refused = [r for r in res if r.outcome == "refused"]
     broken = [r for r in res if r.outcome == "broken"]
+    unfinished_streams = [r for r in res if r.outcome == "unfinished"]
     sent = sum(r.sent for r in res)
     answered = sum(r.answered for r in res)
     target_chunks = int(round(args.seconds / (CHUNK_MS / 1000)))
@@ -496,14 +517,19 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
               or "answers no request" in r.reason]
     if silent:
         problems.append(f"{len(silent)} stream(s) lost audio without an error status")
-    print(f"\nlive streams: {args.streams} × 16 kHz mono PCM16, {CHUNK_MS:g} ms chunks paced at real time, "
-          f"{args.seconds:g} s window (a stream on time sends {target_chunks} chunks)")
+    if out.budget_ran_out:
+        print("\nTHE TIME BUDGET (--max-seconds) RAN OUT: what had not finished is counted as unfinished")
+    print(f"\nlive streams: {args.streams} × 16 kHz mono PCM16, {CHUNK_MS:g} ms chunks paced at real time, at most "
+          f"{args.max_ahead_ms:g} ms of audio unanswered per stream, {args.seconds:g} s window (a stream on time sends "
+          f"{target_chunks} chunks)")
     print_table(
-        ["streams", "completed", "refused (status/code)", "broken (why)", "chunks sent", "chunks answered",
+        ["streams", "completed", "refused (status/code)", "broken (why)", "unfinished (budget)", "chunks sent",
+         "chunks answered",
          "unanswered", "tails flushed", "chunks sent per stream min / median / max", "latency p50 ms",
          "p99 ms", "max ms", "send lag p99 ms"],
         [[args.streams, len(done), f"{len(refused)}: {_counts([r.reason for r in refused])}" if refused else "0",
-          f"{len(broken)}: {_counts([r.reason for r in broken])}" if broken else "0", sent, answered,
+          f"{len(broken)}: {_counts([r.reason for r in broken])}" if broken else "0", len(unfinished_streams),
+          sent, answered,
           sent - answered, sum(r.tail for r in res),
           (f"{min(per_stream)} / {statistics.median(per_stream):g} / {max(per_stream)}" if per_stream else "–"),
           round(1000 * percentile(out.streams.latencies_s, 50), 1),
@@ -523,11 +549,12 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
         [[len(ups), len(accepted),
           f"{sum(u.outcome == 'refused' for u in ups)}: {_counts([u.reason for u in ups if u.outcome == 'refused'])}"
           if any(u.outcome == "refused" for u in ups) else "0",
-          _counts([u.reason for u in ups if u.outcome == "error"]) if any(u.outcome == "error" for u in ups) else "0",
+          _counts([u.reason or "cut short by the budget" for u in ups if u.outcome in ("error", "")])
+          if any(u.outcome in ("error", "") for u in ups) else "0",
           len(completed),
           _counts([u.failure for u in accepted if u.final == "failed"]) if any(u.final == "failed" for u in accepted)
           else "0",
-          sum(u.final == "unfinished" for u in accepted), sum(u.download == "match" for u in completed),
+          sum(u.final in ("unfinished", "") for u in accepted), sum(u.download == "match" for u in completed),
           _counts([u.download for u in completed if u.download != "match"]) if any(
               u.download != "match" for u in completed) else "0",
           round(1000 * percentile([u.post_s for u in accepted], 50)),
@@ -567,7 +594,7 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
                         ("status disagrees", status_disagrees)):
         if items:
             problems.append(f"jobs {what}: {len(items)} ({', '.join(items[:5])}{', …' if len(items) > 5 else ''})")
-    unfinished = client_final.get("unfinished", 0)
+    unfinished = client_final.get("unfinished", 0) + client_final.get("", 0)
     if unfinished:
         print(f"note: {unfinished} accepted job(s) were not finished when the drain time ran out "
               f"(still in the DB: not lost)")
@@ -602,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the window, time for jobs in flight to finish")
     parser.add_argument("--settle-seconds", type=float, default=5.0, help="wait before the 'after' RSS")
     parser.add_argument("--poll-ms", type=float, default=500.0, help="job status poll period per client")
+    parser.add_argument("--max-ahead-ms", type=float, default=1000.0,
+                        help="audio a stream may have sent and not had answered (0: no bound)")
     parser.add_argument("--files", type=int, default=20, help="distinct audio files to upload (from the corpus)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server job workers")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
