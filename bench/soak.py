@@ -44,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import io
+import math
 import os
 import sqlite3
 import statistics
@@ -164,8 +165,8 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
                         stats.latencies_s.append(now - pending.popleft())
                         res.answered += 1
                         room.set()
-                    elif res.sent and writing_done.is_set():
-                        res.tail = True
+                    elif writing_done.is_set() and not res.tail:
+                        res.tail = True  # the flush after the half-close (also for a stream that sent nothing)
                     else:
                         raise RuntimeError("a response that answers no request")
             finally:
@@ -496,6 +497,11 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def _ms(seconds: float, digits: int = 1) -> object:
+    """Seconds as rounded milliseconds, or "–" when there was nothing to measure."""
+    return "–" if not math.isfinite(seconds) else round(1000 * seconds, digits) if digits else round(1000 * seconds)
+
+
 def _counts(values: Sequence[str]) -> str:
     c = collections.Counter(values)
     return ", ".join(f"{k} ×{v}" for k, v in c.most_common()) or "–"
@@ -532,10 +538,8 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
           sent, answered,
           sent - answered, sum(r.tail for r in res),
           (f"{min(per_stream)} / {statistics.median(per_stream):g} / {max(per_stream)}" if per_stream else "–"),
-          round(1000 * percentile(out.streams.latencies_s, 50), 1),
-          round(1000 * percentile(out.streams.latencies_s, 99), 1),
-          round(1000 * max(out.streams.latencies_s, default=float("nan")), 1),
-          round(1000 * percentile(out.streams.lags_s, 99), 1)]])
+          _ms(percentile(out.streams.latencies_s, 50)), _ms(percentile(out.streams.latencies_s, 99)),
+          _ms(max(out.streams.latencies_s, default=float("nan"))), _ms(percentile(out.streams.lags_s, 99))]])
 
     ups = out.uploads.uploads
     accepted = [u for u in ups if u.outcome == "accepted"]
@@ -557,10 +561,9 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
           sum(u.final in ("unfinished", "") for u in accepted), sum(u.download == "match" for u in completed),
           _counts([u.download for u in completed if u.download != "match"]) if any(
               u.download != "match" for u in completed) else "0",
-          round(1000 * percentile([u.post_s for u in accepted], 50)),
-          round(1000 * percentile([u.post_s for u in accepted], 99)),
-          round(percentile([u.done_s for u in completed], 50), 1),
-          round(percentile([u.done_s for u in completed], 99), 1)]])
+          _ms(percentile([u.post_s for u in accepted], 50), 0), _ms(percentile([u.post_s for u in accepted], 99), 0),
+          _ms(percentile([u.done_s for u in completed], 50) / 1000), _ms(percentile([u.done_s for u in completed], 99)
+                                                                         / 1000)]])
     if out.uploads.poll_errors:
         print(f"status polls answered with an error (retried): {_counts(list(out.uploads.poll_errors.elements()))}")
     wrong = [u for u in completed if u.download != "match"]
