@@ -57,13 +57,13 @@ import math
 import re
 import struct
 import uuid
-from collections.abc import Coroutine
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
@@ -82,9 +82,6 @@ SEND_TIMEOUT_S = 10.0      # as the server's SLOW_CONSUMER_SECONDS: a client tha
 MAX_AHEAD_BYTES = 4 * 1024 * 1024
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024   # over the largest valid chunk (1 s, 48 kHz, 8 channels, float32: 1.5 MB)
 CLOSE_TIMEOUT_S = 2.0      # the closing handshake of a client that may have stopped reading
-# After grpc's local INTERNAL for a failed write, how long to wait for the server's own status.
-STATUS_WAIT_S = 2.0
-_LOCAL_INTERNAL_DETAILS = "Internal error from Core"   # grpc.aio's details for it (cygrpc set_internal_error)
 VP_HEADER = struct.Struct("<f")   # the voice probability in front of each binary message to the client
 UINT32_MAX = 2**32 - 1
 
@@ -98,7 +95,6 @@ _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5}
 _HELLO_KEYS = {"key", "sample_rate_hz", "channels", "encoding", "attenuation_limit_db"}
 _UPDATE_KEYS = {"attenuation_limit_db", "bypass", "end"}
 
-_T = TypeVar("_T")
 _Call: TypeAlias = ("grpc.aio.StreamStreamCall[enhancer_pb2.StreamEnhanceRequest, "
                     "enhancer_pb2.StreamEnhanceResponse]")
 
@@ -235,74 +231,6 @@ class _Window:
             self._room.set()
 
 
-def _settled(coro: Coroutine[Any, Any, _T]) -> _T | None:
-    """The value of a coroutine that finishes without suspending, else None (and it is closed).
-
-    A done call's ``code()``, ``details()`` and ``trailing_metadata()`` read the status grpc holds and
-    return at once; this reads them inside a (synchronous) done callback."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return cast(_T, stop.value)
-    coro.close()
-    return None
-
-
-class _ServerStatus:
-    """The first final status of a call, recorded the moment grpc sets it.
-
-    Why: when the server ends a stream (a refused update, say) while the gateway's write of the next
-    chunk is already in grpc core, the write fails and grpc.aio replaces the call's status with a
-    local INTERNAL "Internal error from Core" without trailers (``_write`` → ``set_internal_error``).
-    The server's status usually arrived just before and is overwritten; mapping the error afterwards
-    would give the browser UPSTREAM_ERROR instead of the server's code. A done callback runs when
-    the first status is set, so it copies the server's status while it is still there. When the
-    local INTERNAL is set first, the server's status replaces it a moment later:
-    :meth:`error_for` waits for that (bounded by :data:`STATUS_WAIT_S`).
-    """
-
-    def __init__(self, call: _Call) -> None:
-        self._call = call
-        self.error: grpc.aio.AioRpcError | None = None
-        call.add_done_callback(self._record)
-
-    def _record(self, call: Any) -> None:
-        code = _settled(call.code())
-        if self.error is not None or code is None or code == grpc.StatusCode.OK:
-            return
-        trailers = _settled(call.trailing_metadata())
-        self.error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers or grpc.aio.Metadata(),
-                                          _settled(call.details()))
-
-    async def error_for(self, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-        """The error to report for ``exc``: the server's own when ``exc`` is grpc's local one."""
-        if not _local_error(exc):
-            return exc
-        if self.error is not None and not _local_error(self.error):
-            return self._replaced(self.error)
-        deadline = asyncio.get_running_loop().time() + STATUS_WAIT_S
-        while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-            code = await self._call.code()
-            if code != grpc.StatusCode.INTERNAL or await self._call.details() != _LOCAL_INTERNAL_DETAILS:
-                return self._replaced(grpc.aio.AioRpcError(code, grpc.aio.Metadata(),
-                                                           await self._call.trailing_metadata(),
-                                                           await self._call.details()))
-        return exc
-
-    @staticmethod
-    def _replaced(error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-        log.info("a write raced the end of the stream: reporting the server's status %s, not grpc's local "
-                 "INTERNAL", error.code().name)
-        return error
-
-
-def _local_error(exc: grpc.aio.AioRpcError) -> bool:
-    """grpc's own INTERNAL for a failed write, which carries no word from the server."""
-    return (exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _LOCAL_INTERNAL_DETAILS
-            and not exc.trailing_metadata())
-
-
 class LiveBridge:
     """Runs one ``/live`` WebSocket against one ``StreamEnhance`` call."""
 
@@ -325,11 +253,11 @@ class LiveBridge:
             return
         await ws.accept()
         call: _Call | None = None
-        status: _ServerStatus | None = None
+        status: CallStatus | None = None
         try:
             key, config = parse_hello(await self._receive_hello(ws))
             call = self._stub.StreamEnhance(metadata=[("authorization", key)])
-            status = _ServerStatus(call)
+            status = CallStatus(call)
             first = await self._open(call, enhancer_pb2.StreamEnhanceRequest(config=config))
             await self._send(ws, text=json.dumps({"algorithmic_delay_samples": first.algorithmic_delay_samples}))
             await self._pump(ws, call)
@@ -338,7 +266,7 @@ class LiveBridge:
         except GatewayError as err:
             await self._fail(ws, err)
         except grpc.aio.AioRpcError as exc:
-            await self._fail(ws, from_rpc_error(await status.error_for(exc) if status is not None else exc))
+            await self._fail(ws, from_rpc_error(await self._servers_error(exc, status)))
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("internal error id=%s on the /live WebSocket", error_id)
@@ -346,6 +274,18 @@ class LiveBridge:
         finally:
             if call is not None:
                 call.cancel()
+
+    @staticmethod
+    async def _servers_error(exc: grpc.aio.AioRpcError, status: CallStatus | None) -> grpc.aio.AioRpcError:
+        """The server's status for a stream that failed: when an audio write raced the server's end of
+        the call (a refused update, say), grpc reports a local INTERNAL instead (client.errors.CallStatus)."""
+        if status is None:
+            return exc
+        error = await status.error_for(exc)
+        if error is not exc:
+            log.info("a write raced the end of the stream: reporting the server's status %s, not grpc's local "
+                     "INTERNAL", error.code().name)
+        return error
 
     @staticmethod
     async def _deny(ws: WebSocket) -> None:
