@@ -77,14 +77,14 @@ from bench._common import (
     worker_pids,
 )
 from bench.streams import CHANNEL_OPTIONS, CHUNK_MS, METHOD, RATE_HZ, audio_requests, config_request
+from client.errors import ERROR_CODE_KEY, CallStatus
 from hushwire.v1 import enhancer_pb2
 
-ERROR_CODE_KEY = "hushwire-error-code"
 OPEN_TIMEOUT_S = 60.0     # the config's answer; an overloaded server may take long, but not this long
 STALL_TIMEOUT_S = 60.0    # a stream that receives nothing for this long after its half-close is broken
 HTTP_TIMEOUT_S = 300.0    # far above the gateway's own bounds, so the gateway, not httpx, answers first
 RSS_PERIOD_S = 0.5
-LIMIT_RAISED = "1000000"
+LIMIT_RAISED = 1_000_000
 BYTES_PER_DAY_RAISED = str(1 << 50)
 
 
@@ -110,21 +110,21 @@ class StreamStats:
     lags_s: list[float] = field(default_factory=list)
 
 
-async def _status_of(call: grpc.aio.StreamStreamCall, exc: BaseException | None) -> str:
-    """The call's real outcome as ``STATUS/CODE``: a local error on a write that raced the server's
-    refusal says little, so wait (bounded) for the status and trailers the server sent."""
+async def _status_of(call: grpc.aio.StreamStreamCall, status: CallStatus, exc: BaseException | None) -> str:
+    """The call's outcome as ``STATUS/CODE``, as the server sent it: a write that raced the server's
+    end of the call makes grpc report a local INTERNAL instead (client.errors.CallStatus)."""
     try:
-        status = await asyncio.wait_for(call.code(), 10.0)
-        trailers = await asyncio.wait_for(call.trailing_metadata(), 10.0)
+        code = await asyncio.wait_for(call.code(), 10.0)
+        error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), await call.trailing_metadata(), await call.details())
     except (TimeoutError, asyncio.CancelledError):
-        if isinstance(exc, grpc.aio.AioRpcError):
-            status, trailers = exc.code(), exc.trailing_metadata()
-        else:
+        if not isinstance(exc, grpc.aio.AioRpcError):
             return f"no status ({type(exc).__name__})" if exc is not None else "no status"
-    code = next((str(v.decode() if isinstance(v, bytes) else v) for k, v in trailers or () if k == ERROR_CODE_KEY),
-                None)
-    name = status.name if status is not None else "?"
-    return f"{name}/{code}" if code else name
+        error = exc
+    if error.code() != grpc.StatusCode.OK:
+        error = await status.error_for(error)
+    trailer = next((str(v.decode() if isinstance(v, bytes) else v) for k, v in error.trailing_metadata() or ()
+                    if k == ERROR_CODE_KEY), None)
+    return f"{error.code().name}/{trailer}" if trailer else error.code().name
 
 
 async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Sequence[bytes], t0: float,
@@ -137,6 +137,7 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
     channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     call = channel.stream_stream(METHOD, response_deserializer=enhancer_pb2.StreamEnhanceResponse.FromString)(
         metadata=(("authorization", key),))
+    status = CallStatus(call)
     try:
         try:
             await call.write(config_request())
@@ -146,10 +147,10 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
             res.outcome, res.reason = "refused", f"no answer to the config in {OPEN_TIMEOUT_S:g} s (bench timeout)"
             return res
         except Exception as exc:  # noqa: BLE001 - any failure before the config's answer is a refusal
-            res.outcome, res.reason = "refused", await _status_of(call, exc)
+            res.outcome, res.reason = "refused", await _status_of(call, status, exc)
             return res
         if first is grpc.aio.EOF:
-            res.outcome, res.reason = "refused", await _status_of(call, None) + " (no config answer)"
+            res.outcome, res.reason = "refused", await _status_of(call, status, None) + " (no config answer)"
             return res
         res.delay = first.algorithmic_delay_samples
         pending: collections.deque[float] = collections.deque()
@@ -228,11 +229,11 @@ async def run_stream(k: int, n_streams: int, target: str, key: str, requests: Se
         if error is not None:
             res.outcome = "broken"
             res.reason = (str(error) if isinstance(error, RuntimeError)
-                          else f"mid-stream {await _status_of(call, error)}")
+                          else f"mid-stream {await _status_of(call, status, error)}")
             return res
-        status = await _status_of(call, None)
-        if status != "OK":
-            res.outcome, res.reason = "broken", f"ended {status}"
+        ended = await _status_of(call, status, None)
+        if ended != "OK":
+            res.outcome, res.reason = "broken", f"ended {ended}"
         elif res.answered != res.sent:
             res.outcome, res.reason = "broken", f"{res.sent - res.answered} chunk(s) unanswered with status OK"
         elif not res.tail:
@@ -635,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-ahead-ms", type=float, default=1000.0,
                         help="audio a stream may have sent and not had answered (0: no bound)")
     parser.add_argument("--files", type=int, default=20, help="distinct audio files to upload (from the corpus)")
+    parser.add_argument("--max-streams-per-user", type=int, default=LIMIT_RAISED,
+                        help="the server's limit (default: raised out of the way; lower it to see RATE_LIMITED)")
+    parser.add_argument("--max-queued-jobs-per-user", type=int, default=LIMIT_RAISED,
+                        help="the server's limit (default: raised out of the way; lower it to see RATE_LIMITED)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server job workers")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the whole run")
@@ -645,14 +650,17 @@ def main(argv: list[str] | None = None) -> int:
         args.max_seconds = min(args.max_seconds, 150.0)
     install_watchdog(args.max_seconds)
     print_header("bench.soak", "Soak: live streams and REST uploads at once, nothing lost")
+    limits = ("per-user limits raised" if LIMIT_RAISED == args.max_streams_per_user == args.max_queued_jobs_per_user
+              else f"per-user limits: {args.max_streams_per_user} streams, {args.max_queued_jobs_per_user} "
+                   "unfinished jobs")
     print(f"{args.streams} streams + {args.uploads} upload clients for {args.seconds:g} s, {args.workers} job "
-          f"worker(s), per-user limits raised; loopback only; bound {args.max_seconds:g} s")
+          f"worker(s), {limits}; loopback only; bound {args.max_seconds:g} s")
     started = time.monotonic()
     try:
         with Children() as children, temp_dir(args.keep) as tmp:
             data = tmp / "data"
-            srv = start_hushwire(children, data, "--max-streams-per-user", LIMIT_RAISED,
-                                 "--max-queued-jobs-per-user", LIMIT_RAISED,
+            srv = start_hushwire(children, data, "--max-streams-per-user", str(args.max_streams_per_user),
+                                 "--max-queued-jobs-per-user", str(args.max_queued_jobs_per_user),
                                  "--max-bytes-per-day-per-user", BYTES_PER_DAY_RAISED, workers=args.workers)
             gw = start_gateway(children, tmp, srv.target)
             key = create_key(data)

@@ -87,3 +87,16 @@ def test_soak_quick_loses_nothing() -> None:
     memory = table_rows(out, "after − before")
     assert {r["process"] for r in memory} >= {"server", "gateway"}
     assert "nothing lost" in out
+
+
+@pytest.mark.slow
+def test_soak_quick_reports_refusals_with_their_codes() -> None:
+    out = run_bench("bench.soak", "--max-streams-per-user", "3", "--max-queued-jobs-per-user", "1")
+    (streams,) = table_rows(out, "chunks answered")
+    assert streams["completed"] == "3" and streams["refused (status/code)"] == "2: RESOURCE_EXHAUSTED/RATE_LIMITED ×2"
+    assert streams["unanswered"] == "0", streams
+    (uploads,) = table_rows(out, "downloads matching length")
+    assert "429 RATE_LIMITED" in uploads["refused (HTTP code)"], uploads
+    (jobs,) = table_rows(out, "lost (accepted, no row)")
+    assert jobs["orphans (a row, upload not accepted)"] == jobs["lost (accepted, no row)"] == "0", jobs
+    assert jobs["accepted"] == jobs["rows in the DB"] == uploads["accepted"], jobs
