@@ -80,9 +80,14 @@ class CallStatus:
     INTERNAL "Internal error from Core" without trailers (``_write`` → ``set_internal_error``). The
     server's status usually arrived just before and is lost: the caller would see INTERNAL (which
     looks retryable) instead of the server's code. A done callback runs when the first status is
-    set, so it copies the server's status while it is still there; when the local INTERNAL is set
-    first, the server's status replaces it a moment later, and :meth:`error_for` waits for that
-    (at most :data:`STATUS_WAIT_S`).
+    set, so it copies the server's status while it is still there.
+
+    When the local INTERNAL is set first (a few races in a hundred), grpc core still holds the
+    server's status, but delivers it only once the responses queued before it have been read, and
+    ``read()`` refuses to read from a call that grpc already considers done. :meth:`error_for` then
+    reads and drops those responses with grpc.aio's private ``_read`` (the method ``read()`` and
+    ``async for`` use underneath; without it nothing is drained and the local error stays), after
+    which the server's status replaces the local one; all of it within :data:`STATUS_WAIT_S`.
     """
 
     def __init__(self, call: Any) -> None:
@@ -106,9 +111,25 @@ class CallStatus:
             return self._first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STATUS_WAIT_S
-        while loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await self._drain(deadline)
+        while True:
             code, details = await self._call.code(), await self._call.details()
             if code != grpc.StatusCode.INTERNAL or details != _LOCAL_INTERNAL_DETAILS:
                 return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), await self._call.trailing_metadata(), details)
-        return err
+            if loop.time() >= deadline:
+                return err
+            await asyncio.sleep(0.02)
+
+    async def _drain(self, deadline: float) -> None:
+        """Read and drop the responses still queued in grpc core (see the class docstring)."""
+        read = getattr(self._call, "_read", None)
+        if read is None:
+            return
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            try:
+                message = await asyncio.wait_for(read(), deadline - loop.time())
+            except Exception:  # noqa: BLE001 - nothing more to read, whatever the reason
+                return
+            if message is grpc.aio.EOF:
+                return
