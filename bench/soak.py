@@ -612,7 +612,9 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
     for name, text in out.logs.items():
         tracebacks = text.count("Traceback")
         internal = text.count("INTERNAL")
-        print(f"{name} log: {tracebacks} traceback(s), {internal} line(s) with INTERNAL")
+        uncancelled = text.count("could not cancel job")  # the gateway: a refused request's job may stay
+        print(f"{name} log: {tracebacks} traceback(s), {internal} line(s) with INTERNAL"
+              + (f", {uncancelled} job(s) of refused requests not cancelled" if uncancelled else ""))
         if tracebacks:
             problems.append(f"{tracebacks} traceback(s) in the {name} log")
     if problems:
