@@ -64,7 +64,7 @@ import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from client.errors import CallStatus
-from gateway.errors import GatewayError, error_response, from_rpc_error
+from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 __all__ = [
@@ -266,7 +266,7 @@ class LiveBridge:
         except GatewayError as err:
             await self._fail(ws, err)
         except grpc.aio.AioRpcError as exc:
-            await self._fail(ws, from_rpc_error(await self._servers_error(exc, status)))
+            await self._fail(ws, await from_call_error(exc, status, "stream"))
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("internal error id=%s on the /live WebSocket", error_id)
@@ -274,18 +274,6 @@ class LiveBridge:
         finally:
             if call is not None:
                 call.cancel()
-
-    @staticmethod
-    async def _servers_error(exc: grpc.aio.AioRpcError, status: CallStatus | None) -> grpc.aio.AioRpcError:
-        """The server's status for a stream that failed: when an audio write raced the server's end of
-        the call (a refused update, say), grpc reports a local INTERNAL instead (client.errors.CallStatus)."""
-        if status is None:
-            return exc
-        error = await status.error_for(exc)
-        if error is not exc:
-            log.info("a write raced the end of the stream: reporting the server's status %s, not grpc's local "
-                     "INTERNAL", error.code().name)
-        return error
 
     @staticmethod
     async def _deny(ws: WebSocket) -> None:
