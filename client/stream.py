@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.errors import HushwireClientError, from_rpc_error, is_retryable
+from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_retryable
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 
@@ -280,8 +280,13 @@ class AsyncEnhancerClient:
                     yield _item_request(item, channels, enc)
 
         call = self._stub.StreamEnhance(requests(), metadata=_metadata(self.key))
+        # A request written as the server ends the call makes grpc.aio report a local INTERNAL in
+        # place of the server's status (and INTERNAL without a trailer would look retryable).
+        status = CallStatus(call)
         try:
             first = await call.read()
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(await status.error_for(err)) from None
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         if first is grpc.aio.EOF:
@@ -291,6 +296,8 @@ class AsyncEnhancerClient:
             try:
                 while (r := await call.read()) is not grpc.aio.EOF:
                     yield StreamOutput(pcm.decode(r.audio, enc, channels), r.voice_probability)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(await status.error_for(err)) from None
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from None
 
