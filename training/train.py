@@ -11,8 +11,11 @@ come from the same asymmetric-window STFT as ``server/dsp`` (``window_pair``,
 
 Every ``--eval-every`` minutes a checkpoint is exported to
 ``training/checkpoints/`` and scored on the dev corpus (16 kHz pairs, the model
-alone via ``eval_model.enhance``); the best one by ΔPESQ + ΔESTOI is copied to
-``server/dsp/weights/gain_model.npz``. Uses one core.
+alone via ``eval_model.enhance``, or with ``--dev-mode denoiser`` the full
+streaming denoiser); the best one by ΔPESQ + W ΔESTOI (``--estoi-weight``) is
+copied to ``server/dsp/weights/gain_model.npz`` if it beats ``--best``. Dev is
+only scored, never trained on. ``--under``, ``--combined`` and ``--noise-weights``
+change the loss and the noise mix (see ``losses`` and README.md). Uses one core.
 """
 
 from __future__ import annotations
@@ -92,12 +95,15 @@ def export_npz(model: GainNet, path: Path, extra: dict | None = None) -> None:
 class Mixer:
     """Draws (clean speech, noise) segment pairs from the data built by make_data.py."""
 
-    def __init__(self, data_dir: Path, rng: np.random.Generator) -> None:
+    def __init__(self, data_dir: Path, rng: np.random.Generator, type_weights: dict[str, float] | None = None) -> None:
         self.rng = rng
         self.speech = np.load(data_dir / "speech.npy", mmap_mode="r")
         self.index = np.load(data_dir / "speech_index.npy")
         self.noise = {p.stem[len("noise_"):]: np.load(p) for p in sorted(data_dir.glob("noise_*.npy"))}
         self.noise_types = sorted(self.noise)
+        w = np.array([(type_weights or {}).get(t, 1.0) for t in self.noise_types])
+        # how often each noise type is drawn; None = uniform (draws as the first recipe did)
+        self.type_p = w / w.sum() if type_weights else None
         self.clip = int(json.loads((data_dir / "manifest.json").read_text())["noise_clip_s"] * SR)
 
     def _speech(self, n: int) -> np.ndarray:
@@ -120,11 +126,16 @@ class Mixer:
         off = int(self.rng.integers(0, self.clip - n + 1))
         return np.asarray(bank[c * self.clip + off: c * self.clip + off + n], dtype=np.float32)
 
+    def _noise_type(self) -> str:
+        k = len(self.noise_types)
+        i = self.rng.integers(k) if self.type_p is None else self.rng.choice(k, p=self.type_p)
+        return self.noise_types[int(i)]
+
     def _noise(self, n: int) -> np.ndarray:
         rng = self.rng
-        x = self._noise_one(self.noise_types[rng.integers(len(self.noise_types))], n)
+        x = self._noise_one(self._noise_type(), n)
         if rng.random() < 0.3:  # mixtures such as a cafe: babble + clicks + music
-            y = self._noise_one(self.noise_types[rng.integers(len(self.noise_types))], n)
+            y = self._noise_one(self._noise_type(), n)
             x = x + y * 10 ** (rng.uniform(-12, 3) / 20)
         if rng.random() < 0.3:  # slowly changing noise level
             ramp = np.linspace(rng.uniform(-6, 6), rng.uniform(-6, 6), n) / 20
@@ -220,7 +231,38 @@ class Frontend:
 
 # ----------------------------------------------------------------------------- training
 
-def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: torch.Tensor):
+def classical_gain(py: torch.Tensor) -> torch.Tensor:
+    """The denoiser's classical per-bin gain, as it multiplies the model's: (B, T, bins), no gradient.
+
+    Runs the server's own noise tracker and OM-LSA rule causally over the frames of every
+    example at once (they are vectorised over channels), raised to the denoiser's
+    ``CLASSICAL_GAIN_EXPONENT``: about 60 ms for a batch of 32 x 3 s.
+    """
+    from server.dsp.denoiser import CLASSICAL_GAIN_EXPONENT
+    from server.dsp.gain import OmLsaGain
+    from server.dsp.noise import NoiseTracker
+
+    p = py.detach().double().numpy()
+    b, t, k = p.shape
+    tracker = NoiseTracker(b, k, 1000.0 * HOP / SR)
+    rule = OmLsaGain(b, k)
+    out = np.empty_like(p)
+    for i in range(t):
+        frame = np.ascontiguousarray(p[:, i])
+        out[:, i] = rule.update(frame, tracker.update(frame))
+    return torch.from_numpy(out**CLASSICAL_GAIN_EXPONENT).float()
+
+
+def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: torch.Tensor,
+           under: float = 0.0, combined: bool = False):
+    """Gain, spectrum and voice losses. ``under`` > 0 weighs errors that remove speech (gain
+    below the ideal, output magnitude below the clean one) by 1 + ``under``: a gain that leaves
+    some noise costs intelligibility less than one that cuts speech (the ESTOI/PESQ trade-off).
+
+    ``combined``: the losses apply to the gain the denoiser really uses, the model's gain times
+    the classical per-bin gain (``classical_gain``) floored at ``FLOOR_DB``, so the network learns
+    to complement the classical rule (suppress what it misses, not suppress twice) rather than
+    to be the whole denoiser."""
     S = fe.stft(s) * col
     N = fe.stft(n) * col
     Y = S + N
@@ -231,13 +273,24 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
     es = (ps @ fe.w_ana) * fe.psd_scale
     target = torch.clamp(torch.sqrt(es / (ey + 1e-14)), 0.0, 1.0)
     valid = (ey > 1e-11).float()  # skip empty bands (band-limited input, digital silence)
-    d = torch.sqrt(g + 1e-8) - torch.sqrt(target)
+    gc = classical_gain(py) if combined else None
+    if gc is not None:  # band amplitude gain of the classical rule, energy-weighted within the band
+        cb = torch.sqrt(((py * gc**2) @ fe.w_ana) * fe.psd_scale / (ey + 1e-14)).clamp(max=1.0)
+        d = torch.sqrt(g * cb + 1e-8) - torch.sqrt(target)
+    else:
+        d = torch.sqrt(g + 1e-8) - torch.sqrt(target)
+    if under:
+        valid = valid * (1.0 + under * (d < 0).float())
     gain_loss = ((d**2 + 10 * d**4) * valid).sum() / valid.sum().clamp(min=1)
     gb = g @ fe.w_synth  # (B, T, bins)
+    if gc is not None:
+        from server.dsp.denoiser import FLOOR_DB
+        gb = torch.clamp(gb * gc, min=10 ** (FLOOR_DB / 20))
     lvl = torch.sqrt(py.mean(dim=(1, 2), keepdim=True) + 1e-12)  # per-example level
     mag_y = torch.sqrt(py + 1e-12) / lvl
     mag_s = torch.sqrt(ps + 1e-12) / lvl
-    spec_loss = ((gb * mag_y + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3).pow(2).mean()
+    e = (gb * mag_y + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3
+    spec_loss = (e.pow(2) * (1.0 + under * (e < 0).float())).mean() if under else e.pow(2).mean()
     es_frame = ps.sum(-1)
     thr = es_frame.amax(dim=1, keepdim=True) * 10 ** (-3.5)
     vad_t = ((es_frame > thr) & (es_frame > 1e-9)).float()
@@ -245,14 +298,23 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
     return gain_loss, spec_loss, vad_loss
 
 
-def dev_score(npz: Path, exponent: float) -> dict:
-    import eval_model
+def dev_score(npz: Path, exponent: float, mode: str = "model") -> tuple[dict, str]:
+    """Dev summary of the model alone (``model``) or of the full streaming denoiser (``denoiser``)."""
     sys.path.insert(0, str(ROOT.parent / "shared" / "eval"))
     import score
+    data = ROOT.parent / "shared" / "eval-data" / "dev"
+    if mode == "denoiser":
+        import tune
+
+        from server.dsp import denoiser
+        from server.dsp.model import load_weights
+        denoiser._WEIGHTS_CACHE["default"] = load_weights(npz)
+        res = score.score_corpus(data, score.System(fn=denoiser.enhance), include_48k=False)
+        return res["summary"], tune.summary_line(res)
+    import eval_model
     eval_model.configure(npz, exponent)
-    res = score.score_corpus(ROOT.parent / "shared" / "eval-data" / "dev", score.System(fn=eval_model.enhance),
-                             include_48k=False)
-    return res["summary"]
+    res = score.score_corpus(data, score.System(fn=eval_model.enhance), include_48k=False)
+    return res["summary"], ""
 
 
 def main() -> None:
@@ -267,12 +329,22 @@ def main() -> None:
     ap.add_argument("--spec-weight", type=float, default=1.0)
     ap.add_argument("--tag", default="", help="checkpoint name prefix (for a second run)")
     ap.add_argument("--best", type=float, default=-1e9,
-                    help="export only checkpoints whose dev dPESQ + 5 dESTOI beats this (e.g. the last run's)")
+                    help="export only checkpoints whose dev dPESQ + W dESTOI beats this (e.g. the last run's)")
+    ap.add_argument("--estoi-weight", type=float, default=5.0, help="W in the dev criterion dPESQ + W dESTOI")
+    ap.add_argument("--dev-mode", choices=("model", "denoiser"), default="model",
+                    help="score the model alone or the full denoiser (model x classical gain) on dev")
+    ap.add_argument("--under", type=float, default=0.0,
+                    help="extra loss weight on errors that remove speech (0 = symmetric, as the first recipe)")
+    ap.add_argument("--combined", action="store_true",
+                    help="train the gain the denoiser applies: model gain x classical gain (see losses)")
+    ap.add_argument("--noise-weights", default="",
+                    help="relative draw weights of noise types, e.g. babble=2.5,music=2 (default: uniform)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    mixer = Mixer(DATA_DIR, rng)
+    type_weights = {k: float(v) for k, v in (kv.split("=") for kv in args.noise_weights.split(",") if kv)}
+    mixer = Mixer(DATA_DIR, rng, type_weights or None)
     fe = Frontend()
     model = GainNet()
     n_params = sum(p.numel() for p in model.parameters())
@@ -299,7 +371,9 @@ def main() -> None:
         log.write(msg + "\n")
         log.flush()
 
-    say(f"params {n_params}, batch {args.batch} x {SEG_S} s, {args.minutes} min, seed {args.seed}")
+    say(f"params {n_params}, batch {args.batch} x {SEG_S} s, {args.minutes} min, seed {args.seed}, "
+        f"lr {args.lr}, under {args.under}, combined {args.combined}, "
+        f"noise weights {type_weights or 'uniform'}, resume {args.resume or '-'}")
     t_start = time.time()
     train_s = 0.0  # time spent training (dev checks excluded)
     next_eval = args.eval_every * 60
@@ -317,7 +391,7 @@ def main() -> None:
             gr["lr"] = lr
         s, n = mixer.batch(args.batch, seg)
         col = fe.colouration(args.batch, rng)
-        gl, sl, vl = losses(fe, model, torch.from_numpy(s), torch.from_numpy(n), col)
+        gl, sl, vl = losses(fe, model, torch.from_numpy(s), torch.from_numpy(n), col, args.under, args.combined)
         loss = gl + args.spec_weight * sl + 0.05 * vl
         opt.zero_grad()
         loss.backward()
@@ -338,9 +412,9 @@ def main() -> None:
             torch.save(model.state_dict(), CKPT_DIR / f"ckpt_{args.tag}{step:06d}.pt")
             torch.save(model.state_dict(), CKPT_DIR / "last.pt")
             t1 = time.time()
-            summ = dev_score(ck, args.exponent)
+            summ, line = dev_score(ck, args.exponent, args.dev_mode)
             o = summ["overall"]
-            crit = o["d_pesq"] + 5 * o["d_estoi"]
+            crit = o["d_pesq"] + args.estoi_weight * o["d_estoi"]
             history.append({"step": step, "train_min": train_s / 60, "d_pesq": o["d_pesq"],
                             "estoi": o["estoi"], "d_si_sdr": o["d_si_sdr"],
                             "clean_in_pesq": summ["clean_in"]["pesq"] if summ["clean_in"] else None})
@@ -348,6 +422,8 @@ def main() -> None:
                 f"dSI-SDR {o['d_si_sdr']:+.2f} "
                 f"clean-in {history[-1]['clean_in_pesq']:.2f} atten {summ['noise_only_attenuation_db']:.1f} "
                 f"({time.time() - t1:.0f} s)")
+            if line:
+                say(f"  {line}")
             if crit > best:
                 best = crit
                 shutil.copy(ck, WEIGHTS_OUT)
