@@ -56,11 +56,13 @@ def enhance(x: np.ndarray, sr: int) -> np.ndarray:
     model = GainModel(sr, frame_len, float(np.sum(stft.analysis**2)), 1, _cfg["weights"], _cfg["exponent"])
     combined = _cfg["mode"] == "combined"
     if combined:
-        from server.dsp import gain as classical
+        from server.dsp.gain import OmLsaGain
         from server.dsp.noise import NoiseTracker
-        rule = getattr(classical, "OmLsaGain", None) or classical.LsaGain  # name changed over time
-        noise = NoiseTracker(1, stft.n_bins, 1000.0 * hop / sr)
-        lsa = rule(1, stft.n_bins)
+        noise = NoiseTracker(stft.n_bins, 1000.0 * hop / sr)
+        lsa = OmLsaGain(stft.n_bins, _cfg["lsa_power"])
+        state: dict = {}
+        noise.init_state(state, 1)
+        lsa.init_state(state, 1)
     n = len(x)
     n_hops = -(-(n + hop) // hop)
     xp = np.zeros(n_hops * hop)
@@ -74,8 +76,8 @@ def enhance(x: np.ndarray, sr: int) -> np.ndarray:
         power *= stft.fill_scale
         g, _ = model.step(power)
         if combined:
-            gc = lsa.update(power, noise.update(power))
-            g = g * gc ** _cfg["lsa_power"]
+            gc, _, _ = lsa.run(state, power[None], noise.run(state, power[None]))
+            g = g * gc[0]
         spec *= np.maximum(g, _cfg["floor"])
         stft.synthesize(spec, out[i * hop:(i + 1) * hop])
     return out[stft.latency:stft.latency + n, 0].astype(np.float32)

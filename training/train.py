@@ -244,13 +244,14 @@ def classical_gain(py: torch.Tensor) -> torch.Tensor:
 
     p = py.detach().double().numpy()
     b, t, k = p.shape
-    tracker = NoiseTracker(b, k, 1000.0 * HOP / SR)
-    rule = OmLsaGain(b, k)
-    out = np.empty_like(p)
-    for i in range(t):
-        frame = np.ascontiguousarray(p[:, i])
-        out[:, i] = rule.update(frame, tracker.update(frame))
-    return torch.from_numpy(out**CLASSICAL_GAIN_EXPONENT).float()
+    tracker = NoiseTracker(k, 1000.0 * HOP / SR)
+    rule = OmLsaGain(k, CLASSICAL_GAIN_EXPONENT)
+    state: dict = {}  # one row per example
+    tracker.init_state(state, b)
+    rule.init_state(state, b)
+    frames = np.ascontiguousarray(p.transpose(1, 0, 2))  # (hops, rows, bins), as the denoiser lays them out
+    gain, _, _ = rule.run(state, frames, tracker.run(state, frames))
+    return torch.from_numpy(np.ascontiguousarray(gain.transpose(1, 0, 2))).float()
 
 
 def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: torch.Tensor,

@@ -91,6 +91,7 @@ def main() -> None:
             for (mod, attr, _), v in zip(grid, combo, strict=True):
                 setattr(mod, attr, v)
                 label.append(f"{attr}={v:g}")
+            denoiser._ENGINES.clear()  # engines hold constants read at construction
             res = score.score_corpus(DEV, score.System(fn=denoiser.enhance), include_48k=args.full)
             line = summary_line(res)
             if args.level:
