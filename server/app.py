@@ -93,7 +93,8 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry, store), grpc_server)
+    enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0)
+    enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
     health_servicer = health.aio.HealthServicer()

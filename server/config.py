@@ -128,6 +128,8 @@ _HELP = {
     "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
     "connect_timeout": "how long clients (and the gateway) wait for the server",
     "metrics_port": "serve Prometheus metrics on this port (server)",
+    "stream_batch_ms": "live streams: how long the first chunk of a batch waits for other streams' chunks to "
+                       "be denoised with it (0: no wait; applies from 4 open streams)",
     "workers": "job worker processes",
 }
 
@@ -177,6 +179,7 @@ SETTINGS: dict[str, Setting] = {
                 7200.0, float),
         Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
         Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
+        Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 4.0, float),
         Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, int),
     ]
 }
@@ -276,6 +279,7 @@ class ServerConfig:
     lease_seconds: float = 30.0
     metrics_port: int | None = None
     workers: int | None = None
+    stream_batch_ms: float = 4.0
 
     def open_store(self) -> Store:
         """The store with its key pepper (configured, or generated into the data dir on first use).

@@ -92,10 +92,10 @@ class _StreamStats:
 
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store) -> None:
+    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0) -> None:
         self._registry = registry
         self._store = store
-        self._batcher = StreamBatcher()
+        self._batcher = StreamBatcher(batch_window_s)
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
