@@ -179,7 +179,7 @@ SETTINGS: dict[str, Setting] = {
                 7200.0, float),
         Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
         Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
-        Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 4.0, float),
+        Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
         Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, int),
     ]
 }
@@ -279,7 +279,7 @@ class ServerConfig:
     lease_seconds: float = 30.0
     metrics_port: int | None = None
     workers: int | None = None
-    stream_batch_ms: float = 4.0
+    stream_batch_ms: float = 1.0
 
     def open_store(self) -> Store:
         """The store with its key pepper (configured, or generated into the data dir on first use).

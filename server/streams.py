@@ -126,7 +126,10 @@ class StreamBatcher:
     open streams there is no window: the batch runs in the loop's next turn (``call_soon``) with
     whatever arrived in this one. A batch costs a fixed ~0.25 ms plus ~45 us per 20 ms chunk,
     so real-time streams spread evenly over time would otherwise rarely share one until the
-    core is saturated; the window trades at most ``window_s`` of latency for that.
+    core is saturated; the window trades at most ``window_s`` of latency for that. Measured at
+    40-50 streams of 20 ms on one core (bench.streams): no window 21.5 ms of CPU per
+    stream-second and 2.3 chunks per batch; 1 ms: 14.6 ms and 5-9 chunks; 4 ms: 12.5 ms and 14
+    chunks but a p99 latency twice as high. The server's default is 1 ms.
     Use from the event loop's thread only.
     """
 
