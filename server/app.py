@@ -18,9 +18,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from server import health_http
 from server.auth import AuthInterceptor
 from server.blobs import LocalBlobs
 from server.config import ServerConfig
+from server.health_http import Health, HealthMirror
 from server.jobs import JobRunner
 from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
@@ -46,16 +48,16 @@ class Server:
 
     grpc_server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Health
     registry: StreamRegistry
     store: Store
     runner: JobRunner
+    mirror: HealthMirror | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
         self.draining = True
-        for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(False)  # the HTTP mirror answers 503 from here on
         open_streams = len(self.registry.tasks)
         if open_streams:
             log.info("draining: %d open stream(s), waiting up to %.1f s", open_streams, seconds)
@@ -66,11 +68,16 @@ class Server:
         await self.runner.stop()
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
+        if self.mirror is not None:
+            await self.mirror.stop()
 
 
 async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    # Bound first: a busy port is a configuration error before anything has started.
+    mirror_sock = health_http.bind(config.host, config.health_http_port) if config.health_http_port is not None \
+        else None
     store = config.open_store()
     blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
@@ -94,6 +101,7 @@ async def create_server(config: ServerConfig) -> Server:
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    health_state = Health(health_servicer, HEALTH_SERVICES)
     reflection.enable_server_reflection(
         (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
@@ -102,16 +110,17 @@ async def create_server(config: ServerConfig) -> Server:
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     port = grpc_server.add_insecure_port(address)
-    for name in HEALTH_SERVICES:  # until the workers are up
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_state.set(False)  # until the workers are up
     await grpc_server.start()
+    mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
+    if mirror is not None:
+        await mirror.start()  # answers 503 during the warm-up below
     await runner.start()
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
-    for name in HEALTH_SERVICES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server = Server(grpc_server, port, health_servicer, registry, store, runner)
+    await health_state.set(True)
+    server = Server(grpc_server, port, health_state, registry, store, runner, mirror)
     holder["server"] = server
     return server
 
