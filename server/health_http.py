@@ -10,7 +10,8 @@ over plain HTTP (``--health-http-port``) for ``option httpchk``:
 - anything else: 404.
 
 Both answers come from the same :class:`Health` object, so the mirror cannot disagree with the gRPC
-health service. The mirror runs in the server's own event loop.
+health service. The mirror runs on uvicorn (already a dependency, for the gateway) in the server's
+own event loop, without uvicorn's signal handling, which stays with ``serve``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import uvicorn
 from grpc_health.v1 import health, health_pb2
 
 from server.config import ConfigError
@@ -31,6 +34,7 @@ log = logging.getLogger("hushwire.server")
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
 
 
 class Health:
@@ -61,65 +65,54 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-REQUEST_TIMEOUT_S = 5.0      # a checker that sends nothing for this long is dropped
-MAX_HEAD_BYTES = 8192        # request line and headers; anything longer is not a health check
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # SIGTERM belongs to ``serve``: it drains, and the mirror reports it
 
 
 class HealthMirror:
-    """A tiny HTTP/1.x responder for ``/readyz`` and ``/healthz``, one request per connection.
-
-    Why not uvicorn (already a dependency): HAProxy's checks half-close the connection right after
-    the request, and uvicorn's h11 protocol then drops the answer (HAProxy logs "Socket error" and
-    marks the replica DOWN). A health check needs only the request line, so a few lines of asyncio do.
-    """
+    """A tiny ASGI app on uvicorn answering ``/readyz`` and ``/healthz`` from a :class:`Health`."""
 
     def __init__(self, health_state: Health, sock: socket.socket) -> None:
         self._health = health_state
         self._sock = sock
         self.port: int = sock.getsockname()[1]
-        self._server: asyncio.Server | None = None
+        config = uvicorn.Config(self._app, lifespan="off", log_config=None, log_level="warning", access_log=False,
+                                server_header=False, date_header=False, http="h11",
+                                interface="asgi3", proxy_headers=False)
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
 
-    def _answer(self, head: bytes) -> tuple[int, bytes, bool]:
-        """(status, body, is HEAD) for one request head."""
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return 400, b"bad request\n", False
-        method, path = parts[0], parts[1].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            return 405, b"method not allowed\n", False
-        if path == "/readyz":
-            serving = self._health.serving
-            return (200, b"SERVING\n", method == "HEAD") if serving else (503, b"NOT_SERVING\n", method == "HEAD")
-        if path == "/healthz":
-            return 200, b"alive\n", method == "HEAD"
-        return 404, b"not found: try /readyz or /healthz\n", method == "HEAD"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            except asyncio.LimitOverrunError:
-                head = b""
-            status, body, is_head = self._answer(head)
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
-                + (b"" if is_head else body))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # a checker that went away, or sent nothing
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body = 405, b"method not allowed\n"
+        elif scope["path"] == "/readyz":
+            status, body = (200, b"SERVING\n") if self._health.serving else (503, b"NOT_SERVING\n")
+        elif scope["path"] == "/healthz":
+            status, body = 200, b"alive\n"
+        else:
+            status, body = 404, b"not found: try /readyz or /healthz\n"
+        headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=self._sock, limit=MAX_HEAD_BYTES)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():  # it could not start: say why
+                await self._task
+                raise RuntimeError("the health mirror did not start")
+            await asyncio.sleep(0.01)
         host, port = self._sock.getsockname()[:2]
         log.info("health mirror on http://%s:%d/readyz", f"[{host}]" if ":" in host else host, port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, 5.0)
+        self._sock.close()
