@@ -8,16 +8,19 @@ drains a replica starts it again before it ends, so the next test finds both up.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways
+from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
-from client import JobsClient
+from client import EnhancerClient, JobsClient
 from client.jobs import STATUS_NAMES
 from hushwire.v1 import jobs_pb2
 from server.config import ServerConfig
@@ -151,3 +154,69 @@ def test_a_result_downloads_after_the_replica_that_made_it_is_gone(cluster: Clus
         cluster.restart(maker)
     finally:
         gws.stop()
+
+
+def test_a_live_stream_moves_to_the_survivor_when_its_replica_is_killed(cluster: Cluster) -> None:
+    assert cluster.lb is not None
+    before = cluster.stream_counts()
+    feed = Feed()
+    with EnhancerClient(cluster.lb.target, cluster.key, connect_timeout=30) as c:
+        feed.put_chunks(10)
+        live = c.stream(feed, RATE)
+        delay = live.delay_samples
+        reader = Reader(live)
+        reader.wait_frames(5 * CHUNK)
+        (victim,) = cluster.serving(before)
+        survivor = cluster.b if victim is cluster.a else cluster.a
+        victim.kill()
+        feed.put_chunks(10, seed=1)
+        reader.wait_frames(reader.frames() + 1, timeout=30)  # output flows again, from the survivor
+        feed.put_chunks(5, seed=2)
+        feed.end()
+        reader.thread.join(30)
+    assert not reader.thread.is_alive(), "the stream hung"
+    assert reader.error is None, reader.error
+    ev = check_accounting(reader.outputs, feed.fed, delay)
+    # Through HAProxy the loss shows as CANCELLED (measured); a direct connection gives UNAVAILABLE.
+    assert ev.status == grpc.StatusCode.CANCELLED, ev
+    assert ev.attempts >= 1 and ev.outage_s < 10
+    assert len(survivor.events("stream opened")) == before[survivor.name] + 1
+    cluster.restart(victim)
+
+
+def test_a_draining_replica_leaves_rotation_first_and_finishes_its_streams(cluster: Cluster) -> None:
+    assert cluster.lb is not None
+    before = cluster.stream_counts()
+    feed = Feed()
+    with EnhancerClient(cluster.lb.target, cluster.key, connect_timeout=30) as c:
+        feed.put_chunks(5)
+        live = c.stream(feed, RATE)
+        delay = live.delay_samples
+        reader = Reader(live)
+        reader.wait_frames(2 * CHUNK)
+        (draining,) = cluster.serving(before)
+        other = cluster.b if draining is cluster.a else cluster.a
+        assert draining.ready_status() == 200
+        assert draining.proc is not None
+        draining.proc.send_signal(signal.SIGTERM)
+        _wait_for("the health mirror to answer 503", lambda: draining.ready_status() == 503, 5)
+        took = cluster.lb.wait_status(draining.name, "DOWN", timeout=10)
+        assert took < 5, f"HAProxy took {took:.1f} s to take the draining replica out"
+        # New streams all go to the other replica, and succeed.
+        during = cluster.stream_counts()
+        with EnhancerClient(cluster.lb.target, cluster.key) as c2:
+            for _ in range(4):
+                y = c2.enhance(np.full(1600, 0.01, np.float32), RATE)
+                assert y.shape == (1600,)
+        after = cluster.stream_counts()
+        assert after[draining.name] == during[draining.name]
+        assert after[other.name] == during[other.name] + 4
+        # The open stream was left to finish on the draining replica.
+        feed.put_chunks(5, seed=1)
+        feed.end()
+        reader.thread.join(30)
+    assert not reader.thread.is_alive() and reader.error is None, reader.error
+    assert not any(o.backend_lost for o in reader.outputs)
+    assert reader.frames() == feed.fed + delay
+    assert draining.proc.wait(40) == 0
+    cluster.restart(draining)
