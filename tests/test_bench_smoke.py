@@ -69,3 +69,16 @@ def test_files_quick_prints_the_gateway_table() -> None:
     out = run_bench("bench.files")
     (row,) = table_rows(out, "uploads/s (POST /enhance)")
     assert row["clients"] == "2" and int(row["jobs"]) > 0 and row["errors"] == "0"
+
+
+@pytest.mark.slow
+def test_replicas_quick_prints_the_scaling_table() -> None:
+    import shutil
+
+    if not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()):
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    out = run_bench("bench.replicas")
+    rows = table_rows(out, "stream knee")
+    assert [r["replicas"] for r in rows] == ["1", "2"]
+    assert all(r["jobs done"] == "2/2" and float(r["job audio s per wall s"]) > 0 for r in rows)
+    assert "2 replicas / 1 replica" in out
