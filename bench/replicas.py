@@ -18,6 +18,7 @@ Nothing is pinned: the replicas, their workers, HAProxy and the load generator s
 cores, as they would on one small host. On a 2-core machine that is what limits the ratio.
 
     python -m bench.replicas            # a few minutes
+    python -m bench.replicas --rounds 3 # medians over alternating runs (the machine's load drifts)
     python -m bench.replicas --quick    # tiny sizes, a smoke test
 """
 
@@ -29,6 +30,7 @@ import io
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +77,7 @@ class Setup:
 @dataclass
 class Result:
     replicas: int
+    round: int = 1
     levels: list[tuple[Level, dict[str, float]]] = field(default_factory=list)
     knee: int = 0
     first_fail: int | None = None
@@ -87,6 +90,15 @@ class Result:
     @property
     def job_rate(self) -> float:
         return self.job_audio_s / self.job_wall_s if self.job_wall_s > 0 else float("nan")
+
+    def per_core(self) -> float:
+        """Streams per core of replica CPU at the largest passing level (the CPU cost, which other
+        work on the machine moves far less than it moves the latency knee)."""
+        passing = [(lv, cpu) for lv, cpu in self.levels if lv.streams == self.knee]
+        if not passing or passing[0][1].get("replicas", 0) <= 0:
+            return float("nan")
+        lv, cpu = passing[0]
+        return lv.streams / cpu["replicas"]
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -272,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p99-ms", type=float, default=10.0, help="p99 added latency a level must stay under")
     parser.add_argument("--jobs", type=int, default=8, help="file jobs submitted at once")
     parser.add_argument("--file-seconds", type=float, default=60.0, help="audio seconds per job")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat both sizes, alternating their order; the summary takes medians")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the whole run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -297,12 +311,15 @@ def main(argv: list[str] | None = None) -> int:
             key = create_key(tmp, stores, env)
             print("\nper level (as measured):")
             print("  " + " | ".join(LEVEL_HEADERS), flush=True)
-            for n in (1, 2):
-                r = Result(n)
+            # Rounds alternate the order (1, 2, then 2, 1, ...), so a drift in the machine's other
+            # load hits both sizes alike; the summary takes medians.
+            order = [(rnd, n) for rnd in range(args.rounds) for n in ((1, 2) if rnd % 2 == 0 else (2, 1))]
+            for i, (rnd, n) in enumerate(order):
+                r = Result(n, rnd + 1)
                 results.append(r)
                 with Children() as children:
-                    setup = start_setup(children, tmp / f"run{n}", n, stores, env, key)
-                    share = time.monotonic() + (deadline - time.monotonic()) / (3 - n)
+                    setup = start_setup(children, tmp / f"run{i}", n, stores, env, key)
+                    share = time.monotonic() + (deadline - time.monotonic()) / (len(order) - i)
                     asyncio.run(knee(setup, r, args, requests, share - 20))
                     run_jobs(setup, r, args)
     except BenchTimeout as exc:
@@ -318,26 +335,28 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         at = next(((lv, cpu) for lv, cpu in r.levels if lv.streams == r.knee), None)
         knee_text = f"≥ {r.knee}" if r.first_fail is None else str(r.knee)
-        rows.append([r.replicas, knee_text, round(at[0].p(99), 2) if at else "–",
+        rows.append([r.round, r.replicas, knee_text, round(at[0].p(99), 2) if at else "–",
                      f"{100 * at[1]['replicas']:.0f} %" if at else "–",
                      f"{100 * at[1]['haproxy']:.0f} %" if at else "–",
-                     f"{100 * at[1]['load-gen']:.0f} %" if at else "–",
+                     f"{100 * at[1]['load-gen']:.0f} %" if at else "–", round(r.per_core(), 1),
                      f"{r.jobs_done}/{r.jobs_done + r.jobs_failed}", round(r.job_wall_s, 2), round(r.job_rate, 1),
                      f"{100 * r.job_cpu.get('workers', 0):.0f} %", f"{100 * r.job_cpu.get('replicas', 0):.0f} %",
                      f"{100 * r.job_cpu.get('haproxy', 0):.0f} %"])
     print(f"1 vs 2 replicas behind HAProxy (streams: 16 kHz mono PCM16, 20 ms chunks at real time, p99 added "
           f"latency ≤ {args.p99_ms:g} ms, nothing dropped; jobs: {args.jobs} × {args.file_seconds:g} s 16 kHz mono "
           f"WAV at once, one worker per replica):")
-    print_table(["replicas", "stream knee", "p99 ms at knee", "replicas CPU at knee", "HAProxy CPU at knee",
-                 "load-gen CPU at knee", "jobs done", "jobs wall s", "job audio s per wall s", "workers CPU",
-                 "replicas CPU (jobs)", "HAProxy CPU (jobs)"], rows)
-    if len(results) == 2 and results[0].knee and results[0].job_rate > 0:
-        s = results[1].knee / results[0].knee
-        j = results[1].job_rate / results[0].job_rate
-        print(f"2 replicas / 1 replica: stream knee × {s:.2f}, job throughput × {j:.2f} "
+    print_table(["round", "replicas", "stream knee", "p99 ms at knee", "replicas CPU at knee", "HAProxy CPU at knee",
+                 "load-gen CPU at knee", "streams per core of replica CPU", "jobs done", "jobs wall s",
+                 "job audio s per wall s", "workers CPU", "replicas CPU (jobs)", "HAProxy CPU (jobs)"], rows)
+    by = {n: [r for r in results if r.replicas == n] for n in (1, 2)}
+    if all(by.values()):
+        k1, k2 = (statistics.median(r.knee for r in by[n]) for n in (1, 2))
+        j1, j2 = (statistics.median(r.job_rate for r in by[n]) for n in (1, 2))
+        rounds = f" (medians of {args.rounds} rounds)" if args.rounds > 1 else ""
+        knees = f"stream knee {k2:g} / {k1:g}" + (f" = × {k2 / k1:.2f}" if k1 else " (no passing level with 1)")
+        jobs_ratio = f"job throughput {j2:.1f} / {j1:.1f} = × {j2 / j1:.2f}" if j1 > 0 else "job throughput: –"
+        print(f"2 replicas / 1 replica{rounds}: {knees}; {jobs_ratio} "
               f"(on {os.cpu_count()} cores shared by the replicas, their workers, HAProxy and the load generator)")
-    elif len(results) == 2:
-        print("2 replicas / 1 replica: not computed (no passing stream level or no completed job with 1 replica)")
     bad = sum(r.jobs_failed for r in results)
     return 1 if bad else 0
 
