@@ -297,7 +297,7 @@ class LiveStream:
                 break
             except grpc.RpcError as err:
                 last = from_rpc_error(err)
-                if self._cancelled:
+                if self._cancelled or not is_retryable(last):  # e.g. the key was revoked meanwhile
                     raise last from None
                 try:
                     wait = retry.wait_after(last)
@@ -429,6 +429,8 @@ class _AsyncLive:
                 break
             except (grpc.RpcError, HushwireClientError) as err:
                 last = from_rpc_error(err) if isinstance(err, grpc.RpcError) else err
+                if not is_retryable(last):  # e.g. the key was revoked meanwhile
+                    raise last from None
                 try:
                     wait = retry.wait_after(last)
                 except HushwireClientError:
