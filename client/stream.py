@@ -15,7 +15,8 @@ the next output (``StreamOutput.backend_lost``), never left hanging:
   (through HAProxy) that carry no ``hushwire-error-code`` trailer, and never the caller's own
   cancel (:meth:`LiveStream.cancel`);
 - reopening is retried with backoff within ``connect_timeout`` seconds from the loss, then the
-  stream fails with a :class:`HushwireClientError` that says so;
+  stream fails with a :class:`HushwireClientError` that says so (opening the first stream is
+  retried the same way, so a replica that is draining is simply passed over);
 - audio the lost replica took but never answered is gone (``BackendLost.frames_lost``); the
   resumed stream's output starts again with its algorithmic delay (``BackendLost.delay_samples``).
 
@@ -264,10 +265,16 @@ class LiveStream:
         self._cancelled = False
         self._progress = _Progress()
         self.reconnects: list[BackendLost] = []
-        try:
-            self._connect()
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        retry = _Retry(budget_s)
+        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
+            try:
+                self._connect()
+                return
+            except grpc.RpcError as err:
+                first = from_rpc_error(err)
+                if not resume:
+                    raise first from None
+            time.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
 
     def _requests(self, generation: int, progress: _Progress) -> Iterator[enhancer_pb2.StreamEnhanceRequest]:
         yield from self._settings.opening()
@@ -575,11 +582,16 @@ class AsyncEnhancerClient:
         metadata = _metadata(self.key)
         live = _AsyncLive(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
                           resume=resume, target=self.target, budget_s=self.connect_timeout)
-        try:
-            await live.connect()
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        return live.delay_samples, live.outputs()
+        retry = _Retry(self.connect_timeout)
+        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
+            try:
+                await live.connect()
+                return live.delay_samples, live.outputs()
+            except grpc.RpcError as err:
+                first = from_rpc_error(err)
+                if not resume:
+                    raise first from None
+            await asyncio.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
 
     async def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0,
