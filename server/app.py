@@ -87,8 +87,12 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
-    holder: dict[str, Server] = {}
-    interceptor = AuthInterceptor(store, is_draining=lambda: holder["server"].draining)
+    health_servicer = health.aio.HealthServicer()
+    health_state = Health(health_servicer, HEALTH_SERVICES)
+    # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
+    # start (a client that resumes a stream may reach a replica that is still starting) and while
+    # draining.
+    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving)
     grpc_server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
@@ -99,9 +103,7 @@ async def create_server(config: ServerConfig) -> Server:
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(EnhancerServicer(registry, store), grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    health_state = Health(health_servicer, HEALTH_SERVICES)
     reflection.enable_server_reflection(
         (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
@@ -120,9 +122,7 @@ async def create_server(config: ServerConfig) -> Server:
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
     await health_state.set(True)
-    server = Server(grpc_server, port, health_state, registry, store, runner, mirror)
-    holder["server"] = server
-    return server
+    return Server(grpc_server, port, health_state, registry, store, runner, mirror)
 
 
 async def serve(config: ServerConfig) -> int:

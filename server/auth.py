@@ -107,7 +107,8 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a valid key (UNAUTHENTICATED) and, while draining, new calls (UNAVAILABLE)."""
+    """Refuses calls without a valid key (UNAUTHENTICATED) and, while starting or draining, new calls
+    (UNAVAILABLE)."""
 
     def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False) -> None:
         self._store = store
@@ -123,7 +124,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         if self._is_draining():
-            return _refusal(handler, "SERVICE_UNAVAILABLE", "server shutting down")
+            return _refusal(handler, "SERVICE_UNAVAILABLE", "server not serving (starting up or shutting down)")
         metadata = handler_call_details.invocation_metadata
         key = key_from_metadata(metadata)
         principal = self._store.authenticate(key) if key else None

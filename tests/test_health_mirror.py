@@ -134,3 +134,39 @@ def test_workers_zero_serves_but_runs_no_jobs(tmp_path: Path) -> None:
             assert c.enhance(np.zeros(1600, np.float32), 16000).shape == (1600,)
     finally:
         assert srv.stop() == 0
+
+
+def test_calls_while_the_server_starts_are_refused_as_unavailable(tmp_path: Path) -> None:
+    """Between binding its port and SERVING (the job workers' warm-up), a call gets UNAVAILABLE with
+    SERVICE_UNAVAILABLE, so clients retry; it used to fail with UNKNOWN (KeyError)."""
+    from client import JobsClient
+    from client.errors import HushwireClientError
+
+    key = create_key(tmp_path)
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", str(port), "--data-dir", str(tmp_path),
+                                 "--workers", "2"], stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT)
+    refused, other = 0, []
+    try:
+        with JobsClient(f"127.0.0.1:{port}", key, timeout=5) as jobs:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    list(jobs.list())
+                    break
+                except HushwireClientError as err:
+                    if err.code == "SERVICE_UNAVAILABLE":
+                        refused += 1
+                        assert err.status == grpc.StatusCode.UNAVAILABLE and "starting up" in err.msg
+                    elif err.status != grpc.StatusCode.UNAVAILABLE or err.code is not None:
+                        other.append(err)  # UNAVAILABLE without a code: the port is not bound yet
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the server never served")
+        assert not other, other
+        assert refused > 0, "no call landed in the warm-up window"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
