@@ -391,3 +391,66 @@ def start_gateways(c: Cluster, n: int = 2) -> Gateways:
         raise
     return Gateways(procs, ports, lb)
 
+
+
+# -- nginx (the alternative gRPC balancer) ------------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
+
+
+def render_nginx(src: Path, listen_port: int, servers: list[int], pid_path: Path) -> str:
+    """``deploy/nginx/grpc.conf`` with loopback addresses: the ``listen`` address, one upstream
+    ``server`` line per port (the file's first one's options), and the pid file."""
+    out: list[str] = []
+    template: list[str] | None = None
+    for line in src.read_text().splitlines():
+        words = line.split()
+        indent = line[: len(line) - len(line.lstrip())]
+        if words[:1] == ["listen"]:
+            out.append(f"{indent}listen 127.0.0.1:{listen_port} {' '.join(words[2:])}")
+        elif words[:1] == ["pid"]:
+            out.append(f"{indent}pid {pid_path};")
+        elif words[:1] == ["server"] and len(words) > 1 and ":" in words[1]:
+            if template is None:
+                template = words[2:]
+                out += [f"{indent}server 127.0.0.1:{port} {' '.join(template)}" for port in servers]
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop_process(self.proc, "nginx", signal.SIGQUIT, timeout=10)  # SIGQUIT: graceful
+
+
+def start_nginx(c: Cluster) -> Nginx:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    port = free_port()
+    cfg = c.work / "nginx-grpc.conf"
+    cfg.write_text(render_nginx(ROOT / "deploy" / "nginx" / "grpc.conf", port, [r.port for r in c.replicas],
+                                c.work / "nginx.pid"))
+    log_path = c.work / "nginx.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(NGINX), "-c", str(cfg), "-g", "daemon off;"], stdout=log,
+                                stderr=subprocess.STDOUT)
+    lb = Nginx(proc, port, log_path)
+    deadline = time.monotonic() + 15
+    while not _port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise AssertionError(f"nginx did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return lb

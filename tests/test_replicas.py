@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways
+from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways, start_nginx
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
 from client import EnhancerClient, JobsClient
@@ -220,3 +220,28 @@ def test_a_draining_replica_leaves_rotation_first_and_finishes_its_streams(clust
     assert reader.frames() == feed.fed + delay
     assert draining.proc.wait(40) == 0
     cluster.restart(draining)
+
+
+def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(cluster: Cluster) -> None:
+    lb = start_nginx(cluster)
+    try:
+        before = cluster.stream_counts()
+        feed = Feed()
+        with EnhancerClient(lb.target, cluster.key, connect_timeout=30) as c:
+            feed.put_chunks(10)
+            live = c.stream(feed, RATE)
+            delay = live.delay_samples
+            reader = Reader(live)
+            reader.wait_frames(5 * CHUNK)
+            (victim,) = cluster.serving(before)
+            victim.kill()
+            feed.put_chunks(10, seed=1)
+            feed.end()
+            reader.thread.join(30)
+        assert not reader.thread.is_alive(), "the stream hung"
+        assert reader.error is None, reader.error
+        ev = check_accounting(reader.outputs, feed.fed, delay)
+        assert ev.status == grpc.StatusCode.INTERNAL, ev  # measured: nginx turns the lost backend into INTERNAL
+        cluster.restart(victim)
+    finally:
+        lb.stop()
