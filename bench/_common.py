@@ -14,6 +14,7 @@ import platform
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -256,6 +257,13 @@ def create_key(data_dir: Path) -> str:
     proc = subprocess.run([*HUSHWIRE, "keys", "create", "--data-dir", str(data_dir), "--name", "bench"],
                           capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=60, check=True)
     return proc.stdout.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a child's --metrics-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- /proc ----------------------------------------------------------------------------------------------

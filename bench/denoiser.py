@@ -1,8 +1,9 @@
 """Denoiser cost on one core: µs per 10 ms hop, real-time factor, and file-job throughput.
 
 Per-hop cost is measured on ``server.dsp.Denoiser`` fed in three chunkings: one hop (10 ms) per
-``process`` call, the live stream's 20 ms chunks, and the job path's 1 s blocks; and on
-``server.streams.StreamSession`` (PCM16 bytes in and out, what the servicer calls per chunk).
+``process`` call, the live stream's 20 ms chunks, and the job path's 1 s blocks; on
+``server.streams.StreamSession`` (PCM16 bytes in and out); stage by stage; and for N live
+streams batched through one ``DenoiserPool`` (what the server does per event-loop turn).
 The real-time factor is cost / audio duration; "× real time" is its inverse. Each figure is the
 median of ``--repeats`` runs of ``--seconds`` of audio.
 
@@ -44,7 +45,7 @@ from bench._common import (  # noqa: E402
     test_audio,
 )
 from server import pcm  # noqa: E402
-from server.dsp import Denoiser  # noqa: E402
+from server.dsp import Denoiser, DenoiserPool  # noqa: E402
 from server.streams import StreamSession  # noqa: E402
 
 HOP_MS = 10.0
@@ -93,49 +94,74 @@ def session_cost(rate: int, chunk_ms: float, seconds: float, repeats: int) -> li
     return out
 
 
-def components(rate: int, channels: int, hops: int, repeats: int) -> list[tuple[str, float]] | None:
-    """µs per hop of each stage of ``Denoiser._step`` (private attributes: best effort, None if renamed)."""
-    den = Denoiser(rate, channels)
-    hop = round(rate * HOP_MS / 1000)
-    x = _frames(hops * hop / rate + 0.1, rate, channels)
-    blocks = [np.ascontiguousarray(x[i * hop : (i + 1) * hop], dtype=np.float64) for i in range(hops)]
-    try:
-        stft, noise, gain_rule = den._stft, den._noise, den._gain_rule
-        for b in blocks[:20]:  # leave the noise tracker's start-up phase
-            den.process(b)
-        out = np.empty((hop, channels), np.float32)
-        spec = stft.analyze(blocks[0])
-        power = np.abs(spec) ** 2
-        noise_psd = noise.update(power).copy()
-        stages: list[tuple[str, object]] = [
-            ("StreamingStft.analyze (window + rfft)", lambda i: stft.analyze(blocks[i])),
-            ("NoiseTracker.update", lambda i: noise.update(power)),
-            ("OmLsaGain.update", lambda i: gain_rule.update(power, noise_psd)),
-        ]
-        model = getattr(den, "_model", None)
-        if model is not None:  # the learned band gain (server/dsp/model.py); it also gives the VAD
-            stages.append(("GainModel.step (learned band gain + VAD)", lambda i: model.step(power)))
-        else:
-            stages.append(("Denoiser._vad", lambda i: den._vad()))
-        stages += [
-            ("StreamingStft.synthesize (irfft + overlap-add)", lambda i: stft.synthesize(spec, out)),
-            ("Denoiser._step (one hop: the above + power, gain products and floor, spec × gain)",
-             lambda i: den._step(blocks[i], out)),
-            ("Denoiser._check (input validation of one call)", lambda i: den._check(blocks[i])),
-            ("Denoiser.process (all of it, one hop per call)", lambda i: den.process(blocks[i])),
-        ]
-    except AttributeError:
-        return None
+def components(rate: int, hops_per_call: int, hops: int, repeats: int) -> list[tuple[str, float]]:
+    """µs per hop of each stage of the denoiser's batch step (``_Engine.run``), mono, on realistic state.
+
+    ``hops_per_call`` hops go through each stage per call: 1 is the live path of one stream,
+    100 the job path's 1 s blocks. Stage internals are private: this follows server/dsp.
+    """
+    from server.dsp.denoiser import _engine
+
+    engine = _engine(rate, True)
+    hop = engine.hop
+    x = _frames(hops * hop / rate + 0.5, rate, 1)[:, 0]
+    state: dict[str, np.ndarray] = {}
+    engine.init_state(state, 1)
+    engine.run(state, x[None, : 50 * hop].astype(np.float64))  # leave the start-up phase
+    calls = max(1, hops // hops_per_call)
+    blocks = [x[None, i * hops_per_call * hop : (i + 1) * hops_per_call * hop].astype(np.float64) for i in range(calls)]
+    spec, _ = engine.stft.analyze(state, blocks[0])
+    power = np.abs(spec) ** 2
+    noise_psd = engine.noise.run(state, power)
+    gain, _, _ = engine.gain_rule.run(state, power, noise_psd)
+    model = engine.model
+    stages: list[tuple[str, object]] = [
+        ("Stft.analyze (framing, window, rfft)", lambda i: engine.stft.analyze(state, blocks[i])),
+        ("NoiseTracker.run (recursive per hop)", lambda i: engine.noise.run(state, power)),
+        ("OmLsaGain.run (DD recursion per hop + gain)", lambda i: engine.gain_rule.run(state, power, noise_psd)),
+    ]
+    if model is not None:
+        stages.append(("GainModel.run (features, dense, 2 GRUs per hop, gains, VAD)",
+                       lambda i: model.run(state, power)))
+    stages += [
+        ("Stft.synthesize (irfft, overlap-add)", lambda i: engine.stft.synthesize(state, spec * gain)),
+        ("_Engine.run (all of the above + power, products, floor)", lambda i: engine.run(state, blocks[i])),
+    ]
     rows = []
     for name, fn in stages:
         runs = []
         for _ in range(repeats):
             t0 = time.process_time()
-            for i in range(hops):
+            for i in range(calls):
                 fn(i)  # type: ignore[operator]
-            runs.append((time.process_time() - t0) / hops)
+            runs.append((time.process_time() - t0) / (calls * hops_per_call))
         rows.append((name, statistics.median(runs)))
     return rows
+
+
+def pool_cost(rate: int, streams: int, seconds: float, repeats: int) -> list[float]:
+    """CPU seconds per stream-hop when ``streams`` mono streams' 20 ms chunks go through one
+    ``DenoiserPool.process_many`` call per tick (what the server does when they arrive together)."""
+    x = _frames(seconds, rate, 1)
+    chunk = round(rate * 0.02)
+    hops_per_chunk = round(20.0 / HOP_MS)
+    ticks = x.shape[0] // chunk
+    out: list[float] = []
+    for _ in range(repeats):
+        pool = DenoiserPool(rate)
+        dens = [Denoiser(rate, pool=pool) for _ in range(streams)]
+        offsets = [(9973 * k) % max(1, x.shape[0] - chunk) for k in range(streams)]  # different audio per stream
+        pool.process_many([(d, x[:chunk]) for d in dens])
+        t0 = time.process_time()
+        for t in range(ticks):
+            pool.process_many([(d, _wrap(x, o + t * chunk, chunk)) for d, o in zip(dens, offsets, strict=True)])
+        out.append((time.process_time() - t0) / (ticks * hops_per_chunk * streams))
+    return out
+
+
+def _wrap(x: np.ndarray, start: int, n: int) -> np.ndarray:
+    start %= x.shape[0] - n
+    return x[start : start + n]
 
 
 def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float, float]]:
@@ -167,7 +193,7 @@ def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float,
         claimed = store.claim_next(owner, 60.0, 3)
         assert claimed is not None and claimed.job_id == job_id
         w0, c0 = time.perf_counter(), time.process_time()
-        status = run_job(str(store_path), str(blobs.root), job_id, owner, 60.0)
+        status = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         if status != "completed":
             raise RuntimeError(f"run_job returned {status!r}: {store.get_job(job_id)}")
@@ -232,15 +258,26 @@ def main(argv: list[str] | None = None) -> int:
         print_table(["what", "chunk", "µs per hop", "µs per hop per channel", "real-time factor",
                      "× real time (one core)"], rows)
 
-        hops = max(100, int(args.seconds * 100))
-        parts = {rate: components(rate, 1, hops, args.repeats) for rate in (16000, 48000)}
-        if all(parts.values()):
-            print("where a hop's time goes (each stage timed alone on realistic state, mono; process() minus "
-                  "_step and _check is _run's rechunking and output guards):")
-            names = [n for n, _ in parts[16000] or []]
-            print_table(["stage", "µs per hop 16 kHz", "µs per hop 48 kHz"],
-                        [[n, round(parts[16000][i][1] * 1e6, 1), round(parts[48000][i][1] * 1e6, 1)]  # type: ignore[index]
-                         for i, n in enumerate(names)])
+        hops = max(200, int(args.seconds * 100))
+        print("where a hop's time goes (each stage timed alone on realistic state, 16 kHz mono; one hop per call "
+              "is the live path of a single stream, 100 hops per call the job path's 1 s blocks):")
+        parts = {(rate, per_call): components(rate, per_call, hops, args.repeats)
+                 for rate in (16000, 48000) for per_call in (1, 100)}
+        names = [n for n, _ in parts[(16000, 1)]]
+        print_table(["stage", "16 kHz, 1 hop/call", "16 kHz, 100 hops/call", "48 kHz, 1 hop/call",
+                     "48 kHz, 100 hops/call"],
+                    [[n, *(round(parts[key][i][1] * 1e6, 1) for key in parts)] for i, n in enumerate(names)])
+
+        print("live streams batched: N mono 20 ms streams through one DenoiserPool.process_many call per tick "
+              "(what the server does with the chunks that arrive in the same event-loop turn)")
+        prow = []
+        for rate in (16000, 48000):
+            for streams in (1, 10, 50, 100) if not args.quick else (1, 10):
+                cost = statistics.median(pool_cost(rate, streams, min(args.seconds, 2.0), args.repeats))
+                prow.append([f"{rate // 1000} kHz", streams, round(cost * 1e6, 1), f"{HOP_MS / 1000 / cost:.0f}",
+                             f"{cost * 100 * 1000:.1f}"])
+        print_table(["rate", "streams per batch", "µs per stream-hop", "streams per core (DSP only)",
+                     "CPU ms per stream-second"], prow)
 
         with temp_dir() as tmp:
             runs = job_throughput(args.job_seconds, args.job_repeats, tmp)

@@ -34,9 +34,11 @@ import argparse
 import asyncio
 import collections
 import math
+import re
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ from bench._common import (
     Children,
     cpu_seconds,
     create_key,
+    free_port,
     install_watchdog,
     percentile,
     pin_self,
@@ -122,6 +125,7 @@ class Level:
     lags_s: list[float] = field(default_factory=list)
     client_cpu: float = 0.0  # share of one core over the measured window
     server_cpu: float = 0.0
+    batch_mean: float | None = None  # stream chunks per denoiser batch (hushwire's metrics), measured window
 
     passed_flag: bool = False  # set by the search with its p99 target
 
@@ -136,15 +140,26 @@ class Level:
         return [label, self.streams, self.sent, round(self.p(50), 2), round(self.p(99), 2),
                 round(1000 * max(self.latencies_s, default=float("nan")), 1), self.dropped, errs,
                 round(1000 * percentile(self.lags_s, 99), 2), f"{100 * self.server_cpu:.0f} %",
-                f"{100 * self.client_cpu:.0f} %", "pass" if self.passed(p99_ms) else "FAIL"]
+                f"{100 * self.client_cpu:.0f} %", "–" if self.batch_mean is None else f"{self.batch_mean:.1f}",
+                "pass" if self.passed(p99_ms) else "FAIL"]
 
 
 LEVEL_HEADERS = ["server", "streams", "chunks", "p50 ms", "p99 ms", "max ms", "dropped", "errors",
-                 "client send lag p99 ms", "server CPU", "load-gen CPU", "≤ target"]
+                 "client send lag p99 ms", "server CPU", "load-gen CPU", "chunks per batch", "≤ target"]
+
+
+def batch_counts(metrics_port: int | None) -> tuple[float, float] | None:
+    """(chunks, batches) denoised so far, from hushwire's /metrics; None without a metrics port."""
+    if metrics_port is None:
+        return None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    values = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"^hushwire_stream_batch_chunks_(sum|count) (\S+)$", text, re.MULTILINE)}
+    return values.get("sum", 0.0), values.get("count", 0.0)
 
 
 async def run_level(target: str, key: str | None, streams: int, seconds: float, warmup: float, server_pid: int,
-                    requests: Sequence[bytes], streams_per_channel: int = 1) -> Level:
+                    requests: Sequence[bytes], streams_per_channel: int = 1, metrics_port: int | None = None) -> Level:
     """Drive ``streams`` real-time streams for ``warmup + seconds``; measure the last ``seconds``."""
     level = Level(streams, seconds)
     period = CHUNK_MS / 1000.0
@@ -222,10 +237,14 @@ async def run_level(target: str, key: str | None, streams: int, seconds: float, 
         async def meter() -> None:
             await asyncio.sleep(max(0.0, measure_from - loop.time()))
             c0, s0, w0 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            b0 = await asyncio.to_thread(batch_counts, metrics_port)
             await asyncio.sleep(max(0.0, measure_from + seconds - loop.time()))
             c1, s1, w1 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            b1 = await asyncio.to_thread(batch_counts, metrics_port)
             level.client_cpu = (c1 - c0) / (w1 - w0)
             level.server_cpu = (s1 - s0) / (w1 - w0)
+            if b0 is not None and b1 is not None and b1[1] > b0[1]:
+                level.batch_mean = (b1[0] - b0[0]) / (b1[1] - b0[1])
 
         await asyncio.gather(meter(), *(drive(k, c) for k, c in enumerate(calls)))
     finally:
@@ -248,13 +267,13 @@ class Search:
 
 
 async def find_knee(label: str, target: str, key: str | None, server_pid: int, args: argparse.Namespace,
-                    requests: Sequence[bytes], deadline: float) -> Search:
+                    requests: Sequence[bytes], deadline: float, metrics_port: int | None = None) -> Search:
     search = Search(label)
     level_cost = args.warmup + args.seconds + ANSWER_TIMEOUT_S
 
     async def measure(n: int, retry: bool = True) -> bool:
         level = await run_level(target, key, n, args.seconds, args.warmup, server_pid, requests,
-                                args.streams_per_channel)
+                                args.streams_per_channel, metrics_port)
         search.levels.append(level)
         ok = level.passed_flag = level.passed(args.p99_ms)
         print("  " + " | ".join(str(c) for c in level.row(label, args.p99_ms)), flush=True)
@@ -337,10 +356,12 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
     with Children() as children, temp_dir() as tmp:
         labels = ["hushwire", "echo"] if not args.only else [args.only]
         servers = {}
+        metrics_port = free_port()
         for label in labels:
             if label == "hushwire":
                 data = tmp / "hushwire"
-                srv = start_hushwire(children, data, "--max-streams-per-user", "100000", cpu=server_cpu)
+                srv = start_hushwire(children, data, "--max-streams-per-user", "100000",
+                                     "--metrics-port", str(metrics_port), cpu=server_cpu)
                 servers[label] = (srv, create_key(data))
             else:
                 srv = children.start("echo", [sys.executable, "-m", "bench.echo", "--port", "0"],
@@ -353,7 +374,8 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
         for i, (r, label) in enumerate(order):
             srv, key = servers[label]
             share = time.monotonic() + (deadline - time.monotonic()) / (len(order) - i)
-            search = await find_knee(label, srv.target, key, srv.pid, args, requests, share)
+            search = await find_knee(label, srv.target, key, srv.pid, args, requests, share,
+                                     metrics_port if label == "hushwire" else None)
             search.round = r + 1
             searches.append(search)
 

@@ -20,7 +20,6 @@ from prometheus_client import start_http_server
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http
 from server.auth import AuthInterceptor
-from server.blobs import LocalBlobs
 from server.config import ServerConfig
 from server.health_http import Health, HealthMirror
 from server.jobs import JobRunner
@@ -78,11 +77,16 @@ async def create_server(config: ServerConfig) -> Server:
     # Bound first: a busy port is a configuration error before anything has started.
     mirror_sock = health_http.bind(config.host, config.health_http_port) if config.health_http_port is not None \
         else None
+    blobs = config.open_blobs()
+    await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
-    blobs = LocalBlobs.from_url(config.blob_url, config.data_dir)
+    log.info("database %s (schema version %d)", store.description, store.schema_version)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
-    runner = JobRunner(store, config.sqlite_path, blobs.root, config.workers, config.lease_seconds,
-                       log_level=config.log_level, log_format=config.log_format)
+    # An embedded store belongs to this server alone, so a start requeues what the last run left in
+    # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
+    runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
+                       requeue_on_start=store.dialect == "sqlite", log_level=config.log_level,
+                       log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)

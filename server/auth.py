@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import grpc
 
 from server.errors import ERRORS, trailing_metadata
 from server.metrics import METRICS
-from server.store import Principal, Store
+from server.store import Principal, Store, StoreUnavailable
 
 __all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
            "maybe_principal"]
@@ -30,6 +31,9 @@ OPEN_SERVICES = (
 # DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
 TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
 RESULT_TOKEN_KEY = "hushwire-result-token"
+DATABASE_DOWN_MSG = "the server's database is unavailable; try again later"
+
+log = logging.getLogger("hushwire.auth")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
@@ -85,8 +89,9 @@ def _same_kind(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> 
     )
 
 
-def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
-    """Wrap the handler's behaviour so it runs with ``principal`` set in its own task."""
+def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None) -> grpc.RpcMethodHandler:
+    """Wrap the handler's behaviour so it runs with ``principal`` set in its own task (None: a call
+    authorised by a result token), and a database outage ends it with SERVICE_UNAVAILABLE."""
     behavior = (
         handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
     )
@@ -94,16 +99,30 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
 
         async def gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _principal.set(principal)
-            async for item in behavior(request, context):
-                yield item
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except StoreUnavailable as exc:
+                await _database_down(context, exc)
 
         return _same_kind(handler, gen)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _principal.set(principal)
-        return await behavior(request, context)
+        try:
+            return await behavior(request, context)
+        except StoreUnavailable as exc:
+            await _database_down(context, exc)
 
     return _same_kind(handler, call)
+
+
+async def _database_down(context: grpc.aio.ServicerContext, exc: StoreUnavailable) -> None:
+    """A call that met a database outage ends with SERVICE_UNAVAILABLE (retryable), never a bare UNKNOWN."""
+    log.warning("%s", exc)
+    METRICS.errors.labels("SERVICE_UNAVAILABLE").inc()
+    await context.abort(ERRORS["SERVICE_UNAVAILABLE"].grpc_status, DATABASE_DOWN_MSG,
+                        trailing_metadata=trailing_metadata("SERVICE_UNAVAILABLE"))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -127,9 +146,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return _refusal(handler, "SERVICE_UNAVAILABLE", "server not serving (starting up or shutting down)")
         metadata = handler_call_details.invocation_metadata
         key = key_from_metadata(metadata)
-        principal = self._store.authenticate(key) if key else None
+        try:
+            principal = self._store.authenticate(key) if key else None
+        except StoreUnavailable as exc:
+            log.warning("%s", exc)
+            return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG)
         if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):
-            return handler  # the servicer checks the token
+            return _with_principal(handler, None)  # the servicer checks the token
         if principal is None:
             return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg)
         return _with_principal(handler, principal)

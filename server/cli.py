@@ -78,11 +78,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from server.app import serve
+    from server.blobs import BlobStoreError
     from server.logs import setup_logging
+    from server.store import StoreError
 
     config = _server_config(args)
     setup_logging(config.log_level, config.log_format)
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except StoreError as exc:  # e.g. the database is unreachable at start-up: one line, exit 2
+        raise UsageError(str(exc)) from None
+    except BlobStoreError as exc:  # unreachable store, wrong credentials: checked before anything starts
+        raise UsageError(f"blob store: {exc}") from None
 
 
 # -- gateway ---------------------------------------------------------------------------------------
@@ -110,7 +117,10 @@ def _open_store(args: argparse.Namespace) -> Any:
 def _cmd_keys(args: argparse.Namespace) -> int:
     from server.store import StoreError
 
-    store = _open_store(args)
+    try:
+        store = _open_store(args)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
     try:
         if args.keys_cmd == "create":
             if args.user is not None:
@@ -297,6 +307,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     for name, value in values.items():
         if name in ("key", *_SECRETS) and value:
             value = "*** (set)"
+        elif name == "database_url" and value:
+            from server.store import redact
+
+            value = redact(value)  # a password in the URL
         print(f"{name} = {value}")
     return 0
 

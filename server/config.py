@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from server.blobs import BlobStore
     from server.store import Store
 
 __all__ = [
@@ -132,8 +133,10 @@ _HELP = {
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
-    "database_url": "`sqlite:///PATH` (built in)",
-    "blob_url": "`file:///PATH` (built in)",
+    "database_url": "jobs, keys and usage: `sqlite:///PATH` (built in) or `postgresql://USER@HOST:PORT/DB` "
+                    "(shared by replicas; needs `hushwire[scale]`)",
+    "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
+                "(shared by replicas; needs `hushwire[scale]`)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
@@ -297,11 +300,28 @@ class ServerConfig:
     health_http_port: int | None = None
 
     def open_store(self) -> Store:
-        """The store with its key pepper (configured, or generated into the data dir on first use)."""
+        """The store with its key pepper (configured, or generated into the data dir on first use).
+        Raises :class:`server.store.StoreError` (:class:`~server.store.StoreUnavailable` when the
+        database cannot be reached)."""
         from server.signing import load_secret
         from server.store import Store
 
-        return Store(self.sqlite_path, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
+        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
+
+    @property
+    def store_url(self) -> str:
+        """The database URL every process of the server opens (workers included): the configured
+        ``postgresql://...``, or ``sqlite://`` and the SQLite file's absolute path."""
+        url = self.database_url
+        if url and url.startswith(_POSTGRES_SCHEMES):
+            return url
+        return f"sqlite://{self.sqlite_path.absolute()}"
+
+    def open_blobs(self) -> BlobStore:
+        """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
+        from server.blobs import open_blobs
+
+        return open_blobs(self.blob_url, self.data_dir)
 
     @property
     def sqlite_path(self) -> Path:
@@ -311,7 +331,19 @@ class ServerConfig:
             return self.data_dir / "hushwire.db"
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite://"):])  # sqlite:///var/lib/x.db -> /var/lib/x.db
-        raise ConfigError(f"unsupported database URL {url!r}: only sqlite:///PATH is built in")
+        if url.startswith(_POSTGRES_SCHEMES):
+            raise ConfigError("the database is PostgreSQL, not a SQLite file")
+        raise ConfigError(f"unsupported database URL {_redact(url)!r}: use sqlite:///PATH or "
+                          "postgresql://USER@HOST:PORT/DATABASE")
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _redact(url: str) -> str:
+    from server.store import redact
+
+    return redact(url)
 
 
 @dataclass(frozen=True)

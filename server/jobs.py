@@ -5,7 +5,9 @@ progress) -> ``post-processing`` (encode) -> ``completed``; or ``failed`` with a
 
 Work runs in worker processes (:class:`JobRunner` keeps a pool, one per core by default), never on
 the server's event loop. A worker holds a lease on its job and renews it with every progress
-update; a job whose lease expired (its worker died) is claimed again. The output is the same
+update; a job whose lease expired (its worker, or its whole replica, died) is claimed again, by any
+replica that shares the database. Workers open the store by its URL, and every write names the
+claim (owner and attempt) it belongs to, so only the last claim can finish a job. The output is the same
 denoiser the live stream runs, fed the same float samples, so a job equals the stream within 1 LSB.
 Memory is bounded by the block size, not by the file's length.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import logging
@@ -31,12 +34,20 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from server.blobs import STORAGE_FULL_MSG, LocalBlobs, is_storage_full
+from server.blobs import (
+    BLOB_UNAVAILABLE_MSG,
+    STORAGE_FULL_MSG,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreError,
+    is_storage_full,
+    open_blobs,
+)
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.logs import event, setup_logging
 from server.metrics import METRICS
-from server.store import COMPLETED, FAILED, POST_PROCESSING, PROCESSING, JobRow, Store
+from server.store import COMPLETED, FAILED, POST_PROCESSING, PROCESSING, JobRow, Store, StoreUnavailable
 
 __all__ = ["BLOCK_SECONDS", "JobRunner", "Probe", "content_type", "new_job_id", "probe", "result_name", "run_job"]
 
@@ -144,22 +155,34 @@ def _output_format(job: JobRow) -> tuple[str, str]:
     return "WAV", "PCM_16"
 
 
-def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds: float) -> str:
-    """Worker-process entry: decode, denoise, encode one claimed job. Returns the final status."""
-    store = Store(db_path)
-    blobs = LocalBlobs(blob_root)
+@functools.lru_cache(maxsize=4)
+def _worker_blobs(blob_url: str, data_dir: str) -> BlobStore:
+    """The worker process's blob store, made once (an S3 client takes a while to set up)."""
+    return open_blobs(blob_url, Path(data_dir))
+
+
+def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str, lease_seconds: float,
+            attempt: int | None = None) -> str:
+    """Worker-process entry: decode, denoise, encode one claimed job. Returns the final status.
+
+    ``database`` is the store's URL (or SQLite path); ``owner`` and ``attempt`` name the claim. The
+    input is read from a local copy (the blob itself for a local store, a download for S3) and the
+    result is written to a temporary file, then committed: it appears whole or not at all."""
+    store = Store(database)
+    blobs = _worker_blobs(blob_url, data_dir)
     tmp: Path | None = None
     try:
         job = store.get_job(job_id)
-        if job is None or job.lease_owner != owner:
+        if job is None or job.lease_owner != owner or (attempt is not None and job.attempts != attempt):
             return "lost"
         fmt, subtype = _output_format(job)
-        result_blob = f"results/{job_id}-{owner}"
+        result_blob = f"results/{job_id}-{owner}" + (f"-{attempt}" if attempt is not None else "")
         tmp = blobs.temp_path(result_blob)
         last = time.monotonic()
 
         def progress(status: str | None, fraction: float | None) -> None:
-            if not store.update_job(job_id, owner, lease_seconds, status=status, progress=fraction):
+            if not store.update_job(job_id, owner, lease_seconds, status=status, progress=fraction,
+                                    attempt=attempt):
                 raise _Cancelled
 
         rate = _native_rate(job.sample_rate)
@@ -182,11 +205,13 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
 
         progress(PROCESSING, 0.0)
         event(log, "job processing", job_id=job_id, uid=job.uid, file_name=job.file_name)
-        try:
-            src = sf.SoundFile(str(blobs.local_path(job.upload_blob)))
-        except Exception:
-            raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
-        with src, sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt) as out:
+        with contextlib.ExitStack() as stack:
+            src_path = stack.enter_context(blobs.local_copy(job.upload_blob))
+            try:
+                src = stack.enter_context(sf.SoundFile(str(src_path)))
+            except Exception:
+                raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
+            out = stack.enter_context(sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt))
             read = 0
             while read < job.frames:
                 try:
@@ -213,23 +238,33 @@ def run_job(db_path: str, blob_root: str, job_id: str, owner: str, lease_seconds
                 out.write(np.zeros((job.frames - written, job.channels), np.float32))
         blobs.commit(tmp, result_blob)
         tmp = None
-        if not store.finish_job(job_id, owner, result_blob=result_blob, result_format=fmt):
+        if not store.finish_job(job_id, owner, result_blob=result_blob, result_format=fmt, attempt=attempt):
             blobs.delete(result_blob)
             return "lost"
         return COMPLETED
     except _Cancelled:
         return "cancelled"
+    except BlobNotFound as exc:  # the job was cancelled meanwhile (its blobs go first), or the store lost it
+        if store.finish_job(job_id, owner, error=("INTERNAL", "the uploaded file is missing from the blob store"),
+                            attempt=attempt):
+            logging.getLogger("hushwire.jobs").error("job %s: blob %s is missing", job_id, exc)
+            return FAILED
+        return "cancelled"
     except HushwireError as err:
-        store.finish_job(job_id, owner, error=(err.code, err.msg))
+        store.finish_job(job_id, owner, error=(err.code, err.msg), attempt=attempt)
+        return FAILED
+    except BlobStoreError as exc:  # S3 unreachable or refusing: the operator's to fix, not the file's fault
+        logging.getLogger("hushwire.jobs").error("job %s failed: %s", job_id, exc)
+        store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG), attempt=attempt)
         return FAILED
     except Exception as exc:  # a full disk, or a bug: fail the job with an id the operator can find in the log
-        if is_storage_full(exc, blobs.root):
-            store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG))
+        if is_storage_full(exc, blobs.scratch_dir):
+            store.finish_job(job_id, owner, error=("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG), attempt=attempt)
             return FAILED
         incident = uuid.uuid4().hex[:12]
         logging.getLogger("hushwire.jobs").exception("job %s failed (incident %s)", job_id, incident)
         msg = f"internal error (incident {incident}): {type(exc).__name__}"
-        store.finish_job(job_id, owner, error=("INTERNAL", msg))
+        store.finish_job(job_id, owner, error=("INTERNAL", msg), attempt=attempt)
         return FAILED
     finally:
         if tmp is not None:
@@ -256,12 +291,14 @@ def _worker_init(log_level: str = "info", log_format: str = "text") -> None:
 class JobRunner:
     """Claims runnable jobs and runs them in a pool of worker processes."""
 
-    def __init__(self, store: Store, db_path: Path, blob_root: Path, workers: int | None, lease_seconds: float,
-                 requeue_on_start: bool = True, log_level: str = "info", log_format: str = "text") -> None:
+    def __init__(self, store: Store, database: str | Path, blobs: BlobStore, data_dir: Path, workers: int | None,
+                 lease_seconds: float, requeue_on_start: bool = True, log_level: str = "info",
+                 log_format: str = "text") -> None:
+        """``database`` is what worker processes open: the store's URL (or its SQLite path)."""
         self._log_level, self._log_format = log_level, log_format
         self._store = store
-        self._db_path = str(db_path)
-        self._blob_root = str(blob_root)
+        self._database = str(database)
+        self._blob_url, self._data_dir = blobs.url, str(data_dir)  # workers reopen the same store
         # 0 workers: a replica that takes jobs in and serves them but leaves the work to its peers.
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self._lease = lease_seconds
@@ -272,6 +309,7 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._stopping = False
+        self._store_down = False
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -300,15 +338,24 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             while len(self._running) < self.workers and not self._stopping:
-                job = self._store.claim_next(self.owner, self._lease, MAX_ATTEMPTS)
+                try:
+                    job = self._store.claim_next(self.owner, self._lease, MAX_ATTEMPTS)
+                except StoreUnavailable as exc:  # keep polling: the loop must outlive a database restart
+                    if not self._store_down:
+                        event(log, "cannot claim jobs", level=logging.ERROR, error=str(exc))
+                    self._store_down = True
+                    break
+                if self._store_down:
+                    event(log, "claiming jobs again")
+                    self._store_down = False
                 if job is None:
                     break
                 assert self._pool is not None
                 event(log, "job pre-processing", job_id=job.job_id, uid=job.uid, file_name=job.file_name,
                       attempt=job.attempts)
                 started = time.monotonic()
-                fut = loop.run_in_executor(
-                    self._pool, run_job, self._db_path, self._blob_root, job.job_id, self.owner, self._lease)
+                fut = loop.run_in_executor(self._pool, run_job, self._database, self._blob_url, self._data_dir,
+                                           job.job_id, self.owner, self._lease, job.attempts)
                 self._running.add(fut)
                 fut.add_done_callback(functools.partial(self._done, job=job, started=started))
             self._wake.clear()
@@ -339,7 +386,8 @@ class JobRunner:
         except concurrent.futures.process.BrokenProcessPool:
             if not self._stopping:
                 event(log, "worker died; restarting the pool", level=logging.ERROR, job_id=job.job_id)
-                self._store.requeue(self.owner)
+                with contextlib.suppress(StoreUnavailable):  # else the leases expire
+                    self._store.requeue(self.owner)
                 self._pool = self._new_pool()
         except Exception:
             log.exception("job %s: runner error", job.job_id)
@@ -355,6 +403,10 @@ class JobRunner:
             for proc in list(getattr(self._pool, "_processes", {}).values()):
                 proc.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
-        n = self._store.requeue(self.owner)
+        try:
+            n = self._store.requeue(self.owner)
+        except StoreUnavailable as exc:  # the leases expire instead, and another replica takes the jobs
+            event(log, "cannot requeue jobs", level=logging.ERROR, error=str(exc))
+            return
         if n:
             event(log, "jobs requeued", count=n, reason="server stopping")

@@ -51,7 +51,11 @@ class Metrics:
         self.audio_seconds = Counter("hushwire_audio_seconds", "Seconds of audio processed (x channels).",
                                      ["path"], registry=r)
         self.chunk_seconds = Histogram("hushwire_chunk_processing_seconds",
-                                       "Time to denoise one stream chunk.", buckets=_CHUNK_BUCKETS, registry=r)
+                                       "Time to denoise one stream chunk (its share of its batch).",
+                                       buckets=_CHUNK_BUCKETS, registry=r)
+        self.batch_chunks = Histogram("hushwire_stream_batch_chunks",
+                                      "Stream chunks denoised together in one batch (one per event-loop turn).",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.realtime_factor = Histogram("hushwire_denoiser_realtime_factor",
                                          "Processing time / audio time, per stream chunk.", buckets=_RTF_BUCKETS,
                                          registry=r)

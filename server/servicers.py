@@ -9,20 +9,28 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
-from server.blobs import STORAGE_FULL_MSG, LocalBlobs, is_storage_full
+from server.blobs import (
+    BLOB_UNAVAILABLE_MSG,
+    STORAGE_FULL_MSG,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreError,
+    is_storage_full,
+)
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
 from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
-from server.streams import StreamSession
+from server.streams import StreamBatcher, StreamSession
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
@@ -87,6 +95,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: Store) -> None:
         self._registry = registry
         self._store = store
+        self._batcher = StreamBatcher()
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -117,6 +126,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         finally:
             self._registry.discard(task)
             if session is not None:
+                session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
@@ -145,6 +155,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.channels,
             cfg.encoding,
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
+            self._batcher,
         )
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
@@ -157,14 +168,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 break
             kind = req.WhichOneof("msg")
             if kind == "audio":
-                t0 = time.perf_counter()
-                audio, vp = session.process(req.audio)
-                dt = time.perf_counter() - t0
+                data = req.audio  # each read of a bytes field makes a new bytes object
+                audio, vp, dt = await self._batcher.process(session, data)
                 stats.chunks += 1
                 stats.processing_s += dt
                 stats.max_processing_s = max(stats.max_processing_s, dt)
                 METRICS.chunk_seconds.observe(dt)
-                chunk_s = len(req.audio) / session.frame_bytes / session.sample_rate_hz
+                chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
                 if chunk_s > 0:
                     METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
@@ -232,9 +242,10 @@ class JobLimits:
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, blobs: LocalBlobs, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
         self._store = store
         self._blobs = blobs
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._runner = runner
         self._signer = signer
         self._limits = limits
@@ -306,11 +317,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                         raise HushwireError("RATE_LIMITED", quota_msg)
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
-            await asyncio.to_thread(self._blobs.commit, tmp, upload_blob)
+            await self._commit(tmp, upload_blob)
         except OSError as exc:
             if not is_storage_full(exc):
                 raise
             raise HushwireError("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG) from None
+        except BlobStoreError as exc:
+            log.error("job upload %s: %s", job_id, exc)
+            raise HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG) from None
         finally:
             tmp.unlink(missing_ok=True)
         now = time.time()
@@ -324,7 +338,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         try:
             self._store.create_job(job)
         except BaseException:
-            self._blobs.delete(upload_blob)
+            await self._delete_blobs(upload_blob)
             raise
         self._store.record_upload(principal.key_id, principal.uid, size)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
@@ -368,9 +382,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError("unreachable") from None
         deleted = self._store.delete_job(job.job_id)
         if deleted is not None:  # a running worker sees its lease gone and stops
-            self._blobs.delete(deleted.upload_blob)
-            if deleted.result_blob:
-                self._blobs.delete(deleted.result_blob)
+            await self._delete_blobs(deleted.upload_blob, deleted.result_blob)
             event(log, "job cancelled", job_id=job.job_id, uid=job.uid, file_name=job.file_name)
         return jobs_pb2.CancelJobResponse()
 
@@ -396,12 +408,46 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             return
         assert job.result_blob is not None
         fmt = job.result_format or job.format
-        await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
-            file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
-            size_bytes=self._blobs.size(job.result_blob))))
-        with self._blobs.open(job.result_blob) as f:
-            while chunk := await asyncio.to_thread(f.read, DOWNLOAD_CHUNK_BYTES):
-                await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+        try:
+            reader = await asyncio.to_thread(self._blobs.open, job.result_blob)
+            with reader:  # streamed from the store through this server: its URLs are never handed out
+                await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+                    file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
+                    size_bytes=reader.size)))
+                while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
+                    await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+        except BlobNotFound:  # cancelled (deleted) between the lookup and the read
+            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}"))
+        except BlobStoreError as exc:
+            log.error("download %s: %s", request.job_id, exc)
+            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
+
+    async def _commit(self, tmp: Path, name: str) -> None:
+        """Store an upload. If the call is cancelled (the client went away) while the store is still
+        writing, the write finishes in its thread: remove the blob then, as no job will own it."""
+        task = asyncio.ensure_future(asyncio.to_thread(self._blobs.commit, tmp, name))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            def _orphaned(t: asyncio.Future[None]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    self._track(asyncio.ensure_future(self._delete_blobs(name)))
+            task.add_done_callback(_orphaned)
+            raise
+
+    def _track(self, fut: asyncio.Future[None]) -> None:
+        self._cleanups.add(fut)
+        fut.add_done_callback(self._cleanups.discard)
+
+    async def _delete_blobs(self, *names: str | None) -> None:
+        """Delete blobs off the event loop. A store that fails leaves an orphan, which is logged with
+        its name for the operator: the job row is gone already, so nothing will point at it."""
+        for name in names:
+            if name:
+                try:
+                    await asyncio.to_thread(self._blobs.delete, name)
+                except (BlobStoreError, OSError) as exc:
+                    log.error("could not delete blob %s: %s", name, exc)
 
     def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
         """The job if the caller may download it: a valid signed token (whoever presents it, with or

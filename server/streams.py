@@ -1,19 +1,26 @@
-"""One live stream's domain logic, without grpc: check the config and each chunk, run the denoiser.
+"""Live streams' domain logic, without grpc: check the config and each chunk, run the denoiser.
 
 The servicer unpacks protobuf messages into these calls and maps :class:`HushwireError` to a status.
+:class:`StreamBatcher` denoises the chunks of all streams that arrive in the same event-loop turn
+as one batch (see ``server/dsp/denoiser.py``, ``DenoiserPool``): under load the per-call cost
+of numpy is shared by many streams, which is what lets one core serve many of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import numpy as np
+import numpy.typing as npt
 
 from server import pcm
-from server.dsp import SUPPORTED_RATES, Denoiser
+from server.dsp import SUPPORTED_RATES, Denoiser, DenoiserPool
 from server.errors import HushwireError
+from server.metrics import METRICS
 
-__all__ = ["MAX_CHANNELS", "MAX_CHUNK_SECONDS", "StreamSession"]
+__all__ = ["MAX_CHANNELS", "MAX_CHUNK_SECONDS", "StreamBatcher", "StreamSession"]
 
 MAX_CHANNELS = 8
 MAX_CHUNK_SECONDS = 1.0
@@ -35,7 +42,8 @@ class StreamSession:
     """A configured stream: bytes in, denoised bytes out, same encoding and channels."""
 
     def __init__(
-        self, sample_rate_hz: int, channels: int, encoding: int, attenuation_limit_db: float | None = None
+        self, sample_rate_hz: int, channels: int, encoding: int, attenuation_limit_db: float | None = None,
+        batcher: StreamBatcher | None = None,
     ) -> None:
         if sample_rate_hz not in SUPPORTED_RATES:
             rates = ", ".join(str(r) for r in SUPPORTED_RATES)
@@ -49,7 +57,8 @@ class StreamSession:
         self.encoding = encoding
         self.frame_bytes = pcm.BYTES_PER_SAMPLE[encoding] * channels
         self.max_chunk_bytes = int(MAX_CHUNK_SECONDS * sample_rate_hz) * self.frame_bytes
-        self.denoiser = Denoiser(sample_rate_hz, channels, _check_limit(attenuation_limit_db))
+        pool = batcher.pool(sample_rate_hz) if batcher is not None else None
+        self.denoiser = Denoiser(sample_rate_hz, channels, _check_limit(attenuation_limit_db), pool=pool)
         self.frames_in = 0
         self.frames_out = 0
 
@@ -64,8 +73,8 @@ class StreamSession:
         if bypass is not None:
             self.denoiser.bypass = bool(bypass)
 
-    def process(self, audio: bytes) -> tuple[bytes, float]:
-        """Denoise one chunk; returns the output that became ready and the chunk's voice probability."""
+    def decode(self, audio: bytes) -> npt.NDArray[np.float32]:
+        """Check one chunk and decode it to ``(frames, channels)`` floats."""
         if len(audio) % self.frame_bytes:
             raise _invalid(
                 f"audio chunk of {len(audio)} bytes is not whole frames "
@@ -76,13 +85,86 @@ class StreamSession:
                 f"audio chunk of {len(audio) // self.frame_bytes} frames is over "
                 f"{MAX_CHUNK_SECONDS:g} s ({self.max_chunk_bytes // self.frame_bytes} frames)"
             )
-        x = pcm.decode(audio, self.encoding, self.channels)
+        x: npt.NDArray[np.float32] = pcm.decode(audio, self.encoding, self.channels)
         self.frames_in += x.shape[0]
-        y = self.denoiser.process(x)
+        return x
+
+    def encode(self, y: npt.NDArray[np.float32]) -> tuple[bytes, float]:
+        """The denoiser's output as bytes in the stream's encoding, and the chunk's voice probability."""
         self.frames_out += y.shape[0]
         return pcm.encode(y, self.encoding), float(self.denoiser.voice_probability)
+
+    def process(self, audio: bytes) -> tuple[bytes, float]:
+        """Denoise one chunk on its own; returns the output that became ready and the voice probability."""
+        return self.encode(self.denoiser.process(self.decode(audio)))
 
     def flush(self) -> bytes:
         y: np.ndarray = self.denoiser.flush()
         self.frames_out += y.shape[0]
         return pcm.encode(y, self.encoding)
+
+    def close(self) -> None:
+        """Free the denoiser's state (its rows in the batcher's pool)."""
+        self.denoiser.close()
+
+
+_Queued = tuple[StreamSession, npt.NDArray[np.float32], "asyncio.Future[tuple[bytes, float, float]]"]
+
+
+class StreamBatcher:
+    """Denoises the chunks that all live streams submit in one event-loop turn as one batch per rate.
+
+    ``await process(session, audio)`` queues the chunk and, if no batch is due yet, schedules one
+    with ``call_soon``: every stream whose chunk arrived in the same turn of the loop joins it.
+    At low load a batch holds one chunk and adds no delay; under load batches grow and the
+    cost per chunk falls. Use from the event loop's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[int, DenoiserPool] = {}
+        self._queue: list[_Queued] = []
+        self._scheduled = False
+        self.batches = 0  # batches run, and chunks in them: their ratio is the mean batch size
+        self.chunks = 0
+
+    def pool(self, sample_rate: int) -> DenoiserPool:
+        if sample_rate not in self._pools:
+            self._pools[sample_rate] = DenoiserPool(sample_rate)
+        return self._pools[sample_rate]
+
+    async def process(self, session: StreamSession, audio: bytes) -> tuple[bytes, float, float]:
+        """Denoise one chunk with the others of this turn: ``(audio out, voice probability, seconds)``.
+
+        ``seconds`` is this chunk's share of its batch's processing time.
+        """
+        x = session.decode(audio)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[bytes, float, float]] = loop.create_future()
+        self._queue.append((session, x, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run)
+        return await fut
+
+    def _run(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        by_pool: dict[int, list[_Queued]] = {}
+        for item in queue:
+            if not item[2].done():  # a cancelled stream's chunk is dropped (its state may be freed)
+                by_pool.setdefault(item[0].sample_rate_hz, []).append(item)
+        for rate, items in by_pool.items():
+            t0 = time.perf_counter()
+            try:
+                outs = self._pools[rate].process_many([(s.denoiser, x) for s, x, _ in items])
+            except Exception as exc:  # a bug, not bad input (chunks are checked in decode): fail this batch only
+                for _, _, fut in items:
+                    fut.set_exception(exc)
+                continue
+            share = (time.perf_counter() - t0) / len(items)
+            self.batches += 1
+            self.chunks += len(items)
+            METRICS.batch_chunks.observe(len(items))
+            for (session, _, fut), y in zip(items, outs, strict=True):
+                audio, voice = session.encode(y)
+                fut.set_result((audio, voice, share))

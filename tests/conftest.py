@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from pg_fixtures import database_url, module_database_url, postgres  # noqa: F401  (PostgreSQL fixtures)
+from s3_fixtures import s3_blob_url, s3_server  # noqa: F401  (a real S3-compatible server: tests/s3_fixtures.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT.parent / "shared" / "eval-data" / "dev"
@@ -126,6 +129,15 @@ def white_noise_file(path: Path, seconds: float = 2.0, rate: int = 16000, channe
     x = (rng.standard_normal((int(seconds * rate), channels)) * 10 ** (level_db / 20)).astype(np.float32)
     sf.write(str(path), x, rate, subtype=subtype)
     return x
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A server's Prometheus metrics: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def energy_db(x: np.ndarray) -> float:

@@ -48,6 +48,24 @@ def test_sqlite_url() -> None:
         _ = ServerConfig(data_dir=Path("/d"), database_url="mysql://h/db").sqlite_path
 
 
+def test_store_url_is_what_every_process_opens(tmp_path: Path) -> None:
+    pg = "postgresql://hw:pw@127.0.0.1:5432/hushwire?sslmode=disable"
+    assert ServerConfig(data_dir=Path("/d"), database_url=pg).store_url == pg
+    assert ServerConfig(data_dir=Path("/d"), database_url="postgres://h/db").store_url == "postgres://h/db"
+    assert ServerConfig(data_dir=Path("/d")).store_url == "sqlite:///d/hushwire.db"
+    relative = ServerConfig(data_dir=Path("rel")).store_url  # workers may not share the working directory
+    assert relative == f"sqlite://{Path.cwd() / 'rel' / 'hushwire.db'}"
+    with pytest.raises(ConfigError, match="PostgreSQL, not a SQLite file"):
+        _ = ServerConfig(data_dir=Path("/d"), database_url=pg).sqlite_path
+
+
+def test_config_show_hides_a_database_password(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    out = run_cli("config", "--database-url", "postgresql://hw:s3cret@db:5432/hushwire").stdout
+    assert "database_url = postgresql://hw:***@db:5432/hushwire" in out and "s3cret" not in out
+
+
 def test_operations_doc_config_reference_is_current() -> None:
     import subprocess
     import sys

@@ -1,4 +1,5 @@
-"""File jobs over gRPC, end to end: a real server with worker processes, a real SQLite file and blobs."""
+"""File jobs over gRPC, end to end: a real server with worker processes, real blobs, and each database
+(``module_database_url`` / ``database_url``: a SQLite file and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import base64
 import hashlib
 import hmac
 import io
-import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,27 @@ from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
 from hushwire.v1 import jobs_pb2
 from server.dsp import Denoiser
+from server.store import Store
+
+
+@pytest.fixture(scope="module")
+def store_args(module_database_url: str) -> tuple[str, ...]:
+    """The store flags every process of this module's server gets (``serve`` and ``keys``)."""
+    return ("--database-url", module_database_url)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, store_args: tuple[str, ...]) -> Iterator[ServerProcess]:
+    """conftest's module server, on each database."""
+    data_dir = tmp_path_factory.mktemp("data")
+    srv = start_server(data_dir, *store_args)
+    yield srv
+    assert srv.stop() == 0, srv.log
+
+
+@pytest.fixture(scope="module")
+def api_key(server: ServerProcess, store_args: tuple[str, ...]) -> str:
+    return create_key(server.data_dir, *store_args, "--name", "tester")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +60,13 @@ def _write(path: Path, x: np.ndarray, rate: int, fmt: str = "WAV", subtype: str 
     return path
 
 
-def _stored(server: ServerProcess) -> tuple[int, list[Path]]:
-    con = sqlite3.connect(server.data_dir / "hushwire.db")
-    rows = con.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-    con.close()
+def _stored(server: ServerProcess, database_url: str) -> tuple[int, list[Path]]:
+    """Job rows in the database and blob files on disk."""
+    store = Store(database_url)
+    try:
+        rows = sum(store.job_stats()[0].values())
+    finally:
+        store.close()
     blobs = [p for p in (server.data_dir / "blobs").rglob("*") if p.is_file()]
     return rows, blobs
 
@@ -129,27 +154,27 @@ def test_download_by_token_without_key(server: ServerProcess, jobs: JobsClient, 
     ],
 )
 def test_refused_uploads_store_nothing(server: ServerProcess, jobs: JobsClient, tmp_path: Path, make, code: str,
-                                       needle: str) -> None:
-    before = _stored(server)
+                                       needle: str, module_database_url: str) -> None:
+    before = _stored(server, module_database_url)
     path = tmp_path / "bad.wav"
     make(path)
     with pytest.raises(HushwireClientError) as info:
         jobs.submit(path)
     assert info.value.code == code and needle in info.value.msg, info.value
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
-    assert _stored(server) == before
+    assert _stored(server, module_database_url) == before
 
 
 def test_wav_header_claiming_more_data_than_the_file_has(server: ServerProcess, jobs: JobsClient,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, module_database_url: str) -> None:
     full = _write(tmp_path / "full.wav", _noise(16000, 1.0), 16000).read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(full[: len(full) // 2])
-    before = _stored(server)
+    before = _stored(server, module_database_url)
     with pytest.raises(HushwireClientError) as info:
         jobs.submit(cut)
     assert info.value.code == "INVALID_FILE" and "header declares 32000 bytes" in info.value.msg
-    assert _stored(server) == before
+    assert _stored(server, module_database_url) == before
 
 
 def test_truncated_flac_becomes_a_failed_job(jobs: JobsClient, tmp_path: Path) -> None:
@@ -165,9 +190,10 @@ def test_truncated_flac_becomes_a_failed_job(jobs: JobsClient, tmp_path: Path) -
     assert info.value.code == "JOB_NOT_FOUND"
 
 
-def test_limits_refuse_with_file_too_large(tmp_path: Path) -> None:
-    key = create_key(tmp_path)
-    srv = start_server(tmp_path, "--max-upload-bytes", "100000", "--max-upload-seconds", "2")
+def test_limits_refuse_with_file_too_large(tmp_path: Path, database_url: str) -> None:
+    key = create_key(tmp_path, "--database-url", database_url)
+    srv = start_server(tmp_path, "--database-url", database_url, "--max-upload-bytes", "100000",
+                       "--max-upload-seconds", "2")
     try:
         with JobsClient(srv.target, key) as c:
             with pytest.raises(HushwireClientError) as info:
@@ -184,10 +210,11 @@ def test_limits_refuse_with_file_too_large(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
-def test_other_users_jobs_look_unknown(server: ServerProcess, jobs: JobsClient, tmp_path: Path) -> None:
+def test_other_users_jobs_look_unknown(server: ServerProcess, jobs: JobsClient, tmp_path: Path,
+                                      store_args: tuple[str, ...]) -> None:
     job = jobs.submit(_write(tmp_path / "mine.wav", _noise(16000, 0.3), 16000))
     jobs.wait(job.job_id, timeout=60)
-    other = create_key(server.data_dir, "--name", "mallory")
+    other = create_key(server.data_dir, *store_args, "--name", "mallory")
     with JobsClient(server.target, other) as c:
         for call in (c.get, c.cancel, c.download, c.start):
             with pytest.raises(HushwireClientError) as info:
@@ -199,15 +226,17 @@ def test_other_users_jobs_look_unknown(server: ServerProcess, jobs: JobsClient, 
         assert info.value.code == "JOB_NOT_FOUND"
 
 
-def test_keys_of_one_user_share_jobs(server: ServerProcess, jobs: JobsClient, tmp_path: Path) -> None:
+def test_keys_of_one_user_share_jobs(server: ServerProcess, jobs: JobsClient, tmp_path: Path,
+                                    store_args: tuple[str, ...]) -> None:
     job = jobs.submit(_write(tmp_path / "x.wav", _noise(16000, 0.3), 16000))
     uid = job.uid
-    rotated = create_key(server.data_dir, "--user", str(uid))
+    rotated = create_key(server.data_dir, *store_args, "--user", str(uid))
     with JobsClient(server.target, rotated) as c:
         assert c.get(job.job_id).job_id == job.job_id
 
 
-def test_hold_start_and_cancel(server: ServerProcess, jobs: JobsClient, tmp_path: Path) -> None:
+def test_hold_start_and_cancel(server: ServerProcess, jobs: JobsClient, tmp_path: Path,
+                              module_database_url: str) -> None:
     src = _write(tmp_path / "h.wav", _noise(16000, 0.5), 16000)
     held = jobs.submit(src, hold=True)
     time.sleep(1.0)
@@ -220,18 +249,18 @@ def test_hold_start_and_cancel(server: ServerProcess, jobs: JobsClient, tmp_path
     x, _ = sf.read(str(src), dtype="int16")
     assert np.max(np.abs(y.astype(int) - x.astype(int))) <= 1  # 0 dB limit: pass-through
 
-    before = _stored(server)
+    before = _stored(server, module_database_url)
     doomed = jobs.submit(src, hold=True)
-    assert _stored(server)[0] == before[0] + 1
+    assert _stored(server, module_database_url)[0] == before[0] + 1
     jobs.cancel(doomed.job_id)
-    assert _stored(server) == before  # row and upload gone
+    assert _stored(server, module_database_url) == before  # row and upload gone
     with pytest.raises(HushwireClientError) as info:
         jobs.get(doomed.job_id)
     assert info.value.code == "JOB_NOT_FOUND"
 
 
-def test_list_pages_newest_first(server: ServerProcess, tmp_path: Path) -> None:
-    key = create_key(server.data_dir, "--name", "lister")
+def test_list_pages_newest_first(server: ServerProcess, tmp_path: Path, store_args: tuple[str, ...]) -> None:
+    key = create_key(server.data_dir, *store_args, "--name", "lister")
     with JobsClient(server.target, key) as c:
         ids = [c.submit(_write(tmp_path / f"{i}.wav", _noise(8000, 0.1), 8000), hold=True).job_id for i in range(5)]
         listed = [j.job_id for j in c.list(page_size=2)]
@@ -242,10 +271,14 @@ def test_list_pages_newest_first(server: ServerProcess, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_job_then_restart_completes(tmp_path: Path) -> None:
-    key = create_key(tmp_path)
+def test_sigkill_mid_job_then_restart_completes(tmp_path: Path, database_url: str) -> None:
+    """SQLite: the restart requeues the job at once. PostgreSQL (maybe shared by other replicas): the
+    killed server's lease expires and the restarted one claims the job again. Either way it completes
+    exactly once."""
+    flags = ("--database-url", database_url, "--workers", "1", "--lease-seconds", "3")
+    key = create_key(tmp_path, "--database-url", database_url)
     src = _write(tmp_path / "long.wav", _noise(48000, 240.0, 2), 48000)  # 4 min stereo at 48 kHz
-    srv = start_server(tmp_path, "--workers", "1")
+    srv = start_server(tmp_path, *flags)
     with JobsClient(srv.target, key) as c:
         job = c.submit(src)
         deadline = time.monotonic() + 60
@@ -256,7 +289,7 @@ def test_sigkill_mid_job_then_restart_completes(tmp_path: Path) -> None:
     srv.stop(sig=9)
     results = tmp_path / "blobs" / "results"
     assert not [p for p in results.glob("*") if not p.name.startswith(".")], "a partial result has a final name"
-    srv2 = start_server(tmp_path, "--workers", "1")
+    srv2 = start_server(tmp_path, *flags)
     try:
         with JobsClient(srv2.target, key) as c:
             assert c.get(job.job_id).status != jobs_pb2.JOB_STATUS_COMPLETED
@@ -266,6 +299,17 @@ def test_sigkill_mid_job_then_restart_completes(tmp_path: Path) -> None:
             assert STATUS_NAMES[done.status] == "completed", done.error
             _, path = c.download(job.job_id, tmp_path / "out.wav")
             assert sf.info(str(path)).frames == 240 * 48000
-        assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
+        if database_url.startswith("sqlite://"):
+            assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
+        else:
+            assert "jobs requeued" not in srv2.log and f"job_id={job.job_id!r}" in srv2.log
+        store = Store(database_url)
+        try:
+            row = store.get_job(job.job_id)
+            assert row is not None and row.attempts == 2 and row.lease_owner is None
+            [(_, billed, _, completed)] = store.usage(1)
+            assert completed == 1 and billed == pytest.approx(480.0)  # billed once
+        finally:
+            store.close()
     finally:
         assert srv2.stop() == 0

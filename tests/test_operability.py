@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import create_key, free_port, run_cli, start_server
+from conftest import create_key, free_port, run_cli, scrape_metrics, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import EnhancerClient, HushwireClientError, JobsClient
-
-
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
@@ -26,7 +19,7 @@ def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
     port = free_port()
     srv = start_server(tmp_path, "--metrics-port", str(port), "--log-format", "json")
     try:
-        before = _scrape(port)
+        before = scrape_metrics(port)
         assert before[("hushwire_streams_open", ())] == 0
         x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.05
         with EnhancerClient(srv.target, key) as c:
@@ -37,11 +30,13 @@ def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
         sf.write(str(src), np.zeros((24000, 2), np.float32), 16000)  # 1.5 s stereo: 3 billed seconds
         with JobsClient(srv.target, key) as j:
             job = j.wait(j.submit(src).job_id, timeout=60)
-        m = _scrape(port)
+        m = scrape_metrics(port)
         assert m[("hushwire_audio_seconds_total", (("path", "stream"),))] == pytest.approx(1.0)
         assert m[("hushwire_audio_seconds_total", (("path", "job"),))] == pytest.approx(3.0)
         assert m[("hushwire_chunk_processing_seconds_count", ())] == 50
         assert m[("hushwire_denoiser_realtime_factor_count", ())] == 50
+        assert m[("hushwire_stream_batch_chunks_sum", ())] == 50  # one stream: 50 batches of one chunk
+        assert m[("hushwire_stream_batch_chunks_count", ())] == 50
         assert m[("hushwire_jobs_completed_total", ())] == 1
         assert m[("hushwire_jobs_failed_total", ())] == 0
         assert m[("hushwire_job_processing_seconds_count", ())] == 1

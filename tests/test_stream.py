@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, dev_pair, energy_db
+from conftest import ServerProcess, create_key, dev_pair, energy_db, free_port, scrape_metrics, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AsyncEnhancerClient, EnhancerClient, HushwireClientError
@@ -208,3 +209,32 @@ def test_async_client(server: ServerProcess, api_key: str) -> None:
     d = Denoiser(8000)
     expect = np.concatenate([d.process(x), d.flush()])[d.latency_samples :]
     np.testing.assert_allclose(y, expect, atol=1e-6)
+
+
+def test_concurrent_streams_are_batched_without_mixing(tmp_path: Path) -> None:
+    """Many streams at once (rates, channels and limits mixed): they are denoised in shared batches,
+    and each gets exactly its own denoising."""
+    api_key = create_key(tmp_path, "--name", "batch")
+    port = free_port()
+    server = start_server(tmp_path, "--metrics-port", str(port))
+    rng = np.random.default_rng(11)
+    specs = [(16000, 1, None), (16000, 2, None), (48000, 1, None), (16000, 1, 6.0), (8000, 1, None)] * 3
+    signals = [(rng.standard_normal((rate // 2, ch)) * 0.05 * (1 + i % 4)).astype(np.float32)
+               for i, (rate, ch, _) in enumerate(specs)]
+
+    async def run() -> list[np.ndarray]:
+        async with AsyncEnhancerClient(server.target, api_key) as c:
+            return await asyncio.gather(*(c.enhance(x, rate, chunk_ms=20, attenuation_limit_db=limit)
+                                          for x, (rate, _, limit) in zip(signals, specs, strict=True)))
+
+    try:
+        outputs = asyncio.run(run())
+        m = scrape_metrics(port)
+    finally:
+        assert server.stop() == 0, server.log
+    batches, chunks = m[("hushwire_stream_batch_chunks_count", ())], m[("hushwire_stream_batch_chunks_sum", ())]
+    assert chunks > batches > 0, (chunks, batches)  # some batches held chunks of several streams
+    for y, x, (rate, ch, limit) in zip(outputs, signals, specs, strict=True):
+        d = Denoiser(rate, ch, limit)
+        expect = np.concatenate([d.process(x), d.flush()])[d.latency_samples :]
+        np.testing.assert_allclose(y.reshape(expect.shape), expect, atol=1e-6)

@@ -24,16 +24,20 @@ Here the a-priori speech absence probability ``q`` is a constant rather than Coh
 estimate from local and global averages of ``xi``; instead ``p`` itself is averaged over
 neighbouring bins, in the spirit of Cohen's local averaging window. That is simpler and
 scored as well on dev.
-All arrays are ``(channels, bins)``: every operation is vectorised over both.
+State arrays are ``(rows, bins)`` (one row per channel of one or many streams).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.special import exp1
 
-Array = npt.NDArray[np.float64]
+from .stft import RowState
+
+Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 
 DD_ALPHA = 0.95  # decision-directed weight of the previous frame at a 10 ms hop (E&M: 0.98 at 16 ms);
 # lower than the classic value so onsets are attenuated less (better ESTOI on dev)
@@ -62,82 +66,87 @@ _LSA_TABLE, _LSA_LOG_LO, _LSA_SCALE = _lsa_table()
 
 
 class OmLsaGain:
-    """OM-LSA gain with a decision-directed a-priori SNR; state kept in place."""
+    """OM-LSA gain with a decision-directed a-priori SNR, on a row state.
 
-    def __init__(self, channels: int, n_bins: int) -> None:
-        shape = (channels, n_bins)
+    ``run(state, power, noise_psd)`` takes ``(hops, rows, bins)`` arrays and returns the gain
+    raised to ``exponent``, plus the a-priori and a-posteriori SNRs (for a VAD). Only the
+    decision-directed recursion runs hop by hop; the rest is computed for all hops at once.
+    """
+
+    def __init__(self, n_bins: int, exponent: float = 1.0, dtype: type[np.floating] = np.float64) -> None:
+        self.n_bins = n_bins
+        self.dtype = dtype
+        self._table = _LSA_TABLE.astype(dtype)
+        self.exponent = float(exponent)  # G ** exponent, folded into the log-domain weighting
         self._xi_min = 10.0 ** (XI_MIN_DB / 10.0)
         self._gain_min = 10.0 ** (GAIN_MIN_DB / 20.0)
         self._prior_odds = SPEECH_ABSENCE_PRIOR / (1.0 - SPEECH_ABSENCE_PRIOR)
-        self.xi = np.full(shape, self._xi_min)  # a-priori SNR of the last frame
-        self.gamma = np.ones(shape)  # a-posteriori SNR of the last frame
-        self.spp = np.ones(shape)  # conditional speech presence probability p of the last frame
-        self.gain = np.ones(shape)  # OM-LSA gain of the last frame
-        self._clean_snr = np.zeros(shape)  # G_H1^2 * gamma of the last frame: |A|^2 / lambda_N
-        self._v = np.zeros(shape)
-        self._spp_raw = np.zeros(shape)  # p before smoothing over frequency
-        self._index = np.zeros(shape, dtype=np.intp)  # LSA table entries
-        self._tmp = np.zeros(shape)
 
-    def reset(self) -> None:
-        self.xi.fill(self._xi_min)
-        self.gamma.fill(1.0)
-        self.spp.fill(1.0)
-        self.gain.fill(1.0)
-        self._clean_snr.fill(0.0)
+    def init_state(self, state: RowState, rows: int) -> None:
+        state["gain.clean_snr"] = np.zeros((rows, self.n_bins), self.dtype)  # G_H1^2 * gamma of the last frame
 
-    def update(self, power: Array, noise_psd: Array) -> Array:
-        """Return the gain (channels, bins) for periodogram ``power`` and noise PSD."""
-        gamma, xi, gain, v, tmp, spp = self.gamma, self.xi, self.gain, self._v, self._tmp, self.spp
-        np.divide(power, noise_psd, out=gamma)
+    def run(self, state: RowState, power: Array, noise_psd: Array) -> tuple[Array, Array, Array]:
+        """Return ``(gain ** exponent, xi, gamma)``, each ``(hops, rows, bins)``."""
+        gamma = np.divide(power, noise_psd)
         np.minimum(gamma, GAMMA_MAX, out=gamma)
-        # Decision-directed a-priori SNR.
-        np.subtract(gamma, 1.0, out=tmp)
-        np.maximum(tmp, 0.0, out=tmp)
-        tmp *= 1.0 - DD_ALPHA
-        np.multiply(self._clean_snr, DD_ALPHA, out=xi)
-        xi += tmp
-        np.maximum(xi, self._xi_min, out=xi)
-        # LSA gain: w = xi/(1+xi); v = w * gamma; G_H1 = w * exp(E1(v)/2), capped at 1.
-        np.add(xi, 1.0, out=gain)
-        np.divide(xi, gain, out=gain)
-        np.multiply(gain, gamma, out=v)
-        np.maximum(v, V_MIN, out=v)
-        np.log(v, out=tmp)
-        tmp -= _LSA_LOG_LO
-        tmp *= _LSA_SCALE
-        tmp += 0.5  # round to the nearest entry by truncation
-        np.clip(tmp, 0.0, LSA_TABLE_SIZE - 1, out=tmp)
-        np.copyto(self._index, tmp, casting="unsafe")
-        np.take(_LSA_TABLE, self._index, out=tmp)
-        gain *= tmp
-        np.minimum(gain, 1.0, out=gain)
-        np.multiply(gain, gain, out=self._clean_snr)
-        self._clean_snr *= gamma
-        # Speech presence probability p = 1 / (1 + odds * (1 + xi) * exp(-v)).
-        np.minimum(v, V_MAX, out=tmp)
-        np.negative(tmp, out=tmp)
-        np.exp(tmp, out=tmp)
+        dd = np.subtract(gamma, 1.0)  # the decision-directed estimate's new-frame term
+        np.maximum(dd, 0.0, out=dd)
+        dd *= 1.0 - DD_ALPHA
+        xi = np.empty_like(gamma)
+        g_h1 = np.empty_like(gamma)  # G_H1 per hop
+        v = np.empty_like(gamma)
+        clean_snr = state["gain.clean_snr"]
+        rows_bins = clean_snr.shape
+        tmp = np.empty(rows_bins, self.dtype)
+        index = np.empty(rows_bins, dtype=np.intp)
+        for t in range(gamma.shape[0]):
+            xt, gt, vt = xi[t], g_h1[t], v[t]
+            # Decision-directed a-priori SNR.
+            np.multiply(clean_snr, DD_ALPHA, out=xt)
+            xt += dd[t]
+            np.maximum(xt, self._xi_min, out=xt)
+            # LSA gain: w = xi/(1+xi); v = w * gamma; G_H1 = w * exp(E1(v)/2), capped at 1.
+            np.add(xt, 1.0, out=gt)
+            np.divide(xt, gt, out=gt)
+            np.multiply(gt, gamma[t], out=vt)
+            np.maximum(vt, V_MIN, out=vt)
+            np.log(vt, out=tmp)
+            tmp *= _LSA_SCALE
+            tmp += 0.5 - _LSA_LOG_LO * _LSA_SCALE  # round to the nearest entry by truncation
+            np.minimum(tmp, LSA_TABLE_SIZE - 1, out=tmp)  # v >= V_MIN = the table's start: tmp >= 0.5
+            np.copyto(index, tmp, casting="unsafe")
+            self._table.take(index, out=tmp)
+            gt *= tmp
+            np.minimum(gt, 1.0, out=gt)
+            np.multiply(gt, gt, out=clean_snr)
+            clean_snr *= gamma[t]
+        # Speech presence probability p = 1 / (1 + odds * (1 + xi) * exp(-v)), all hops at once.
+        spp = dd  # reuse
+        np.minimum(v, V_MAX, out=v)
+        np.negative(v, out=v)
+        np.exp(v, out=v)
         np.add(xi, 1.0, out=spp)
-        spp *= tmp
+        spp *= v
         spp *= self._prior_odds
         spp += 1.0
         np.reciprocal(spp, out=spp)
         # Smooth p over three bins (weights 1/4, 1/2, 1/4). A noise bin that peaks by chance
         # gets p near 1 alone and would ring as a musical tone; its neighbours pull it
         # down. A harmonic fills the 3-4 bin main lobe of the analysis window and survives.
-        raw = self._spp_raw
-        np.copyto(raw, spp)
-        mid = spp[:, 1:-1]
-        np.add(raw[:, :-2], raw[:, 2:], out=mid)
-        mid += raw[:, 1:-1]
-        mid += raw[:, 1:-1]
+        raw = spp.copy()
+        mid = spp[..., 1:-1]
+        np.add(raw[..., :-2], raw[..., 2:], out=mid)
+        mid += raw[..., 1:-1]
+        mid += raw[..., 1:-1]
         mid *= 0.25
-        # G = G_min * (G_H1 / G_min)^p, in the log domain.
-        np.maximum(gain, self._gain_min, out=tmp)
-        tmp /= self._gain_min
-        np.log(tmp, out=tmp)
-        tmp *= spp
-        np.exp(tmp, out=tmp)
-        np.multiply(tmp, self._gain_min, out=gain)
-        return gain
+        # G = G_min * (G_H1 / G_min)^p, in the log domain; G^e = G_min^e * exp(e p log(G_H1 / G_min)).
+        gain = g_h1
+        np.maximum(gain, self._gain_min, out=gain)
+        gain /= self._gain_min
+        np.log(gain, out=gain)
+        gain *= spp
+        if self.exponent != 1.0:
+            gain *= self.exponent
+        np.exp(gain, out=gain)
+        gain *= self._gain_min**self.exponent
+        return gain, xi, gamma

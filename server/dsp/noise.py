@@ -12,15 +12,19 @@ with a fixed a-priori SNR ``xi_H1`` under speech presence and equal priors, whic
 the estimator unbiased without a bias correction. A smoothed SPP above 0.99 caps the SPP
 at 0.99 so that the estimate cannot stagnate when the noise level rises.
 
-All arrays are ``(channels, bins)``: every operation is vectorised over both.
+State arrays are ``(rows, bins)`` (one row per channel of one or many streams).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.float64]
+from .stft import RowState
+
+Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 
 XI_H1_DB = 15.0  # a-priori SNR assumed when speech is present (paper: 15 dB)
 PRIOR_H1 = 0.5  # a-priori speech presence probability (paper: 0.5)
@@ -41,58 +45,74 @@ def smoothing_factor(time_constant_ms: float, hop_ms: float) -> float:
 
 
 class NoiseTracker:
-    """Unbiased MMSE noise PSD tracker (Gerkmann & Hendriks 2012), state in place."""
+    """Unbiased MMSE noise PSD tracker (Gerkmann & Hendriks 2012) on a row state.
 
-    def __init__(self, channels: int, n_bins: int, hop_ms: float) -> None:
+    ``run(state, power)`` takes periodograms ``(hops, rows, bins)`` and returns the noise PSD
+    after each hop, same shape; the recursion runs over the hops, every operation is vectorised
+    over rows and bins.
+    """
+
+    def __init__(self, n_bins: int, hop_ms: float, dtype: type[np.floating] = np.float64) -> None:
+        self.n_bins = n_bins
+        self.dtype = dtype
         xi_h1 = 10.0 ** (XI_H1_DB / 10.0)
-        self._glr_factor = (1.0 - PRIOR_H1) / PRIOR_H1 * (1.0 + xi_h1)  # prior odds times (1 + xi_H1)
+        # P(H1|y) = 1 / (1 + F exp(-c gamma)), F the prior odds times (1 + xi_H1)
+        self._glr_factor = (1.0 - PRIOR_H1) / PRIOR_H1 * (1.0 + xi_h1)
         self._glr_exp = xi_h1 / (1.0 + xi_h1)
         self._alpha_noise = smoothing_factor(NOISE_SMOOTH_MS, hop_ms)
         self._alpha_spp = smoothing_factor(SPP_SMOOTH_MS, hop_ms)
-        self._init_frames = max(1, round(INIT_MS / hop_ms))
-        self.noise_psd = np.full((channels, n_bins), POWER_FLOOR)  # lambda_N per bin
-        self.spp = np.zeros((channels, n_bins))  # P(H1 | y) of the last frame
-        self._spp_smooth = np.zeros((channels, n_bins))  # recursive mean of the SPP
-        self._tmp = np.zeros((channels, n_bins))
-        self._frames = 0  # frames seen, saturating after the initial phase
+        self.init_frames = max(1, round(INIT_MS / hop_ms))
 
-    def reset(self) -> None:
-        self.noise_psd.fill(POWER_FLOOR)
-        self.spp.fill(0.0)
-        self._spp_smooth.fill(0.0)
-        self._frames = 0
+    def init_state(self, state: RowState, rows: int) -> None:
+        state["noise.psd"] = np.full((rows, self.n_bins), POWER_FLOOR, self.dtype)  # lambda_N per bin
+        state["noise.spp_smooth"] = np.zeros((rows, self.n_bins), self.dtype)  # recursive mean of the SPP
+        state["noise.frames"] = np.zeros(rows, dtype=np.int64)  # frames seen, saturating after the start
 
-    def update(self, power: Array) -> Array:
-        """Update with a periodogram ``|Y|^2`` (channels, bins); return the noise PSD."""
-        lam = self.noise_psd
-        if self._frames < self._init_frames:
-            # Running mean of the first frames: a starting point the tracker refines.
-            self._frames += 1
-            lam += (power - lam) / self._frames
-            np.maximum(lam, POWER_FLOOR, out=lam)
-            self.spp.fill(0.0)
-            return lam
-        tmp = self._tmp
-        spp = self.spp
-        # Posterior SPP, computed as 1 / (1 + factor * exp(-gamma * xi/(1+xi))).
-        np.divide(power, lam, out=tmp)
-        np.multiply(tmp, -self._glr_exp, out=tmp)
-        np.minimum(tmp, 0.0, out=tmp)
-        np.exp(tmp, out=tmp)
-        np.multiply(tmp, self._glr_factor, out=tmp)
-        np.add(tmp, 1.0, out=tmp)
-        np.reciprocal(tmp, out=spp)
-        # Stagnation control.
-        sm = self._spp_smooth
-        sm *= self._alpha_spp
-        sm += (1.0 - self._alpha_spp) * spp
-        np.putmask(spp, sm > SPP_STAGNATION, np.minimum(spp, SPP_STAGNATION))
-        # E[|N|^2 | y] = lam + (1 - P) (|y|^2 - lam), then recursive smoothing.
-        np.subtract(power, lam, out=tmp)
-        tmp *= 1.0 - spp
-        tmp += lam
-        lam *= self._alpha_noise
-        tmp *= 1.0 - self._alpha_noise
-        lam += tmp
-        np.maximum(lam, POWER_FLOOR, out=lam)
-        return lam
+    def run(self, state: RowState, power: Array) -> Array:
+        """Noise PSD after each hop for periodograms ``power`` ``(hops, rows, bins)``."""
+        out = np.empty_like(power)
+        lam = state["noise.psd"]
+        sm = state["noise.spp_smooth"]
+        frames = state["noise.frames"]
+        starting = bool(frames.size) and int(frames.min()) < self.init_frames
+        spp = np.empty_like(lam)
+        tmp = np.empty_like(lam)
+        a_spp, a_noise = self._alpha_spp, self._alpha_noise
+        prev: Array = lam
+        for t in range(power.shape[0]):
+            p = power[t]
+            cur = out[t]
+            if starting:
+                start_rows = frames < self.init_frames
+                start_lam, start_sm = prev[start_rows], sm[start_rows]
+            # Posterior SPP.
+            np.divide(p, prev, out=tmp)
+            tmp *= -self._glr_exp  # <= 0: exp cannot overflow (scipy's expit is 5x slower on big batches)
+            np.exp(tmp, out=tmp)
+            tmp *= self._glr_factor
+            tmp += 1.0
+            np.reciprocal(tmp, out=spp)
+            # Stagnation control: cap the SPP while its smoothed value stays above the cap.
+            sm *= a_spp
+            np.multiply(spp, 1.0 - a_spp, out=tmp)
+            sm += tmp
+            np.minimum(spp, SPP_STAGNATION, out=tmp)
+            np.copyto(spp, tmp, where=sm > SPP_STAGNATION)
+            # E[|N|^2 | y] = lam + (1 - P) (|y|^2 - lam), smoothed: lam += (1 - a)(1 - P)(|y|^2 - lam).
+            np.subtract(p, prev, out=tmp)
+            spp *= a_noise - 1.0
+            spp += 1.0 - a_noise
+            tmp *= spp
+            np.add(prev, tmp, out=cur)
+            np.maximum(cur, POWER_FLOOR, out=cur)
+            if starting:
+                # Running mean of the first frames: a starting point the tracker refines.
+                count = frames[start_rows] + 1
+                cur[start_rows] = np.maximum(start_lam + (p[start_rows] - start_lam) / count[:, None], POWER_FLOOR)
+                sm[start_rows] = start_sm
+                frames[start_rows] = count
+                starting = int(frames.min()) < self.init_frames
+            prev = cur
+        if power.shape[0]:
+            lam[...] = out[-1]
+        return out

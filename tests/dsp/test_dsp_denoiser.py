@@ -32,13 +32,14 @@ def test_output_does_not_depend_on_chunking(chunk_ms: float | None) -> None:
     x = _mix(sr, 2.0, channels=2)
     reference = run(Denoiser(sr, 2), x)
     chunk = None if chunk_ms is None else max(1, int(sr * chunk_ms / 1000))
-    np.testing.assert_array_equal(run(Denoiser(sr, 2), x, chunk), reference)
+    # Same samples up to float rounding (the estimators batch hops in float32): far below one PCM16 LSB.
+    np.testing.assert_allclose(run(Denoiser(sr, 2), x, chunk), reference, rtol=0, atol=1e-6)
 
 
 def test_one_sample_chunks_give_the_same_output() -> None:
     sr = 8000
     x = _mix(sr, 0.5)
-    np.testing.assert_array_equal(run(Denoiser(sr), x, 1), run(Denoiser(sr), x))
+    np.testing.assert_allclose(run(Denoiser(sr), x, 1), run(Denoiser(sr), x), rtol=0, atol=1e-6)
 
 
 @settings(max_examples=15, deadline=None)
@@ -59,7 +60,7 @@ def test_random_chunks_emit_exactly_the_completed_hops(cuts: list[int]) -> None:
         assert emitted == (b // hop) * hop  # depends only on the total input so far
         parts.append(y)
     parts.append(den.flush())
-    np.testing.assert_array_equal(np.concatenate(parts), reference)
+    np.testing.assert_allclose(np.concatenate(parts), reference, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [0, 1, 159, 160, 161, 16000, 16001])
@@ -245,10 +246,14 @@ def test_steady_state_hop_allocates_little() -> None:
     den = Denoiser(sr, 8)
     x = (np.random.default_rng(0).standard_normal((sr, 8)) * 0.01).astype(np.float32)
     den.process(x)  # warm up
-    tracemalloc.start()
-    for i in range(0, sr, den.latency_samples):
-        den.process(x[i : i + den.latency_samples])
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    # A hop's FFT of 8 channels x 1536 samples is ~100 kB; nothing grows with stream length.
-    assert peak < 400_000, peak
+    hop = den.latency_samples
+    peaks = []
+    for n_hops in (10, 100):
+        tracemalloc.start()
+        for i in range(0, n_hops * hop, hop):
+            den.process(x[i % sr : i % sr + hop])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # A hop's scratch for 8 channels x 769 bins is ~20 arrays of 49 kB; nothing grows with stream length.
+    assert peaks[1] < 2_000_000, peaks
+    assert peaks[1] <= 1.1 * peaks[0], peaks

@@ -1,7 +1,15 @@
-"""Persistent state: users, API keys, jobs and usage in SQLite.
+"""The store: users, API keys, jobs and usage, in SQLite or PostgreSQL (see :mod:`.engines`).
 
-All SQL of the project lives in this module, behind a few methods, so another engine can
-replace SQLite without touching the servicers (DESIGN.md, "Growing past one machine").
+The SQL of the project lives in this package, behind a few methods, so the servicers never see
+which database runs (DESIGN.md, "Growing past one machine"). The statements are written once for
+both; the engine supplies the few words that differ (row locks).
+
+Jobs are claimed with a lease that expires (:meth:`Store.claim_next`): on PostgreSQL the claim
+reads with ``FOR UPDATE SKIP LOCKED`` inside its transaction, so replicas claiming at once get
+different jobs without waiting on each other; on SQLite the transaction holds the write lock.
+Every claim counts an attempt, and a worker's later writes name the attempt they belong to, so
+a worker whose lease ran out (and whose job another worker took) can no longer change the job:
+a job completes, and is billed, exactly once.
 
 Keys are random 192-bit tokens. The store keeps HMAC-SHA256(pepper, key) only: the pepper lives
 outside the database (a file in the data dir, or configuration shared by replicas), so a leaked
@@ -12,93 +20,29 @@ SHA-256) still work and are re-hashed with the pepper on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.store.engines import Engine, StoreError, StoreUnavailable, open_engine
+
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
+    "JobRow", "KeyRecord", "Principal", "Store", "StoreError", "StoreUnavailable",
 ]
 
 KEY_PREFIX = "hw_"
-
-_SCHEMA = [
-    # version 1: users and keys
-    """
-    CREATE TABLE users (
-        uid INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE api_keys (
-        key_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        uid INTEGER NOT NULL REFERENCES users(uid),
-        key_hash BLOB NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    """,
-    # version 2: jobs and per-key usage
-    """
-    CREATE TABLE jobs (
-        job_id TEXT PRIMARY KEY,
-        uid INTEGER NOT NULL,
-        key_id INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        progress REAL NOT NULL DEFAULT 0,
-        held INTEGER NOT NULL DEFAULT 0,
-        file_name TEXT NOT NULL,
-        file_key TEXT NOT NULL,
-        attenuation_limit_db REAL,
-        created_at REAL NOT NULL,
-        mod_time REAL NOT NULL,
-        format TEXT NOT NULL,
-        subtype TEXT NOT NULL,
-        sample_rate INTEGER NOT NULL,
-        channels INTEGER NOT NULL,
-        frames INTEGER NOT NULL,
-        upload_bytes INTEGER NOT NULL,
-        upload_blob TEXT NOT NULL,
-        result_blob TEXT,
-        result_format TEXT,
-        error_code TEXT,
-        error_msg TEXT,
-        lease_owner TEXT,
-        lease_expires REAL,
-        attempts INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_by_user ON jobs (uid, created_at);
-    CREATE INDEX jobs_by_status ON jobs (status, held, created_at);
-    CREATE TABLE usage (
-        key_id INTEGER NOT NULL,
-        uid INTEGER NOT NULL,
-        day TEXT NOT NULL,
-        billed_seconds REAL NOT NULL DEFAULT 0,
-        upload_bytes INTEGER NOT NULL DEFAULT 0,
-        jobs INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (key_id, day)
-    );
-    """,
-    # version 3: keys hashed with a pepper (HMAC); older rows say 'sha256' until first use
-    """
-    ALTER TABLE api_keys ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
-    """,
-]
 
 # Job states, as the REST contract spells them.
 PENDING, PRE_PROCESSING, PROCESSING, POST_PROCESSING = "pending", "pre-processing", "processing", "post-processing"
 COMPLETED, FAILED = "completed", "failed"
 IN_FLIGHT = (PRE_PROCESSING, PROCESSING, POST_PROCESSING)
-
-
-class StoreError(Exception):
-    """A store operation that cannot be done (unknown user, unknown key id)."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +103,12 @@ def _day(t: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
-def _add_usage(db: sqlite3.Connection, key_id: int, uid: int, now: float, *, billed_seconds: float = 0.0,
+def _add_usage(db: Engine, key_id: int, uid: int, now: float, *, billed_seconds: float = 0.0,
                upload_bytes: int = 0, jobs: int = 0) -> None:
     db.execute(
         "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (key_id, day) DO UPDATE SET billed_seconds = billed_seconds + excluded.billed_seconds, "
-        "upload_bytes = upload_bytes + excluded.upload_bytes, jobs = jobs + excluded.jobs",
+        "ON CONFLICT (key_id, day) DO UPDATE SET billed_seconds = usage.billed_seconds + excluded.billed_seconds, "
+        "upload_bytes = usage.upload_bytes + excluded.upload_bytes, jobs = usage.jobs + excluded.jobs",
         (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs))
 
 
@@ -172,45 +116,52 @@ def _sha256_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
-class Store:
-    """SQLite-backed store. Safe to share between threads; other processes may open the same file."""
+def _lease_held(owner: str, attempt: int | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its arguments) of a write that needs the worker's lease."""
+    if attempt is None:
+        return "lease_owner = ?", [owner]
+    return "lease_owner = ? AND attempts = ?", [owner, attempt]
 
-    def __init__(self, path: str | Path, key_pepper: bytes | None = None) -> None:
+
+class Store:
+    """Users, keys, jobs and usage in one database. Safe to share between threads; other processes
+    (job workers, other replicas, ``hushwire keys``) may open the same database at the same time.
+
+    ``database`` is a URL (``sqlite:///PATH``, ``postgresql://USER@HOST:PORT/DB``) or a SQLite file
+    path. The schema is created, or migrated, on open. Raises :class:`StoreUnavailable` when the
+    database cannot be reached and :class:`StoreError` for a URL that cannot be used.
+    """
+
+    def __init__(self, database: str | Path, key_pepper: bytes | None = None) -> None:
         """``key_pepper`` is needed only to create or check keys (job workers open the store without it)."""
         self._pepper = key_pepper
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self._db = open_engine(database)
+        #: ``sqlite`` or ``postgresql``
+        self.dialect = self._db.dialect
+        #: the SQLite file, or None for a database server
+        self.path: Path | None = getattr(self._db, "path", None)
+        try:
+            with self._lock:
+                self.schema_version = self._db.migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def description(self) -> str:
+        """The database's URL, without a password."""
+        return self._db.description
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _migrate(self) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-                row = self._db.execute("SELECT version FROM schema_version").fetchone()
-                version = row[0] if row else 0
-                for i, script in enumerate(_SCHEMA[version:], start=version + 1):
-                    for stmt in script.split(";"):
-                        if stmt.strip():
-                            self._db.execute(stmt)
-                    if row:
-                        self._db.execute("UPDATE schema_version SET version = ?", (i,))
-                    else:
-                        self._db.execute("INSERT INTO schema_version VALUES (?)", (i,))
-                        row = (i,)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Engine]:
+        """``with self._tx() as db``: one transaction under the store's lock."""
+        with self._lock, self._db.transaction():
+            yield self._db
 
     # -- users and keys -------------------------------------------------------------------
 
@@ -221,9 +172,9 @@ class Store:
 
     def create_user(self, name: str) -> int:
         with self._lock:
-            cur = self._db.execute("INSERT INTO users (name, created_at) VALUES (?, ?)", (name, time.time()))
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+            row = self._db.execute("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING uid",
+                                   (name, time.time())).fetchone()
+        return int(row[0])
 
     def user_name(self, uid: int) -> str | None:
         with self._lock:
@@ -233,15 +184,15 @@ class Store:
     def create_key(self, uid: int) -> tuple[int, str]:
         """Add a new key to user ``uid``; returns ``(key_id, key)``. The key is shown once."""
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM users WHERE uid = ?", (uid,)).fetchone() is None:
+        digest = self._hash_key(key)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE uid = ?", (uid,)).fetchone() is None:
                 raise StoreError(f"no user with uid {uid}")
-            cur = self._db.execute(
-                "INSERT INTO api_keys (uid, key_hash, created_at, scheme) VALUES (?, ?, ?, 'hmac')",
-                (uid, self._hash_key(key), time.time()),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid, key
+            row = db.execute(
+                "INSERT INTO api_keys (uid, key_hash, created_at, scheme) VALUES (?, ?, ?, 'hmac') RETURNING key_id",
+                (uid, digest, time.time()),
+            ).fetchone()
+        return int(row[0]), key
 
     def list_keys(self) -> list[KeyRecord]:
         with self._lock:
@@ -274,18 +225,15 @@ class Store:
             if row is None:  # a key created before peppering: check, then upgrade it in place
                 legacy = _sha256_key(key)
                 row = self._db.execute(query, (legacy, "sha256")).fetchone()
-                if row is not None and hmac.compare_digest(row[3], legacy):
+                if row is not None and hmac.compare_digest(bytes(row[3]), legacy):
                     self._db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
                                      (digest, row[0]))
                     row = (*row[:3], digest)
-        if row is None or not hmac.compare_digest(row[3], digest):
+        if row is None or not hmac.compare_digest(bytes(row[3]), digest):
             return None
         return Principal(uid=row[1], key_id=row[0], name=row[2])
 
     # -- jobs ---------------------------------------------------------------------------------
-
-    def _tx(self) -> _Transaction:
-        return _Transaction(self)
 
     def create_job(self, job: JobRow) -> None:
         values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
@@ -326,12 +274,13 @@ class Store:
                     (attenuation_limit_db, job_id))
             else:
                 cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def delete_job(self, job_id: str) -> JobRow | None:
         """Remove the job's row; returns it (its blobs are the caller's to delete)."""
         with self._tx() as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?{db.for_update}",
+                             (job_id,)).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
@@ -339,13 +288,14 @@ class Store:
 
     def claim_next(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRow | None:
         """Lease the oldest runnable job: pending and not held, or in flight with an expired lease.
-        A job that already used ``max_attempts`` leases fails instead (a poison file must not loop)."""
+        A job that already used ``max_attempts`` leases fails instead (a poison file must not loop).
+        The returned row's ``attempts`` names this claim in the worker's later writes."""
         now = time.time()
         with self._tx() as db:
             while True:
                 row = db.execute(
                     f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 0 AND (status = ? OR "
-                    f"(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY created_at LIMIT 1",
+                    f"(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY created_at LIMIT 1{db.skip_locked}",
                     (PENDING, *IN_FLIGHT, now),
                 ).fetchone()
                 if row is None:
@@ -361,12 +311,14 @@ class Store:
                     "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
                     "attempts = attempts + 1, mod_time = ? WHERE job_id = ?",
                     (PRE_PROCESSING, owner, now + lease_seconds, now, job.job_id))
-                return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "lease_owner": owner,
-                                 "lease_expires": now + lease_seconds, "attempts": job.attempts + 1})
+                return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "progress": 0.0, "mod_time": now,
+                                 "lease_owner": owner, "lease_expires": now + lease_seconds,
+                                 "attempts": job.attempts + 1})
 
     def update_job(self, job_id: str, owner: str, lease_seconds: float, *, status: str | None = None,
-                   progress: float | None = None) -> bool:
-        """Renew the lease (and set status/progress). False when the job is gone or leased by another."""
+                   progress: float | None = None, attempt: int | None = None) -> bool:
+        """Renew the lease (and set status/progress). False when the job is gone or leased by another
+        (or, with ``attempt``, claimed again since that attempt)."""
         now = time.time()
         sets: list[str] = ["lease_expires = ?"]
         args: list[object] = [now + lease_seconds]
@@ -376,18 +328,21 @@ class Store:
         if progress is not None:
             sets.append("progress = ?")
             args.append(progress)
+        held, held_args = _lease_held(owner, attempt)
         with self._lock:
             cur = self._db.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND lease_owner = ?", [*args, job_id, owner])
-            return cur.rowcount == 1
+                f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND {held}", [*args, job_id, *held_args])
+            return bool(cur.rowcount == 1)
 
     def finish_job(self, job_id: str, owner: str, *, result_blob: str | None = None,
-                   result_format: str | None = None, error: tuple[str, str] | None = None) -> bool:
+                   result_format: str | None = None, error: tuple[str, str] | None = None,
+                   attempt: int | None = None) -> bool:
         """Mark the job completed (recording usage) or failed. False when the lease was lost."""
         now = time.time()
+        held, held_args = _lease_held(owner, attempt)
         with self._tx() as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND lease_owner = ?",
-                             (job_id, owner)).fetchone()
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND {held}{db.for_update}",
+                             (job_id, *held_args)).fetchone()
             if row is None:
                 return False
             job = JobRow(*row)
@@ -413,12 +368,13 @@ class Store:
             sql += " AND lease_owner = ?"
             args.append(owner)
         with self._lock:
-            return self._db.execute(sql, args).rowcount
+            return int(self._db.execute(sql, args).rowcount)
 
     def job_stats(self) -> tuple[dict[str, int], int, float | None]:
         """Jobs per state; runnable pending jobs (not held); the creation time of the oldest of those."""
         with self._lock:
-            counts = dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            counts = {s: int(n) for s, n in self._db.execute(
+                "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()}
             queued, oldest = self._db.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
         return counts, int(queued), oldest
@@ -442,24 +398,6 @@ class Store:
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
         with self._lock:
-            return [tuple(r) for r in self._db.execute(
+            return [(str(d), float(b), int(u), int(j)) for d, b, u, j in self._db.execute(
                 "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
                 (key_id,)).fetchall()]
-
-
-class _Transaction:
-    """``with store._tx() as db``: one IMMEDIATE transaction under the store's lock."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._store._lock.acquire()
-        self._store._db.execute("BEGIN IMMEDIATE")
-        return self._store._db
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        try:
-            self._store._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._store._lock.release()

@@ -1,0 +1,27 @@
+"""Persistent state: users, API keys, jobs and usage, in SQLite (embedded) or PostgreSQL (shared).
+
+``Store(url_or_path, key_pepper)`` opens either; see :mod:`server.store.engines` for the URL
+forms, :mod:`server.store.schema` for the one schema both get, and :mod:`server.store.core` for
+the operations. No SQL lives outside this package.
+"""
+
+from server.store.core import (
+    COMPLETED,
+    FAILED,
+    IN_FLIGHT,
+    KEY_PREFIX,
+    PENDING,
+    POST_PROCESSING,
+    PRE_PROCESSING,
+    PROCESSING,
+    JobRow,
+    KeyRecord,
+    Principal,
+    Store,
+)
+from server.store.engines import StoreError, StoreUnavailable, redact
+
+__all__ = [
+    "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
+    "JobRow", "KeyRecord", "Principal", "Store", "StoreError", "StoreUnavailable", "redact",
+]
