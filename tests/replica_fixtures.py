@@ -6,9 +6,9 @@ stopped in reverse order.
 The HAProxy configs are the files in ``deploy/`` with only their addresses swapped (see
 :func:`render_haproxy`), so the tests prove the shipped configs work.
 
-The stores come from the ``store_urls`` fixture: today SQLite in WAL mode and a local blob folder
-shared by the replicas on this machine. PostgreSQL and S3 plug in by returning their URLs there (or
-parametrising it); nothing else here knows which store it is.
+The stores come from the ``store_urls`` fixture, parametrised over SQLite (WAL mode) with a local
+blob folder shared on this machine, and a real PostgreSQL with a real S3-compatible server (the
+fixtures of tests/pg_fixtures.py and tests/s3_fixtures.py); nothing else here knows which it is.
 
 Each replica has its own data dir: what they share comes from configuration only (the database and
 blob URLs, and the signing secret and key pepper in the environment), as on separate machines.
@@ -33,9 +33,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, run_cli, start_logged, stop_process
+from pg_fixtures import fresh_database_url
+from s3_fixtures import fresh_blob_url
 
-__all__ = ["Cluster", "Gateways", "HAProxy", "Replica", "StoreURLs", "cluster", "render_haproxy", "start_gateways",
-           "store_urls"]
+__all__ = ["STORES", "Cluster", "Gateways", "HAProxy", "Replica", "StoreURLs", "cluster", "render_haproxy",
+           "start_gateways", "store_urls"]
 
 DEPLOY = ROOT / "deploy" / "haproxy"
 HAPROXY = shutil.which("haproxy") or (Path("/usr/sbin/haproxy") if Path("/usr/sbin/haproxy").exists() else None)
@@ -49,15 +51,21 @@ class StoreURLs:
 
     database_url: str
     blob_url: str
-    kind: str = "sqlite+files"
+    kind: str = "sqlite+file"
 
 
-@pytest.fixture(scope="module")
-def store_urls(tmp_path_factory: pytest.TempPathFactory) -> StoreURLs:
-    """One SQLite file and one blob folder shared by every replica of the module (WAL makes that safe
-    on one machine). PostgreSQL/S3: return (or parametrise over) their URLs here."""
-    shared = tmp_path_factory.mktemp("shared-store")
-    return StoreURLs(f"sqlite://{shared / 'hushwire.db'}", f"file://{shared / 'blobs'}")
+# Every replica test runs on both: SQLite (WAL) and a blob folder shared on one machine, and a real
+# PostgreSQL and a real S3-compatible server (tests/pg_fixtures.py, tests/s3_fixtures.py).
+STORES = ["sqlite+file", "postgresql+s3"]
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store_urls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> StoreURLs:
+    """One fresh database and one fresh blob store shared by every replica of the module."""
+    database, blobs = request.param.split("+")
+    directory = tmp_path_factory.mktemp("shared-store")
+    return StoreURLs(fresh_database_url(request, database, directory), fresh_blob_url(request, blobs, directory),
+                     request.param)
 
 
 # -- HAProxy ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 results download wherever they were made; live streams move to a survivor; a drain leaves rotation.
 
 Every test uses the module's ``cluster`` (tests/replica_fixtures.py): replicas ``a`` and ``b``, one
-job worker each, 2 s leases, behind HAProxy running ``deploy/haproxy/grpc.cfg``. A test that kills or
+job worker each, 2 s leases, behind HAProxy running ``deploy/haproxy/grpc.cfg``, once on SQLite and a blob
+folder and once on PostgreSQL and S3 (``store_urls``). A test that kills or
 drains a replica starts it again before it ends, so the next test finds both up.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from s3_fixtures import stored_blobs
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
 from client import EnhancerClient, JobsClient
@@ -84,7 +86,8 @@ def test_a_job_submitted_to_one_replica_is_finished_by_another(cluster: Cluster,
     assert intake.stop() == 0
 
 
-def test_a_replica_killed_mid_job_leaves_it_to_the_survivor_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_replica_killed_mid_job_leaves_it_to_the_survivor_exactly_once(cluster: Cluster, tmp_path: Path,
+                                                                          request: pytest.FixtureRequest) -> None:
     assert cluster.lb is not None
     src = tmp_path / "long.wav"
     frames = 48000 * 60
@@ -117,9 +120,8 @@ def test_a_replica_killed_mid_job_leaves_it_to_the_survivor_exactly_once(cluster
     import io
 
     assert sf.info(io.BytesIO(data)).frames == frames
-    blobs = Path(cluster.stores.blob_url.removeprefix("file://"))
-    if cluster.stores.kind == "sqlite+files":
-        assert len([p for p in (blobs / "results").glob(f"{job_id}*") if not p.name.endswith(".tmp")]) == 1
+    results = [n for n in stored_blobs(request, cluster.stores.blob_url) if n.startswith(f"results/{job_id}")]
+    assert len([n for n in results if not n.endswith(".tmp")]) == 1, results
     cluster.restart(victim)
 
 
