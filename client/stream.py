@@ -37,7 +37,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.errors import HushwireClientError, from_rpc_error, is_retryable
+from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_retryable
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 
@@ -401,6 +401,7 @@ class _AsyncLive:
         self._budget_s = budget_s
         self._progress = _Progress()
         self._call: Any = None
+        self._status: CallStatus | None = None
         self.delay_samples = 0
         self.reconnects: list[BackendLost] = []
 
@@ -417,7 +418,13 @@ class _AsyncLive:
         self._source.generation += 1
         self._progress = _Progress()
         self._call = self._open_call(self._requests(self._source.generation, self._progress))
-        first = await self._call.read()
+        # A request written as the server ends the call makes grpc.aio report a local INTERNAL in
+        # place of the server's status, and INTERNAL without a trailer would look like a lost server.
+        self._status = CallStatus(self._call)
+        try:
+            first = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise await self._status.error_for(err) from None
         if first is grpc.aio.EOF:
             raise HushwireClientError(None, None, "the server ended the stream without a response")
         self.delay_samples = first.algorithmic_delay_samples
@@ -458,7 +465,10 @@ class _AsyncLive:
                     yield StreamOutput(audio, r.voice_probability)
                 return
             except grpc.RpcError as err:
-                lost = from_rpc_error(err)
+                real = err
+                if isinstance(err, grpc.aio.AioRpcError) and self._status is not None:
+                    real = await self._status.error_for(err)
+                lost = from_rpc_error(real)
                 if not self._resume or not is_retryable(lost):
                     raise lost from None
             event = await self._reconnect(lost)

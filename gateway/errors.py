@@ -14,18 +14,26 @@ Tree::
           400/415 INVALID_REQUEST, 400 INVALID_FILE (no file), 413 FILE_TOO_LARGE, 408 REQUEST_TIMEOUT,
           404 NOT_FOUND / 405 METHOD_NOT_ALLOWED (no such route or method), 500 INTERNAL (a bug, with an id)
 
-:func:`from_rpc_error` is the only place that turns a gRPC failure into an HTTP status.
+:func:`from_rpc_error` is the only place that turns a gRPC failure into an HTTP status;
+:func:`from_call_error` is the same for a streaming call, where a write racing the server's end of
+the call can make grpc report its own INTERNAL in place of the server's status
+(:class:`client.errors.CallStatus` recovers the server's).
 """
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from starlette.responses import JSONResponse
 
+from client.errors import CallStatus
 from gateway.metrics import METRICS
 from server.errors import ERROR_CODE_KEY, ERRORS
 
-__all__ = ["GatewayError", "error_response", "from_rpc_error"]
+__all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error"]
+
+log = logging.getLogger("hushwire.gateway")
 
 # Codes that exist only at the HTTP edge (no hushwire server sent them).
 UPSTREAM_ERROR = "UPSTREAM_ERROR"
@@ -77,3 +85,15 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> GatewayError:
     if status == grpc.StatusCode.DEADLINE_EXCEEDED:
         return GatewayError(UPSTREAM_TIMEOUT, "the hushwire server did not answer in time", 504)
     return GatewayError(UPSTREAM_ERROR, f"upstream error ({status.name})", 502)
+
+
+async def from_call_error(exc: grpc.aio.AioRpcError, status: CallStatus | None, what: str) -> GatewayError:
+    """:func:`from_rpc_error` for a streaming call (``what``: "stream", "upload"), with the server's own
+    status when grpc replaced it by a local INTERNAL because a write raced the end of the call."""
+    if status is not None:
+        error = await status.error_for(exc)
+        if error is not exc:
+            log.info("a write raced the end of the %s: reporting the server's status %s, not grpc's local "
+                     "INTERNAL", what, error.code().name)
+            exc = error
+    return from_rpc_error(exc)

@@ -63,7 +63,8 @@ from urllib.parse import urlsplit
 import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gateway.errors import GatewayError, error_response, from_rpc_error
+from client.errors import CallStatus
+from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
 __all__ = [
@@ -252,9 +253,11 @@ class LiveBridge:
             return
         await ws.accept()
         call: _Call | None = None
+        status: CallStatus | None = None
         try:
             key, config = parse_hello(await self._receive_hello(ws))
             call = self._stub.StreamEnhance(metadata=[("authorization", key)])
+            status = CallStatus(call)
             first = await self._open(call, enhancer_pb2.StreamEnhanceRequest(config=config))
             await self._send(ws, text=json.dumps({"algorithmic_delay_samples": first.algorithmic_delay_samples}))
             await self._pump(ws, call)
@@ -263,7 +266,7 @@ class LiveBridge:
         except GatewayError as err:
             await self._fail(ws, err)
         except grpc.aio.AioRpcError as exc:
-            await self._fail(ws, from_rpc_error(exc))
+            await self._fail(ws, await from_call_error(exc, status, "stream"))
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("internal error id=%s on the /live WebSocket", error_id)

@@ -33,7 +33,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from gateway.errors import GatewayError, from_rpc_error
+from client.errors import CallStatus
+from gateway.errors import GatewayError, from_call_error, from_rpc_error
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
@@ -71,6 +72,7 @@ class _Part:
     header_bytes: int = 0
     name: str = ""
     call: _SubmitCall | None = None
+    status: CallStatus | None = None                        # the call's status as the server sent it
     pending: bytearray = field(default_factory=bytearray)   # file bytes not yet sent (< CHUNK_BYTES)
     value: bytearray | None = None                          # the option's value, for a non-file part
 
@@ -253,18 +255,19 @@ class _Upload:
         if self._attenuation is not None:
             spec.options.attenuation_limit_db = self._attenuation
         part.call = self._stub.SubmitJob(metadata=self._metadata)
-        await self._write(part.call, jobs_pb2.SubmitJobRequest(spec=spec))
+        part.status = CallStatus(part.call)
+        await self._write(part, jobs_pb2.SubmitJobRequest(spec=spec))
 
     async def _end_part(self, part: _Part) -> None:
         if part.value is not None:
             self._attenuation = _attenuation(bytes(part.value))
         elif part.call is not None:
             await self._send(part, final=True)
-            await self._write(part.call, None)
+            await self._write(part, None)
             try:
                 job = await part.call
             except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from None
+                raise await from_call_error(exc, part.status, "upload") from None
             part.call = None
             self._jobs.append((part.name, job.job_id))
 
@@ -273,11 +276,13 @@ class _Upload:
         while len(part.pending) >= CHUNK_BYTES or (final and part.pending):
             chunk = bytes(part.pending[:CHUNK_BYTES])
             del part.pending[:CHUNK_BYTES]
-            await self._write(part.call, jobs_pb2.SubmitJobRequest(chunk=chunk))
+            await self._write(part, jobs_pb2.SubmitJobRequest(chunk=chunk))
 
-    async def _write(self, call: _SubmitCall, message: jobs_pb2.SubmitJobRequest | None) -> None:
+    async def _write(self, part: _Part, message: jobs_pb2.SubmitJobRequest | None) -> None:
         """Send one message (None: half-close). If the server already ended the call (a refused file),
         raise the server's error."""
+        call = part.call
+        assert call is not None
         try:
             if message is None:
                 await call.done_writing()
@@ -289,12 +294,12 @@ class _Upload:
         except Exception as exc:   # grpc raises several kinds here; the call's outcome decides
             failure: BaseException = exc
         # grpc.aio reports a write racing the server's end of the call as a local INTERNAL error
-        # ("Internal error from Core") or InvalidStateError; the call's own outcome has the server's
-        # status and its hushwire-error-code trailer.
+        # ("Internal error from Core") or InvalidStateError, and may replace the call's own status
+        # with that INTERNAL: CallStatus keeps the server's status and its hushwire-error-code trailer.
         try:
             job = await asyncio.wait_for(self._outcome(call), self._limits.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise await from_call_error(exc, part.status, "upload") from None
         except TimeoutError:
             call.cancel()
             raise GatewayError("UPSTREAM_ERROR", f"sending the upload failed: {failure}", 502) from None

@@ -2,7 +2,7 @@
 
 The benchmarks start their own servers on loopback and clean them up; these tests only check
 that they still work against the current code, so a refactor cannot silently break them.
-The streams and memory smoke runs take over 10 s and are marked slow.
+The streams, memory and soak smoke runs take over 10 s and are marked slow.
 """
 
 from __future__ import annotations
@@ -82,3 +82,34 @@ def test_replicas_quick_prints_the_scaling_table() -> None:
     assert [r["replicas"] for r in rows] == ["1", "2"]
     assert all(r["jobs done"] == "2/2" and float(r["job audio s per wall s"]) > 0 for r in rows)
     assert "2 replicas / 1 replica" in out
+
+
+@pytest.mark.slow
+def test_soak_quick_loses_nothing() -> None:
+    out = run_bench("bench.soak")  # exits 1 if anything was lost or duplicated (run_bench asserts 0)
+    (streams,) = table_rows(out, "chunks answered")
+    assert streams["streams"] == "5" and streams["completed"] == "5", streams
+    assert streams["unanswered"] == "0" and streams["tails flushed"] == "5", streams
+    assert int(streams["chunks sent"]) > 0
+    (uploads,) = table_rows(out, "downloads matching length")
+    assert int(uploads["accepted"]) > 0 and uploads["completed"] == uploads["accepted"], uploads
+    assert uploads["downloads matching length"] == uploads["completed"], uploads
+    (jobs,) = table_rows(out, "lost (accepted, no row)")
+    assert jobs["accepted"] == jobs["rows in the DB"] == uploads["accepted"], jobs
+    assert jobs["lost (accepted, no row)"] == jobs["duplicated (rows per upload > 1)"] == "0", jobs
+    memory = table_rows(out, "after − before")
+    assert {r["process"] for r in memory} >= {"server", "gateway"}
+    assert "nothing lost" in out
+
+
+@pytest.mark.slow
+def test_soak_quick_reports_refusals_with_their_codes() -> None:
+    out = run_bench("bench.soak", "--max-streams-per-user", "3", "--max-queued-jobs-per-user", "1")
+    (streams,) = table_rows(out, "chunks answered")
+    assert streams["completed"] == "3" and streams["refused (status/code)"] == "2: RESOURCE_EXHAUSTED/RATE_LIMITED ×2"
+    assert streams["unanswered"] == "0", streams
+    (uploads,) = table_rows(out, "downloads matching length")
+    assert "429 RATE_LIMITED" in uploads["refused (HTTP code)"], uploads
+    (jobs,) = table_rows(out, "lost (accepted, no row)")
+    assert jobs["orphans (a row, upload not accepted)"] == jobs["lost (accepted, no row)"] == "0", jobs
+    assert jobs["accepted"] == jobs["rows in the DB"] == uploads["accepted"], jobs

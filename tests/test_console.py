@@ -8,6 +8,8 @@ shared dev corpus.
 from __future__ import annotations
 
 import base64
+import collections
+import contextlib
 import json
 import secrets
 import socket
@@ -315,8 +317,47 @@ def test_live_bad_message_mid_stream(console_gateway: GatewayProcess, console_ke
         hello(ws, console_key, 16000)
         ws.send(np.zeros(160, "<f4").tobytes())
         assert isinstance(ws.recv(timeout=RECV_TIMEOUT_S), bytes)
-        ws.send(message)  # the server refuses a bad update at once; nothing more is sent (see the note
-        expect_error(ws, code, 1008)  # in the closing report about a write racing the refusal)
+        ws.send(message)  # the server refuses a bad update at once (audio racing the refusal: the next test)
+        expect_error(ws, code, 1008)
+
+
+RACE_LOG_LINE = "a write raced the end of the stream"
+
+
+@pytest.mark.slow
+def test_live_refused_update_racing_audio_writes(console_gateway: GatewayProcess, console_key: str) -> None:
+    """A refused update while the gateway is writing the next audio chunks to the gRPC call: the
+    browser still gets the server's INVALID_ARGUMENT, not UPSTREAM_ERROR.
+
+    When a write is in grpc core as the server ends the call, grpc.aio replaces the call's status
+    with a local INTERNAL (gateway/live.py, ``_ServerStatus``). Whether a given try races is up to
+    the scheduler (2 to 25 in 100 tries on a busy 2-core machine), so the scenario repeats until the
+    gateway has logged the race twice, within a bounded number of tries (before the fix, 150 tries
+    gave UPSTREAM_ERROR at least once in every run)."""
+    tries, wanted = 150, 2
+    # Chunk sizes from 20 to 400 ms: which one races most often varies with the machine's load.
+    chunks = [np.zeros(n, "<f4").tobytes() for n in (320, 1600, 6400)]
+    raced_before = console_gateway.log.count(RACE_LOG_LINE)
+    outcomes: list[str] = []
+    for n in range(tries):
+        chunk = chunks[n % len(chunks)]
+        with open_live(console_gateway) as ws:
+            hello(ws, console_key, 16000)
+            ws.send(chunk)
+            assert isinstance(ws.recv(timeout=RECV_TIMEOUT_S), bytes)
+            ws.send('{"attenuation_limit_db": -1}')  # refused by the server at once...
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(40):                  # ...while these chunks are being written to the call
+                    ws.send(chunk)
+            reply = ws.recv(timeout=RECV_TIMEOUT_S)
+            assert isinstance(reply, str), "no audio is answered after the refused update"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=RECV_TIMEOUT_S)
+            assert closed.value.rcvd is not None
+            outcomes.append(f"{json.loads(reply)['error']['code']} {closed.value.rcvd.code}")
+        if console_gateway.log.count(RACE_LOG_LINE) - raced_before >= wanted:
+            break
+    assert set(outcomes) == {"INVALID_ARGUMENT 1008"}, collections.Counter(outcomes)
 
 
 def test_live_checks_the_origin(console_gateway: GatewayProcess, console_key: str) -> None:

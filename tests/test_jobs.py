@@ -1,5 +1,9 @@
-"""File jobs over gRPC, end to end: a real server with worker processes, real blobs, and each database
-(``module_database_url`` / ``database_url``: a SQLite file and a real PostgreSQL)."""
+"""File jobs over gRPC, end to end: a real server with worker processes, on each pair of stores.
+
+The module's server runs on the embedded stores (a SQLite file and a blob folder) and on the
+scale-out ones (a real PostgreSQL and a real S3-compatible server, SeaweedFS): ``stores``. The
+function-scoped tests that restart servers run on each database (``database_url``) with file blobs.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ServerProcess, create_key, dev_pair, energy_db, start_server
+from pg_fixtures import fresh_database_url
+from s3_fixtures import fresh_blob_url, stored_blobs
 
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
@@ -23,11 +29,21 @@ from hushwire.v1 import jobs_pb2
 from server.dsp import Denoiser
 from server.store import Store
 
+STORE_PAIRS = {"sqlite+file": ("sqlite", "file"), "postgresql+s3": ("postgresql", "s3")}
+
+
+@pytest.fixture(scope="module", params=list(STORE_PAIRS))
+def stores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(database URL, blob URL) of fresh, empty stores: embedded, or PostgreSQL + S3."""
+    database, blobs = STORE_PAIRS[request.param]
+    directory = tmp_path_factory.mktemp("stores")
+    return fresh_database_url(request, database, directory), fresh_blob_url(request, blobs, directory)
+
 
 @pytest.fixture(scope="module")
-def store_args(module_database_url: str) -> tuple[str, ...]:
+def store_args(stores: tuple[str, str]) -> tuple[str, ...]:
     """The store flags every process of this module's server gets (``serve`` and ``keys``)."""
-    return ("--database-url", module_database_url)
+    return ("--database-url", stores[0], "--blob-url", stores[1])
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +76,14 @@ def _write(path: Path, x: np.ndarray, rate: int, fmt: str = "WAV", subtype: str 
     return path
 
 
-def _stored(server: ServerProcess, database_url: str) -> tuple[int, list[Path]]:
-    """Job rows in the database and blob files on disk."""
-    store = Store(database_url)
+def _stored(request: pytest.FixtureRequest, stores: tuple[str, str]) -> tuple[int, list[str]]:
+    """Job rows in the database and blobs in the blob store."""
+    store = Store(stores[0])
     try:
         rows = sum(store.job_stats()[0].values())
     finally:
         store.close()
-    blobs = [p for p in (server.data_dir / "blobs").rglob("*") if p.is_file()]
-    return rows, blobs
+    return rows, stored_blobs(request, stores[1])
 
 
 @pytest.mark.parametrize(
@@ -153,28 +168,28 @@ def test_download_by_token_without_key(server: ServerProcess, jobs: JobsClient, 
         (lambda p: _write(p, _noise(16000, 0.1), 16000, "WAV", "ULAW"), "INVALID_FILE", "ULAW"),
     ],
 )
-def test_refused_uploads_store_nothing(server: ServerProcess, jobs: JobsClient, tmp_path: Path, make, code: str,
-                                       needle: str, module_database_url: str) -> None:
-    before = _stored(server, module_database_url)
+def test_refused_uploads_store_nothing(request: pytest.FixtureRequest, jobs: JobsClient, tmp_path: Path, make,
+                                       code: str, needle: str, stores: tuple[str, str]) -> None:
+    before = _stored(request, stores)
     path = tmp_path / "bad.wav"
     make(path)
     with pytest.raises(HushwireClientError) as info:
         jobs.submit(path)
     assert info.value.code == code and needle in info.value.msg, info.value
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
-    assert _stored(server, module_database_url) == before
+    assert _stored(request, stores) == before
 
 
-def test_wav_header_claiming_more_data_than_the_file_has(server: ServerProcess, jobs: JobsClient,
-                                                         tmp_path: Path, module_database_url: str) -> None:
+def test_wav_header_claiming_more_data_than_the_file_has(request: pytest.FixtureRequest, jobs: JobsClient,
+                                                         tmp_path: Path, stores: tuple[str, str]) -> None:
     full = _write(tmp_path / "full.wav", _noise(16000, 1.0), 16000).read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(full[: len(full) // 2])
-    before = _stored(server, module_database_url)
+    before = _stored(request, stores)
     with pytest.raises(HushwireClientError) as info:
         jobs.submit(cut)
     assert info.value.code == "INVALID_FILE" and "header declares 32000 bytes" in info.value.msg
-    assert _stored(server, module_database_url) == before
+    assert _stored(request, stores) == before
 
 
 def test_truncated_flac_becomes_a_failed_job(jobs: JobsClient, tmp_path: Path) -> None:
@@ -235,8 +250,8 @@ def test_keys_of_one_user_share_jobs(server: ServerProcess, jobs: JobsClient, tm
         assert c.get(job.job_id).job_id == job.job_id
 
 
-def test_hold_start_and_cancel(server: ServerProcess, jobs: JobsClient, tmp_path: Path,
-                              module_database_url: str) -> None:
+def test_hold_start_and_cancel(request: pytest.FixtureRequest, jobs: JobsClient, tmp_path: Path,
+                              stores: tuple[str, str]) -> None:
     src = _write(tmp_path / "h.wav", _noise(16000, 0.5), 16000)
     held = jobs.submit(src, hold=True)
     time.sleep(1.0)
@@ -249,11 +264,11 @@ def test_hold_start_and_cancel(server: ServerProcess, jobs: JobsClient, tmp_path
     x, _ = sf.read(str(src), dtype="int16")
     assert np.max(np.abs(y.astype(int) - x.astype(int))) <= 1  # 0 dB limit: pass-through
 
-    before = _stored(server, module_database_url)
+    before = _stored(request, stores)
     doomed = jobs.submit(src, hold=True)
-    assert _stored(server, module_database_url)[0] == before[0] + 1
+    assert _stored(request, stores)[0] == before[0] + 1
     jobs.cancel(doomed.job_id)
-    assert _stored(server, module_database_url) == before  # row and upload gone
+    assert _stored(request, stores) == before  # row and upload gone
     with pytest.raises(HushwireClientError) as info:
         jobs.get(doomed.job_id)
     assert info.value.code == "JOB_NOT_FOUND"

@@ -79,3 +79,33 @@ def test_job_limits_per_user(tmp_path: Path) -> None:
             c.submit(_wav(tmp_path / "d.wav"), hold=True)  # 16 kB still fits
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.slow
+def test_upload_refused_mid_body_by_the_quota_is_429_every_time(tmp_path: Path) -> None:
+    """The daily quota ends a SubmitJob while the gateway is still writing the file's chunks. grpc.aio
+    may then report a local INTERNAL in place of the server's RATE_LIMITED (client.errors.CallStatus);
+    before the fix, 1 to 5 in 60 such uploads came back 502 UPSTREAM_ERROR. Whether one races is up
+    to the scheduler, so uploads repeat until the gateway has logged the race twice, at most 200."""
+    import httpx
+    from test_gateway import start_gateway
+
+    key = create_key(tmp_path, "--name", "a")
+    srv = start_server(tmp_path, "--max-bytes-per-day-per-user", "1000000")
+    gw = start_gateway(tmp_path, srv.target)
+    wav = _wav(tmp_path / "big.wav", 100.0).read_bytes()  # 3.2 MB: refused after ~4 of its 13 chunks
+    try:
+        outcomes: dict[str, int] = {}
+        with httpx.Client(base_url=gw.url, timeout=60, trust_env=False) as http:
+            for i in range(200):
+                r = http.post("/enhance", headers={"Authorization": key}, files={"f": (f"{i}.wav", wav, "audio/wav")})
+                label = f"{r.status_code} {r.json()['error']['code']}"
+                outcomes[label] = outcomes.get(label, 0) + 1
+                if gw.log.count("a write raced the end of the upload") >= 2:
+                    break
+        assert set(outcomes) == {"429 RATE_LIMITED"}, outcomes
+        with JobsClient(srv.target, key) as c:
+            assert list(c.list()) == []   # nothing stored for any of them
+    finally:
+        assert gw.stop() == 0
+        assert srv.stop() == 0
