@@ -184,14 +184,34 @@ class Children:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def start(self, name: str, argv: Sequence[str], log_path: Path, cpu: int | None = None,
-              ready_timeout: float = 60.0) -> Child:
-        """Start ``argv`` (stderr to ``log_path``) and wait for its ``listening on HOST:PORT`` line."""
+    def _spawn(self, name: str, argv: Sequence[str], log_path: Path, cpu: int | None,
+               env: dict[str, str] | None) -> Child:
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=child_env(),
-                                    preexec_fn=_preexec(cpu), start_new_session=True)
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env=env or child_env(), preexec_fn=_preexec(cpu), start_new_session=True)
         child = Child(name, proc, log_path)
         self._children.append(child)
+        return child
+
+    def start_ready(self, name: str, argv: Sequence[str], log_path: Path, ready: Callable[[], bool],
+                    env: dict[str, str] | None = None, ready_timeout: float = 30.0) -> Child:
+        """Start ``argv`` (output to ``log_path``) and wait until ``ready()`` (for programs that do not
+        log ``listening on``, such as HAProxy)."""
+        child = self._spawn(name, argv, log_path, None, env)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return child
+            if child.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not become ready:\n{child.log()[-3000:]}")
+
+    def start(self, name: str, argv: Sequence[str], log_path: Path, cpu: int | None = None,
+              ready_timeout: float = 60.0, env: dict[str, str] | None = None) -> Child:
+        """Start ``argv`` (stderr to ``log_path``) and wait for its ``listening on HOST:PORT`` line."""
+        child = self._spawn(name, argv, log_path, cpu, env)
+        proc = child.proc
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             m = _LISTENING.search(child.log())

@@ -7,6 +7,7 @@
 
 from client.errors import HushwireClientError
 from client.jobs import JobsClient
-from client.stream import AsyncEnhancerClient, EnhancerClient, StreamOutput
+from client.stream import AsyncEnhancerClient, BackendLost, EnhancerClient, StreamOutput
 
-__all__ = ["AsyncEnhancerClient", "EnhancerClient", "HushwireClientError", "JobsClient", "StreamOutput"]
+__all__ = ["AsyncEnhancerClient", "BackendLost", "EnhancerClient", "HushwireClientError", "JobsClient",
+           "StreamOutput"]

@@ -5,7 +5,9 @@ Threads and why:
 - PortAudio's input callback only copies each block into a bounded queue (and notes overflows);
   it never blocks, so a slow network can only cost dropped blocks, which are counted.
 - A network thread feeds the queue into one live gRPC stream and puts the denoised audio into a
-  jitter buffer and the recording files. It reconnects (with backoff) if the server goes away.
+  jitter buffer and the recording files. When the server goes away mid-stream the client library
+  resumes on a new stream (``BackendLost``, said on the console); if that fails too, this thread
+  reconnects with backoff.
 - PortAudio's output callback reads the jitter buffer; an empty buffer plays silence (counted).
 - The main thread prints one status line and handles Ctrl-C.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from client.errors import HushwireClientError, is_retryable
-from client.stream import EnhancerClient
+from client.stream import BackendLost, EnhancerClient
 
 __all__ = ["MicError", "MicOptions", "run_mic"]
 
@@ -252,6 +254,9 @@ class MicSession:
                         self._rec_skip = self.delay
                         attempt = 0
                         for out in live:
+                            if out.backend_lost is not None:  # the library resumed on a new stream
+                                self._resumed(out.backend_lost)
+                                continue
                             self._received(out.audio, out.voice_probability)
                         return
                     except HushwireClientError as err:
@@ -266,6 +271,14 @@ class MicSession:
             self.error = exc
         finally:
             self.done.set()
+
+    def _resumed(self, ev: BackendLost) -> None:
+        self.stats.reconnects += 1
+        self.delay = ev.delay_samples
+        self._rec_skip = self.delay  # the new stream's output starts over with its delay
+        lost_ms = 1000.0 * ev.frames_lost / self.rate
+        _say(f"lost the server ({ev.status.name if ev.status else 'error'}: {ev.message}); resumed on a new "
+             f"stream after {ev.outage_s:.1f} s, {lost_ms:.0f} ms of audio lost")
 
     def _received(self, y: np.ndarray, voice: float) -> None:
         if y.shape[0] == 0:

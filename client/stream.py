@@ -4,14 +4,32 @@ Both speak the contract in ``protos/hushwire/v1/enhancer.proto``: config first, 
 chunks of any length, then a half-close that flushes the tail. ``enhance()`` streams a whole
 array and returns it aligned (the algorithmic delay removed, same length as the input); it
 reconnects and starts over on UNAVAILABLE (DESIGN.md), within the connect-timeout budget.
+
+A live stream (``stream()``) lives on one server. Behind a balancer with several replicas, that
+replica may die mid-stream; the stream then *resumes*: the client opens a new stream (on whichever
+replica the balancer picks), with the latest settings, and goes on feeding it the caller's items.
+The new stream has fresh denoiser state. The caller is told with a :class:`BackendLost` event on
+the next output (``StreamOutput.backend_lost``), never left hanging:
+
+- "backend lost" is UNAVAILABLE (a direct connection), or INTERNAL (through nginx) or CANCELLED
+  (through HAProxy) that carry no ``hushwire-error-code`` trailer, and never the caller's own
+  cancel (:meth:`LiveStream.cancel`);
+- reopening is retried with backoff within ``connect_timeout`` seconds from the loss, then the
+  stream fails with a :class:`HushwireClientError` that says so (opening the first stream is
+  retried the same way, so a replica that is draining is simply passed over);
+- audio the lost replica took but never answered is gone (``BackendLost.frames_lost``); the
+  resumed stream's output starts again with its algorithmic delay (``BackendLost.delay_samples``).
+
+``stream(..., resume=False)`` restores fail-on-loss (``enhance()`` uses it: it restarts the whole
+signal instead, so its output stays exact).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +41,7 @@ from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_re
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server import pcm
 
-__all__ = ["AsyncEnhancerClient", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]
+__all__ = ["AsyncEnhancerClient", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]
 
 ENCODINGS = {"pcm16": pcm.PCM16, "float32": pcm.FLOAT32}
 _RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
@@ -38,9 +56,25 @@ class Update:
 
 
 @dataclass(frozen=True)
+class BackendLost:
+    """The server of a live stream went away mid-stream, and the stream resumed on a new one.
+
+    It arrives on the first output after the resume (``StreamOutput.backend_lost``, with no audio).
+    """
+
+    status: grpc.StatusCode | None  # how the loss looked: UNAVAILABLE, CANCELLED (HAProxy), INTERNAL (nginx)
+    message: str                    # the error's details, for logs
+    attempts: int                   # streams opened to resume (1: the first try worked)
+    outage_s: float                 # from the loss to the new stream's first answer
+    frames_lost: int                # input frames (per channel) the lost server took without answering
+    delay_samples: int              # the new stream's algorithmic delay: its output starts over with it
+
+
+@dataclass(frozen=True)
 class StreamOutput:
     audio: np.ndarray          # float32 (frames, channels); may have 0 frames
     voice_probability: float
+    backend_lost: BackendLost | None = None  # set (with no audio) when the stream just resumed elsewhere
 
 
 def _as_frames(x: np.ndarray, channels: int) -> np.ndarray:
@@ -133,28 +167,312 @@ def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", key),) if key else ()
 
 
-class LiveStream:
-    """Responses of one live stream. ``delay_samples`` is known once the stream has started."""
+_END = object()    # the caller's items are exhausted
+_STALE = object()  # the call that asked is dead: its item goes to the next call
 
-    def __init__(self, responses: Any, channels: int, encoding: int) -> None:
-        self._responses = responses
-        self._channels = channels
-        self._encoding = encoding
-        try:
-            first = next(responses)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+
+class _Source:
+    """The caller's items, shared by the successive calls of one resumed stream.
+
+    grpc reads a call's requests in its own thread, which may be blocked in ``next(items)`` when
+    the call dies. The item it then gets is kept for the next call instead of being lost, and the
+    lock keeps two calls from running the caller's generator at once.
+    """
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._it = iter(items)
+        self._lock = threading.Lock()
+        self._carry: list[Any] = []
+        self._ended = False
+        self.generation = 0
+
+    def take(self, generation: int) -> Any:
+        with self._lock:
+            if generation != self.generation:
+                return _STALE
+            if self._carry:
+                return self._carry.pop(0)
+            if self._ended:
+                return _END
+            try:
+                item = next(self._it)
+            except StopIteration:
+                self._ended = True
+                return _END
+            if generation != self.generation:
+                self._carry.append(item)
+                return _STALE
+            return item
+
+
+class _Settings:
+    """What a resumed stream must restore: the config and the latest mid-stream updates."""
+
+    def __init__(self, sample_rate: int, channels: int, encoding: int, attenuation_limit_db: float | None) -> None:
+        self.sample_rate, self.channels, self.encoding = sample_rate, channels, encoding
+        self.attenuation_limit_db = attenuation_limit_db
+        self.bypass: bool | None = None
+
+    def opening(self) -> list[enhancer_pb2.StreamEnhanceRequest]:
+        out = [_config_request(self.sample_rate, self.channels, self.encoding, self.attenuation_limit_db)]
+        if self.bypass:
+            out.append(_item_request(Update(bypass=True), self.channels, self.encoding))
+        return out
+
+    def request(self, item: np.ndarray | Update) -> tuple[enhancer_pb2.StreamEnhanceRequest, int]:
+        """The request for ``item`` and its frames (0 for an update), noting updates."""
+        if isinstance(item, Update):
+            if item.attenuation_limit_db is not None:
+                self.attenuation_limit_db = item.attenuation_limit_db
+            if item.bypass is not None:
+                self.bypass = item.bypass
+            return _item_request(item, self.channels, self.encoding), 0
+        x = _as_frames(item, self.channels)
+        return enhancer_pb2.StreamEnhanceRequest(audio=pcm.encode(x, self.encoding)), x.shape[0]
+
+
+class _Progress:
+    """Frames sent and received on the current call, to count what a lost server took."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+
+    def lost(self, delay: int) -> int:
+        return max(0, self.sent - max(0, self.received - delay))
+
+
+def _give_up(target: str, budget_s: float, lost: HushwireClientError, attempts: int,
+             last: HushwireClientError) -> HushwireClientError:
+    return HushwireClientError(
+        last.status, last.code,
+        f"lost the hushwire server at {target} mid-stream ({lost}) and could not resume the stream within "
+        f"{budget_s:g} s ({attempts} attempt(s); last: {last.msg or last.status})")
+
+
+class LiveStream:
+    """Responses of one live stream. ``delay_samples`` is known once the stream has started (and
+    changes to the new stream's after a resume); ``reconnects`` lists the :class:`BackendLost` events."""
+
+    def __init__(self, open_call: Callable[[Iterator[enhancer_pb2.StreamEnhanceRequest]], Any], items: Iterable[Any],
+                 settings: _Settings, *, resume: bool = True, target: str = "", budget_s: float = 10.0) -> None:
+        self._open_call = open_call
+        self._source = _Source(items)
+        self._settings = settings
+        self._resume = resume
+        self._target = target
+        self._budget_s = budget_s
+        self._cancelled = False
+        self._progress = _Progress()
+        self.reconnects: list[BackendLost] = []
+        retry = _Retry(budget_s)
+        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
+            try:
+                self._connect()
+                return
+            except grpc.RpcError as err:
+                first = from_rpc_error(err)
+                if not resume:
+                    raise first from None
+            time.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
+
+    def _requests(self, generation: int, progress: _Progress) -> Iterator[enhancer_pb2.StreamEnhanceRequest]:
+        yield from self._settings.opening()
+        while (item := self._source.take(generation)) is not _END and item is not _STALE:
+            req, frames = self._settings.request(item)
+            progress.sent += frames
+            yield req
+
+    def _connect(self) -> None:
+        self._source.generation += 1
+        self._progress = _Progress()
+        self._responses = self._open_call(self._requests(self._source.generation, self._progress))
+        first = next(self._responses)
         self.delay_samples: int = first.algorithmic_delay_samples
 
+    def _reconnect(self, lost: HushwireClientError) -> BackendLost:
+        t0 = time.monotonic()
+        # What the lost server took is counted once the new call exists: from then on the old
+        # call's request thread hands anything it still takes to the new one (``_Source``).
+        old, old_delay = self._progress, self.delay_samples
+        retry = _Retry(self._budget_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._connect()
+                break
+            except grpc.RpcError as err:
+                last = from_rpc_error(err)
+                if self._cancelled or not is_retryable(last):  # e.g. the key was revoked meanwhile
+                    raise last from None
+                try:
+                    wait = retry.wait_after(last)
+                except HushwireClientError:
+                    raise _give_up(self._target, self._budget_s, lost, attempts, last) from None
+                time.sleep(wait)
+        event = BackendLost(lost.status, lost.msg, attempts, time.monotonic() - t0, old.lost(old_delay),
+                            self.delay_samples)
+        self.reconnects.append(event)
+        return event
+
     def __iter__(self) -> Iterator[StreamOutput]:
-        try:
-            for r in self._responses:
-                yield StreamOutput(pcm.decode(r.audio, self._encoding, self._channels), r.voice_probability)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        channels, encoding = self._settings.channels, self._settings.encoding
+        while True:
+            try:
+                for r in self._responses:
+                    audio = pcm.decode(r.audio, encoding, channels)
+                    self._progress.received += audio.shape[0]
+                    yield StreamOutput(audio, r.voice_probability)
+                return
+            except grpc.RpcError as err:
+                lost = from_rpc_error(err)
+                if self._cancelled or not self._resume or not is_retryable(lost):
+                    raise lost from None
+            event = self._reconnect(lost)
+            yield StreamOutput(np.zeros((0, channels), np.float32), 0.0, backend_lost=event)
 
     def cancel(self) -> None:
+        """End the stream from the caller's side (never resumed)."""
+        self._cancelled = True
         self._responses.cancel()
+
+
+async def _anext(it: AsyncIterator[Any]) -> Any:
+    return await it.__anext__()
+
+
+class _AsyncSource:
+    """:class:`_Source` for asyncio. grpc.aio cancels a dead call's request task, perhaps while it
+    waits for the caller's next item: that wait is shielded and handed to the next call, so the
+    caller's async generator is neither cancelled nor skips an item."""
+
+    def __init__(self, items: AsyncIterable[Any] | Iterable[Any]) -> None:
+        self._ait = items.__aiter__() if isinstance(items, AsyncIterable) else None
+        self._it = iter(items) if not isinstance(items, AsyncIterable) else None
+        self._pending: asyncio.Future[Any] | None = None
+        self._carry: list[Any] = []
+        self._ended = False
+        self.generation = 0
+
+    async def take(self, generation: int) -> Any:
+        while True:
+            if generation != self.generation:
+                return _STALE
+            if self._carry:
+                return self._carry.pop(0)
+            if self._ended:
+                return _END
+            if self._it is not None:
+                try:
+                    return next(self._it)
+                except StopIteration:
+                    self._ended = True
+                    return _END
+            assert self._ait is not None
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(_anext(self._ait))
+            pending = self._pending
+            try:
+                item = await asyncio.shield(pending)
+            except StopAsyncIteration:
+                self._ended = True
+                continue
+            if self._pending is not pending:  # another call's request task took this item
+                continue
+            self._pending = None
+            if generation != self.generation:
+                self._carry.append(item)
+                return _STALE
+            return item
+
+
+class _AsyncLive:
+    """One resumable live stream under asyncio (see :class:`LiveStream`)."""
+
+    def __init__(self, open_call: Callable[[AsyncIterator[enhancer_pb2.StreamEnhanceRequest]], Any],
+                 items: AsyncIterable[Any] | Iterable[Any], settings: _Settings, *, resume: bool, target: str,
+                 budget_s: float) -> None:
+        self._open_call = open_call
+        self._source = _AsyncSource(items)
+        self._settings = settings
+        self._resume = resume
+        self._target = target
+        self._budget_s = budget_s
+        self._progress = _Progress()
+        self._call: Any = None
+        self._status: CallStatus | None = None
+        self.delay_samples = 0
+        self.reconnects: list[BackendLost] = []
+
+    async def _requests(self, generation: int, progress: _Progress,
+                        ) -> AsyncIterator[enhancer_pb2.StreamEnhanceRequest]:
+        for req in self._settings.opening():
+            yield req
+        while (item := await self._source.take(generation)) is not _END and item is not _STALE:
+            req, frames = self._settings.request(item)
+            progress.sent += frames
+            yield req
+
+    async def connect(self) -> None:
+        self._source.generation += 1
+        self._progress = _Progress()
+        self._call = self._open_call(self._requests(self._source.generation, self._progress))
+        # A request written as the server ends the call makes grpc.aio report a local INTERNAL in
+        # place of the server's status, and INTERNAL without a trailer would look like a lost server.
+        self._status = CallStatus(self._call)
+        try:
+            first = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise await self._status.error_for(err) from None
+        if first is grpc.aio.EOF:
+            raise HushwireClientError(None, None, "the server ended the stream without a response")
+        self.delay_samples = first.algorithmic_delay_samples
+
+    async def _reconnect(self, lost: HushwireClientError) -> BackendLost:
+        t0 = time.monotonic()
+        # What the lost server took is counted once the new call exists: from then on the old
+        # call's request thread hands anything it still takes to the new one (``_Source``).
+        old, old_delay = self._progress, self.delay_samples
+        retry = _Retry(self._budget_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self.connect()
+                break
+            except (grpc.RpcError, HushwireClientError) as err:
+                last = from_rpc_error(err) if isinstance(err, grpc.RpcError) else err
+                if not is_retryable(last):  # e.g. the key was revoked meanwhile
+                    raise last from None
+                try:
+                    wait = retry.wait_after(last)
+                except HushwireClientError:
+                    raise _give_up(self._target, self._budget_s, lost, attempts, last) from None
+                await asyncio.sleep(wait)
+        event = BackendLost(lost.status, lost.msg, attempts, time.monotonic() - t0, old.lost(old_delay),
+                            self.delay_samples)
+        self.reconnects.append(event)
+        return event
+
+    async def outputs(self) -> AsyncIterator[StreamOutput]:
+        channels, encoding = self._settings.channels, self._settings.encoding
+        while True:
+            try:
+                while (r := await self._call.read()) is not grpc.aio.EOF:
+                    audio = pcm.decode(r.audio, encoding, channels)
+                    self._progress.received += audio.shape[0]
+                    yield StreamOutput(audio, r.voice_probability)
+                return
+            except grpc.RpcError as err:
+                real = err
+                if isinstance(err, grpc.aio.AioRpcError) and self._status is not None:
+                    real = await self._status.error_for(err)
+                lost = from_rpc_error(real)
+                if not self._resume or not is_retryable(lost):
+                    raise lost from None
+            event = await self._reconnect(lost)
+            yield StreamOutput(np.zeros((0, channels), np.float32), 0.0, backend_lost=event)
 
 
 class EnhancerClient:
@@ -191,19 +509,19 @@ class EnhancerClient:
 
     def stream(
         self, items: Iterable[np.ndarray | Update], sample_rate: int, channels: int = 1, *,
-        encoding: str = "float32", attenuation_limit_db: float | None = None,
+        encoding: str = "float32", attenuation_limit_db: float | None = None, resume: bool = True,
     ) -> LiveStream:
-        """Start a live stream over ``items`` (audio arrays and :class:`Update` s, consumed lazily)."""
+        """Start a live stream over ``items`` (audio arrays and :class:`Update` s, consumed lazily).
+
+        With ``resume`` (the default) a server lost mid-stream is replaced by a new stream, announced
+        by :class:`BackendLost` on the next output (see the module docstring); without, it raises."""
         if not self._ready:
             self.wait_ready()
             self._ready = True
-        enc = ENCODINGS[encoding]
-        requests = itertools.chain(
-            [_config_request(sample_rate, channels, enc, attenuation_limit_db)],
-            (_item_request(item, channels, enc) for item in items),
-        )
-        responses = self._stub.StreamEnhance(requests, metadata=_metadata(self.key))
-        return LiveStream(responses, channels, enc)
+        settings = _Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db)
+        metadata = _metadata(self.key)
+        return LiveStream(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
+                          resume=resume, target=self.target, budget_s=self.connect_timeout)
 
     def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0, realtime: bool = False,
@@ -218,7 +536,7 @@ class EnhancerClient:
             try:
                 live = self.stream(
                     _chunks(frames, chunk, sample_rate if realtime else None), sample_rate, frames.shape[1],
-                    encoding=encoding, attenuation_limit_db=attenuation_limit_db,
+                    encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
                 outs = [o.audio for o in live]
                 y = _aligned(outs, live.delay_samples, frames.shape[0], frames.shape[1])
@@ -263,45 +581,27 @@ class AsyncEnhancerClient:
     async def stream(
         self, items: AsyncIterable[np.ndarray | Update] | Iterable[np.ndarray | Update], sample_rate: int,
         channels: int = 1, *, encoding: str = "float32", attenuation_limit_db: float | None = None,
+        resume: bool = True,
     ) -> tuple[int, AsyncIterator[StreamOutput]]:
-        """Start a live stream; returns ``(delay_samples, outputs)``."""
+        """Start a live stream; returns ``(delay_samples, outputs)``. ``resume`` as in
+        :meth:`EnhancerClient.stream` (a resumed stream's delay is in its :class:`BackendLost`)."""
         if not self._ready:
             await self.wait_ready()
             self._ready = True
-        enc = ENCODINGS[encoding]
-
-        async def requests() -> AsyncIterator[enhancer_pb2.StreamEnhanceRequest]:
-            yield _config_request(sample_rate, channels, enc, attenuation_limit_db)
-            if isinstance(items, AsyncIterable):
-                async for item in items:
-                    yield _item_request(item, channels, enc)
-            else:
-                for item in items:
-                    yield _item_request(item, channels, enc)
-
-        call = self._stub.StreamEnhance(requests(), metadata=_metadata(self.key))
-        # A request written as the server ends the call makes grpc.aio report a local INTERNAL in
-        # place of the server's status (and INTERNAL without a trailer would look retryable).
-        status = CallStatus(call)
-        try:
-            first = await call.read()
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(await status.error_for(err)) from None
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        if first is grpc.aio.EOF:
-            raise HushwireClientError(None, None, "the server ended the stream without a response")
-
-        async def outputs() -> AsyncIterator[StreamOutput]:
+        settings = _Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db)
+        metadata = _metadata(self.key)
+        live = _AsyncLive(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
+                          resume=resume, target=self.target, budget_s=self.connect_timeout)
+        retry = _Retry(self.connect_timeout)
+        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
             try:
-                while (r := await call.read()) is not grpc.aio.EOF:
-                    yield StreamOutput(pcm.decode(r.audio, enc, channels), r.voice_probability)
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(await status.error_for(err)) from None
+                await live.connect()
+                return live.delay_samples, live.outputs()
             except grpc.RpcError as err:
-                raise from_rpc_error(err) from None
-
-        return first.algorithmic_delay_samples, outputs()
+                first = from_rpc_error(err)
+                if not resume:
+                    raise first from None
+            await asyncio.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
 
     async def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0,
@@ -315,7 +615,7 @@ class AsyncEnhancerClient:
             try:
                 delay, outputs = await self.stream(
                     _chunks(frames, chunk, None), sample_rate, frames.shape[1],
-                    encoding=encoding, attenuation_limit_db=attenuation_limit_db,
+                    encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
                 outs = [o.audio async for o in outputs]
                 y = _aligned(outs, delay, frames.shape[0], frames.shape[1])

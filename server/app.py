@@ -18,8 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from server import health_http
 from server.auth import AuthInterceptor
 from server.config import ServerConfig
+from server.health_http import Health, HealthMirror
 from server.jobs import JobRunner
 from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
@@ -45,16 +47,16 @@ class Server:
 
     grpc_server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Health
     registry: StreamRegistry
     store: Store
     runner: JobRunner
+    mirror: HealthMirror | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
         self.draining = True
-        for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(False)  # the HTTP mirror answers 503 from here on
         open_streams = len(self.registry.tasks)
         if open_streams:
             log.info("draining: %d open stream(s), waiting up to %.1f s", open_streams, seconds)
@@ -65,11 +67,16 @@ class Server:
         await self.runner.stop()
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
+        if self.mirror is not None:
+            await self.mirror.stop()
 
 
 async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    # Bound first: a busy port is a configuration error before anything has started.
+    mirror_sock = health_http.bind(config.host, config.health_http_port) if config.health_http_port is not None \
+        else None
     blobs = config.open_blobs()
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
@@ -84,8 +91,12 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
-    holder: dict[str, Server] = {}
-    interceptor = AuthInterceptor(store, is_draining=lambda: holder["server"].draining)
+    health_servicer = health.aio.HealthServicer()
+    health_state = Health(health_servicer, HEALTH_SERVICES)
+    # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
+    # start (a client that resumes a stream may reach a replica that is still starting) and while
+    # draining.
+    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving)
     grpc_server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
@@ -97,7 +108,6 @@ async def create_server(config: ServerConfig) -> Server:
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -107,18 +117,17 @@ async def create_server(config: ServerConfig) -> Server:
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     port = grpc_server.add_insecure_port(address)
-    for name in HEALTH_SERVICES:  # until the workers are up
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_state.set(False)  # until the workers are up
     await grpc_server.start()
+    mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
+    if mirror is not None:
+        await mirror.start()  # answers 503 during the warm-up below
     await runner.start()
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
-    for name in HEALTH_SERVICES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server = Server(grpc_server, port, health_servicer, registry, store, runner)
-    holder["server"] = server
-    return server
+    await health_state.set(True)
+    return Server(grpc_server, port, health_state, registry, store, runner, mirror)
 
 
 async def serve(config: ServerConfig) -> int:

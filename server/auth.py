@@ -126,7 +126,8 @@ async def _database_down(context: grpc.aio.ServicerContext, exc: StoreUnavailabl
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a valid key (UNAUTHENTICATED) and, while draining, new calls (UNAVAILABLE)."""
+    """Refuses calls without a valid key (UNAUTHENTICATED) and, while starting or draining, new calls
+    (UNAVAILABLE)."""
 
     def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False) -> None:
         self._store = store
@@ -142,7 +143,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
         if self._is_draining():
-            return _refusal(handler, "SERVICE_UNAVAILABLE", "server shutting down")
+            return _refusal(handler, "SERVICE_UNAVAILABLE", "server not serving (starting up or shutting down)")
         metadata = handler_call_details.invocation_metadata
         key = key_from_metadata(metadata)
         try:

@@ -63,6 +63,22 @@ def _size(text: str | int | float) -> int:
     return int(float(s))
 
 
+def _port(text: str | int) -> int:
+    """A TCP port, 0-65535 (0: any free port)."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("a port is 0-65535")
+    return port
+
+
+def _count(text: str | int) -> int:
+    """A count that may be 0 but not negative."""
+    n = int(text)
+    if n < 0:
+        raise ValueError("must be 0 or more")
+    return n
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -95,7 +111,8 @@ class Setting:
             return {"signing_secret": "generated into the data dir", "key_pepper": "generated into the data dir",
                     "database_url": "SQLite in the data dir",
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
-                    "workers": "one per core", "metrics_port": "off"}.get(self.name, "none")
+                    "workers": "one per core", "metrics_port": "off",
+                    "health_http_port": "off"}.get(self.name, "none")
         return f"`{self.default}`"
 
 
@@ -130,7 +147,10 @@ _HELP = {
     "metrics_port": "serve Prometheus metrics on this port (server)",
     "stream_batch_ms": "live streams: how long the first chunk of a batch waits for other streams' chunks to "
                        "be denoised with it (0: no wait; applies from 4 open streams)",
-    "workers": "job worker processes",
+    "workers": "job worker processes (0: this replica runs no jobs; others sharing its store do)",
+    "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
+                        "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
+                        "`option httpchk`)",
 }
 
 
@@ -180,7 +200,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
         Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
         Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
-        Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, int),
+        Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, _count),
+        Setting("health_http_port", "HUSHWIRE_HEALTH_HTTP_PORT", "server.health_http_port", None, _port),
     ]
 }
 
@@ -280,6 +301,7 @@ class ServerConfig:
     metrics_port: int | None = None
     workers: int | None = None
     stream_batch_ms: float = 1.0
+    health_http_port: int | None = None
 
     def open_store(self) -> Store:
         """The store with its key pepper (configured, or generated into the data dir on first use).

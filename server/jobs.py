@@ -299,7 +299,8 @@ class JobRunner:
         self._store = store
         self._database = str(database)
         self._blob_url, self._data_dir = blobs.url, str(data_dir)  # workers reopen the same store
-        self.workers = workers or os.cpu_count() or 1
+        # 0 workers: a replica that takes jobs in and serves them but leaves the work to its peers.
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
         self._lease = lease_seconds
         self._requeue_on_start = requeue_on_start
         self.owner = uuid.uuid4().hex[:16]
@@ -317,7 +318,8 @@ class JobRunner:
 
     async def warm_up(self) -> None:
         """Start every worker process (imports included) before the server reports SERVING."""
-        assert self._pool is not None
+        if self._pool is None:  # no workers
+            return
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.workers)))
 
@@ -326,7 +328,7 @@ class JobRunner:
             n = self._store.requeue()
             if n:
                 event(log, "jobs requeued", count=n, reason="unfinished at the previous stop")
-        self._pool = self._new_pool()
+        self._pool = self._new_pool() if self.workers else None
         self._task = asyncio.create_task(self._loop())
 
     def poke(self) -> None:

@@ -148,3 +148,5 @@ def energy_db(x: np.ndarray) -> float:
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+
+from replica_fixtures import cluster, store_urls  # noqa: E402, F401  (two replicas behind HAProxy: test_replicas.py)

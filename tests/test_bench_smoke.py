@@ -72,6 +72,19 @@ def test_files_quick_prints_the_gateway_table() -> None:
 
 
 @pytest.mark.slow
+def test_replicas_quick_prints_the_scaling_table() -> None:
+    import shutil
+
+    if not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()):
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    out = run_bench("bench.replicas")
+    rows = table_rows(out, "stream knee")
+    assert [r["replicas"] for r in rows] == ["1", "2"]
+    assert all(r["jobs done"] == "2/2" and float(r["job audio s per wall s"]) > 0 for r in rows)
+    assert "2 replicas / 1 replica" in out
+
+
+@pytest.mark.slow
 def test_soak_quick_loses_nothing() -> None:
     out = run_bench("bench.soak")  # exits 1 if anything was lost or duplicated (run_bench asserts 0)
     (streams,) = table_rows(out, "chunks answered")

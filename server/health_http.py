@@ -1,0 +1,118 @@
+"""The server's health, in one place: grpc.health.v1 for every service name, and a plain-HTTP mirror.
+
+HAProxy 2.6 cannot parse grpc.health.v1 answers, so a replica behind it also serves its readiness
+over plain HTTP (``--health-http-port``) for ``option httpchk``:
+
+- ``GET /readyz`` (or ``HEAD``): 200 ``SERVING`` while the server is SERVING; 503 ``NOT_SERVING``
+  while it starts its job workers and from the moment a drain begins (SIGTERM), so the balancer
+  stops sending it new streams before it refuses them;
+- ``GET /healthz``: 200 while the process runs (liveness);
+- anything else: 404.
+
+Both answers come from the same :class:`Health` object, so the mirror cannot disagree with the gRPC
+health service. The mirror runs on uvicorn (already a dependency, for the gateway) in the server's
+own event loop, without uvicorn's signal handling, which stays with ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from grpc_health.v1 import health, health_pb2
+
+from server.config import ConfigError
+
+__all__ = ["Health", "HealthMirror", "bind"]
+
+log = logging.getLogger("hushwire.server")
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
+
+
+class Health:
+    """Sets every gRPC health service name at once and remembers the status for the HTTP mirror."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
+        self.servicer = servicer
+        self.names = tuple(names)
+        self.serving = False
+
+    async def set(self, serving: bool) -> None:
+        self.serving = serving
+        for name in self.names:
+            await self.servicer.set(name, _SERVING if serving else _NOT_SERVING)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The mirror's listening socket, bound before anything else starts, so a busy port is a clear
+    configuration error (exit status 2) rather than a half-started server."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"--health-http-port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # SIGTERM belongs to ``serve``: it drains, and the mirror reports it
+
+
+class HealthMirror:
+    """A tiny ASGI app on uvicorn answering ``/readyz`` and ``/healthz`` from a :class:`Health`."""
+
+    def __init__(self, health_state: Health, sock: socket.socket) -> None:
+        self._health = health_state
+        self._sock = sock
+        self.port: int = sock.getsockname()[1]
+        config = uvicorn.Config(self._app, lifespan="off", log_config=None, log_level="warning", access_log=False,
+                                server_header=False, date_header=False, http="h11",
+                                interface="asgi3", proxy_headers=False)
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body = 405, b"method not allowed\n"
+        elif scope["path"] == "/readyz":
+            status, body = (200, b"SERVING\n") if self._health.serving else (503, b"NOT_SERVING\n")
+        elif scope["path"] == "/healthz":
+            status, body = 200, b"alive\n"
+        else:
+            status, body = 404, b"not found: try /readyz or /healthz\n"
+        headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():  # it could not start: say why
+                await self._task
+                raise RuntimeError("the health mirror did not start")
+            await asyncio.sleep(0.01)
+        host, port = self._sock.getsockname()[:2]
+        log.info("health mirror on http://%s:%d/readyz", f"[{host}]" if ":" in host else host, port)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, 5.0)
+        self._sock.close()

@@ -1,0 +1,249 @@
+"""Many replicas on shared stores behind HAProxy (issue #11): any replica finishes any job, exactly once;
+results download wherever they were made; live streams move to a survivor; a drain leaves rotation.
+
+Every test uses the module's ``cluster`` (tests/replica_fixtures.py): replicas ``a`` and ``b``, one
+job worker each, 2 s leases, behind HAProxy running ``deploy/haproxy/grpc.cfg``, once on SQLite and a blob
+folder and once on PostgreSQL and S3 (``store_urls``). A test that kills or
+drains a replica starts it again before it ends, so the next test finds both up.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from s3_fixtures import stored_blobs
+from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
+
+from client import EnhancerClient, JobsClient
+from client.jobs import STATUS_NAMES
+from hushwire.v1 import jobs_pb2
+from server.config import ServerConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _owner(c: Cluster, job_id: str, event: str = "job processing") -> Replica:
+    """The replica whose log has ``event`` for ``job_id``."""
+    found = [r for r in [*c.replicas, *c.extra] if any(e.get("job_id") == job_id for e in r.events(event))]
+    assert len(found) == 1, f"{event} {job_id} logged by {[r.name for r in found]}"
+    return found[0]
+
+
+def _wait_for(what: str, cond: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _usage_jobs(c: Cluster) -> int:
+    """Completed jobs billed in the shared store (whatever its engine), summed over the day rows."""
+    cfg = ServerConfig(data_dir=c.work / "a", database_url=c.stores.database_url, blob_url=c.stores.blob_url,
+                       key_pepper=c.env["HUSHWIRE_KEY_PEPPER"])
+    store = cfg.open_store()
+    try:
+        return sum(row[3] for key in store.list_keys() for row in store.usage(key.key_id))
+    finally:
+        store.close()
+
+
+def test_deploy_configs_are_valid_haproxy() -> None:
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    import subprocess
+
+    for cfg in sorted(DEPLOY.glob("*.cfg")):
+        out = subprocess.run([str(HAPROXY), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"{cfg}:\n{out.stdout}{out.stderr}"
+
+
+def test_a_job_submitted_to_one_replica_is_finished_by_another(cluster: Cluster, tmp_path: Path) -> None:
+    intake = cluster.start_extra("intake", workers=0)  # takes jobs in, runs none
+    src = tmp_path / "noise.wav"
+    sf.write(str(src), np.random.default_rng(1).standard_normal((16000 * 3, 1)).astype(np.float32) * 0.05, 16000)
+    with JobsClient(intake.target, cluster.key) as jobs:
+        job_id = jobs.submit(src).job_id
+        done = jobs.wait(job_id, timeout=120)
+    assert STATUS_NAMES[done.status] == "completed", done
+    assert any(e.get("job_id") == job_id for e in intake.events("job submitted"))
+    assert not intake.events("job completed") and not intake.events("job processing")
+    finisher = _owner(cluster, job_id, "job completed")
+    assert finisher in cluster.replicas
+    # Every replica answers for the job, and the result comes whole through the balancer.
+    assert cluster.lb is not None
+    with JobsClient(cluster.lb.target, cluster.key) as jobs:
+        assert STATUS_NAMES[jobs.get(job_id).status] == "completed"
+        info, data = jobs.download(job_id)
+    assert isinstance(data, bytes) and info.file_name.endswith(".wav")
+    assert intake.stop() == 0
+
+
+def test_a_replica_killed_mid_job_leaves_it_to_the_survivor_exactly_once(cluster: Cluster, tmp_path: Path,
+                                                                          request: pytest.FixtureRequest) -> None:
+    assert cluster.lb is not None
+    src = tmp_path / "long.wav"
+    frames = 48000 * 60
+    sf.write(str(src), np.random.default_rng(2).standard_normal((frames, 2)).astype(np.float32) * 0.05, 48000)
+    billed_before = _usage_jobs(cluster)
+    with JobsClient(cluster.lb.target, cluster.key) as jobs:
+        job_id = jobs.submit(src).job_id
+
+        def processing() -> bool:
+            j = jobs.get(job_id)
+            return j.status == jobs_pb2.JOB_STATUS_PROCESSING and j.progress > 0
+
+        _wait_for("the job to make progress", processing, 120)
+        victim = _owner(cluster, job_id)
+        survivor = cluster.b if victim is cluster.a else cluster.a
+        victim.kill()
+        t_kill = time.monotonic()
+        done = jobs.wait(job_id, timeout=240)
+        assert STATUS_NAMES[done.status] == "completed", done
+        info, data = jobs.download(job_id)
+    assert isinstance(data, bytes)
+    took = time.monotonic() - t_kill
+    # The survivor took it over after the lease ran out, and it alone finished it.
+    assert _owner(cluster, job_id, "job completed") is survivor
+    assert any(e.get("job_id") == job_id for e in survivor.events("job processing"))
+    assert not any(e.get("job_id") == job_id for e in victim.events("job completed"))
+    assert took >= 1.0, "finished before the victim's lease could have expired"
+    # Exactly once: one completed job billed, and one result with the input's frames.
+    assert _usage_jobs(cluster) == billed_before + 1
+    import io
+
+    assert sf.info(io.BytesIO(data)).frames == frames
+    results = [n for n in stored_blobs(request, cluster.stores.blob_url) if n.startswith(f"results/{job_id}")]
+    assert len([n for n in results if not n.endswith(".tmp")]) == 1, results
+    cluster.restart(victim)
+
+
+def test_a_result_downloads_after_the_replica_that_made_it_is_gone(cluster: Cluster, tmp_path: Path) -> None:
+    gws = start_gateways(cluster)
+    try:
+        src = tmp_path / "short.wav"
+        x = np.random.default_rng(3).standard_normal((16000 * 2, 1)).astype(np.float32) * 0.05
+        sf.write(str(src), x, 16000)
+        with httpx.Client(base_url=gws.url, timeout=30, trust_env=False) as http:
+            r = http.post("/enhance", headers={"Authorization": cluster.key},
+                          files={"clip": ("short.wav", src.read_bytes(), "audio/wav")})
+            assert r.status_code == 200, r.text
+            job_id = r.json()["clip"]
+            deadline = time.monotonic() + 120
+            while (s := http.get(f"/stat/jobs/{job_id}", headers={"Authorization": cluster.key}).json()).get(
+                    "job_status") != "completed":
+                assert time.monotonic() < deadline and s.get("job_status") != "failed", s
+                time.sleep(0.1)
+            url = s["result"]
+            assert url.startswith(gws.url + "/results/"), url
+            maker = _owner(cluster, job_id, "job completed")
+            maker.kill()
+            # No header: the signed URL alone, through either gateway, to whichever replica is left.
+            for _ in range(4):
+                got = http.get(url)
+                assert got.status_code == 200, got.text
+                y, rate = sf.read(__import__("io").BytesIO(got.content), dtype="float32")
+                assert rate == 16000 and y.shape[0] == x.shape[0]
+            tampered = url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB")
+            assert http.get(tampered).status_code == 404
+        cluster.restart(maker)
+    finally:
+        gws.stop()
+
+
+def test_a_live_stream_moves_to_the_survivor_when_its_replica_is_killed(cluster: Cluster) -> None:
+    assert cluster.lb is not None
+    before = cluster.stream_counts()
+    feed = Feed()
+    with EnhancerClient(cluster.lb.target, cluster.key, connect_timeout=30) as c:
+        feed.put_chunks(10)
+        live = c.stream(feed, RATE)
+        delay = live.delay_samples
+        reader = Reader(live)
+        reader.wait_frames(5 * CHUNK)
+        (victim,) = cluster.serving(before)
+        survivor = cluster.b if victim is cluster.a else cluster.a
+        victim.kill()
+        feed.put_chunks(10, seed=1)
+        reader.wait_frames(reader.frames() + 1, timeout=30)  # output flows again, from the survivor
+        feed.put_chunks(5, seed=2)
+        feed.end()
+        reader.thread.join(30)
+    assert not reader.thread.is_alive(), "the stream hung"
+    assert reader.error is None, reader.error
+    ev = check_accounting(reader.outputs, feed.fed, delay)
+    # Through HAProxy the loss shows as CANCELLED (measured); a direct connection gives UNAVAILABLE.
+    assert ev.status == grpc.StatusCode.CANCELLED, ev
+    assert ev.attempts >= 1 and ev.outage_s < 10
+    assert len(survivor.events("stream opened")) == before[survivor.name] + 1
+    cluster.restart(victim)
+
+
+def test_a_draining_replica_leaves_rotation_first_and_finishes_its_streams(cluster: Cluster) -> None:
+    assert cluster.lb is not None
+    before = cluster.stream_counts()
+    feed = Feed()
+    with EnhancerClient(cluster.lb.target, cluster.key, connect_timeout=30) as c:
+        feed.put_chunks(5)
+        live = c.stream(feed, RATE)
+        delay = live.delay_samples
+        reader = Reader(live)
+        reader.wait_frames(2 * CHUNK)
+        (draining,) = cluster.serving(before)
+        other = cluster.b if draining is cluster.a else cluster.a
+        assert draining.ready_status() == 200
+        assert draining.proc is not None
+        draining.proc.send_signal(signal.SIGTERM)
+        _wait_for("the health mirror to answer 503", lambda: draining.ready_status() == 503, 5)
+        took = cluster.lb.wait_status(draining.name, "DOWN", timeout=10)
+        assert took < 5, f"HAProxy took {took:.1f} s to take the draining replica out"
+        # New streams all go to the other replica, and succeed.
+        during = cluster.stream_counts()
+        with EnhancerClient(cluster.lb.target, cluster.key) as c2:
+            for _ in range(4):
+                y = c2.enhance(np.full(1600, 0.01, np.float32), RATE)
+                assert y.shape == (1600,)
+        after = cluster.stream_counts()
+        assert after[draining.name] == during[draining.name]
+        assert after[other.name] == during[other.name] + 4
+        # The open stream was left to finish on the draining replica.
+        feed.put_chunks(5, seed=1)
+        feed.end()
+        reader.thread.join(30)
+    assert not reader.thread.is_alive() and reader.error is None, reader.error
+    assert not any(o.backend_lost for o in reader.outputs)
+    assert reader.frames() == feed.fed + delay
+    assert draining.proc.wait(40) == 0
+    cluster.restart(draining)
+
+
+def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(cluster: Cluster) -> None:
+    lb = start_nginx(cluster)
+    try:
+        before = cluster.stream_counts()
+        feed = Feed()
+        with EnhancerClient(lb.target, cluster.key, connect_timeout=30) as c:
+            feed.put_chunks(10)
+            live = c.stream(feed, RATE)
+            delay = live.delay_samples
+            reader = Reader(live)
+            reader.wait_frames(5 * CHUNK)
+            (victim,) = cluster.serving(before)
+            victim.kill()
+            feed.put_chunks(10, seed=1)
+            feed.end()
+            reader.thread.join(30)
+        assert not reader.thread.is_alive(), "the stream hung"
+        assert reader.error is None, reader.error
+        ev = check_accounting(reader.outputs, feed.fed, delay)
+        assert ev.status == grpc.StatusCode.INTERNAL, ev  # measured: nginx turns the lost backend into INTERNAL
+        cluster.restart(victim)
+    finally:
+        lb.stop()
