@@ -276,7 +276,7 @@ def _ready() -> bool:
     return True
 
 
-def _worker_init(log_level: str = "info", log_format: str = "text") -> None:
+def _worker_init(log_level: str = "info", log_format: str = "text", parent_pid: int | None = None) -> None:
     """Worker processes log like the server, die with it (Linux), and leave signals to it."""
     setup_logging(log_level, log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -286,6 +286,10 @@ def _worker_init(log_level: str = "info", log_format: str = "text") -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        # The server died while this worker was starting, before the death signal was armed:
+        # nobody would ever stop it (seen as idle workers with parent 1 after SIGKILL tests).
+        os._exit(1)
 
 
 class JobRunner:
@@ -314,7 +318,7 @@ class JobRunner:
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-            initargs=(self._log_level, self._log_format))
+            initargs=(self._log_level, self._log_format, os.getpid()))
 
     async def warm_up(self) -> None:
         """Start every worker process (imports included) before the server reports SERVING."""
