@@ -71,8 +71,12 @@ _EXTENSIONS = {"WAV": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3", "AIFF":
 
 
 def new_job_id() -> str:
-    """A UUID4's 16 bytes in URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A UUID4's 16 bytes in URL-safe base64 without padding (22 characters), never starting with
+    ``-`` or ``_``: one id in 64 did, and ``hushwire jobs get -Mj...`` reads as an option."""
+    while True:
+        job_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if job_id[0].isalnum():
+            return job_id
 
 
 def content_type(fmt: str) -> str:

@@ -98,3 +98,12 @@ def test_jobs_commands(server: ServerProcess, api_key: str, tmp_path: Path) -> N
     assert sf.info(dl.stdout.strip()).format == "FLAC"
     bad = run_cli("jobs", "get", "nope", "--target", server.target, "--key", api_key, check=False)
     assert bad.returncode == 2 and "JOB_NOT_FOUND" in bad.stderr
+
+
+def test_job_ids_never_read_as_options() -> None:
+    """An id starting with '-' made ``hushwire jobs download -MjP...`` an unknown option (1 id in 64)."""
+    from server.jobs import new_job_id
+
+    ids = [new_job_id() for _ in range(5000)]
+    assert all(len(i) == 22 and i[0].isalnum() for i in ids)
+    assert len(set(ids)) == len(ids)
