@@ -86,6 +86,15 @@ def _fmt(c: object) -> str:
     return str(c)
 
 
+def stopped(exc: BaseException) -> int:
+    """The exit status of a bench cut short: 3 when its time bound ran out, 130 when interrupted."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"stopped: {exc}", file=sys.stderr)
+    return 3
+
+
 def install_watchdog(seconds: float) -> None:
     """SIGTERM behaves like Ctrl-C, and the whole run ends with :class:`BenchTimeout` after ``seconds``."""
 

@@ -41,6 +41,7 @@ from bench._common import (  # noqa: E402
     print_profile,
     print_table,
     py_spy_record,
+    stopped,
     temp_dir,
     test_audio,
 )
@@ -290,12 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                       "stretch met" if wall >= 200 else "met" if wall >= 100 else f"MISSED ({wall / 100:.0%} of it)"]])
         if args.profile_out:
             profile_hops(Path(args.profile_out), args.profile_seconds)
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
     return 0
 
 

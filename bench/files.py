@@ -38,6 +38,7 @@ from bench._common import (
     print_table,
     start_gateway,
     start_hushwire,
+    stopped,
     temp_dir,
     test_audio,
     worker_pids,
@@ -143,12 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             pids.update({f"worker{i}": pid for i, pid in enumerate(worker_pids(srv.pid))})
             stats, w0, w1, cpu = asyncio.run(run(gw.url, key, args.clients, args.seconds, args.warmup,
                                                  args.poll_ms / 1000, pids, args.file_seconds))
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
     span = w1 - w0
     uploads_in = [u for u in stats.uploads if w0 <= u[0] < w1]
     done_in = [d for d in stats.done if w0 <= d[0] < w1]

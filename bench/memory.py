@@ -37,6 +37,7 @@ from bench._common import (
     print_table,
     rss_mib,
     start_hushwire,
+    stopped,
     temp_dir,
     test_audio,
     worker_pids,
@@ -201,12 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             short_peak, long_peak = float(job_rows[0][6]), float(job_rows[1][6])
             print(f"peak RSS long / short = {long_peak:.1f} / {short_peak:.1f} MiB = {long_peak / short_peak:.2f}×"
                   f" for {args.long_seconds / args.short_seconds:g}× the audio")
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
     return 0
 
 

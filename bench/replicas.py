@@ -51,6 +51,7 @@ from bench._common import (
     install_watchdog,
     print_header,
     print_table,
+    stopped,
     temp_dir,
     test_audio,
     worker_pids,
@@ -333,12 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                     share = time.monotonic() + (deadline - time.monotonic()) / (len(order) - i)
                     asyncio.run(knee(setup, r, args, requests, share - 20))
                     run_jobs(setup, r, args)
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
 
     print("\nlevels measured:")
     print_table(["round", *LEVEL_HEADERS], [[r.round, *level_row(r, lv, cpu, args)] for r in results

@@ -72,6 +72,7 @@ from bench._common import (
     rss_mib,
     start_gateway,
     start_hushwire,
+    stopped,
     temp_dir,
     test_audio,
     worker_pids,
@@ -675,12 +676,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"data dir and logs kept in {tmp}")
             children.stop_all()
             out.logs = {"server": srv.log(), "gateway": gw.log()}
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
     status = report(args, out)
     print(f"\nwall time {time.monotonic() - started:.0f} s")
     return status

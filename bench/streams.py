@@ -59,6 +59,7 @@ from bench._common import (
     print_table,
     py_spy_record,
     start_hushwire,
+    stopped,
     temp_dir,
     test_audio,
     usable_cpus,
@@ -463,12 +464,8 @@ def main(argv: list[str] | None = None) -> int:
           f"up to {args.bisect} bisection steps; bound {args.max_seconds:g} s")
     try:
         return asyncio.run(_main(args, server_cpu))
-    except BenchTimeout as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (BenchTimeout, KeyboardInterrupt) as exc:
+        return stopped(exc)
 
 
 if __name__ == "__main__":
