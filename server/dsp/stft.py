@@ -96,11 +96,6 @@ class Rechunker:
         self._fill = rest
         return head
 
-    def split(self, x: npt.NDArray[np.floating]) -> list[npt.NDArray[np.floating]]:
-        """The whole hops of ``x`` as a list of ``(hop, channels)`` arrays."""
-        head = self.take(x)
-        return [head[i : i + self.hop] for i in range(0, head.shape[0], self.hop)]
-
 
 class Stft:
     """Block analysis and overlap-add synthesis for ``frame_len``/``hop``, on a row state.
