@@ -355,18 +355,22 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
 # -- profiles ---------------------------------------------------------------------------------------------
 
 
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, sample count) per line of a py-spy ``--format raw`` (collapsed) file."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if stack and count_s.isdigit():
+            yield stack.split(";"), int(count_s)
+
+
 def summarize_collapsed(path: Path, top: int = 15) -> list[tuple[str, float, float]]:
     """Self and inclusive share of samples per function from a py-spy ``--format raw`` (collapsed) file."""
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
+    for stack, count in _stacks(path):
         total += count
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [f for f in stack if f and not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
         names = [_frame_name(f) for f in frames]
@@ -381,14 +385,10 @@ def summarize_lines(path: Path, prefix: str = "server/", top: int = 16) -> list[
     """Inclusive share of samples per source line of the project's own files (``prefix``)."""
     incl: dict[str, int] = {}
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
+    for stack, count in _stacks(path):
         total += count
         seen = set()
-        for frame in stack.split(";"):
+        for frame in stack:
             m = re.match(r"(.*) \((.*?):(\d+)\)$", frame)
             if not m:
                 continue

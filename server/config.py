@@ -8,6 +8,7 @@ typed config object.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ __all__ = [
     "reference_table",
     "resolve",
 ]
+
+
+def bind_tcp(host: str, port: int, what: str = "") -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet), so a busy or bad address is a
+    one-line :class:`ConfigError` before anything else starts. ``what`` names the setting."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"{what}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from server.config import ConfigError
+from server.config import bind_tcp
 
 __all__ = ["Health", "HealthMirror", "bind"]
 
@@ -54,15 +54,7 @@ class Health:
 def bind(host: str, port: int) -> socket.socket:
     """The mirror's listening socket, bound before anything else starts, so a busy port is a clear
     configuration error (exit status 2) rather than a half-started server."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise ConfigError(f"--health-http-port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
+    return bind_tcp(host, port, "--health-http-port: ")
 
 
 class _Server(uvicorn.Server):
