@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,26 @@ class SQLiteEngine(Engine):
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_S,
                                        isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self.description}: {exc}") from None
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL. On a brand-new file that several processes open at once (a server and its
+        workers' first start), SQLite can answer "database is locked" here at once, without waiting
+        out the busy timeout (seen once in test_store's four-process open): retry, bounded
+        by that timeout."""
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
