@@ -302,3 +302,34 @@ def test_the_gateway_serves_https_and_calls_the_server_over_mutual_tls(
         [pki.client.subject]
     assert any(e.get("job_id") == job_id and e["client_subject"] == pki.client.subject
                for e in events(mtls_server, "job submitted"))
+
+
+# -- the plain-HTTP side doors ----------------------------------------------------------------------------
+
+
+def test_metrics_and_the_health_mirror_listen_where_told_and_on_loopback_by_default(tmp_path: Path) -> None:
+    from server.config import resolve
+
+    assert resolve(["metrics_host", "health_http_host"], {}, env={}) == {"metrics_host": "127.0.0.1",
+                                                                         "health_http_host": "127.0.0.1"}
+    cfg = tmp_path / "hw.toml"
+    cfg.write_text('[server]\nmetrics_host = "10.1.2.3"\nhealth_http_host = "::"\n')
+    assert resolve(["metrics_host", "health_http_host"], {}, env={"HUSHWIRE_METRICS_HOST": "0.0.0.0"},
+                   config_file=cfg) == {"metrics_host": "0.0.0.0", "health_http_host": "::"}
+    # A second loopback address stands in for "another interface": each side door answers on its own
+    # address only, whatever the gRPC port's.
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        metrics_port = s.getsockname()[1]
+    srv = start_server(tmp_path, "--workers", "0", "--metrics-port", str(metrics_port), "--metrics-host",
+                       "127.0.0.2", "--health-http-port", "0", "--health-http-host", "127.0.0.2")
+    try:
+        mirror = int(srv.log.split("health mirror on http://127.0.0.2:")[1].split("/")[0])
+        with httpx.Client(timeout=5, trust_env=False) as http:
+            assert http.get(f"http://127.0.0.2:{mirror}/readyz").status_code == 200
+            assert http.get(f"http://127.0.0.2:{metrics_port}/metrics").status_code == 200
+            for port in (mirror, metrics_port):
+                with pytest.raises(httpx.ConnectError):
+                    http.get(f"http://127.0.0.1:{port}/")
+    finally:
+        assert srv.stop() == 0, srv.log
