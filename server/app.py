@@ -97,7 +97,7 @@ async def create_server(config: ServerConfig) -> Server:
                        log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
-                       config.max_bytes_per_day_per_user)
+                       config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
@@ -112,7 +112,8 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0)
+    enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
+                                config.max_audio_seconds_per_day_per_user)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)

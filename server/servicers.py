@@ -93,11 +93,17 @@ class _StreamStats:
     max_processing_s: float = 0.0
 
 
+def audio_quota_msg(limit_s: float) -> str:
+    return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
+
+
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0) -> None:
+    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
+                 max_audio_seconds_per_day: float = math.inf) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
+        self._max_audio_s = max_audio_seconds_per_day
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -112,6 +118,10 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         session: StreamSession | None = None
         try:
             self._registry.add(task, principal.uid)
+            # The daily audio quota is checked when a stream opens; an open stream is never cut (its
+            # seconds count when it closes).
+            if (await asyncio.to_thread(self._store.usage_today, principal.uid))[1] >= self._max_audio_s:
+                raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
                 METRICS.streams_open.inc()
@@ -248,6 +258,7 @@ class JobLimits:
     max_upload_seconds: float
     max_queued_jobs_per_user: int
     max_bytes_per_day_per_user: int
+    max_audio_seconds_per_day_per_user: float = math.inf
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -305,10 +316,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
                                 "per user; wait for some to finish")
-        quota_left = self._limits.max_bytes_per_day_per_user - self._store.uploaded_today(principal.uid)
+        bytes_today, seconds_today = self._store.usage_today(principal.uid)
+        quota_left = self._limits.max_bytes_per_day_per_user - bytes_today
         quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
         if quota_left <= 0 or spec.size_hint_bytes > quota_left:
             raise HushwireError("RATE_LIMITED", quota_msg)
+        seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
+        if seconds_left <= 0:
+            raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -326,6 +341,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                         raise HushwireError("RATE_LIMITED", quota_msg)
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
+            billed = info.frames / info.sample_rate * info.channels
+            if billed > seconds_left:
+                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
+                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
+                                    f"{self._limits.max_audio_seconds_per_day_per_user:g} s per user)")
             await self._commit(tmp, upload_blob)
         except OSError as exc:
             if not is_storage_full(exc):
@@ -349,7 +369,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         except BaseException:
             await self._delete_blobs(upload_blob)
             raise
-        self._store.record_upload(principal.key_id, principal.uid, size)
+        self._store.record_upload(principal.key_id, principal.uid, size, job.billed_seconds)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
               file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
               **_client_subject(context))
