@@ -27,6 +27,7 @@ from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
 from server.signing import Signer, load_secret
 from server.store import Store
+from server.sweeper import Sweeper
 from server.tls import CertificateReloader, TLSFiles
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
@@ -52,6 +53,7 @@ class Server:
     registry: StreamRegistry
     store: Store
     runner: JobRunner
+    sweeper: Sweeper
     mirror: HealthMirror | None = None
     tls: CertificateReloader | None = None
     draining: bool = False
@@ -67,6 +69,7 @@ class Server:
                 self.registry.end_all()
                 await self.registry.wait_idle(5.0)
         await self.runner.stop()
+        await self.sweeper.stop()
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
         if self.mirror is not None:
@@ -97,7 +100,8 @@ async def create_server(config: ServerConfig) -> Server:
                        log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
-                       config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user)
+                       config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
+                       config.hold_seconds)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
@@ -134,11 +138,13 @@ async def create_server(config: ServerConfig) -> Server:
     if mirror is not None:
         await mirror.start()  # answers 503 during the warm-up below
     await runner.start()
+    sweeper = Sweeper(store, blobs, config.hold_seconds)
+    sweeper.start()
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, mirror, tls)
+    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls)
 
 
 async def serve(config: ServerConfig) -> int:

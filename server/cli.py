@@ -31,8 +31,8 @@ _SERVER_SETTINGS = [
     "log_format",
     "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_upload_bytes",
-    "max_upload_seconds", "lease_seconds", "metrics_port", "workers", "stream_batch_ms", "health_http_port",
-    "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
+    "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
+    "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`

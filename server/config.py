@@ -94,6 +94,14 @@ def _count(text: str | int) -> int:
     return n
 
 
+def _positive(text: str | float) -> float:
+    """A duration that must be more than 0 seconds."""
+    x = float(text)
+    if not x > 0:
+        raise ValueError("must be more than 0")
+    return x
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -162,6 +170,10 @@ _HELP = {
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
                 "(shared by replicas; needs `hushwire[scale]`)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
+    "hold_seconds": "a job submitted with `hold` (each file of a `POST /enhance` until all are accepted) that "
+                    "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
+                    "the hold while it forwards the request, so keep it above the gateway's "
+                    "--upload-idle-seconds",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
@@ -231,6 +243,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
+        Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
@@ -359,6 +372,7 @@ class ServerConfig:
     max_upload_bytes: int = 200 * 1000**2
     max_upload_seconds: float = 7200.0
     lease_seconds: float = 30.0
+    hold_seconds: float = 120.0
     metrics_port: int | None = None
     workers: int | None = None
     stream_batch_ms: float = 1.0

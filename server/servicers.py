@@ -228,6 +228,7 @@ MAX_FILE_NAME_CHARS = 255
 MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
 
 
 def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -259,6 +260,7 @@ class JobLimits:
     max_queued_jobs_per_user: int
     max_bytes_per_day_per_user: int
     max_audio_seconds_per_day_per_user: float = math.inf
+    hold_seconds: float = 120.0
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -277,6 +279,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
             duration_seconds=job.frames / job.sample_rate, format=job.format,
+            hold_seconds=self._limits.hold_seconds if job.held else 0.0,
         )
         if job.attenuation_limit_db is not None:
             msg.options.attenuation_limit_db = job.attenuation_limit_db
@@ -363,6 +366,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
+            hold_expires=now + self._limits.hold_seconds if spec.hold else None,
         )
         try:
             self._store.create_job(job)
@@ -427,6 +431,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError("unreachable") from None
         self._runner.poke()
         return self._to_proto(self._own_job(job.job_id))
+
+    async def RenewHolds(  # noqa: N802
+        self, request: jobs_pb2.RenewHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RenewHoldsResponse:
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            await abort_with(context, HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids"))
+        until = time.time() + self._limits.hold_seconds
+        ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
+        missing = await asyncio.to_thread(self._store.renew_holds, current_principal().uid, ids, until)
+        missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
+        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=self._limits.hold_seconds)
 
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext

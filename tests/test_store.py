@@ -255,6 +255,31 @@ def test_the_user_with_fewer_jobs_running_goes_first(database_url: str) -> None:
         store.close()
 
 
+def test_held_jobs_expire_unless_renewed_and_each_is_swept_once(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    other = Store(database_url)   # a second replica sweeping at the same time
+    try:
+        (a, ka), (b, _) = _user(store), _user(store)
+        now = time.time()
+        for name in ("kept", "lapsed"):
+            store.create_job(_job(name, a, ka, now, held=True, hold_expires=now + 1.0))
+        store.create_job(_job("free", a, ka, now))   # not held: never swept
+        assert store.renew_holds(a, ["kept", "free", "nope"], now + 60) == ["free", "nope"]
+        assert store.renew_holds(b, ["kept"], now + 60) == ["kept"]   # another user's job is not renewed
+        assert store.claim_next("w", 30.0, 3).job_id == "free"  # type: ignore[union-attr]  # held ones wait
+        assert store.sweep_held(now + 0.5) == []
+        with ThreadPoolExecutor(2) as pool:
+            swept = list(pool.map(lambda s: s.sweep_held(now + 2.0), (store, other)))
+        assert sorted(j.job_id for part in swept for j in part) == ["lapsed"]
+        assert store.get_job("lapsed") is None and store.get_job("kept") is not None
+        assert store.start_job("kept", None, False)
+        assert store.sweep_held(now + 120) == []   # started: no longer held
+        assert store.renew_holds(a, ["kept"], now + 60) == ["kept"]
+    finally:
+        other.close()
+        store.close()
+
+
 def test_requeue_returns_one_owners_jobs(database_url: str) -> None:
     store = Store(database_url, PEPPER)
     try:

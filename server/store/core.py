@@ -93,6 +93,7 @@ class JobRow:
     lease_owner: str | None = None
     lease_expires: float | None = None
     attempts: int = 0
+    hold_expires: float | None = None   # while held: unix time after which the job is swept unless renewed
 
     @property
     def billed_seconds(self) -> float:
@@ -275,11 +276,34 @@ class Store:
         with self._lock:
             if set_options:
                 cur = self._db.execute(
-                    "UPDATE jobs SET held = 0, attenuation_limit_db = ? WHERE job_id = ?",
+                    "UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? WHERE job_id = ?",
                     (attenuation_limit_db, job_id))
             else:
-                cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
+                cur = self._db.execute("UPDATE jobs SET held = 0, hold_expires = NULL WHERE job_id = ?", (job_id,))
             return bool(cur.rowcount == 1)
+
+    def renew_holds(self, uid: int, job_ids: list[str], until: float) -> list[str]:
+        """Push the sweep time of the user's held jobs to ``until``; returns the ids that are not (or no
+        longer) held jobs of ``uid``."""
+        missing = []
+        with self._tx() as db:
+            for job_id in job_ids:
+                cur = db.execute("UPDATE jobs SET hold_expires = ? WHERE job_id = ? AND uid = ? AND held = 1",
+                                 (until, job_id, uid))
+                if cur.rowcount != 1:
+                    missing.append(job_id)
+        return missing
+
+    def sweep_held(self, now: float, limit: int = 100) -> list[JobRow]:
+        """Delete held jobs whose hold ran out before ``now`` (at most ``limit``); returns their rows (their
+        blobs are the caller's to delete). Replicas sweeping at once delete each job once."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 1 AND hold_expires < ? LIMIT ?{db.skip_locked}",
+                (now, limit)).fetchall()
+            for row in rows:
+                db.execute("DELETE FROM jobs WHERE job_id = ?", (row[0],))
+        return [JobRow(*r) for r in rows]
 
     def delete_job(self, job_id: str) -> JobRow | None:
         """Remove the job's row; returns it (its blobs are the caller's to delete)."""

@@ -83,6 +83,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_by_user_status ON jobs (uid, status);
     CREATE INDEX users_by_service ON users (last_served);
     """,
+    # version 5: held jobs expire unless renewed (rows held before this version get the default 120 s)
+    """
+    ALTER TABLE jobs ADD COLUMN hold_expires REAL;
+    UPDATE jobs SET hold_expires = mod_time + 120 WHERE held = 1;
+    CREATE INDEX jobs_by_hold ON jobs (held, hold_expires);
+    """,
 ]
 
 VERSION = len(MIGRATIONS)
