@@ -31,6 +31,7 @@ _SERVER_SETTINGS = [
     "log_format",
     "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user", "max_upload_bytes",
     "max_upload_seconds", "lease_seconds", "metrics_port", "workers", "stream_batch_ms", "health_http_port",
+    "slow_consumer_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
