@@ -40,13 +40,15 @@ from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-__all__ = ["CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
+__all__ = ["CALLBACK_FIELD", "CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
 
 log = logging.getLogger("hushwire.gateway")
 
 OPTION_FIELD = "attenuation_limit_db"
+CALLBACK_FIELD = "callback_url"   # the server checks the URL (its policy) when the jobs start
 CHUNK_BYTES = 256 * 1024          # file bytes per SubmitJob message (the contract allows up to 1 MiB)
 MAX_FIELD_VALUE_BYTES = 64        # the option's value: a number, never more than a few characters
+MAX_CALLBACK_BYTES = 2048         # the callback URL (the server's limit too)
 MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 
 # Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
@@ -111,6 +113,7 @@ class _Upload:
         self._ended = False
         self._files = 0
         self._attenuation: float | None = None
+        self._callback_url: str | None = None
         self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
         self._hold_s = 0.0                        # the server's hold on held jobs (from its replies)
         self._renewed_at = 0.0                    # monotonic time of the last activity on all of them
@@ -223,8 +226,8 @@ class _Upload:
                     await self._send(part, final=False)
             elif part.value is not None:
                 part.value += data
-                if len(part.value) > MAX_FIELD_VALUE_BYTES:
-                    raise GatewayError("INVALID_REQUEST", f"the value of {OPTION_FIELD} is too long")
+                if len(part.value) > (MAX_CALLBACK_BYTES if part.name == CALLBACK_FIELD else MAX_FIELD_VALUE_BYTES):
+                    raise GatewayError("INVALID_REQUEST", f"the value of {part.name} is too long")
         elif kind in ("header_field", "header_value"):
             part.header_bytes += len(data)
             if part.header_bytes > MAX_PART_HEADER_BYTES:
@@ -247,11 +250,13 @@ class _Upload:
                                "header with a name")
         part.name = _text(params[b"name"])
         if b"filename" not in params:
-            if part.name != OPTION_FIELD:
-                raise GatewayError("INVALID_REQUEST", f"unknown form field {part.name!r}: the only field that is "
-                                   f"not a file is {OPTION_FIELD!r}")
-            if self._attenuation is not None:
-                raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
+            if part.name not in (OPTION_FIELD, CALLBACK_FIELD):
+                shown = part.name[:64] + ("..." if len(part.name) > 64 else "")
+                raise GatewayError("INVALID_REQUEST", f"unknown form field {shown!r}: the only fields that are "
+                                   f"not files are {OPTION_FIELD!r} and {CALLBACK_FIELD!r}")
+            given = self._attenuation if part.name == OPTION_FIELD else self._callback_url
+            if given is not None:
+                raise GatewayError("INVALID_REQUEST", f"{part.name} was given twice")
             part.value = bytearray()
             return
         self._files += 1
@@ -266,6 +271,9 @@ class _Upload:
         await self._write(part, jobs_pb2.SubmitJobRequest(spec=spec))
 
     async def _end_part(self, part: _Part) -> None:
+        if part.value is not None and part.name == CALLBACK_FIELD:
+            self._callback_url = _text(bytes(part.value)).strip()
+            return
         if part.value is not None:
             self._attenuation = _attenuation(bytes(part.value))
         elif part.call is not None:
@@ -342,7 +350,8 @@ class _Upload:
             options = jobs_pb2.JobOptions(attenuation_limit_db=self._attenuation)
         for _, job_id in self._jobs:
             try:
-                await self._stub.StartJob(jobs_pb2.StartJobRequest(job_id=job_id, options=options),
+                await self._stub.StartJob(jobs_pb2.StartJobRequest(job_id=job_id, options=options,
+                                                                   callback_url=self._callback_url or ""),
                                           metadata=self._metadata, timeout=self._limits.rpc_timeout)
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from None
