@@ -6,11 +6,13 @@
 (the same stem with another extension also matches, e.g. ``a.wav`` with ``a.flac``). Both must
 have the same rate and length; several channels are averaged to mono.
 
-**Groups.** If ``--noisy`` holds a ``manifest.csv`` with a ``file`` column (name or stem), its
-``group``, ``noise_type`` and ``snr_db`` columns (those present) each give a per-group table.
-A row whose ``snr_db`` is ``inf`` is a clean-in pair (noisy == clean): it is scored on its own
-line, never in the overall means. Without a manifest a file named ``GROUP__anything.wav`` is in
-group ``GROUP`` (two underscores); other files are in no group.
+**Groups.** A ``manifest.csv`` in ``--noisy`` (or in its parent folder) with a ``file`` or ``id``
+column (name or stem) gives a per-group table for each of its ``group``, ``noise_type`` and
+``snr_db`` columns that is present. A row whose ``snr_db`` is ``inf`` is a clean-in pair (noisy ==
+clean), scored on its own line; one whose ``snr_db`` is ``-inf``, or whose clean file is silent, is
+noise only: it gets the attenuation in dB (input energy over output energy) and no speech metrics.
+Neither kind counts in the overall means. Without a manifest a file named ``GROUP__anything.wav`` is
+in group ``GROUP`` (two underscores); other files are in no group.
 
 **Systems.** hushwire's own denoiser runs in-process, its output kept as a live stream delivers
 it (with the algorithmic delay), so the measured delay can be checked against the one it
@@ -67,6 +69,7 @@ AUDIO_SUFFIXES = frozenset(f".{ext.lower()}" for ext in sf.available_formats()) 
 EXTRA_HINT = ("hushwire eval needs pesq and pystoi: pip install 'hushwire[eval]' "
               "(pesq builds from source: it needs a C compiler and the Python headers)")
 METRICS = ("pesq", "estoi", "si_sdr")
+ATTENUATION_CAP_DB = 120.0  # a noise-only output that is digital silence
 
 
 class EvalError(Exception):
@@ -143,6 +146,7 @@ class Pair:
     clean: Path
     groups: dict[str, str] = field(default_factory=dict)
     clean_in: bool = False
+    noise_only: bool = False
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -150,16 +154,17 @@ def _audio_files(folder: Path) -> list[Path]:
 
 
 def _manifest(folder: Path) -> dict[str, dict[str, str]] | None:
-    path = folder / "manifest.csv"
-    if not path.is_file():
+    path = next((p for p in (folder / "manifest.csv", folder.parent / "manifest.csv") if p.is_file()), None)
+    if path is None:
         return None
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames or "file" not in reader.fieldnames:
-            raise EvalError(f"{path}: a manifest needs a 'file' column")
+        key = next((k for k in ("file", "id") if k in (reader.fieldnames or [])), None)
+        if key is None:
+            raise EvalError(f"{path}: a manifest needs a 'file' (or 'id') column")
         rows = {}
         for row in reader:
-            rows[Path(row["file"]).stem] = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            rows[Path(row[key]).stem] = {k: (v or "").strip() for k, v in row.items() if k is not None}
         return rows
 
 
@@ -184,6 +189,7 @@ def find_pairs(noisy_dir: Path, clean_dir: Path) -> list[Pair]:
             row = manifest.get(noisy.stem, {})
             pair.groups = {k: row[k] for k in GROUP_COLUMNS if row.get(k)}
             pair.clean_in = row.get("snr_db", "").lower() in ("inf", "+inf")
+            pair.noise_only = row.get("snr_db", "").lower() == "-inf"
         elif "__" in noisy.stem:
             pair.groups = {"group": noisy.stem.split("__", 1)[0]}
         pairs.append(pair)
@@ -305,15 +311,19 @@ def _aggregate(files: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _summary(files: list[dict[str, Any]]) -> dict[str, Any]:
-    noisy = [f for f in files if not f["clean_in"]]
+    noisy = [f for f in files if not f["clean_in"] and not f["noise_only"]]
     clean_in = [f for f in files if f["clean_in"]]
+    noise_only = [f for f in files if f["noise_only"]]
     groups: dict[str, dict[str, Any]] = {}
     for column in GROUP_COLUMNS:
         values = sorted({f["groups"][column] for f in noisy if column in f["groups"]}, key=_group_order)
         if values:
             groups[column] = {v: _aggregate([f for f in noisy if f["groups"].get(column) == v]) for v in values}
     return {"overall": _aggregate(noisy), "groups": groups,
-            "clean_in": _aggregate(clean_in) if clean_in else None, "files": files}
+            "clean_in": _aggregate(clean_in) if clean_in else None,
+            "noise_only": {"n": len(noise_only), "attenuation_db": _mean([f["attenuation_db"] for f in noise_only])}
+            if noise_only else None,
+            "files": files}
 
 
 def _group_order(value: str) -> tuple[int, float, str]:
@@ -334,17 +344,25 @@ def score(pairs: list[Pair], systems: Sequence[System], progress: Callable[[str]
         if ref_rate != rate or len(ref) != len(x):
             raise EvalError(f"{pair.name}: noisy and clean differ in rate or length "
                             f"({rate} Hz x {len(x)} vs {ref_rate} Hz x {len(ref)})")
-        before = _metrics(ref, x, rate)
+        noise_only = pair.noise_only or not ref.any()
+        before = None if noise_only else _metrics(ref, x, rate)
         for system in systems:
             y, out_rate, seconds = system.run(pair, x, rate)
             if out_rate != rate:
                 y = soxr.resample(y, out_rate, rate)
             lag = estimate_delay(x, y, rate, max_delay_ms)
-            after = _metrics(ref, _shift(y, lag, len(x)), rate)
+            aligned = _shift(y, lag, len(x))
             row: dict[str, Any] = {"file": pair.noisy.name, "groups": pair.groups, "clean_in": pair.clean_in,
-                                   "sample_rate": rate, "seconds": len(x) / rate, "processing_seconds": seconds,
-                                   "delay_ms": 1000.0 * lag / rate,
+                                   "noise_only": noise_only, "sample_rate": rate, "seconds": len(x) / rate,
+                                   "processing_seconds": seconds, "delay_ms": 1000.0 * lag / rate,
                                    "length_difference_ms": 1000.0 * (len(y) - len(x)) / rate}
+            if before is None:
+                e_in, e_out = float(np.sum(x**2)), float(np.sum(aligned**2))
+                row["attenuation_db"] = (ATTENUATION_CAP_DB if e_out <= 0 else
+                                         min(ATTENUATION_CAP_DB, 10.0 * math.log10(max(e_in, 1e-30) / e_out)))
+                per_system[system.name].append(row)
+                continue
+            after = _metrics(ref, aligned, rate)
             for m in METRICS:
                 a, b = after[m], before[m]
                 row[m] = _clean_float(a)
@@ -383,6 +401,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {label} | {_cells(a)} |")
         if s["clean_in"]:
             lines.append(f"| {name} | clean in | {_cells(s['clean_in'])} |")
+    for name, s in result["systems"].items():
+        if s["noise_only"]:
+            lines.append(f"\n{name}: noise-only pairs ({s['noise_only']['n']}) attenuated by "
+                         f"{_fmt(s['noise_only']['attenuation_db'], '.1f')} dB on average.")
     rtf = ", ".join(f"{name} {_fmt(s['overall']['rtf'], '.3f')}" for name, s in result["systems"].items())
     lines += ["", f"Real-time factor (processing s per audio s): {rtf}."]
     return "\n".join(lines) + "\n"
