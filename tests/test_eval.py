@@ -101,3 +101,23 @@ def test_delay_and_si_sdr_helpers() -> None:
     assert si_sdr(x, 3.0 * x) > 200.0   # scale does not count
     noise = rng.standard_normal(16000)
     assert si_sdr(x, x + 0.1 * noise) == pytest.approx(20.0, abs=0.5)
+
+
+def test_eval_noise_only_pairs_and_a_manifest_beside_the_folders(tmp_path: Path) -> None:
+    # The layout of many corpora: DIR/manifest.csv (an 'id' column), DIR/noisy, DIR/clean.
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "clean").mkdir()
+    noisy, rate = sf.read(str(EVALSET / "8k" / "noisy" / "fan_p05.flac"), dtype="float64")
+    clean, _ = sf.read(str(EVALSET / "8k" / "clean" / "fan_p05.flac"), dtype="float64")
+    sf.write(str(tmp_path / "noisy" / "fan.wav"), noisy, rate, subtype="FLOAT")
+    sf.write(str(tmp_path / "clean" / "fan.wav"), clean, rate, subtype="FLOAT")
+    sf.write(str(tmp_path / "noisy" / "fanonly.wav"), noisy - clean, rate, subtype="FLOAT")
+    sf.write(str(tmp_path / "clean" / "fanonly.wav"), np.zeros_like(clean), rate, subtype="FLOAT")
+    (tmp_path / "manifest.csv").write_text("id,noise_type,snr_db\nfan,fan,5\nfanonly,fan,-inf\n")
+    out = tmp_path / "eval.json"
+    run_cli("eval", "--noisy", str(tmp_path / "noisy"), "--clean", str(tmp_path / "clean"), "--json", str(out),
+            timeout=120)
+    result = json.loads(out.read_text())
+    assert result["overall"]["n"] == 1 and result["groups"]["noise_type"]["fan"]["n"] == 1
+    # the fan noise alone loses well over 20 dB (the denoiser's floor is 40 dB down)
+    assert result["noise_only"]["n"] == 1 and result["noise_only"]["attenuation_db"] > 20.0, result["noise_only"]
