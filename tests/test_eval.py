@@ -32,11 +32,12 @@ def test_eval_scores_hushwire_and_a_command_on_the_8k_set(tmp_path: Path) -> Non
     assert o["pesq_delta"] > 0.3 and o["estoi_delta"] > 0.03 and o["si_sdr_delta"] > 3.0, o
     assert set(result["groups"]["noise_type"]) == {"white", "pink", "hum", "fan", "car", "keyboard", "music",
                                                    "babble"}
-    # the copy is the noisy input itself: no delay, every delta exactly 0
+    # the copy is the noisy input itself: no delay, every delta 0 (to float rounding: numpy's sums
+    # may differ in the last bit between two arrays of equal values at different alignments)
     cp = result["cmd"]
     assert cp["command"] == "cp {in} {out}" and cp["overall"]["delay_ms"] == 0.0
     for f in cp["files"]:
-        assert f["pesq_delta"] == f["estoi_delta"] == f["si_sdr_delta"] == 0.0, f
+        assert max(abs(f["pesq_delta"]), abs(f["estoi_delta"]), abs(f["si_sdr_delta"])) < 1e-9, f
     # the Markdown report: on stdout and in the file, one overall row per system
     assert done.stdout == out_md.read_text()
     assert "| hushwire | overall | 8 |" in done.stdout and "| cp {in} {out} | overall | 8 |" in done.stdout
