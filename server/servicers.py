@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -34,6 +35,7 @@ from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
 from server.streams import StreamBatcher, StreamSession
+from server.tls import peer_subject
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
@@ -128,7 +130,8 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 METRICS.streams_open.inc()
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
-                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
+                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
+                      **_client_subject(context))
                 await self._run(context, session, stats)
         except HushwireError as err:
             await abort_with(context, err)
@@ -249,6 +252,12 @@ def _submit_fingerprint(spec: jobs_pb2.JobSpec, limit_db: float | None, content_
     """What makes two SubmitJob calls the same upload: names, bytes, options and hold (not the size hint)."""
     canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
+def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """``{"client_subject": ...}`` for a mutual-TLS caller (its certificate's subject), else nothing."""
+    subject = peer_subject(context)
+    return {} if subject is None else {"client_subject": subject}
 
 
 def _clean_name(name: str, limit: int) -> str:
@@ -454,7 +463,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise
         self._store.record_upload(principal.key_id, principal.uid, size, job.billed_seconds)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
+              **_client_subject(context))
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
