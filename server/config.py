@@ -162,6 +162,8 @@ _HELP = {
     "log_level": "debug, info, warning or error",
     "log_format": "`text` or `json` (one JSON object per line on stderr)",
     "drain_seconds": "on SIGTERM, how long open streams may finish",
+    "slow_consumer_seconds": "a live stream whose client takes no response for this long is ended with "
+                             "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
@@ -238,6 +240,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
+        Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
+                10.0, _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
@@ -362,6 +366,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     drain_seconds: float = 10.0
+    slow_consumer_seconds: float = 10.0
     database_url: str | None = None
     blob_url: str | None = None
     signing_secret_file: str | None = None

@@ -28,6 +28,7 @@ from server.blobs import (
     BlobStoreError,
     is_storage_full,
 )
+from server.connections import Connections
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
@@ -37,15 +38,24 @@ from server.store import JobRow, Store
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
-# A client that has not taken a response for this long is ended with SLOW_CONSUMER. gRPC's
-# flow-control window bounds what is buffered meanwhile, so memory per stream stays bounded.
-SLOW_CONSUMER_SECONDS = 10.0
 # A stream must send its config this soon after opening, or it is ended (it holds a slot meanwhile).
 CONFIG_TIMEOUT_SECONDS = 10.0
+# How long a stream's final status may wait to reach the client before the call is reset. The status
+# travels behind the response data already queued; a client that reads nothing never lets it through.
+STATUS_FLUSH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """The live streams' clocks (server settings, see server/config.py)."""
+
+    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    config_s: float = CONFIG_TIMEOUT_SECONDS
+    flush_s: float = STATUS_FLUSH_SECONDS
 
 
 class StreamRegistry:
@@ -102,11 +112,14 @@ def audio_quota_msg(limit_s: float) -> str:
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
-                 max_audio_seconds_per_day: float = math.inf) -> None:
+                 max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
+                 connections: Connections | None = None) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
+        self._timeouts = timeouts or StreamTimeouts()
+        self._connections = connections
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -134,16 +147,30 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                       **_client_subject(context))
                 await self._run(context, session, stats)
         except HushwireError as err:
-            await abort_with(context, err)
+            await self._end(context, err, principal.uid)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
                 raise
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"))
+            await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"), principal.uid)
         finally:
             self._registry.discard(task)
             if session is not None:
                 session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
+
+    async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
+        """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
+        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
+        and the handler returns either way, so the stream's state and its slot are freed."""
+        try:
+            async with asyncio.timeout(self._timeouts.flush_s):
+                await abort_with(context, err)   # raises grpc's AbortError once the status is sent
+        except TimeoutError:
+            peer = context.peer()
+            closed = self._connections is not None and self._connections.close_for(peer, uid)
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
+                  connection_closed=closed,
+                  why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
         METRICS.streams_open.dec()
@@ -158,9 +185,9 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
-            first = await asyncio.wait_for(context.read(), CONFIG_TIMEOUT_SECONDS)
+            first = await asyncio.wait_for(context.read(), self._timeouts.config_s)
         except TimeoutError:
-            raise HushwireError("REQUEST_TIMEOUT", f"no config within {CONFIG_TIMEOUT_SECONDS:g} s") from None
+            raise HushwireError("REQUEST_TIMEOUT", f"no config within {self._timeouts.config_s:g} s") from None
         if first is grpc.aio.EOF:
             return None
         if first.WhichOneof("msg") != "config":
@@ -206,15 +233,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
 
-    @staticmethod
-    async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+        seconds = self._timeouts.slow_consumer_s
         try:
-            async with asyncio.timeout(SLOW_CONSUMER_SECONDS):  # no Task per write, unlike wait_for
+            async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
                 await context.write(response)
         except TimeoutError:
-            raise HushwireError(
-                "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
-            ) from None
+            raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
 
 # -- jobs ------------------------------------------------------------------------------------------

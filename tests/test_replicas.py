@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from replica_fixtures import DEPLOY, DEPLOY_TLS_DIR, HAPROXY, Cluster, Replica, start_gateways, start_nginx
 from s3_fixtures import stored_blobs
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
@@ -60,7 +60,8 @@ def test_deploy_configs_are_valid_haproxy() -> None:
         pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
     import subprocess
 
-    for cfg in sorted(DEPLOY.glob("*.cfg")):
+    # The configs with TLS need certificates in place: tests/test_replicas_tls.py checks them with its own.
+    for cfg in sorted(c for c in DEPLOY.glob("*.cfg") if DEPLOY_TLS_DIR not in c.read_text()):
         out = subprocess.run([str(HAPROXY), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, f"{cfg}:\n{out.stdout}{out.stderr}"
 
