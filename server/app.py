@@ -109,7 +109,7 @@ async def create_server(config: ServerConfig) -> Server:
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
-                       config.hold_seconds)
+                       config.hold_seconds, config.max_idempotency_keys_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)

@@ -185,6 +185,8 @@ _HELP = {
                                           "at submit and for streams when they close; checked when a job is "
                                           "submitted or a stream opens, and an open stream is never cut "
                                           "(RATE_LIMITED beyond)",
+    "max_idempotency_keys_per_user": "idempotency keys a user may hold at a time (each is kept 24 h after "
+                                     "its request succeeded; RATE_LIMITED beyond)",
     "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
     "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
     "connect_timeout": "how long clients (and the gateway) wait for the server",
@@ -260,6 +262,8 @@ SETTINGS: dict[str, Setting] = {
                 "limits.max_bytes_per_day_per_user", "10 GB", _size),
         Setting("max_audio_seconds_per_day_per_user", "HUSHWIRE_MAX_AUDIO_SECONDS_PER_DAY_PER_USER",
                 "limits.max_audio_seconds_per_day_per_user", 360000.0, float),
+        Setting("max_idempotency_keys_per_user", "HUSHWIRE_MAX_IDEMPOTENCY_KEYS_PER_USER",
+                "limits.max_idempotency_keys_per_user", 10000, _count),
         Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
         Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
                 7200.0, float),
@@ -379,6 +383,7 @@ class ServerConfig:
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_audio_seconds_per_day_per_user: float = 360000.0
+    max_idempotency_keys_per_user: int = 10000
     max_upload_bytes: int = 200 * 1000**2
     max_upload_seconds: float = 7200.0
     lease_seconds: float = 30.0
