@@ -36,7 +36,7 @@ def result_url(public_url: str, job_id: str, expires: int, sig: str) -> str:
 
 
 def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
-    """A job in the shape of the REST status reply (DESIGN.md, ``/stat/jobs/<id>``)."""
+    """A job in the shape of the REST status reply (docs/design.md, ``/stat/jobs/<id>``)."""
     out: dict[str, object] = {
         "model": job.model,
         "app_id": 1,
@@ -108,16 +108,19 @@ class JobsClient:
     def submit(
         self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
         attenuation_limit_db: float | None = None, hold: bool = False, callback_url: str | None = None,
-        on_bytes: Callable[[int], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None, idempotency_key: str | None = None,
     ) -> jobs_pb2.Job:
-        """Upload a file (path or binary file object) in chunks and create a job."""
+        """Upload a file (path or binary file object) in chunks and create a job. With
+        ``idempotency_key``, a retry of the same upload (after a lost reply) returns the job the first
+        one made instead of a second job (``JobSpec.idempotency_key``)."""
         f: BinaryIO
         if isinstance(source, str | os.PathLike):
             own, f, default_name = True, open(source, "rb"), Path(source).name
         else:
             own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
         name = file_name or default_name
-        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold, callback_url=callback_url or "")
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold, callback_url=callback_url or "",
+                                idempotency_key=idempotency_key or "")
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
         if own:

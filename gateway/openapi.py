@@ -12,10 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gateway.upload import CALLBACK_FIELD, OPTION_FIELD
+from gateway.upload import CALLBACK_FIELD, IDEMPOTENCY_HEADER, OPTION_FIELD
 
-__all__ = ["OPENAPI_VERSION", "ENHANCE_BODY", "RECEIVER_EXAMPLE", "WEBHOOKS_DOC", "openapi_document", "reply",
-           "ERROR_REPLIES"]
+__all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "RECEIVER_EXAMPLE",
+           "WEBHOOKS_DOC", "openapi_document", "reply"]
 
 # A complete receiver that checks the signature (tests/test_webhooks.py runs this very text).
 RECEIVER_EXAMPLE = """\
@@ -192,6 +192,23 @@ ENHANCE_BODY: dict[str, Any] = {
         },
     },
 }
+
+
+ENHANCE_PARAMETERS: list[dict[str, Any]] = [{
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "example": "6f1c2a8e-upload-42",
+    "description": "Makes the request safe to retry after a lost reply. A retry with the same key from the "
+                   "same user within 24 h returns the first reply again and creates no jobs. The same request "
+                   "means the same form field names, file names, file contents and options, in the same order "
+                   "(the multipart boundary may differ). The key with a different request, or a retry while "
+                   "the first request still runs, gets 409 `IDEMPOTENCY_CONFLICT`. Only successful replies are "
+                   "remembered: after an error the key may be used again. 1 to 255 visible ASCII characters, "
+                   "e.g. a UUID; keys are per user, and a user holds at most a configured number at a time "
+                   "(429 `RATE_LIMITED` beyond).",
+}]
 
 
 def reply(description: str, schema: str | None = None, media_type: str = "application/json") -> dict[str, Any]:
