@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import grpc
 
+from client.channel import sync_channel
 from client.errors import HushwireClientError, from_rpc_error
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -57,7 +58,7 @@ class JobsClient:
         self.target = target
         self.key = key
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._channel = sync_channel(target, [("grpc.max_receive_message_length", 8 << 20)])
         self._stub = jobs_pb2_grpc.JobsStub(self._channel)
 
     def __enter__(self) -> JobsClient:

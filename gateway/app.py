@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from client.channel import aio_channel
 from client.jobs import job_to_dict
 from gateway.console import ConsoleAssets, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
@@ -63,12 +64,6 @@ RESULT_TOKEN_KEY = "hushwire-result-token"
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-# A restarted server is found again within ~3 s: grpc's default reconnect backoff grows to 120 s.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 3000),
-]
 SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
 
 def _url_host(host: str) -> str:
@@ -89,7 +84,7 @@ class _Upstream:
     """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = aio_channel(target)  # the client library's options and credentials
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
         self.account = jobs_pb2_grpc.AccountStub(self.channel)

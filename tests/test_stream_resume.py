@@ -19,7 +19,8 @@ import pytest
 from conftest import ServerProcess, create_key, free_port, start_server
 
 from client import BackendLost, EnhancerClient, HushwireClientError, StreamOutput
-from client.stream import AsyncEnhancerClient, Update, _Settings
+from client.core import Settings
+from client.stream import AsyncEnhancerClient, Update
 from hushwire.v1 import enhancer_pb2
 
 RATE = 16000
@@ -231,7 +232,7 @@ def test_non_retryable_errors_are_raised_not_resumed(server: ServerProcess, api_
 
 
 def test_a_resumed_stream_restores_the_latest_settings() -> None:
-    s = _Settings(RATE, 1, enhancer_pb2.SAMPLE_ENCODING_FLOAT32, 12.0)
+    s = Settings(RATE, 1, enhancer_pb2.SAMPLE_ENCODING_FLOAT32, 12.0)
     assert [r.WhichOneof("msg") for r in s.opening()] == ["config"]
     s.request(Update(attenuation_limit_db=6.0))
     s.request(Update(bypass=True))
@@ -240,3 +241,30 @@ def test_a_resumed_stream_restores_the_latest_settings() -> None:
     assert update.update.bypass is True
     s.request(Update(bypass=False))
     assert len(s.opening()) == 1
+
+
+def test_an_async_callers_own_cancel_is_never_resumed(server: ServerProcess, api_key: str) -> None:
+    async def run() -> tuple[BaseException | None, list[StreamOutput], list[BackendLost]]:
+        outs: list[StreamOutput] = []
+        q: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+
+        async def items() -> AsyncIterator[np.ndarray]:
+            while (x := await q.get()) is not None:
+                yield x
+
+        for _ in range(5):
+            q.put_nowait(np.full(CHUNK, 0.01, np.float32))
+        async with AsyncEnhancerClient(server.target, api_key) as c:
+            _, live = await c.stream(items(), RATE)
+            try:
+                async for o in live:
+                    outs.append(o)
+                    if sum(x.audio.shape[0] for x in outs) >= 2 * CHUNK:
+                        live.cancel()
+            except HushwireClientError as err:
+                return err, outs, live.reconnects
+        return None, outs, live.reconnects
+
+    err, outs, reconnects = asyncio.run(asyncio.wait_for(run(), 30))
+    assert isinstance(err, HushwireClientError) and err.status == grpc.StatusCode.CANCELLED, err
+    assert reconnects == [] and not any(o.backend_lost for o in outs)
