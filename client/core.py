@@ -17,10 +17,11 @@ An adapter reports, for every call it opens::
                                               StreamOutput that carries the BackendLost event
     reading(call) / output(call, response)    the caller asks for the next output / gets one
     ended(call)                               grpc says the call is over (any thread; a done callback)
-    open_failed(err)             -> Step      opening failed
-    call_failed(call, err)       -> Step      the call failed after it started
+    open_failed(err)             -> wait_s    opening failed: open again after wait_s, or raises
+    call_failed(call, err)       -> wait_s    the call failed after it started: likewise
 
-A :data:`Step` is :class:`Retry` (open a new call after ``wait_s``) or :class:`Fail` (raise ``error``).
+The decisions are the return values (how long to wait before the next call) and the exceptions
+(:class:`~client.errors.HushwireClientError`, raised from the failure's context, ``from None``).
 The rules:
 
 - a lost server (``client.errors.is_retryable``: UNAVAILABLE, OVERLOADED, a proxy's trailer-less
@@ -45,12 +46,12 @@ from typing import TypeAlias
 import grpc
 import numpy as np
 
-from client.errors import HushwireClientError, is_retryable
+from client.errors import HushwireClientError, from_rpc_error, is_retryable
 from hushwire.v1 import enhancer_pb2
 from server import pcm
 
-__all__ = ["ENCODINGS", "SLOW_CONSUMER_SECONDS", "BackendLost", "Call", "Fail", "Retry", "RetryBudget", "Settings",
-           "Request", "Step", "StreamCore", "StreamOutput", "Update", "as_frames"]
+__all__ = ["ENCODINGS", "SLOW_CONSUMER_SECONDS", "BackendLost", "Call", "Request", "RetryBudget", "Settings",
+           "StreamCore", "StreamOutput", "Update", "as_frames"]
 
 ENCODINGS = {"pcm16": pcm.PCM16, "float32": pcm.FLOAT32}
 # The server ends a stream whose client has taken no response for this long (SLOW_CONSUMER).
@@ -172,23 +173,6 @@ class RetryBudget:
         return min(cap * (0.5 + 0.5 * self._rng()), self.deadline - now)
 
 
-@dataclass(frozen=True)
-class Retry:
-    """Open a new call after ``wait_s`` seconds."""
-
-    wait_s: float
-
-
-@dataclass(frozen=True)
-class Fail:
-    """Give up: raise ``error`` to the caller."""
-
-    error: HushwireClientError
-
-
-Step = Retry | Fail
-
-
 @dataclass(eq=False)
 class Call:
     """One gRPC call of a stream (a resumed stream has several, one after the other)."""
@@ -204,6 +188,10 @@ class Call:
     def frames_lost(self) -> int:
         """Input the server took without answering (its output lags the input by ``delay``)."""
         return max(0, self.sent - max(0, self.received - self.delay))
+
+
+def _error(failure: grpc.RpcError | HushwireClientError) -> HushwireClientError:
+    return failure if isinstance(failure, HushwireClientError) else from_rpc_error(failure)
 
 
 class StreamCore:
@@ -290,36 +278,39 @@ class StreamCore:
 
     # -- decisions ------------------------------------------------------------------------------------
 
-    def open_failed(self, err: HushwireClientError) -> Step:
-        """Opening a call failed (the first, or one that resumes a lost stream)."""
+    def open_failed(self, failure: grpc.RpcError | HushwireClientError) -> float:
+        """Opening a call failed (the first, or one that resumes a lost stream): the seconds to wait
+        before the next try, or raises the error to give the caller."""
+        err = _error(failure)
         if self.cancelled:
-            return Fail(self.cancelled_error())
+            raise self.cancelled_error() from None
         if not self.resume:
-            return Fail(err)
+            raise err from None
         wait = self._retry.wait_after(err)
         if wait is not None:
-            return Retry(wait)
+            return wait
         if self._lost is None or not is_retryable(err):  # e.g. the key was revoked meanwhile
-            return Fail(err)
+            raise err from None
         lost = self._lost[0]
-        return Fail(HushwireClientError(
+        raise HushwireClientError(
             err.status, err.code,
             f"lost the hushwire server at {self.target} mid-stream ({lost}) and could not resume the stream "
-            f"within {self.budget_s:g} s ({self._attempts} attempt(s); last: {err.msg or err.status})"))
+            f"within {self.budget_s:g} s ({self._attempts} attempt(s); last: {err.msg or err.status})") from None
 
-    def call_failed(self, call: Call, err: HushwireClientError) -> Step:
-        """A started call failed: resume it on a new call (at once), or fail."""
+    def call_failed(self, call: Call, failure: grpc.RpcError | HushwireClientError) -> float:
+        """A started call failed: resume on a new call (returns the wait, 0), or raises."""
+        err = _error(failure)
         if self.cancelled:
-            return Fail(self.cancelled_error())
+            raise self.cancelled_error() from None
         idle = call.idle_at_end or 0.0  # grpc runs the done callback as the call ends, long before a
         # caller that stopped reading comes back to see the error; None only if it never ran
         if idle >= SLOW_CONSUMER_SECONDS and is_retryable(err):
-            return Fail(HushwireClientError(
+            raise HushwireClientError(
                 err.status, "SLOW_CONSUMER",
                 f"the stream ended ({err}) while its caller had read no output for {idle:.1f} s; a server ends "
-                f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s, so it was not resumed"))
+                f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s, so it was not resumed") from None
         if not self.resume or not is_retryable(err):
-            return Fail(err)
+            raise err from None
         self._lost = (err, call, self._clock())
         self._attempts = 0
-        return Retry(0.0)  # at once: behind a balancer, the new call goes to another replica
+        return 0.0  # at once: behind a balancer, the new call goes to another replica

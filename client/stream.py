@@ -46,11 +46,9 @@ from client.core import (
     ENCODINGS,
     BackendLost,
     Call,
-    Fail,
     Request,
     RetryBudget,
     Settings,
-    Step,
     StreamCore,
     StreamOutput,
     Update,
@@ -145,10 +143,32 @@ class _Source:
             return item
 
 
-class LiveStream:
-    """Responses of one live stream, in threads. ``delay_samples`` is known once the stream has
-    started (and changes to the new stream's after a resume); ``reconnects`` lists the
-    :class:`BackendLost` events; :meth:`cancel` ends it from any thread."""
+class _Live:
+    """What both adapters show the caller: the core's delay and resume events, and cancel."""
+
+    _core: StreamCore
+    _call: Any = None
+
+    @property
+    def delay_samples(self) -> int:
+        """The current call's algorithmic delay: known once the stream has started, and the new
+        call's after a resume."""
+        return self._core.delay_samples
+
+    @property
+    def reconnects(self) -> list[BackendLost]:
+        """The :class:`BackendLost` events so far."""
+        return self._core.reconnects
+
+    def cancel(self) -> None:
+        """End the stream from the caller's side (never resumed); from any thread (sync) or task."""
+        self._core.cancel()
+        if self._call is not None:
+            self._call.cancel()
+
+
+class LiveStream(_Live):
+    """Responses of one live stream, read in the caller's thread (grpc sends the requests from its own)."""
 
     def __init__(self, open_call: Callable[[Iterator[Request]], Any], items: Iterable[Any], core: StreamCore,
                  prepare: Callable[[float], None]) -> None:
@@ -156,16 +176,7 @@ class LiveStream:
         self._source = _Source(items)
         self._core = core
         self._prepare = prepare  # the client's readiness check, before each call
-        self._call: Any = None
         self._open(0.0)
-
-    @property
-    def delay_samples(self) -> int:
-        return self._core.delay_samples
-
-    @property
-    def reconnects(self) -> list[BackendLost]:
-        return self._core.reconnects
 
     def _requests(self, call: Call) -> Iterator[Request]:
         yield from self._core.opening()
@@ -190,13 +201,8 @@ class LiveStream:
             time.sleep(wait_s)
             try:
                 return self._connect()
-            except grpc.RpcError as err:
-                step: Step = self._core.open_failed(from_rpc_error(err))
-            except HushwireClientError as err:
-                step = self._core.open_failed(err)
-            if isinstance(step, Fail):
-                raise step.error from None
-            wait_s = step.wait_s
+            except (grpc.RpcError, HushwireClientError) as err:
+                wait_s = self._core.open_failed(err)
 
     def __iter__(self) -> Iterator[StreamOutput]:
         while True:
@@ -212,17 +218,10 @@ class LiveStream:
                         return
                     yield self._core.output(call, response)
             except grpc.RpcError as err:
-                step = self._core.call_failed(call, from_rpc_error(err))
-            if isinstance(step, Fail):
-                raise step.error from None
-            note = self._open(step.wait_s)
+                wait_s = self._core.call_failed(call, err)
+            note = self._open(wait_s)
             if note is not None:
                 yield note
-
-    def cancel(self) -> None:
-        """End the stream from the caller's side (never resumed)."""
-        self._core.cancel()
-        self._call.cancel()
 
 
 async def _anext(it: AsyncIterator[Any]) -> Any:
@@ -280,7 +279,7 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-class AsyncLiveStream:
+class AsyncLiveStream(_Live):
     """One live stream under asyncio: an async iterator of :class:`StreamOutput`, with the same
     ``delay_samples``, ``reconnects`` and :meth:`cancel` as :class:`LiveStream`."""
 
@@ -290,17 +289,8 @@ class AsyncLiveStream:
         self._source = _AsyncSource(items)
         self._core = core
         self._prepare = prepare
-        self._call: Any = None
         self._status: CallStatus | None = None
         self._outputs = self._run()
-
-    @property
-    def delay_samples(self) -> int:
-        return self._core.delay_samples
-
-    @property
-    def reconnects(self) -> list[BackendLost]:
-        return self._core.reconnects
 
     def __aiter__(self) -> AsyncLiveStream:
         return self
@@ -340,13 +330,8 @@ class AsyncLiveStream:
             await asyncio.sleep(wait_s)
             try:
                 return await self._connect()
-            except grpc.RpcError as err:
-                step: Step = self._core.open_failed(from_rpc_error(err))
-            except HushwireClientError as err:
-                step = self._core.open_failed(err)
-            if isinstance(step, Fail):
-                raise step.error from None
-            wait_s = step.wait_s
+            except (grpc.RpcError, HushwireClientError) as err:
+                wait_s = self._core.open_failed(err)
 
     async def _run(self) -> AsyncIterator[StreamOutput]:
         while True:
@@ -359,37 +344,58 @@ class AsyncLiveStream:
                         return
                     yield self._core.output(call, response)
             except grpc.RpcError as err:
-                step = self._core.call_failed(call, from_rpc_error(err))
+                wait_s = self._core.call_failed(call, err)
             except asyncio.CancelledError:  # grpc.aio's answer to cancel(), as for the task's own cancel
                 if _cancelling() or not self._core.cancelled:
                     raise
-                step = self._core.call_failed(call, self._core.cancelled_error())
-            if isinstance(step, Fail):
-                raise step.error from None
-            note = await self.open(step.wait_s)
+                raise self._core.cancelled_error() from None
+            note = await self.open(wait_s)
             if note is not None:
                 yield note
 
-    def cancel(self) -> None:
-        """End the stream from the caller's side (never resumed)."""
-        self._core.cancel()
-        if self._call is not None:
-            self._call.cancel()
+
+class _Client:
+    """What both clients hold: the target, key and connect budget, the stubs, and how a stream's
+    core and calls are made. Each subclass adds the waiting its I/O needs."""
+
+    def __init__(self, target: str, key: str | None, connect_timeout: float, channel: Any) -> None:
+        self.target = target
+        self.key = key
+        self.connect_timeout = connect_timeout
+        self._channel = channel
+        self._stub = enhancer_pb2_grpc.EnhancerStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._ready = False  # checked before the first stream, and again after a retryable failure
+
+    def _core(self, sample_rate: int, channels: int, encoding: str, attenuation_limit_db: float | None,
+              resume: bool) -> StreamCore:
+        return StreamCore(Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db),
+                          resume=resume, target=self.target, budget_s=self.connect_timeout)
+
+    def _open_call(self) -> Callable[[Any], Any]:
+        metadata = _metadata(self.key)
+        return lambda requests: self._stub.StreamEnhance(requests, metadata=metadata)
 
 
-class EnhancerClient:
+def _signal(audio: np.ndarray, sample_rate: int, chunk_ms: float) -> tuple[np.ndarray, int]:
+    """A whole signal for ``enhance()``: as (frames, channels), and its chunk length."""
+    x = np.asarray(audio, dtype=np.float32)
+    return as_frames(x, x.shape[1] if x.ndim == 2 else 1), max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+
+
+def _result(audio: np.ndarray, outputs: list[np.ndarray], delay: int, frames: np.ndarray) -> np.ndarray:
+    """``enhance()``'s answer: the outputs aligned, in the input's shape."""
+    y = _aligned(outputs, delay, frames.shape[0], frames.shape[1])
+    return y if np.ndim(audio) == 2 else y[:, 0]
+
+
+class EnhancerClient(_Client):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
     ) -> None:
-        self.target = target
-        self.key = key
-        self.connect_timeout = connect_timeout
-        self._channel = sync_channel(target)
-        self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._ready = False  # checked once, and again after a retryable failure
+        super().__init__(target, key, connect_timeout, sync_channel(target))
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -422,20 +428,15 @@ class EnhancerClient:
 
         With ``resume`` (the default) a server lost mid-stream is replaced by a new stream, announced
         by :class:`BackendLost` on the next output (see the module docstring); without, it raises."""
-        core = StreamCore(Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db),
-                          resume=resume, target=self.target, budget_s=self.connect_timeout)
-        metadata = _metadata(self.key)
-        return LiveStream(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, core,
-                          self._ensure_ready)
+        core = self._core(sample_rate, channels, encoding, attenuation_limit_db, resume)
+        return LiveStream(self._open_call(), items, core, self._ensure_ready)
 
     def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0, realtime: bool = False,
         encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> np.ndarray:
         """Denoise a whole signal through the server. Returns float32 of the input's shape, aligned."""
-        x = np.asarray(audio, dtype=np.float32)
-        frames = as_frames(x, x.shape[1] if x.ndim == 2 else 1)
-        chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+        frames, chunk = _signal(audio, sample_rate, chunk_ms)
         retry = RetryBudget(self.connect_timeout)
         while True:
             try:
@@ -443,9 +444,7 @@ class EnhancerClient:
                     _chunks(frames, chunk, sample_rate if realtime else None), sample_rate, frames.shape[1],
                     encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
-                outs = [o.audio for o in live]
-                y = _aligned(outs, live.delay_samples, frames.shape[0], frames.shape[1])
-                return y if x.ndim == 2 else y[:, 0]
+                return _result(audio, [o.audio for o in live], live.delay_samples, frames)
             except HushwireClientError as err:
                 if (wait := retry.wait_after(err)) is None:
                     raise
@@ -453,19 +452,13 @@ class EnhancerClient:
             time.sleep(wait)
 
 
-class AsyncEnhancerClient:
+class AsyncEnhancerClient(_Client):
     """asyncio client (grpc.aio) with the same methods as :class:`EnhancerClient`."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
     ) -> None:
-        self.target = target
-        self.key = key
-        self.connect_timeout = connect_timeout
-        self._channel = aio_channel(target)
-        self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._ready = False  # checked once, and again after a retryable failure
+        super().__init__(target, key, connect_timeout, aio_channel(target))
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self
@@ -498,11 +491,8 @@ class AsyncEnhancerClient:
         """Start a live stream; returns ``(delay_samples, outputs)``, ``outputs`` an
         :class:`AsyncLiveStream`. ``resume`` as in :meth:`EnhancerClient.stream` (a resumed stream's
         delay is in its :class:`BackendLost`)."""
-        core = StreamCore(Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db),
-                          resume=resume, target=self.target, budget_s=self.connect_timeout)
-        metadata = _metadata(self.key)
-        live = AsyncLiveStream(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, core,
-                               self._ensure_ready)
+        core = self._core(sample_rate, channels, encoding, attenuation_limit_db, resume)
+        live = AsyncLiveStream(self._open_call(), items, core, self._ensure_ready)
         await live.open()
         return live.delay_samples, live
 
@@ -510,9 +500,7 @@ class AsyncEnhancerClient:
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0,
         encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> np.ndarray:
-        x = np.asarray(audio, dtype=np.float32)
-        frames = as_frames(x, x.shape[1] if x.ndim == 2 else 1)
-        chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+        frames, chunk = _signal(audio, sample_rate, chunk_ms)
         retry = RetryBudget(self.connect_timeout)
         while True:
             try:
@@ -520,9 +508,7 @@ class AsyncEnhancerClient:
                     _chunks(frames, chunk, None), sample_rate, frames.shape[1],
                     encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
-                outs = [o.audio async for o in outputs]
-                y = _aligned(outs, delay, frames.shape[0], frames.shape[1])
-                return y if x.ndim == 2 else y[:, 0]
+                return _result(audio, [o.audio async for o in outputs], delay, frames)
             except HushwireClientError as err:
                 if (wait := retry.wait_after(err)) is None:
                     raise
