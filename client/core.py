@@ -12,7 +12,8 @@ the way httpx shares one request/response model between its sync and async trans
 An adapter reports, for every call it opens::
 
     new_call()                   -> Call      it is about to open a call (raises once cancelled)
-      opening(), request(call, item)          that call's requests: the settings first, then items
+      opening(), request(call, item)          that call's requests: the settings first, then the
+      takes_items(call)                       caller's items once the server accepted the call
     started(call, first)         -> note      the first response (the delay); after a resume, the
                                               StreamOutput that carries the BackendLost event
     reading(call) / output(call, response)    the caller asks for the next output / gets one
@@ -177,8 +178,9 @@ class RetryBudget:
 class Call:
     """One gRPC call of a stream (a resumed stream has several, one after the other)."""
 
-    generation: int        # the source hands items only to the newest call
     idle_since: float      # when the caller last got an output (or the call began)
+    accepted: bool = False  # the server answered its config: the caller's items may go to it
+    over: bool = False     # it failed, was cancelled or replaced: no more items go to it
     sent: int = 0          # input frames (per channel) sent on this call
     received: int = 0      # output frames received on it
     delay: int = 0         # its algorithmic delay, from its first response
@@ -211,6 +213,9 @@ class StreamCore:
         self._retry = RetryBudget(budget_s, clock, rng)
         self._attempts = 0
         self._lost: tuple[HushwireClientError, Call, float] | None = None  # being resumed: (error, call, when)
+        # Called whenever a call's state changes, so an adapter's request thread or task waiting in
+        # takes_items() looks again (the adapter sets it; the core itself never waits).
+        self.wake: Callable[[], None] = lambda: None
 
     @property
     def delay_samples(self) -> int:
@@ -224,6 +229,8 @@ class StreamCore:
     def cancel(self) -> None:
         """The caller ended the stream: it is never opened again."""
         self.cancelled = True
+        if self.call is not None:
+            self._over(self.call)
 
     def cancelled_error(self) -> HushwireClientError:
         return HushwireClientError(grpc.StatusCode.CANCELLED, None, "the stream was cancelled by its caller")
@@ -234,8 +241,22 @@ class StreamCore:
         if self.cancelled:
             raise self.cancelled_error()
         self._attempts += 1
-        self.call = Call(self.call.generation + 1 if self.call else 1, self._clock())
+        if self.call is not None:
+            self._over(self.call)
+        self.call = Call(self._clock())
         return self.call
+
+    def takes_items(self, call: Call) -> bool | None:
+        """May ``call`` take the caller's next item? None: not yet (wait until the server accepts the
+        call, so a refused call consumes nothing); False: never (it is over: the item is kept for the
+        next call); True: yes. The adapters wait on :attr:`wake`, which is called at every change."""
+        if call.over or call is not self.call:
+            return False
+        return True if call.accepted else None
+
+    def _over(self, call: Call) -> None:
+        call.over = True
+        self.wake()
 
     def opening(self) -> list[Request]:
         return self.settings.opening()
@@ -248,6 +269,8 @@ class StreamCore:
     def started(self, call: Call, first: enhancer_pb2.StreamEnhanceResponse) -> StreamOutput | None:
         """The call's first response arrived. After a resume, returns the output announcing it."""
         call.delay = first.algorithmic_delay_samples
+        call.accepted = True
+        self.wake()
         self._handed(call)
         self._retry = RetryBudget(self.budget_s, self._clock, self._rng)
         attempts, self._attempts = self._attempts, 0
@@ -282,6 +305,8 @@ class StreamCore:
         """Opening a call failed (the first, or one that resumes a lost stream): the seconds to wait
         before the next try, or raises the error to give the caller."""
         err = _error(failure)
+        if self.call is not None:
+            self._over(self.call)
         if self.cancelled:
             raise self.cancelled_error() from None
         if not self.resume:
@@ -300,6 +325,7 @@ class StreamCore:
     def call_failed(self, call: Call, failure: grpc.RpcError | HushwireClientError) -> float:
         """A started call failed: resume on a new call (returns the wait, 0), or raises."""
         err = _error(failure)
+        self._over(call)
         if self.cancelled:
             raise self.cancelled_error() from None
         idle = call.idle_at_end or 0.0  # grpc runs the done callback as the call ends, long before a

@@ -106,27 +106,37 @@ def _no_response() -> HushwireClientError:
 
 
 _END = object()    # the caller's items are exhausted
-_STALE = object()  # the call that asked is dead: its item goes to the next call
+_STALE = object()  # the call that asked is over: its item goes to the next call
 
 
 class _Source:
     """The caller's items, shared by the successive calls of one resumed stream.
 
-    grpc reads a call's requests in its own thread, which may be blocked in ``next(items)`` when
-    the call dies. The item it then gets is kept for the next call instead of being lost, and the
-    lock keeps two calls from running the caller's generator at once.
+    grpc reads a call's requests in its own thread. That thread waits until the server has accepted
+    the call (``StreamCore.takes_items``), so a call that is refused (a full or draining server)
+    consumes none of the caller's items. It may be blocked in ``next(items)`` when the call dies: the
+    item it then gets is kept for the next call instead of being lost, and the lock keeps two calls
+    from running the caller's generator at once.
     """
 
-    def __init__(self, items: Iterable[Any]) -> None:
+    def __init__(self, items: Iterable[Any], core: StreamCore) -> None:
         self._it = iter(items)
+        self._core = core
         self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._carry: list[Any] = []
         self._ended = False
-        self.generation = 0
+        core.wake = self._wake
 
-    def take(self, generation: int) -> Any:
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def take(self, call: Call) -> Any:
+        with self._changed:
+            self._changed.wait_for(lambda: self._core.takes_items(call) is not None)
         with self._lock:
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 return _STALE
             if self._carry:
                 return self._carry.pop(0)
@@ -137,7 +147,7 @@ class _Source:
             except StopIteration:
                 self._ended = True
                 return _END
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 self._carry.append(item)
                 return _STALE
             return item
@@ -173,20 +183,19 @@ class LiveStream(_Live):
     def __init__(self, open_call: Callable[[Iterator[Request]], Any], items: Iterable[Any], core: StreamCore,
                  prepare: Callable[[float], None]) -> None:
         self._open_call = open_call
-        self._source = _Source(items)
+        self._source = _Source(items, core)
         self._core = core
         self._prepare = prepare  # the client's readiness check, before each call
         self._open(0.0)
 
     def _requests(self, call: Call) -> Iterator[Request]:
         yield from self._core.opening()
-        while (item := self._source.take(call.generation)) is not _END and item is not _STALE:
+        while (item := self._source.take(call)) is not _END and item is not _STALE:
             yield self._core.request(call, item)
 
     def _connect(self) -> StreamOutput | None:
         self._prepare(self._core.health_timeout())
         call = self._core.new_call()
-        self._source.generation = call.generation
         self._call = self._open_call(self._requests(call))
         self._call.add_done_callback(lambda _: self._core.ended(call))
         try:
@@ -233,17 +242,25 @@ class _AsyncSource:
     waits for the caller's next item: that wait is shielded and handed to the next call, so the
     caller's async generator is neither cancelled nor skips an item."""
 
-    def __init__(self, items: AsyncIterable[Any] | Iterable[Any]) -> None:
+    def __init__(self, items: AsyncIterable[Any] | Iterable[Any], core: StreamCore) -> None:
         self._ait = items.__aiter__() if isinstance(items, AsyncIterable) else None
         self._it = iter(items) if not isinstance(items, AsyncIterable) else None
+        self._core = core
+        self._changed = asyncio.Event()
         self._pending: asyncio.Future[Any] | None = None
         self._carry: list[Any] = []
         self._ended = False
-        self.generation = 0
+        core.wake = self._wake
 
-    async def take(self, generation: int) -> Any:
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def take(self, call: Call) -> Any:
         while True:
-            if generation != self.generation:
+            while (may := self._core.takes_items(call)) is None:
+                await self._changed.wait()
+            if not may:
                 return _STALE
             if self._carry:
                 return self._carry.pop(0)
@@ -267,7 +284,7 @@ class _AsyncSource:
             if self._pending is not pending:  # another call's request task took this item
                 continue
             self._pending = None
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 self._carry.append(item)
                 return _STALE
             return item
@@ -286,7 +303,7 @@ class AsyncLiveStream(_Live):
     def __init__(self, open_call: Callable[[AsyncIterator[Request]], Any], items: AsyncIterable[Any] | Iterable[Any],
                  core: StreamCore, prepare: Callable[[float], Awaitable[None]]) -> None:
         self._open_call = open_call
-        self._source = _AsyncSource(items)
+        self._source = _AsyncSource(items, core)
         self._core = core
         self._prepare = prepare
         self._status: CallStatus | None = None
@@ -301,7 +318,7 @@ class AsyncLiveStream(_Live):
     async def _requests(self, call: Call) -> AsyncIterator[Request]:
         for req in self._core.opening():
             yield req
-        while (item := await self._source.take(call.generation)) is not _END and item is not _STALE:
+        while (item := await self._source.take(call)) is not _END and item is not _STALE:
             yield self._core.request(call, item)
 
     async def _read(self) -> Any:
@@ -316,7 +333,6 @@ class AsyncLiveStream(_Live):
     async def _connect(self) -> StreamOutput | None:
         await self._prepare(self._core.health_timeout())
         call = self._core.new_call()
-        self._source.generation = call.generation
         self._call = self._open_call(self._requests(call))
         self._status = CallStatus(self._call)
         self._call.add_done_callback(lambda _: self._core.ended(call))

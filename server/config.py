@@ -154,6 +154,8 @@ _HELP = {
                 "(shared by replicas; needs `hushwire[scale]`)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
+                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
     "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
@@ -205,6 +207,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
+        Setting("max_streams", "HUSHWIRE_MAX_STREAMS", "limits.max_streams", None, _count),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
                 "limits.max_queued_jobs_per_user", 100, int),
         Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
@@ -308,6 +311,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256
+    max_streams: int | None = None
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_upload_bytes: int = 200 * 1000**2

@@ -19,7 +19,7 @@ import pytest
 from conftest import ServerProcess, create_key, free_port, start_server
 
 from client import BackendLost, EnhancerClient, HushwireClientError, StreamOutput
-from client.core import Settings
+from client.core import SLOW_CONSUMER_SECONDS, Settings
 from client.stream import AsyncEnhancerClient, Update
 from hushwire.v1 import enhancer_pb2
 
@@ -130,6 +130,40 @@ def test_a_stream_resumes_after_its_server_is_sigkilled(tmp_path: Path) -> None:
     finally:
         if srv2 is not None:
             assert srv2.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_stream_whose_caller_stopped_reading_is_not_resumed(tmp_path: Path) -> None:
+    """The server ends a stream whose client reads nothing (SLOW_CONSUMER). Whether that status gets
+    through behind the unread audio or the server has to reset the stream (which looks like a lost
+    server), the library must not open a new stream for a caller that stopped reading."""
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--workers", "0")
+    stop = threading.Event()
+    sent = 0
+
+    def flood() -> Iterator[np.ndarray]:
+        nonlocal sent
+        while not stop.is_set() and sent < 300:  # 1 s chunks at 48 kHz: far more than any flow window
+            sent += 1
+            yield np.zeros(48000, np.float32)
+
+    try:
+        with EnhancerClient(srv.target, key) as c:
+            live = c.stream(flood(), 48000)
+            outputs = iter(live)
+            next(outputs)
+            time.sleep(SLOW_CONSUMER_SECONDS + 8)  # past the server's patience, and a reset's grace
+            with pytest.raises(HushwireClientError) as info:
+                for _ in outputs:
+                    pass
+        assert info.value.code == "SLOW_CONSUMER", info.value
+        assert live.reconnects == []
+        assert srv.log.count("stream opened") == 1, srv.log  # no second stream was opened
+        assert sent < 300  # the server stopped taking input meanwhile
+    finally:
+        stop.set()
+        assert srv.stop() == 0
 
 
 @pytest.mark.slow
