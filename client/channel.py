@@ -1,18 +1,25 @@
-"""The one place where hushwire's gRPC client channels are made: options and credentials.
+"""The one place hushwire's gRPC client channels are made: their options, and plaintext, TLS or mutual TLS.
 
 Every client of the server (:class:`~client.stream.EnhancerClient`, its asyncio twin,
 :class:`~client.jobs.JobsClient`, and the gateway's upstream channel) opens its channel here, so a
-channel setting (reconnect backoff today; keepalive and TLS next) is written once and holds for all.
+channel setting (:data:`CHANNEL_OPTIONS`: reconnect backoff today, keepalive next) holds for all.
+
+``tls_ca`` (a PEM file) turns TLS on and is the only CA trusted for the server's certificate;
+``tls_cert`` and ``tls_key`` add a client certificate for a server that requires mutual TLS
+(``hushwire serve --tls-client-ca``). Without ``tls_ca`` the channel is plaintext, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-__all__ = ["CHANNEL_OPTIONS", "aio_channel", "channel_credentials", "channel_options", "sync_channel"]
+from client.errors import HushwireClientError
+
+__all__ = ["CHANNEL_OPTIONS", "ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
 
 # A restarted or replaced server is found again within ~3 s: grpc's default reconnect backoff grows
 # to 120 s, far past any connect budget (``connect_timeout``, 10 s by default).
@@ -24,26 +31,55 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 
 def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """:data:`CHANNEL_OPTIONS` plus a caller's own (a later option of the same name wins in grpc)."""
+    """:data:`CHANNEL_OPTIONS` and then a caller's own (for an option given twice, grpc takes the last)."""
     return [*CHANNEL_OPTIONS, *extra]
 
 
-def channel_credentials() -> grpc.ChannelCredentials | None:
-    """The channel's credentials; None is plaintext (the only transport the server offers today)."""
-    return None
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files: the CA that signed the server's certificate, and an optional client certificate and key."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def of(cls, ca: str | None, cert: str | None = None, key: str | None = None) -> ClientTLS | None:
+        """None (plaintext) without a CA; a client certificate needs its key, and TLS."""
+        if (cert is None) != (key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if ca is None:
+            if cert is not None:
+                raise ValueError("a client certificate (tls_cert) needs tls_ca: it is only sent over TLS")
+            return None
+        return cls(ca, cert, key)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise HushwireClientError(None, None, f"cannot read TLS file {path}: {exc.strerror or exc}") \
+                    from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca),
+            private_key=read(self.key) if self.key is not None else None,
+            certificate_chain=read(self.cert) if self.cert is not None else None,
+        )
 
 
-def sync_channel(target: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A blocking channel to ``target`` (``host:port``)."""
-    options, creds = channel_options(extra_options), channel_credentials()
-    if creds is None:
-        return grpc.insecure_channel(target, options=options)
-    return grpc.secure_channel(target, creds, options=options)
+def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to ``target`` (``host:port``) with :func:`channel_options` (``options`` added)."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=channel_options(options))
+    return grpc.secure_channel(target, tls.credentials(), options=channel_options(options))
 
 
-def aio_channel(target: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to ``target``, with the same options and credentials as :func:`sync_channel`."""
-    options, creds = channel_options(extra_options), channel_credentials()
-    if creds is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, creds, options=options)
+def open_aio_channel(target: str, tls: ClientTLS | None = None,
+                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The asyncio twin of :func:`open_channel`: the same options and credentials."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=channel_options(options))
+    return grpc.aio.secure_channel(target, tls.credentials(), options=channel_options(options))

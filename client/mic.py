@@ -59,6 +59,13 @@ class MicOptions:
     record_raw: str | None = None
     playback: bool = True
     duration: float | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def client(self) -> EnhancerClient:
+        return EnhancerClient(self.target, self.key, connect_timeout=self.connect_timeout, tls_ca=self.tls_ca,
+                              tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 @dataclass
@@ -246,7 +253,7 @@ class MicSession:
 
     def _network(self) -> None:
         try:
-            with EnhancerClient(self.opts.target, self.opts.key, connect_timeout=self.opts.connect_timeout) as c:
+            with self.opts.client() as c:
                 # The library retries opening (a full or draining server) and resumes a lost stream
                 # within the connect budget (client.core); past it, the session ends with the error.
                 live = c.stream(self._blocks(), self.rate, self.opts.channels,
@@ -377,7 +384,7 @@ def _connect(opts: MicOptions) -> None:
     """Wait for the server, retrying with the library's backoff within the connect budget, and say so."""
     retry = RetryBudget(opts.connect_timeout)
     attempt = 0
-    with EnhancerClient(opts.target, opts.key, connect_timeout=opts.connect_timeout) as c:
+    with opts.client() as c:
         while True:
             try:
                 c.wait_ready(timeout=max(0.1, min(retry.left(), PROBE_SECONDS)))

@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.channel import aio_channel, sync_channel
+from client.channel import ClientTLS, open_aio_channel, open_channel
 from client.core import (
     ENCODINGS,
     BackendLost,
@@ -406,12 +406,17 @@ def _result(audio: np.ndarray, outputs: list[np.ndarray], delay: int, frames: np
 
 
 class EnhancerClient(_Client):
-    """Blocking client. Use as a context manager, or call :meth:`close`."""
+    """Blocking client. Use as a context manager, or call :meth:`close`.
+
+    ``tls_ca`` (a PEM file) makes it talk TLS to a server whose certificate that CA signed; add
+    ``tls_cert`` and ``tls_key`` for a server that requires client certificates (mutual TLS)."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
-        super().__init__(target, key, connect_timeout, sync_channel(target))
+        super().__init__(target, key, connect_timeout,
+                         open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -473,8 +478,10 @@ class AsyncEnhancerClient(_Client):
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
-        super().__init__(target, key, connect_timeout, aio_channel(target))
+        super().__init__(target, key, connect_timeout,
+                         open_aio_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -24,6 +25,7 @@ from server.blobs import (
     BlobStoreError,
     is_storage_full,
 )
+from server.connections import Connections
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
@@ -31,16 +33,26 @@ from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
 from server.streams import StreamBatcher, StreamSession
+from server.tls import peer_subject
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
-# A client that has not taken a response for this long is ended with SLOW_CONSUMER. gRPC's
-# flow-control window bounds what is buffered meanwhile, so memory per stream stays bounded.
-SLOW_CONSUMER_SECONDS = 10.0
 # A stream must send its config this soon after opening, or it is ended (it holds a slot meanwhile).
 CONFIG_TIMEOUT_SECONDS = 10.0
+# How long a stream's final status may wait to reach the client before the call is reset. The status
+# travels behind the response data already queued; a client that reads nothing never lets it through.
+STATUS_FLUSH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """The live streams' clocks (server settings, see server/config.py)."""
+
+    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    config_s: float = CONFIG_TIMEOUT_SECONDS
+    flush_s: float = STATUS_FLUSH_SECONDS
 
 
 class StreamRegistry:
@@ -96,11 +108,20 @@ class _StreamStats:
     max_processing_s: float = 0.0
 
 
+def audio_quota_msg(limit_s: float) -> str:
+    return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
+
+
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0) -> None:
+    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
+                 max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
+                 connections: Connections | None = None) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
+        self._max_audio_s = max_audio_seconds_per_day
+        self._timeouts = timeouts or StreamTimeouts()
+        self._connections = connections
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -115,24 +136,43 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         session: StreamSession | None = None
         try:
             self._registry.add(task, principal.uid)
+            # The daily audio quota is checked when a stream opens; an open stream is never cut (its
+            # seconds count when it closes).
+            if (await asyncio.to_thread(self._store.usage_today, principal.uid))[1] >= self._max_audio_s:
+                raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
                 METRICS.streams_open.inc()
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
-                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
+                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
+                      **_client_subject(context))
                 await self._run(context, session, stats)
         except HushwireError as err:
-            await abort_with(context, err)
+            await self._end(context, err, principal.uid)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
                 raise
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"))
+            await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"), principal.uid)
         finally:
             self._registry.discard(task)
             if session is not None:
                 session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
+
+    async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
+        """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
+        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
+        and the handler returns either way, so the stream's state and its slot are freed."""
+        try:
+            async with asyncio.timeout(self._timeouts.flush_s):
+                await abort_with(context, err)   # raises grpc's AbortError once the status is sent
+        except TimeoutError:
+            peer = context.peer()
+            closed = self._connections is not None and self._connections.close_for(peer, uid)
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
+                  connection_closed=closed,
+                  why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
         METRICS.streams_open.dec()
@@ -147,9 +187,9 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
-            first = await asyncio.wait_for(context.read(), CONFIG_TIMEOUT_SECONDS)
+            first = await asyncio.wait_for(context.read(), self._timeouts.config_s)
         except TimeoutError:
-            raise HushwireError("REQUEST_TIMEOUT", f"no config within {CONFIG_TIMEOUT_SECONDS:g} s") from None
+            raise HushwireError("REQUEST_TIMEOUT", f"no config within {self._timeouts.config_s:g} s") from None
         if first is grpc.aio.EOF:
             return None
         if first.WhichOneof("msg") != "config":
@@ -195,15 +235,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
 
-    @staticmethod
-    async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+        seconds = self._timeouts.slow_consumer_s
         try:
-            async with asyncio.timeout(SLOW_CONSUMER_SECONDS):  # no Task per write, unlike wait_for
+            async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
                 await context.write(response)
         except TimeoutError:
-            raise HushwireError(
-                "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
-            ) from None
+            raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -220,6 +258,13 @@ MAX_FILE_NAME_CHARS = 255
 MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
+
+
+def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """``{"client_subject": ...}`` for a mutual-TLS caller (its certificate's subject), else nothing."""
+    subject = peer_subject(context)
+    return {} if subject is None else {"client_subject": subject}
 
 
 def _clean_name(name: str, limit: int) -> str:
@@ -244,6 +289,8 @@ class JobLimits:
     max_upload_seconds: float
     max_queued_jobs_per_user: int
     max_bytes_per_day_per_user: int
+    max_audio_seconds_per_day_per_user: float = math.inf
+    hold_seconds: float = 120.0
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -262,6 +309,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
             duration_seconds=job.frames / job.sample_rate, format=job.format,
+            hold_seconds=self._limits.hold_seconds if job.held else 0.0,
         )
         if job.attenuation_limit_db is not None:
             msg.options.attenuation_limit_db = job.attenuation_limit_db
@@ -301,10 +349,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
                                 "per user; wait for some to finish")
-        quota_left = self._limits.max_bytes_per_day_per_user - self._store.uploaded_today(principal.uid)
+        bytes_today, seconds_today = self._store.usage_today(principal.uid)
+        quota_left = self._limits.max_bytes_per_day_per_user - bytes_today
         quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
         if quota_left <= 0 or spec.size_hint_bytes > quota_left:
             raise HushwireError("RATE_LIMITED", quota_msg)
+        seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
+        if seconds_left <= 0:
+            raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -322,6 +374,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                         raise HushwireError("RATE_LIMITED", quota_msg)
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
+            billed = info.frames / info.sample_rate * info.channels
+            if billed > seconds_left:
+                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
+                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
+                                    f"{self._limits.max_audio_seconds_per_day_per_user:g} s per user)")
             await self._commit(tmp, upload_blob)
         except OSError as exc:
             if not is_storage_full(exc):
@@ -339,15 +396,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
+            hold_expires=now + self._limits.hold_seconds if spec.hold else None,
         )
         try:
             self._store.create_job(job)
         except BaseException:
             await self._delete_blobs(upload_blob)
             raise
-        self._store.record_upload(principal.key_id, principal.uid, size)
+        self._store.record_upload(principal.key_id, principal.uid, size, job.billed_seconds)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
+              **_client_subject(context))
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
@@ -402,6 +461,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError("unreachable") from None
         self._runner.poke()
         return self._to_proto(self._own_job(job.job_id))
+
+    async def RenewHolds(  # noqa: N802
+        self, request: jobs_pb2.RenewHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RenewHoldsResponse:
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            await abort_with(context, HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids"))
+        until = time.time() + self._limits.hold_seconds
+        ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
+        missing = await asyncio.to_thread(self._store.renew_holds, current_principal().uid, ids, until)
+        missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
+        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=self._limits.hold_seconds)
 
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext
