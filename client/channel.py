@@ -2,7 +2,7 @@
 
 Every client of the server (:class:`~client.stream.EnhancerClient`, its asyncio twin,
 :class:`~client.jobs.JobsClient`, and the gateway's upstream channel) opens its channel here, so a
-channel setting (:data:`CHANNEL_OPTIONS`: reconnect backoff today, keepalive next) holds for all.
+channel setting (:data:`CHANNEL_OPTIONS`: keepalive and reconnect backoff) holds for all.
 
 ``tls_ca`` (a PEM file) turns TLS on and is the only CA trusted for the server's certificate;
 ``tls_cert`` and ``tls_key`` add a client certificate for a server that requires mutual TLS
@@ -18,21 +18,19 @@ from typing import Any
 import grpc
 
 from client.errors import HushwireClientError
+from server.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
 
 __all__ = ["CHANNEL_OPTIONS", "ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
 
-# A restarted or replaced server is found again within ~3 s: grpc's default reconnect backoff grows
-# to 120 s, far past any connect budget (``connect_timeout``, 10 s by default).
+# Every channel's options: the server's keepalive contract (server/keepalive.py), and a reconnect
+# backoff that finds a restarted or replaced server within ~3 s (grpc's default grows to 120 s, far
+# past any connect budget: ``connect_timeout``, 10 s by default).
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    *KEEPALIVE_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
-
-
-def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """:data:`CHANNEL_OPTIONS` and then a caller's own (for an option given twice, grpc takes the last)."""
-    return [*CHANNEL_OPTIONS, *extra]
 
 
 @dataclass(frozen=True)
@@ -68,6 +66,11 @@ class ClientTLS:
             private_key=read(self.key) if self.key is not None else None,
             certificate_chain=read(self.cert) if self.cert is not None else None,
         )
+
+
+def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """:data:`CHANNEL_OPTIONS`, then ``options`` (for an option given twice, grpc takes the last)."""
+    return [*CHANNEL_OPTIONS, *options]
 
 
 def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http
+from server import health_http, keepalive
 from server.auth import AuthInterceptor
 from server.config import ConfigError, ServerConfig
 from server.connections import Connections
@@ -109,7 +109,7 @@ async def create_server(config: ServerConfig) -> Server:
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
-                       config.hold_seconds)
+                       config.hold_seconds, config.max_idempotency_keys_per_user)
     registry = StreamRegistry(config.max_streams_per_user, config.max_streams)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
@@ -123,9 +123,10 @@ async def create_server(config: ServerConfig) -> Server:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *keepalive.SERVER_OPTIONS,
         ],
     )
-    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds)
+    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)

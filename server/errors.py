@@ -14,6 +14,7 @@ Tree::
     ├── (code) SLOW_CONSUMER       –   / RESOURCE_EXHAUSTED
     ├── (code) REQUEST_TIMEOUT     408 / DEADLINE_EXCEEDED
     ├── (code) OVERLOADED          503 / UNAVAILABLE   (with Retry-After; /live closes with 1013)
+    ├── (code) IDEMPOTENCY_CONFLICT 409 / ALREADY_EXISTS
     ├── (code) SERVICE_UNAVAILABLE 503 / UNAVAILABLE
     └── (code) INTERNAL            500 / INTERNAL
 
@@ -52,6 +53,9 @@ ERRORS: dict[str, ErrorSpec] = {
     "SLOW_CONSUMER": ErrorSpec(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Client stopped reading"),
     "REQUEST_TIMEOUT": ErrorSpec(408, grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out"),
     "OVERLOADED": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Server overloaded; retry, ideally elsewhere"),
+    "IDEMPOTENCY_CONFLICT": ErrorSpec(409, grpc.StatusCode.ALREADY_EXISTS,
+                                      "This Idempotency-Key was used with a different request, or its first "
+                                      "request is still running"),
     "SERVICE_UNAVAILABLE": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
     "INTERNAL": ErrorSpec(500, grpc.StatusCode.INTERNAL, "Internal error"),
 }
