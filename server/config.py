@@ -1,6 +1,6 @@
 """Settings: command-line flags, environment, config file and defaults, resolved in one place.
 
-Precedence is flag > environment > TOML config file > default (DESIGN.md, "Command line and
+Precedence is flag > environment > TOML config file > default (docs/design.md, "Command line and
 configuration"). This is the only module that reads ``os.environ``; everything else receives a
 typed config object.
 """
@@ -110,7 +110,7 @@ def _bool(text: str | bool) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of DESIGN.md's settings table."""
+    """One row of docs/design.md's settings table."""
 
     name: str                      # attribute name and argparse dest
     env: str | None                # environment variable
