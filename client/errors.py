@@ -47,7 +47,7 @@ def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
 
 
 # Contract codes that mean "try again, perhaps elsewhere": the server is draining, or it refused a
-# new live stream it could not serve in real time (DESIGN.md's error table; both are UNAVAILABLE).
+# new live stream it could not serve in real time (docs/design.md's error table; both are UNAVAILABLE).
 RETRYABLE_CODES = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
 
 

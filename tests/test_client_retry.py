@@ -1,7 +1,7 @@
 """A full server refuses new live streams with OVERLOADED, and the client library retries them.
 
 The server is a real ``hushwire serve --max-streams 1``: the operator's cap, the simplest way to make
-a real server full (DESIGN.md's error table: OVERLOADED is UNAVAILABLE with the trailer
+a real server full (docs/design.md's error table: OVERLOADED is UNAVAILABLE with the trailer
 ``hushwire-error-code: OVERLOADED``). One stream holds the slot; the clients under test are refused
 until it ends. The server's ``hushwire_errors_total{code="OVERLOADED"}`` counts the refusals, which
 shows the client really tried again (and did not just wait). Through a balancer, the retry lands on
