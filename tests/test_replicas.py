@@ -315,3 +315,22 @@ def test_an_idempotent_retry_through_another_replica_gets_the_same_reply(cluster
     finally:
         for gw in gws:
             assert gw.stop() == 0, gw.log
+
+
+def test_an_upload_with_a_bad_key_is_401_through_both_balancers(cluster: Cluster) -> None:
+    """Issue #18: the server refused the key at once and reset the SubmitJob stream while the gateway was
+    still sending the body, which HAProxy turned into CANCELLED without the trailer: 502 UPSTREAM_ERROR.
+    The gateway now checks the key (Account.WhoAmI) before it streams anything."""
+    gws = start_gateways(cluster)
+    try:
+        buf = __import__("io").BytesIO()
+        sf.write(buf, np.zeros(16000 * 60, np.float32), 16000, format="WAV")   # 1.9 MB: many chunks in flight
+        with httpx.Client(base_url=gws.url, timeout=60, trust_env=False) as http:
+            bad = "hw_not-a-key"
+            for headers in ({"Authorization": bad}, {"Authorization": bad, "Idempotency-Key": "x"}, {}):
+                for _ in range(3):
+                    r = http.post("/enhance", headers=headers, files={"f": ("a.wav", buf.getvalue(), "audio/wav")})
+                    assert r.status_code == 401, r.text
+                    assert r.json()["error"]["code"] == "API_KEY_NOT_FOUND"
+    finally:
+        gws.stop()
