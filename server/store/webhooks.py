@@ -7,15 +7,14 @@ and on a shared database any replica does. Deliverers claim due rows with a leas
 (:meth:`WebhookStore.claim_webhooks`), like workers claim jobs; a row whose deliverer died is
 claimed again when the lease runs out. Delivery is at least once.
 
-The secret shown to a user is derived from a random nonce kept in the ``users`` row and the
-key pepper, which lives outside the database: a copied database alone cannot forge webhooks.
+The secrets are kept as they are shown, in the ``users`` row: a receiver must be able to check a
+signature for as long as it holds the secret, so a secret cannot depend on anything the operator
+rotates (the key pepper). Someone with a copy of the database could forge webhooks to the users'
+receivers (not call hushwire): keep backups as private as the database.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import threading
 import time
@@ -67,6 +66,10 @@ class WebhookSecrets:
         return keys
 
 
+def _new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
 def enqueue_webhook(db: Engine, job_id: str, uid: int, url: str, now: float) -> None:
     """The job's delivery, due now; in the caller's transaction (the one that finished the job)."""
     db.execute(
@@ -79,42 +82,35 @@ class WebhookStore:
 
     _db: Engine
     _lock: threading.Lock
-    _pepper: bytes | None
 
     # -- secrets ------------------------------------------------------------------------------
-
-    def _derive(self, nonce: str) -> str:
-        if not self._pepper:
-            raise StoreError("this store was opened without the key pepper")
-        mac = hmac.new(self._pepper, b"hushwire webhook secret\0" + nonce.encode(), hashlib.sha256).digest()
-        return SECRET_PREFIX + base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def webhook_secrets(self, uid: int, grace_seconds: float) -> WebhookSecrets:
         """The user's secrets, creating the first one on first use. StoreError for an unknown user."""
         with self._lock, self._db.transaction():
             row = self._db.execute(
-                "SELECT webhook_nonce, webhook_prev_nonce, webhook_rotated_at FROM users WHERE uid = ?"
+                "SELECT webhook_secret, webhook_prev_secret, webhook_rotated_at FROM users WHERE uid = ?"
                 f"{self._db.for_update}", (uid,)).fetchone()
             if row is None:
                 raise StoreError(f"no user with uid {uid}")
-            nonce, prev, rotated = row
-            if nonce is None:
-                nonce = secrets.token_urlsafe(24)
-                self._db.execute("UPDATE users SET webhook_nonce = ? WHERE uid = ?", (nonce, uid))
+            current, prev, rotated = row
+            if current is None:
+                current = _new_secret()
+                self._db.execute("UPDATE users SET webhook_secret = ? WHERE uid = ?", (current, uid))
         until = rotated + grace_seconds if prev is not None and rotated is not None else None
-        return WebhookSecrets(self._derive(nonce), self._derive(prev) if prev else None, until)
+        return WebhookSecrets(current, prev, until)
 
     def rotate_webhook_secret(self, uid: int, grace_seconds: float) -> WebhookSecrets:
         """A new secret; the current one keeps signing (as well) for ``grace_seconds``."""
         now = time.time()
         with self._lock, self._db.transaction():
-            row = self._db.execute(f"SELECT webhook_nonce FROM users WHERE uid = ?{self._db.for_update}",
+            row = self._db.execute(f"SELECT webhook_secret FROM users WHERE uid = ?{self._db.for_update}",
                                    (uid,)).fetchone()
             if row is None:
                 raise StoreError(f"no user with uid {uid}")
             self._db.execute(
-                "UPDATE users SET webhook_nonce = ?, webhook_prev_nonce = ?, webhook_rotated_at = ? WHERE uid = ?",
-                (secrets.token_urlsafe(24), row[0], now, uid))
+                "UPDATE users SET webhook_secret = ?, webhook_prev_secret = ?, webhook_rotated_at = ? WHERE uid = ?",
+                (_new_secret(), row[0], now, uid))
         return self.webhook_secrets(uid, grace_seconds)
 
     # -- the outbox ---------------------------------------------------------------------------
