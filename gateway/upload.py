@@ -52,6 +52,7 @@ from starlette.requests import Request
 from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_server_code
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+from server.errors import quote_input
 
 __all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "render_reply"]
 
@@ -111,7 +112,7 @@ def _attenuation(raw: bytes) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
-                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}")
+                           f"got {quote_input(raw.decode('latin-1'))}")
     return value
 
 
@@ -185,7 +186,7 @@ class _Upload:
         try:
             parser = self._parser(boundary)
         except FormParserError as exc:
-            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {exc}") from None
+            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {quote_input(exc, 200)}") from None
         accepted = False
         try:
             async with contextlib.aclosing(self._body(request)) as body:
@@ -193,7 +194,8 @@ class _Upload:
                     try:
                         parser.write(chunk)
                     except FormParserError as exc:
-                        raise GatewayError("INVALID_REQUEST", f"malformed multipart body: {exc}") from None
+                        raise GatewayError("INVALID_REQUEST",
+                                           f"malformed multipart body: {quote_input(exc, 200)}") from None
                     await self._replay()
                     await self._renew_if_due()
             parser.finalize()
@@ -289,8 +291,8 @@ class _Upload:
         part.name = _text(params[b"name"])
         if b"filename" not in params:
             if part.name != OPTION_FIELD:
-                raise GatewayError("INVALID_REQUEST", f"unknown form field {part.name!r}: the only field that is "
-                                   f"not a file is {OPTION_FIELD!r}")
+                raise GatewayError("INVALID_REQUEST", f"unknown form field {quote_input(part.name)}: the only "
+                                   f"field that is not a file is {OPTION_FIELD!r}")
             if self._attenuation is not None:
                 raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
             part.value = bytearray()
@@ -466,3 +468,4 @@ async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadat
         if not upload.outcome_unknown:
             await upload.release()
         raise
+
