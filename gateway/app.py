@@ -53,7 +53,7 @@ from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, openapi_document, reply
-from gateway.upload import UploadLimits, enhance_upload
+from gateway.upload import UploadLimits, enhance_upload, finish_cleanups
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.config import ConfigError, GatewayConfig, bind_tcp
 from server.errors import MAX_KEY_CHARS
@@ -67,6 +67,7 @@ RESULT_TOKEN_KEY = "hushwire-result-token"
 MAX_TOKEN_CHARS = 256          # a result token is ~75 characters; a longer one is not sent as metadata
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
+CLEANUP_TIMEOUT_S = 5.0      # then the uploads cut short get this long to cancel their held jobs
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # A restarted server is found again within ~3 s: grpc's default reconnect backoff grows to 120 s.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -182,6 +183,7 @@ class _Gateway:
         try:
             yield
         finally:
+            await finish_cleanups(CLEANUP_TIMEOUT_S)   # cut uploads cancel their held jobs on this channel
             await self._upstream.close()
             self._upstream = None
 

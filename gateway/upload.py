@@ -54,7 +54,8 @@ from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_se
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 from server.errors import quote_input
 
-__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "render_reply"]
+__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "finish_cleanups",
+           "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
@@ -66,6 +67,8 @@ MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 
 # Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# The requests running an upload now (finish_cleanups waits for them at shutdown).
+_ACTIVE: set[asyncio.Task[Any]] = set()
 
 Metadata = Sequence[tuple[str, str]]
 _SubmitCall: TypeAlias = "grpc.aio.StreamUnaryCall[jobs_pb2.SubmitJobRequest, jobs_pb2.Job]"
@@ -440,7 +443,7 @@ class _Upload:
         await asyncio.shield(task)
 
 
-async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
+async def _enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
                          limits: UploadLimits) -> bytes:
     """Parse the request's multipart body as a stream into held jobs and start them; the reply (JSON)
     maps each field name to its job id (a list when the field carried several files). With an
@@ -469,3 +472,27 @@ async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadat
             await upload.release()
         raise
 
+
+async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
+                         limits: UploadLimits) -> bytes:
+    """:func:`_enhance_upload`, tracked so that a gateway that stops lets cut requests clean up first."""
+    task = asyncio.current_task()
+    if task is not None:
+        _ACTIVE.add(task)
+    try:
+        return await _enhance_upload(request, stub, metadata, limits)
+    finally:
+        if task is not None:
+            _ACTIVE.discard(task)
+
+
+async def finish_cleanups(timeout: float) -> None:
+    """Wait up to ``timeout`` for the uploads under way and their clean-ups to end. At shutdown uvicorn
+    cancels the requests still running after its grace time and at once shuts the app down: without
+    this wait the gateway closed its channel while a cut request was cancelling its held jobs, and they
+    stayed behind (until the server's hold sweeper)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for tasks in (_ACTIVE, _BACKGROUND):   # a request's clean-up task exists once the request has ended
+        left = deadline - asyncio.get_running_loop().time()
+        if tasks and left > 0:
+            await asyncio.wait(set(tasks), timeout=left)
