@@ -1,6 +1,6 @@
 """Build and run the gRPC server: ``create_server(config)`` and the ``serve`` loop with its drain.
 
-Drain (DESIGN.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
+Drain (docs/design.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
 UNAVAILABLE, open streams get ``drain_seconds`` to finish, then end with UNAVAILABLE "server
 shutting down", in-flight jobs are requeued, and the process exits 0.
 """
@@ -110,7 +110,7 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
-    registry = StreamRegistry(config.max_streams_per_user)
+    registry = StreamRegistry(config.max_streams_per_user, config.max_streams)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
