@@ -100,7 +100,18 @@ async def create_server(config: ServerConfig) -> Server:
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
     log.info("database %s (schema version %d)", store.description, store.schema_version)
-    signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
+    if store.pepper_check in ("recorded", "rotated"):
+        log.info("key pepper %s in the database", "recorded" if store.pepper_check == "recorded" else "rotated")
+    secret = load_secret(config.signing_secret, config.signing_secret_file, config.data_dir)
+    previous = config.signing_secret_previous.encode() if config.signing_secret_previous else None
+    try:
+        checked = store.check_secret("signing_secret", secret, previous)
+    except BaseException:
+        store.close()
+        raise
+    if checked in ("recorded", "rotated"):
+        log.info("signing secret %s in the database", checked)
+    signer = Signer(secret, previous=previous)
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
