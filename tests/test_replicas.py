@@ -18,7 +18,17 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from replica_fixtures import DEPLOY, DEPLOY_TLS_DIR, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from conftest import free_port, scrape_metrics
+from replica_fixtures import (
+    DEPLOY,
+    DEPLOY_TLS_DIR,
+    HAPROXY,
+    Cluster,
+    Replica,
+    start_gateways,
+    start_haproxy,
+    start_nginx,
+)
 from s3_fixtures import stored_blobs
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
@@ -223,6 +233,33 @@ def test_a_draining_replica_leaves_rotation_first_and_finishes_its_streams(clust
     assert reader.frames() == feed.fed + delay
     assert draining.proc.wait(40) == 0
     cluster.restart(draining)
+
+
+def test_a_stream_refused_by_a_full_replica_is_retried_onto_another(cluster: Cluster, tmp_path: Path) -> None:
+    """A full replica refuses new streams with OVERLOADED; the client tries again through the
+    balancer, which sends the retry to a replica with room. Here the full one is ``--max-streams 0``
+    beside ``b``, behind their own HAProxy (the shipped config, ``leastconn``: measured, 5 of the 6
+    first tries went to the full replica). Once a full replica also leaves rotation (its health
+    check), fewer tries reach it; what must hold is that every stream runs, on ``b``."""
+    metrics = free_port()
+    full = cluster.start_extra("full", "--max-streams", "0", "--metrics-port", str(metrics), workers=0)
+    lb = start_haproxy(DEPLOY / "grpc.cfg", tmp_path, [(r.name, r.port, r.health_port) for r in (full, cluster.b)],
+                       "haproxy-full")
+    try:
+        for rep in (full, cluster.b):
+            lb.wait_status(rep.name, "UP")
+        before = len(cluster.b.events("stream opened"))
+        with EnhancerClient(lb.target, cluster.key, connect_timeout=30) as c:
+            for _ in range(6):
+                live = c.stream([np.full(CHUNK, 0.01, np.float32)] * 3, RATE)
+                assert sum(o.audio.shape[0] for o in live) == 3 * CHUNK + live.delay_samples
+                assert live.reconnects == []
+        refused = scrape_metrics(metrics).get(("hushwire_errors_total", (("code", "OVERLOADED"),)), 0.0)
+        assert refused >= 1, "the balancer never tried the full replica"  # some first tries went there ...
+        assert len(cluster.b.events("stream opened")) == before + 6      # ... and every stream ran on b
+        assert full.events("stream opened") == []
+    finally:
+        lb.stop()
 
 
 def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(cluster: Cluster) -> None:
