@@ -55,8 +55,7 @@ from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 from server.errors import quote_input
 
 __all__ = ["CALLBACK_FIELD", "CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload",
-           "finish_cleanups",
-           "render_reply"]
+           "finish_cleanups", "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
