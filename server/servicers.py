@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
@@ -29,7 +30,7 @@ from server.blobs import (
     is_storage_full,
 )
 from server.connections import Connections
-from server.errors import HushwireError, abort_with
+from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
 from server.metrics import METRICS
@@ -103,6 +104,23 @@ class StreamRegistry:
         self.shutting_down = True
         for task in list(self.tasks):
             task.cancel()
+
+
+# grpc's error for a failed batch of core operations (not exported by grpc.aio): a write fails with it
+# when the client cancelled the call while the write was under way.
+_BATCH_FAILED: type[Exception] = cygrpc.ExecuteBatchError
+
+
+async def _send(context: grpc.aio.ServicerContext, message: object, what: str) -> None:
+    """``context.write`` on a call whose client may cancel it at any moment. A write under way when the
+    client cancels fails before grpc cancels the handler, and grpc would log that failure as an ERROR
+    with a traceback (162 in one red-team session): log one INFO line instead and end the handler as
+    cancelled, which grpc takes quietly, as the client's doing."""
+    try:
+        await context.write(message)
+    except _BATCH_FAILED:
+        event(log, "client went away during a write", what=what, peer=context.peer())
+        raise asyncio.CancelledError from None
 
 
 @dataclass
@@ -248,7 +266,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         seconds = self._timeouts.slow_consumer_s
         try:
             async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
-                await context.write(response)
+                await _send(context, response, "stream")
         except TimeoutError:
             raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
@@ -271,11 +289,6 @@ MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request ho
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600   # how long a successful reply is kept under its idempotency key
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
-MAX_QUOTED_CHARS = 64   # client input quoted in an error message is cut to this
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "...")
 
 
 def _check_idempotency_key(key: str) -> None:
@@ -354,7 +367,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def _own_job(self, job_id: str) -> JobRow:
         job = self._store.get_job(job_id) if len(job_id) <= 64 else None
         if job is None or job.uid != current_principal().uid:
-            raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+            raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         return job
 
     async def SubmitJob(  # noqa: N802
@@ -600,7 +613,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
         if missing:
-            raise HushwireError("JOB_NOT_FOUND", f"no held job {_quote(missing[0])}")
+            raise HushwireError("JOB_NOT_FOUND", f"no held job {quote_input(missing[0])}")
 
     async def ReserveIdempotencyKey(  # noqa: N802
         self, request: jobs_pb2.ReserveIdempotencyKeyRequest, context: grpc.aio.ServicerContext
@@ -634,13 +647,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         try:
             reader = await asyncio.to_thread(self._blobs.open, job.result_blob)
             with reader:  # streamed from the store through this server: its URLs are never handed out
-                await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+                await _send(context, jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
                     file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
-                    size_bytes=reader.size)))
+                    size_bytes=reader.size)), "download")
                 while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
-                    await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+                    await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
-            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}"))
+            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}"))
         except BlobStoreError as exc:
             log.error("download %s: %s", request.job_id, exc)
             await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
@@ -680,13 +693,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             self._signer.check(job_id, str(token))
             job = self._store.get_job(job_id)
             if job is None:
-                raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+                raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         elif maybe_principal() is None:
             raise HushwireError("API_KEY_NOT_FOUND")
         else:
             job = self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:
-            raise HushwireError("JOB_NOT_FOUND", f"job {job_id!r} has no result yet (status {job.status})")
+            raise HushwireError("JOB_NOT_FOUND", f"job {quote_input(job_id)} has no result yet (status {job.status})")
         return job
 
 
