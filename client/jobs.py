@@ -136,10 +136,26 @@ class JobsClient:
         try:
             return self._stub.SubmitJob(requests(), metadata=self._md())
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise self._upload_error(from_rpc_error(err)) from None
         finally:
             if own:
                 f.close()
+
+    def _upload_error(self, error: HushwireClientError) -> HushwireClientError:
+        """A server that refuses the key resets the upload's stream while the file still flows; behind a
+        balancer (HAProxy) that arrives as CANCELLED or INTERNAL, with or without the server's code. Ask
+        the server about the key then (one unary call, only on this failure), and report a bad key as
+        such."""
+        if error.status not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+            return error
+        try:
+            jobs_pb2_grpc.AccountStub(self._channel).WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=self._md(),
+                                                           timeout=self.timeout)
+        except grpc.RpcError as err:
+            probe = from_rpc_error(err)
+            if probe.code == "API_KEY_NOT_FOUND":
+                return probe
+        return error
 
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
