@@ -9,12 +9,21 @@ to 16 kHz, half of them also re-pitched by a small resampling factor. Needs
 ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts``.
 
-Noise: per type a bank of clips from ``noises.py`` plus babble made of TTS
-utterances that are kept out of the speech set.
+Noise: per type a bank of clips from ``noises.py`` plus babble (3-8 talkers at
+several levels, sometimes one or two dominant) and one or two interfering talkers
+("talkers"), made of TTS utterances that are kept out of the speech set. Room
+impulse responses: a bank from the image method (``noises.room_impulse_response``),
+applied on the fly in ``train.py``.
+
+Held out for the evaluation set (``heldout.py``): its voices are dropped from the
+voice lists below, a generated sentence equal to one of its sentences is drawn
+again, and the noise generator's seed (``--noise-seed``) must stay below
+``heldout.NOISE_SEED_MIN``.
 
 Output (under ``--out``): ``speech.npy`` (float16, all utterances end to end),
 ``speech_index.npy`` (start, length per utterance), ``noise_<type>.npy``
-(float16, clips end to end, unit RMS each) and ``manifest.json``. Mixing
+(float16, clips end to end, unit RMS each), ``rir.npy`` and ``rir_early.npy``
+(float32, ``(N_RIRS, RIR_LEN)``) and ``manifest.json``. Mixing
 (SNR, level, colouration) happens on the fly in ``train.py``.
 """
 
@@ -32,27 +41,33 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import heldout  # noqa: E402
 import noises  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
-from sentences import make_paragraph  # noqa: E402
+from sentences import make_sentence  # noqa: E402
 
 SR = 16000
 SEED = 20251126
+NOISE_SEED = 1126  # below heldout.NOISE_SEED_MIN: the evaluation set's noise seeds start there
 ESPEAK_LANGS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
                 "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
+_ALL_ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
                    "+f4", "+f5", "+klatt", "+klatt2", "+klatt3", "+klatt4", "+croak", "+Andy", "+Annie",
                    "+edward", "+steph", "+Denis", "+linda", "+john", "+paul", "+belinda", "+benjamin",
                    "+grandma", "+grandpa", "+aunty", "+adam", "+anika", "+david", "+robert", "+victor",
                    "+zac", "+max", "+Alex", "+Gene", "+Lee", "+Mike", "+shelby", "+quincy")
-FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
-FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+ESPEAK_VARIANTS = tuple(v for v in _ALL_ESPEAK_VARIANTS if v not in heldout.ESPEAK_VARIANTS)
+FLITE_VOICES = tuple(v for v in ("kal", "kal16", "awb", "rms", "slt") if v not in heldout.FLITE_VOICES)
+FESTIVAL_VOICES = tuple(v for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+                        if v not in heldout.FESTIVAL_VOICES)
 # Utterances per engine (1-3 sentences each, about 5 s on average).
 N_ESPEAK, N_FLITE, N_FESTIVAL = 1300, 650, 480
-N_BABBLE_UTTS = 300          # extra espeak/flite utterances used only inside babble
+N_BABBLE_UTTS = 900          # extra espeak/flite/festival utterances used only inside babble and talkers
 NOISE_CLIPS_PER_TYPE = 36
+N_RIRS = 400
+RIR_LEN = 16000  # 1 s: RT60s up to 0.9 s fit
 NOISE_CLIP_S = 12.0
 
 
@@ -75,6 +90,16 @@ def _trim(x: np.ndarray, keep_s: float = 0.15) -> np.ndarray:
     return x[max(0, act[0] * 160 - k): min(len(x), (act[-1] + 1) * 160 + k)]
 
 
+def make_paragraph(rng: random.Random, n_sentences: int) -> str:
+    """``n_sentences`` generated sentences, none of them one of the evaluation set's."""
+    out = []
+    while len(out) < n_sentences:
+        s = make_sentence(rng)
+        if not heldout.is_heldout_sentence(s):
+            out.append(s)
+    return " ".join(out)
+
+
 def _run(cmd: list[str], stdin: str | None = None) -> None:
     subprocess.run(cmd, input=stdin, text=True, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=600)
@@ -82,7 +107,8 @@ def _run(cmd: list[str], stdin: str | None = None) -> None:
 
 def synth_espeak(rng: random.Random, text: str, out: Path) -> str:
     voice = rng.choice(ESPEAK_LANGS) + rng.choice(ESPEAK_VARIANTS)
-    speed, pitch = rng.randint(125, 200), rng.randint(20, 85)
+    assert not heldout.is_heldout_espeak(voice)
+    speed, pitch = rng.randint(110, 220), rng.randint(15, 90)
     _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text])
     return f"espeak-ng:{voice}:s{speed}:p{pitch}"
 
@@ -126,7 +152,8 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
     jobs = ([("espeak", i) for i in range(N_ESPEAK)] + [("flite", i) for i in range(N_FLITE)]
             + [("festival", i) for i in range(N_FESTIVAL)]
             + [("babble_espeak", i) for i in range(N_BABBLE_UTTS * 2 // 3)]
-            + [("babble_flite", i) for i in range(N_BABBLE_UTTS // 3)])
+            + [("babble_flite", i) for i in range(N_BABBLE_UTTS // 4)]
+            + [("babble_festival", i) for i in range(N_BABBLE_UTTS - N_BABBLE_UTTS * 2 // 3 - N_BABBLE_UTTS // 4)])
     wavs: list[tuple[str, Path, str]] = []
     fest_items = []
     t0 = time.time()
@@ -138,9 +165,9 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
         elif kind.endswith("flite"):
             wavs.append((kind, path, synth_flite(rng, text, path)))
         else:
-            fest_items.append((text, path))
-    descs = synth_festival_batch(rng, fest_items)
-    wavs += [("festival", p, d) for (_, p), d in zip(fest_items, descs, strict=True)]
+            fest_items.append((kind, text, path))
+    descs = synth_festival_batch(rng, [(t, p) for _, t, p in fest_items])
+    wavs += [(k, p, d) for (k, _, p), d in zip(fest_items, descs, strict=True)]
     print(f"tts done in {time.time() - t0:.0f} s", flush=True)
 
     nrng = np.random.default_rng(seed)
@@ -165,25 +192,39 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
     return speech, meta, babble_pool
 
 
-def build_noise(out: Path, seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
-    rng = np.random.default_rng(seed + 1)
+def build_noise(out: Path, noise_seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
+    if noise_seed >= heldout.NOISE_SEED_MIN:
+        raise SystemExit(f"--noise-seed must be below {heldout.NOISE_SEED_MIN} (held out for the evaluation set)")
+    rng = np.random.default_rng(noise_seed)
     n = int(NOISE_CLIP_S * SR)
     counts = {}
-    for name, gen in [*noises.GENERATORS.items(), ("babble", None)]:
+    speech_gens = {"babble": noises.babble, "talkers": noises.talkers}
+    for name, gen in [*noises.GENERATORS.items(), *((k, None) for k in speech_gens)]:
         clips = []
         for _ in range(NOISE_CLIPS_PER_TYPE):
-            x = noises.babble(rng, n, babble_pool) if gen is None else gen(rng, n, SR)
+            x = speech_gens[name](rng, n, babble_pool) if gen is None else gen(rng, n, SR)
             clips.append(x.astype(np.float16))
         np.save(out / f"noise_{name}.npy", np.concatenate(clips))
         counts[name] = len(clips)
         print(f"noise {name}: {len(clips)} x {NOISE_CLIP_S} s", flush=True)
+    rirs, early, rt60 = np.zeros((N_RIRS, RIR_LEN), np.float32), np.zeros((N_RIRS, RIR_LEN), np.float32), []
+    for i in range(N_RIRS):
+        h, e, t = noises.room_impulse_response(rng, SR)
+        rirs[i, : min(RIR_LEN, h.size)] = h[:RIR_LEN]
+        early[i, : min(RIR_LEN, e.size)] = e[:RIR_LEN]
+        rt60.append(t)
+    np.save(out / "rir.npy", rirs)
+    np.save(out / "rir_early.npy", early)
+    print(f"rooms: {N_RIRS} impulse responses, RT60 {min(rt60):.2f}-{max(rt60):.2f} s", flush=True)
     return counts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
-    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--seed", type=int, default=SEED, help="TTS text, voices and settings")
+    ap.add_argument("--noise-seed", type=int, default=NOISE_SEED,
+                    help=f"noise clips and rooms; must be below {heldout.NOISE_SEED_MIN}")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +235,8 @@ def main() -> None:
     np.save(out / "speech.npy", np.concatenate(speech).astype(np.float16))
     np.save(out / "speech_index.npy", idx)
     print(f"speech: {len(speech)} utterances, {lens.sum() / SR / 3600:.2f} h", flush=True)
-    counts = build_noise(out, args.seed, babble_pool)
-    manifest = {"seed": args.seed, "sample_rate": SR, "utterances": meta,
+    counts = build_noise(out, args.noise_seed, babble_pool)
+    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "rirs": N_RIRS, "sample_rate": SR, "utterances": meta,
                 "speech_hours": float(lens.sum() / SR / 3600), "noise_clips": counts,
                 "noise_clip_s": NOISE_CLIP_S, "build_seconds": round(time.time() - t0)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

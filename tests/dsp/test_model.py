@@ -115,7 +115,7 @@ def test_matches_torch() -> None:
     fe = Frontend()
     with torch.no_grad():
         power = fe.power(fe.stft(torch.from_numpy(x)))
-        g_t, v_t = net(fe.logband(power))
+        g_t, v_t, _ = net(fe.logband(power))
         gb_t = (g_t @ fe.w_synth).numpy()
     import tempfile
 
@@ -128,3 +128,57 @@ def test_matches_torch() -> None:
         g, v = m.step(pw[:, t])
         np.testing.assert_allclose(g, gb_t[:, t], atol=2e-5)
         np.testing.assert_allclose(v, v_t[:, t].numpy(), atol=2e-5)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (training-only dependency)")
+def test_deep_filter_matches_torch() -> None:
+    """The deep-filter model: band gains, voice and filtered low bins as training computes them,
+    fed in two chunks (the filter's past frames carry over in the row state)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from train import FRAME_LEN, Frontend, GainNet, deep_filter, export_npz
+
+    torch.manual_seed(1)
+    net = GainNet(df_bins=128)
+    with torch.no_grad():
+        net.feat_mean.uniform_(-8, -4)
+        net.feat_std.uniform_(1, 2)
+        net.lo_mean.uniform_(-8, -4)
+        net.lo_std.uniform_(1, 2)
+        net.df.weight.normal_(0.0, 0.3)
+        net.df.bias.normal_(0.0, 0.3)
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(2, 16000)) * np.linspace(0.001, 0.3, 16000)).astype(np.float32)
+    fe = Frontend()
+    with torch.no_grad():
+        spec = fe.stft(torch.from_numpy(x))
+        power = fe.power(spec)
+        g_t, v_t, c_t = net(fe.logband(power), fe.loglo(power, 128))
+        assert c_t is not None
+        filt_t = deep_filter(spec[..., :128], c_t).numpy()  # (rows, hops, 128)
+        gb_t = (g_t @ fe.w_synth).numpy()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.npz"
+        export_npz(net, path)
+        m = GainModel(16000, FRAME_LEN, float(np.sum(fe.window.numpy().astype(np.float64) ** 2)), 2, path)
+    assert (m.df_bins, m.df_taps) == (128, 2)
+    pw = power.numpy().astype(np.float64).transpose(1, 0, 2)  # (hops, rows, bins)
+    sp = spec.numpy().astype(np.complex128).transpose(1, 0, 2)
+    state: dict[str, np.ndarray] = {}
+    m.init_state(state, 2)
+    outs = []
+    for part in (slice(0, 37), slice(37, None)):
+        g, v, taps = m.run_full(state, pw[part])
+        assert taps is not None
+        outs.append((g, v, m.deep_filter(state, sp[part], taps)))
+    g = np.concatenate([o[0] for o in outs])
+    v = np.concatenate([o[1] for o in outs])
+    filt = np.concatenate([o[2] for o in outs])
+    np.testing.assert_allclose(g, gb_t.transpose(1, 0, 2), atol=2e-5)
+    np.testing.assert_allclose(v, v_t.numpy().T, atol=2e-5)
+    scale = np.abs(filt_t).max()
+    assert scale > 0.1  # the taps are far from zero: the comparison tests the filter
+    np.testing.assert_allclose(filt, filt_t.transpose(1, 0, 2), atol=2e-5 * scale)
