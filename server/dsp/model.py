@@ -292,7 +292,8 @@ class GainModel:
             self._lo_offset = ((np.log10(psd_scale) - p["lo_mean"]) / p["lo_std"]).astype(dtype)
             self._lo_w_t, self._df_w_t, self._lo_b, self._df_b = _shared(
                 (id(p["dense_lo.weight"]), id(p["df.weight"]), key),
-                lambda: (np.ascontiguousarray(p["dense_lo.weight"].T, dtype), np.ascontiguousarray(p["df.weight"].T, dtype),
+                lambda: (np.ascontiguousarray(p["dense_lo.weight"].T, dtype),
+                         np.ascontiguousarray(p["df.weight"].T, dtype),
                          p["dense_lo.bias"].astype(dtype), p["df.bias"].astype(dtype),
                          p["dense_lo.weight"], p["df.weight"]),
             )[:4]
