@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import grpc
 
+from client.channel import ClientTLS, open_channel
 from client.errors import HushwireClientError, from_rpc_error
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -51,13 +52,16 @@ def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, o
 
 
 class JobsClient:
-    """Blocking client for file jobs. ``key`` goes in metadata ``authorization``."""
+    """Blocking client for file jobs. ``key`` goes in metadata ``authorization``; ``tls_*`` as in
+    :class:`client.EnhancerClient`."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.target = target
         self.key = key
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._channel = open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key),
+                                     options=[("grpc.max_receive_message_length", 8 << 20)])
         self._stub = jobs_pb2_grpc.JobsStub(self._channel)
 
     def __enter__(self) -> JobsClient:
@@ -81,16 +85,19 @@ class JobsClient:
     def submit(
         self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
         attenuation_limit_db: float | None = None, hold: bool = False,
-        on_bytes: Callable[[int], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None, idempotency_key: str | None = None,
     ) -> jobs_pb2.Job:
-        """Upload a file (path or binary file object) in chunks and create a job."""
+        """Upload a file (path or binary file object) in chunks and create a job. With
+        ``idempotency_key``, a retry of the same upload (after a lost reply) returns the job the first
+        one made instead of a second job (``JobSpec.idempotency_key``)."""
         f: BinaryIO
         if isinstance(source, str | os.PathLike):
             own, f, default_name = True, open(source, "rb"), Path(source).name
         else:
             own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
         name = file_name or default_name
-        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold)
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold,
+                                idempotency_key=idempotency_key or "")
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
         if own:

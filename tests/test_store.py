@@ -9,7 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.store import COMPLETED, FAILED, PENDING, PRE_PROCESSING, JobRow, Store, StoreError
+from server.store import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    PRE_PROCESSING,
+    IdempotencyConflict,
+    JobRow,
+    Store,
+    StoreError,
+    TooManyKeys,
+)
 from server.store.engines import open_engine
 from server.store.schema import VERSION
 
@@ -48,7 +58,7 @@ def test_schema_is_created_on_an_empty_database_and_reopening_changes_nothing(da
     assert _tables(database_url) == set()
     store = Store(database_url, PEPPER)
     assert store.schema_version == VERSION
-    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage"}
+    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage", "idempotency_keys"}
     uid = store.create_user("ann")
     key_id, key = store.create_key(uid)
     store.close()
@@ -199,6 +209,124 @@ def test_a_job_that_keeps_losing_its_worker_fails(database_url: str) -> None:
         assert job is not None and job.status == FAILED and job.error_code == "INTERNAL"
         assert "stopped 2 times" in (job.error_msg or "")
     finally:
+        store.close()
+
+
+def test_claims_take_turns_across_users(database_url: str) -> None:
+    """Fair claims: user A's queue does not hold back B's job, which was submitted after all of A's and
+    is claimed as soon as a worker is free; then users take turns (least recent service)."""
+    store = Store(database_url, PEPPER)
+    try:
+        (a, ka), (b, kb), (c, kc) = _user(store), _user(store), _user(store)
+        t0 = time.time()
+        for i in range(4):
+            store.create_job(_job(f"a{i}", a, ka, t0 + i * 1e-3))
+        first = store.claim_next("w1", 60.0, 3)
+        assert first is not None and first.job_id == "a0"
+        store.create_job(_job("b0", b, kb, t0 + 1.0))   # the newest job of all
+        second = store.claim_next("w2", 60.0, 3)
+        assert second is not None and second.job_id == "b0", "B's job waited behind A's queue"
+        third = store.claim_next("w3", 60.0, 3)  # only A has jobs left: a worker is never left idle
+        assert third is not None and third.job_id == "a1"
+        for job in (first, second, third):
+            assert store.finish_job(job.job_id, job.lease_owner or "", result_blob="r", result_format="WAV",
+                                    attempt=job.attempts)
+        # One worker, three users with queues: they take turns.
+        for i in range(1, 3):
+            store.create_job(_job(f"b{i}", b, kb, t0 + 2.0 + i * 1e-3))
+        store.create_job(_job("c0", c, kc, t0 + 3.0))
+        order = []
+        while (job := store.claim_next("w", 60.0, 3)) is not None:
+            order.append(job.job_id)
+            assert store.finish_job(job.job_id, "w", result_blob="r", result_format="WAV", attempt=job.attempts)
+        # Least recent service: C (never served), then B (last served with b0), then A (a1), and so on.
+        assert order == ["c0", "b1", "a2", "b2", "a3"], order
+    finally:
+        store.close()
+
+
+def test_the_user_with_fewer_jobs_running_goes_first(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    try:
+        (a, ka), (b, kb) = _user(store), _user(store)
+        t0 = time.time()
+        store.create_job(_job("b0", b, kb, t0))
+        store.create_job(_job("b1", b, kb, t0 + 0.001))
+        running = store.claim_next("w1", 60.0, 3)
+        assert running is not None and running.job_id == "b0"
+        for i in range(3):
+            store.create_job(_job(f"a{i}", a, ka, t0 + 1 + i * 1e-3))
+        # B has a job running and A none: A goes first, although B's waiting job is older.
+        got = store.claim_next("w2", 60.0, 3)
+        assert got is not None and got.job_id == "a0"
+        got = store.claim_next("w3", 60.0, 3)   # one running each; B was served less recently
+        assert got is not None and got.job_id == "b1"
+    finally:
+        store.close()
+
+
+def test_held_jobs_expire_unless_renewed_and_each_is_swept_once(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    other = Store(database_url)   # a second replica sweeping at the same time
+    try:
+        (a, ka), (b, _) = _user(store), _user(store)
+        now = time.time()
+        for name in ("kept", "lapsed"):
+            store.create_job(_job(name, a, ka, now, held=True, hold_expires=now + 1.0))
+        store.create_job(_job("free", a, ka, now))   # not held: never swept
+        assert store.renew_holds(a, ["kept", "free", "nope"], now + 60) == ["free", "nope"]
+        assert store.renew_holds(b, ["kept"], now + 60) == ["kept"]   # another user's job is not renewed
+        assert store.claim_next("w", 30.0, 3).job_id == "free"  # type: ignore[union-attr]  # held ones wait
+        assert store.sweep_held(now + 0.5) == []
+        with ThreadPoolExecutor(2) as pool:
+            swept = list(pool.map(lambda s: s.sweep_held(now + 2.0), (store, other)))
+        assert sorted(j.job_id for part in swept for j in part) == ["lapsed"]
+        assert store.get_job("lapsed") is None and store.get_job("kept") is not None
+        assert store.start_job("kept", None, False)
+        assert store.sweep_held(now + 120) == []   # started: no longer held
+        assert store.renew_holds(a, ["kept"], now + 60) == ["kept"]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_idempotency_keys_reserve_fill_lapse_and_expire(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    other = Store(database_url)   # another replica
+    try:
+        (a, ka), (b, _) = _user(store), _user(store)
+        now = time.time()
+        first = store.reserve_key(a, "k", now, 60.0, 3)
+        assert first.reply is None and first.token
+        with pytest.raises(IdempotencyConflict):   # the first request still runs, whichever replica asks
+            other.reserve_key(a, "k", now + 1, 60.0, 3)
+        assert other.reserve_key(b, "k", now, 60.0, 3).reply is None   # keys are per user
+        store.create_job(_job("j1", a, ka, now, held=True, hold_expires=now + 60))
+        assert store.start_jobs(a, ["j1", "nope"], None, False, ("k", first.token, "f" * 64, b"{}", now + 86400)) \
+            == ["nope"]   # all or none: nothing started, nothing stored
+        assert store.get_job("j1").held  # type: ignore[union-attr]
+        with pytest.raises(IdempotencyConflict):   # a token that is not the reservation's
+            store.start_jobs(a, ["j1"], 6.0, True, ("k", "stolen", "f" * 64, b"{}", now + 86400))
+        assert store.get_job("j1").held  # type: ignore[union-attr]  # rolled back
+        assert store.start_jobs(a, ["j1"], 6.0, True, ("k", first.token, "f" * 64, b'{"a":"j1"}', now + 86400)) == []
+        job = store.get_job("j1")
+        assert job is not None and not job.held and job.attenuation_limit_db == 6.0
+        done = other.reserve_key(a, "k", now + 2, 60.0, 3)
+        assert (done.reply, done.request_sha256, done.job_ids) == (b'{"a":"j1"}', "f" * 64, ["j1"])
+        # A lapsed reservation (its request died) is replaced; a released one is gone.
+        lapsed = store.reserve_key(a, "dead", now, 1.0, 3)
+        assert store.reserve_key(a, "dead", now + 2, 60.0, 3).token != lapsed.token
+        with pytest.raises(TooManyKeys):   # a holds 2 live keys (k, dead): a third is over a cap of 2
+            store.reserve_key(a, "x", now + 2, 60.0, 2)
+        store.release_key(a, "dead", "not-the-token")
+        with pytest.raises(IdempotencyConflict):
+            store.reserve_key(a, "dead", now + 3, 60.0, 3)
+        assert store.sweep_keys(now + 3600) == 2   # the lapsed reservations of a/dead and b/k
+        assert store.reserve_key(a, "k", now + 3600, 60.0, 3).reply == b'{"a":"j1"}'   # kept 24 h
+        assert store.sweep_keys(now + 86401) >= 1
+        assert store.reserve_key(a, "k", now + 86401, 60.0, 3).reply is None   # forgotten after 24 h
+    finally:
+        other.close()
         store.close()
 
 

@@ -1,24 +1,24 @@
 """Rebuild the training data from installable sources, with a fixed seed.
 
     OMP_NUM_THREADS=1 .venv/bin/python training/make_data.py [--out training/data] [--seed 20251126]
+        [--noise-seed 1127]
 
 Speech: sentences from ``sentences.py`` spoken by Debian's TTS voices, one
 synthesis process at a time (espeak-ng variants, flite voices, festival
-diphone and HTS voices), each with random speaking rate and pitch, resampled
+diphone voices), each with random speaking rate and pitch, resampled
 to 16 kHz, half of them also re-pitched by a small resampling factor. Needs
-``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
-festvox-us-slt-hts``.
+``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k``.
 
 Noise: per type a bank of clips from ``noises.py`` plus babble (3-8 talkers at
 several levels, sometimes one or two dominant) and one or two interfering talkers
-("talkers"), made of TTS utterances that are kept out of the speech set. Room
-impulse responses: a bank from the image method (``noises.room_impulse_response``),
-applied on the fly in ``train.py``.
+("talkers"), made of TTS utterances that are kept out of the speech set, and a bank of
+room impulse responses from the image method (``noises.room_impulse_response``, applied
+on the fly in ``train.py``), all drawn from one generator seeded with ``--noise-seed``.
 
-Held out for the evaluation set (``heldout.py``): its voices are dropped from the
-voice lists below, a generated sentence equal to one of its sentences is drawn
-again, and the noise generator's seed (``--noise-seed``) must stay below
-``heldout.NOISE_SEED_MIN``.
+Held out (``heldout.py``): the evaluation set's voices (festival ``cmu_us_slt_arctic_hts``,
+flite ``rms``, espeak-ng ``+f4`` and ``+m7``) are left out of the voice lists below, a
+generated sentence equal to one of its sentences is drawn again, and the noise seed must be
+below ``heldout.NOISE_SEED_MIN`` (the evaluation set's noise seeds start there).
 
 Output (under ``--out``): ``speech.npy`` (float16, all utterances end to end),
 ``speech_index.npy`` (start, length per utterance), ``noise_<type>.npy``
@@ -50,7 +50,7 @@ from sentences import make_sentence  # noqa: E402
 
 SR = 16000
 SEED = 20251126
-NOISE_SEED = 1126  # below heldout.NOISE_SEED_MIN: the evaluation set's noise seeds start there
+NOISE_SEED = 1127  # below heldout.NOISE_SEED_MIN; up to issue #16 it was SEED + 1
 ESPEAK_LANGS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
                 "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 _ALL_ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
@@ -58,6 +58,7 @@ _ALL_ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m
                    "+edward", "+steph", "+Denis", "+linda", "+john", "+paul", "+belinda", "+benjamin",
                    "+grandma", "+grandpa", "+aunty", "+adam", "+anika", "+david", "+robert", "+victor",
                    "+zac", "+max", "+Alex", "+Gene", "+Lee", "+Mike", "+shelby", "+quincy")
+# The held-out voices are removed here, once, so no draw below can pick them.
 ESPEAK_VARIANTS = tuple(v for v in _ALL_ESPEAK_VARIANTS if v not in heldout.ESPEAK_VARIANTS)
 FLITE_VOICES = tuple(v for v in ("kal", "kal16", "awb", "rms", "slt") if v not in heldout.FLITE_VOICES)
 FESTIVAL_VOICES = tuple(v for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
@@ -91,12 +92,12 @@ def _trim(x: np.ndarray, keep_s: float = 0.15) -> np.ndarray:
 
 
 def make_paragraph(rng: random.Random, n_sentences: int) -> str:
-    """``n_sentences`` generated sentences, none of them one of the evaluation set's."""
+    """``n_sentences`` training sentences; one that is a held-out sentence is drawn again."""
     out = []
     while len(out) < n_sentences:
-        s = make_sentence(rng)
-        if not heldout.is_heldout_sentence(s):
-            out.append(s)
+        sentence = make_sentence(rng)
+        if not heldout.is_heldout_sentence(sentence):
+            out.append(sentence)
     return " ".join(out)
 
 
@@ -194,7 +195,7 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
 
 def build_noise(out: Path, noise_seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
     if noise_seed >= heldout.NOISE_SEED_MIN:
-        raise SystemExit(f"--noise-seed must be below {heldout.NOISE_SEED_MIN} (held out for the evaluation set)")
+        raise SystemExit(f"--noise-seed {noise_seed}: seeds from {heldout.NOISE_SEED_MIN} up are the evaluation set's")
     rng = np.random.default_rng(noise_seed)
     n = int(NOISE_CLIP_S * SR)
     counts = {}
@@ -222,9 +223,9 @@ def build_noise(out: Path, noise_seed: int, babble_pool: list[np.ndarray]) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
-    ap.add_argument("--seed", type=int, default=SEED, help="TTS text, voices and settings")
+    ap.add_argument("--seed", type=int, default=SEED, help="speech: sentences, voices, settings")
     ap.add_argument("--noise-seed", type=int, default=NOISE_SEED,
-                    help=f"noise clips and rooms; must be below {heldout.NOISE_SEED_MIN}")
+                    help=f"noise clips, babble and rooms (below {heldout.NOISE_SEED_MIN}: held out above)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +237,8 @@ def main() -> None:
     np.save(out / "speech_index.npy", idx)
     print(f"speech: {len(speech)} utterances, {lens.sum() / SR / 3600:.2f} h", flush=True)
     counts = build_noise(out, args.noise_seed, babble_pool)
-    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "rirs": N_RIRS, "sample_rate": SR, "utterances": meta,
+    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "rirs": N_RIRS, "sample_rate": SR,
+                "utterances": meta,
                 "speech_hours": float(lens.sum() / SR / 3600), "noise_clips": counts,
                 "noise_clip_s": NOISE_CLIP_S, "build_seconds": round(time.time() - t0)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

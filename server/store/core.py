@@ -11,6 +11,9 @@ Every claim counts an attempt, and a worker's later writes name the attempt they
 a worker whose lease ran out (and whose job another worker took) can no longer change the job:
 a job completes, and is billed, exactly once.
 
+Claims are fair across users (:meth:`Store.claim_next`): fewest jobs running first, then least
+recent service, so a user's queue never delays another user's job beyond the jobs already running.
+
 Keys are random 192-bit tokens. The store keeps HMAC-SHA256(pepper, key) only: the pepper lives
 outside the database (a file in the data dir, or configuration shared by replicas), so a leaked
 database alone does not let anyone test guesses. The raw key is never stored or logged. The lookup
@@ -34,7 +37,8 @@ from server.store.engines import Engine, StoreError, StoreUnavailable, open_engi
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "JobRow", "KeyRecord", "Principal", "Store", "StoreError", "StoreUnavailable",
+    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
+    "StoreUnavailable", "TooManyKeys",
 ]
 
 KEY_PREFIX = "hw_"
@@ -64,6 +68,26 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class IdempotencyRecord:
+    """What an idempotency key holds. ``reply`` None: reserved by a request that still runs (or died:
+    the reservation lapses at ``expires_at``)."""
+
+    token: str
+    request_sha256: str
+    reply: bytes | None
+    job_ids: list[str]
+    expires_at: float
+
+
+class IdempotencyConflict(StoreError):
+    """The key is reserved by another request that still runs, or the reservation was lost."""
+
+
+class TooManyKeys(StoreError):
+    """The user holds the most idempotency keys allowed."""
+
+
+@dataclass(frozen=True)
 class JobRow:
     job_id: str
     uid: int
@@ -90,6 +114,7 @@ class JobRow:
     lease_owner: str | None = None
     lease_expires: float | None = None
     attempts: int = 0
+    hold_expires: float | None = None   # while held: unix time after which the job is swept unless renewed
 
     @property
     def billed_seconds(self) -> float:
@@ -104,12 +129,14 @@ def _day(t: float) -> str:
 
 
 def _add_usage(db: Engine, key_id: int, uid: int, now: float, *, billed_seconds: float = 0.0,
-               upload_bytes: int = 0, jobs: int = 0) -> None:
+               upload_bytes: int = 0, jobs: int = 0, admitted_seconds: float = 0.0) -> None:
     db.execute(
-        "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) VALUES (?, ?, ?, ?, ?, ?) "
+        "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs, admitted_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (key_id, day) DO UPDATE SET billed_seconds = usage.billed_seconds + excluded.billed_seconds, "
-        "upload_bytes = usage.upload_bytes + excluded.upload_bytes, jobs = usage.jobs + excluded.jobs",
-        (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs))
+        "upload_bytes = usage.upload_bytes + excluded.upload_bytes, jobs = usage.jobs + excluded.jobs, "
+        "admitted_seconds = usage.admitted_seconds + excluded.admitted_seconds",
+        (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs, admitted_seconds))
 
 
 def _sha256_key(key: str) -> bytes:
@@ -121,6 +148,19 @@ def _lease_held(owner: str, attempt: int | None) -> tuple[str, list[object]]:
     if attempt is None:
         return "lease_owner = ?", [owner]
     return "lease_owner = ? AND attempts = ?", [owner, attempt]
+
+
+class _Rollback(Exception):
+    """Ends a transaction without committing it."""
+
+
+def _fill_key(db: Engine, uid: int, idempotent: tuple[str, str, str, bytes, float], job_ids: list[str]) -> None:
+    key, token, request_sha256, reply, expires_at = idempotent
+    cur = db.execute("UPDATE idempotency_keys SET request_sha256 = ?, reply = ?, job_ids = ?, expires_at = ? "
+                     "WHERE uid = ? AND idem_key = ? AND token = ? AND reply IS NULL",
+                     (request_sha256, reply, " ".join(job_ids), expires_at, uid, key, token))
+    if cur.rowcount != 1:
+        raise IdempotencyConflict("the key's reservation lapsed and another request took it")
 
 
 class Store:
@@ -235,11 +275,86 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, job: JobRow) -> None:
+    def create_job(self, job: JobRow, idempotent: tuple[str, str, str, bytes, float] | None = None) -> None:
+        """Insert the job. With ``idempotent`` = (key, reservation token, request fingerprint, reply,
+        expires_at), the reply is stored under the reserved key in the same transaction (raises
+        :class:`IdempotencyConflict`, creating nothing, if the reservation was lost)."""
         values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
+        with self._tx() as db:
+            db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+            if idempotent is not None:
+                _fill_key(db, job.uid, idempotent, [job.job_id])
+
+    def start_jobs(self, uid: int, job_ids: list[str], attenuation_limit_db: float | None, set_options: bool,
+                   idempotent: tuple[str, str, str, bytes, float] | None = None) -> list[str]:
+        """Start the user's held jobs, all or none: returns the ids that are not held jobs of ``uid`` (and
+        then starts nothing). With ``idempotent`` (as for :meth:`create_job`) the reply is stored in the
+        same transaction."""
+        missing: list[str] = []
+        try:
+            with self._tx() as db:
+                for job_id in job_ids:
+                    if set_options:
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? "
+                                         "WHERE job_id = ? AND uid = ? AND held = 1",
+                                         (attenuation_limit_db, job_id, uid))
+                    else:
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL "
+                                         "WHERE job_id = ? AND uid = ? AND held = 1", (job_id, uid))
+                    if cur.rowcount != 1:
+                        missing.append(job_id)
+                if missing:
+                    raise _Rollback
+                if idempotent is not None:
+                    _fill_key(db, uid, idempotent, job_ids)
+        except _Rollback:
+            return missing
+        return []
+
+    # -- idempotency keys -----------------------------------------------------------------------------
+
+    def reserve_key(self, uid: int, key: str, now: float, hold_seconds: float, max_keys: int
+                    ) -> IdempotencyRecord:
+        """The record under the user's ``key``: the stored reply of an earlier success, or a new
+        reservation (a lapsed one is replaced). Raises :class:`IdempotencyConflict` while another request
+        holds the reservation, :class:`TooManyKeys` when the user has ``max_keys`` live keys."""
+        with self._tx() as db:
+            row = db.execute("SELECT token, request_sha256, reply, job_ids, expires_at FROM idempotency_keys "
+                             f"WHERE uid = ? AND idem_key = ?{db.for_update}", (uid, key)).fetchone()
+            if row is not None and row[4] >= now:
+                if row[2] is None:
+                    raise IdempotencyConflict("reserved by a request that is still running")
+                return IdempotencyRecord(row[0], row[1], bytes(row[2]), row[3].split(), row[4])
+            if row is not None:
+                db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ?", (uid, key))
+            live = db.execute("SELECT COUNT(*) FROM idempotency_keys WHERE uid = ? AND expires_at >= ?",
+                              (uid, now)).fetchone()[0]
+            if live >= max_keys:
+                raise TooManyKeys(f"at most {max_keys} idempotency keys per user at a time")
+            token = secrets.token_urlsafe(12)
+            cur = db.execute("INSERT INTO idempotency_keys (uid, idem_key, token, created_at, expires_at) "
+                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid, idem_key) DO NOTHING",
+                             (uid, key, token, now, now + hold_seconds))
+            if cur.rowcount != 1:   # another replica reserved it between our read and our insert
+                raise IdempotencyConflict("reserved by a request that is still running")
+        return IdempotencyRecord(token, "", None, [], now + hold_seconds)
+
+    def renew_key(self, uid: int, key: str, token: str, until: float) -> bool:
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+            cur = self._db.execute("UPDATE idempotency_keys SET expires_at = ? WHERE uid = ? AND idem_key = ? "
+                                   "AND token = ? AND reply IS NULL", (until, uid, key, token))
+            return bool(cur.rowcount == 1)
+
+    def release_key(self, uid: int, key: str, token: str) -> None:
+        """Drop a reservation (its request failed); a stored reply stays."""
+        with self._lock:
+            self._db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ? AND token = ? "
+                             "AND reply IS NULL", (uid, key, token))
+
+    def sweep_keys(self, now: float) -> int:
+        """Forget idempotency keys (replies and lapsed reservations) whose time ran out before ``now``."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)).rowcount)
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self._lock:
@@ -270,11 +385,34 @@ class Store:
         with self._lock:
             if set_options:
                 cur = self._db.execute(
-                    "UPDATE jobs SET held = 0, attenuation_limit_db = ? WHERE job_id = ?",
+                    "UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? WHERE job_id = ?",
                     (attenuation_limit_db, job_id))
             else:
-                cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
+                cur = self._db.execute("UPDATE jobs SET held = 0, hold_expires = NULL WHERE job_id = ?", (job_id,))
             return bool(cur.rowcount == 1)
+
+    def renew_holds(self, uid: int, job_ids: list[str], until: float) -> list[str]:
+        """Push the sweep time of the user's held jobs to ``until``; returns the ids that are not (or no
+        longer) held jobs of ``uid``."""
+        missing = []
+        with self._tx() as db:
+            for job_id in job_ids:
+                cur = db.execute("UPDATE jobs SET hold_expires = ? WHERE job_id = ? AND uid = ? AND held = 1",
+                                 (until, job_id, uid))
+                if cur.rowcount != 1:
+                    missing.append(job_id)
+        return missing
+
+    def sweep_held(self, now: float, limit: int = 100) -> list[JobRow]:
+        """Delete held jobs whose hold ran out before ``now`` (at most ``limit``); returns their rows (their
+        blobs are the caller's to delete). Replicas sweeping at once delete each job once."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 1 AND hold_expires < ? LIMIT ?{db.skip_locked}",
+                (now, limit)).fetchall()
+            for row in rows:
+                db.execute("DELETE FROM jobs WHERE job_id = ?", (row[0],))
+        return [JobRow(*r) for r in rows]
 
     def delete_job(self, job_id: str) -> JobRow | None:
         """Remove the job's row; returns it (its blobs are the caller's to delete)."""
@@ -287,16 +425,23 @@ class Store:
         return JobRow(*row)
 
     def claim_next(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRow | None:
-        """Lease the oldest runnable job: pending and not held, or in flight with an expired lease.
+        """Lease the next runnable job (pending and not held, or in flight with an expired lease), fairly
+        across users: the user with the fewest jobs running goes first, then the one served least
+        recently (``users.last_served``, set by every claim), then the user's oldest job. So one user's
+        queue never holds back another user's job: it waits at most for the jobs already running.
         A job that already used ``max_attempts`` leases fails instead (a poison file must not loop).
         The returned row's ``attempts`` names this claim in the worker's later writes."""
         now = time.time()
         with self._tx() as db:
             while True:
                 row = db.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 0 AND (status = ? OR "
-                    f"(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY created_at LIMIT 1{db.skip_locked}",
-                    (PENDING, *IN_FLIGHT, now),
+                    f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE held = 0 AND (status = ? OR "
+                    "(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY "
+                    "(SELECT COUNT(*) FROM jobs r WHERE r.uid = j.uid AND r.status IN (?, ?, ?) "
+                    "AND r.lease_expires >= ?), "
+                    "COALESCE((SELECT u.last_served FROM users u WHERE u.uid = j.uid), 0), "
+                    f"j.created_at, j.job_id LIMIT 1{db.skip_locked}",
+                    (PENDING, *IN_FLIGHT, now, *IN_FLIGHT, now),
                 ).fetchone()
                 if row is None:
                     return None
@@ -311,6 +456,9 @@ class Store:
                     "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
                     "attempts = attempts + 1, mod_time = ? WHERE job_id = ?",
                     (PRE_PROCESSING, owner, now + lease_seconds, now, job.job_id))
+                # Strictly increasing per claim, so two claims in one clock tick still take turns.
+                db.execute("UPDATE users SET last_served = "
+                           "(SELECT MAX(last_served) FROM users) + 1 WHERE uid = ?", (job.uid,))
                 return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "progress": 0.0, "mod_time": now,
                                  "lease_owner": owner, "lease_expires": now + lease_seconds,
                                  "attempts": job.attempts + 1})
@@ -379,21 +527,29 @@ class Store:
                 "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
         return counts, int(queued), oldest
 
+    def usage_today(self, uid: int) -> tuple[int, float]:
+        """What the user was admitted today (UTC), over all their keys: upload bytes, and seconds of
+        audio (x channels: jobs count when submitted, streams when they close)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(upload_bytes), 0), COALESCE(SUM(admitted_seconds), 0) FROM usage "
+                "WHERE uid = ? AND day = ?", (uid, _day(time.time()))).fetchone()
+        return int(row[0]), float(row[1])
+
     def uploaded_today(self, uid: int) -> int:
         """Bytes the user's accepted uploads took today (UTC), over all their keys."""
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(upload_bytes), 0) FROM usage WHERE uid = ? AND day = ?",
-                                   (uid, _day(time.time()))).fetchone()
-        return int(row[0])
+        return self.usage_today(uid)[0]
 
-    def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
+    def record_upload(self, key_id: int, uid: int, nbytes: int, seconds: float = 0.0) -> None:
+        """An accepted upload: its bytes, and its billed seconds against the daily audio quota."""
         with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes)
+            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes, admitted_seconds=seconds)
 
     def record_stream(self, key_id: int, uid: int, billed_seconds: float) -> None:
         """Usage of a finished live stream (seconds of audio x channels)."""
         with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds)
+            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds,
+                       admitted_seconds=billed_seconds)
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
