@@ -13,6 +13,7 @@ Tree::
     ├── (code) RESULT_URL_EXPIRED  410 / FAILED_PRECONDITION
     ├── (code) SLOW_CONSUMER       –   / RESOURCE_EXHAUSTED
     ├── (code) REQUEST_TIMEOUT     408 / DEADLINE_EXCEEDED
+    ├── (code) OVERLOADED          503 / UNAVAILABLE   (with Retry-After; /live closes with 1013)
     ├── (code) IDEMPOTENCY_CONFLICT 409 / ALREADY_EXISTS
     ├── (code) SERVICE_UNAVAILABLE 503 / UNAVAILABLE
     └── (code) INTERNAL            500 / INTERNAL
@@ -28,9 +29,16 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["ERRORS", "ERROR_CODE_KEY", "ErrorSpec", "HushwireError", "abort_with", "trailing_metadata"]
+__all__ = ["ERRORS", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_QUOTED_CHARS", "ErrorSpec", "HushwireError", "abort_with",
+           "quote_input", "trailing_metadata"]
 
 ERROR_CODE_KEY = "hushwire-error-code"
+# Client input quoted in an error message is cut to this many characters: messages travel in gRPC
+# metadata (8 KiB for all of it by default) and logs, and must never carry a hostile value whole.
+MAX_QUOTED_CHARS = 64
+# An API key is 32 characters; an ``Authorization`` value longer than this is refused unread
+# (API_KEY_NOT_FOUND) by the gateway and the server alike, so it never reaches gRPC metadata limits.
+MAX_KEY_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "RESULT_URL_EXPIRED": ErrorSpec(410, grpc.StatusCode.FAILED_PRECONDITION, "Result URL expired"),
     "SLOW_CONSUMER": ErrorSpec(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Client stopped reading"),
     "REQUEST_TIMEOUT": ErrorSpec(408, grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out"),
+    "OVERLOADED": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Server overloaded; retry, ideally elsewhere"),
     "IDEMPOTENCY_CONFLICT": ErrorSpec(409, grpc.StatusCode.ALREADY_EXISTS,
                                       "This Idempotency-Key was used with a different request, or its first "
                                       "request is still running"),
@@ -88,3 +97,13 @@ async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> N
 
     METRICS.errors.labels(err.code).inc()
     await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code))
+
+
+def quote_input(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Client input for an error message: quoted like ``repr`` (control characters escaped) and cut to
+    ``limit`` characters, with its full length noted when it was cut. Use it wherever a message echoes
+    what a client sent (a job id, a field name, a key of a JSON message)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
