@@ -31,7 +31,7 @@ _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret",
     "signing_secret_previous", "log_level",
     "log_format",
-    "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_streams_per_user", "max_streams", "live_cpu_budget", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
