@@ -20,13 +20,14 @@ from prometheus_client import start_http_server
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http
 from server.auth import AuthInterceptor
+from server.backends import open_blobs, open_store
 from server.config import ServerConfig
 from server.health_http import Health, HealthMirror
-from server.jobs import JobRunner
+from server.jobs import JobLimits, JobRunner, Submitter
 from server.metrics import METRICS
-from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
+from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry
 from server.signing import Signer, load_secret
-from server.store import Store
+from server.store import AsyncStore
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
 
@@ -49,8 +50,10 @@ class Server:
     port: int
     health: Health
     registry: StreamRegistry
-    store: Store
+    store: AsyncStore
     runner: JobRunner
+    enhancer: EnhancerServicer
+    submitter: Submitter
     mirror: HealthMirror | None = None
     draining: bool = False
 
@@ -66,7 +69,9 @@ class Server:
                 await self.registry.wait_idle(5.0)
         await self.runner.stop()
         await self.grpc_server.stop(grace=1.0)
-        self.store.close()
+        await self.enhancer.usage_recorded()
+        await self.submitter.cleanups()
+        await asyncio.to_thread(self.store.close)
         if self.mirror is not None:
             await self.mirror.stop()
 
@@ -77,17 +82,18 @@ async def create_server(config: ServerConfig) -> Server:
     # Bound first: a busy port is a configuration error before anything has started.
     mirror_sock = health_http.bind(config.host, config.health_http_port) if config.health_http_port is not None \
         else None
-    blobs = config.open_blobs()
+    blobs = open_blobs(config)
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
-    store = config.open_store()
-    log.info("database %s (schema version %d)", store.description, store.schema_version)
+    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout),
+                       config.store_timeout)
+    log.info("database %s (schema version %d)", store.sync.description, store.sync.schema_version)
     signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
-                       requeue_on_start=store.dialect == "sqlite", log_level=config.log_level,
+                       requeue_on_start=store.sync.dialect == "sqlite", log_level=config.log_level,
                        log_format=config.log_format)
-    METRICS.bind_store(store)
+    METRICS.bind_store(store.sync)  # read at scrape time, in the metrics server's thread
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
@@ -106,7 +112,8 @@ async def create_server(config: ServerConfig) -> Server:
     )
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
+    submitter = Submitter(store, blobs, limits)
+    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, submitter), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
@@ -127,7 +134,7 @@ async def create_server(config: ServerConfig) -> Server:
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, mirror)
+    return Server(grpc_server, port, health_state, registry, store, runner, enhancer, submitter, mirror)
 
 
 async def serve(config: ServerConfig) -> int:

@@ -30,7 +30,8 @@ _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
     "log_format",
     "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user", "max_upload_bytes",
-    "max_upload_seconds", "lease_seconds", "metrics_port", "workers", "stream_batch_ms", "health_http_port",
+    "max_upload_seconds", "store_timeout", "lease_seconds", "metrics_port", "workers", "stream_batch_ms",
+    "health_http_port",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
@@ -111,7 +112,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Any:
-    return ServerConfig(**_settings(args, _STORE_SETTINGS)).open_store()
+    from server.backends import open_store
+
+    return open_store(ServerConfig(**_settings(args, _STORE_SETTINGS)))
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

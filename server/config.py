@@ -13,11 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from server.blobs import BlobStore
-    from server.store import Store
+from typing import Any
 
 __all__ = [
     "ClientConfig",
@@ -94,6 +90,14 @@ def _count(text: str | int) -> int:
     return n
 
 
+def _seconds(text: str | int | float) -> float:
+    """A duration in seconds, more than 0."""
+    seconds = float(text)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("must be a number of seconds above 0")
+    return seconds
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -152,6 +156,8 @@ _HELP = {
                     "(shared by replicas; needs `hushwire[scale]`)",
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
                 "(shared by replicas; needs `hushwire[scale]`)",
+    "store_timeout": "seconds a request waits for the database (a lock held elsewhere, a slow or unreachable "
+                     "server) before it is answered SERVICE_UNAVAILABLE; live streams never wait for it",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
@@ -202,6 +208,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("key_pepper", "HUSHWIRE_KEY_PEPPER", "server.key_pepper", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
+        Setting("store_timeout", "HUSHWIRE_STORE_TIMEOUT", "store.timeout", 5.0, _seconds),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
@@ -302,6 +309,7 @@ class ServerConfig:
     drain_seconds: float = 10.0
     database_url: str | None = None
     blob_url: str | None = None
+    store_timeout: float = 5.0
     signing_secret_file: str | None = None
     signing_secret: str | None = None
     key_pepper: str | None = None
@@ -318,15 +326,6 @@ class ServerConfig:
     stream_batch_ms: float = 1.0
     health_http_port: int | None = None
 
-    def open_store(self) -> Store:
-        """The store with its key pepper (configured, or generated into the data dir on first use).
-        Raises :class:`server.store.StoreError` (:class:`~server.store.StoreUnavailable` when the
-        database cannot be reached)."""
-        from server.signing import load_secret
-        from server.store import Store
-
-        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
-
     @property
     def store_url(self) -> str:
         """The database URL every process of the server opens (workers included): the configured
@@ -335,12 +334,6 @@ class ServerConfig:
         if url and url.startswith(_POSTGRES_SCHEMES):
             return url
         return f"sqlite://{self.sqlite_path.absolute()}"
-
-    def open_blobs(self) -> BlobStore:
-        """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
-        from server.blobs import open_blobs
-
-        return open_blobs(self.blob_url, self.data_dir)
 
     @property
     def sqlite_path(self) -> Path:

@@ -5,34 +5,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
-from server.blobs import (
-    BLOB_UNAVAILABLE_MSG,
-    STORAGE_FULL_MSG,
-    BlobNotFound,
-    BlobStore,
-    BlobStoreError,
-    is_storage_full,
-)
+from server.blobs import BlobNotFound, BlobStore
 from server.errors import HushwireError, abort_with
-from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
+from server.jobs import JobRunner, Submitter, UploadSpec, check_attenuation_limit, content_type, result_name
 from server.logs import event
 from server.metrics import METRICS
+from server.rpc import rpc_errors
 from server.signing import Signer
-from server.store import JobRow, Store
+from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.streams import StreamBatcher, StreamSession
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -92,11 +84,13 @@ class _StreamStats:
 
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0) -> None:
+    def __init__(self, registry: StreamRegistry, store: AsyncStore, batch_window_s: float = 0.0) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
+        self._usage: set[asyncio.Task[None]] = set()  # usage records still being written
 
+    @rpc_errors
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
         request_iterator: AsyncIterator[enhancer_pb2.StreamEnhanceRequest],
@@ -117,8 +111,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
                       rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
                 await self._run(context, session, stats)
-        except HushwireError as err:
-            await abort_with(context, err)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
                 raise
@@ -133,12 +125,26 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         METRICS.streams_open.dec()
         billed = session.frames_in / session.sample_rate_hz * session.channels
         METRICS.billed(uid, key_id, billed, "stream")
-        self._store.record_stream(key_id, uid, billed)
+        task = asyncio.create_task(self._record_usage(key_id, uid, billed))  # the stream is over: don't wait
+        self._usage.add(task)
+        task.add_done_callback(self._usage.discard)
         event(log, "stream closed", uid=uid, key_id=key_id, rate=session.sample_rate_hz,
               channels=session.channels, duration_s=round(seconds, 3), audio_s=round(billed / session.channels, 3),
               chunks=stats.chunks, frames_in=session.frames_in, frames_out=session.frames_out,
               mean_processing_ms=round(1000 * stats.processing_s / max(stats.chunks, 1), 3),
               max_processing_ms=round(1000 * stats.max_processing_s, 3))
+
+    async def _record_usage(self, key_id: int, uid: int, billed: float) -> None:
+        try:
+            await self._store.record_stream(key_id, uid, billed)
+        except StoreUnavailable as exc:  # the metrics counted it; the database's usage table misses it
+            event(log, "stream usage not recorded", level=logging.ERROR, uid=uid, key_id=key_id,
+                  billed_seconds=round(billed, 3), error=str(exc))
+
+    async def usage_recorded(self) -> None:
+        """Wait for the usage records of closed streams (each bounded by the store timeout)."""
+        if self._usage:
+            await asyncio.gather(*self._usage, return_exceptions=True)
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
@@ -211,44 +217,30 @@ _STATUS = {
     store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
     store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
 }
-MAX_FILE_NAME_CHARS = 255
-MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 
 
-def _clean_name(name: str, limit: int) -> str:
-    """Keep a display name harmless: no path, no control characters, bounded length."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable())
-    return name[:limit]
-
-
 def _options_limit(options: jobs_pb2.JobOptions) -> float | None:
-    if not options.HasField("attenuation_limit_db"):
-        return None
-    db = options.attenuation_limit_db
-    if not math.isfinite(db) or db < 0:
-        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
-    return float(db)
+    return check_attenuation_limit(options.attenuation_limit_db if options.HasField("attenuation_limit_db") else None)
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    max_upload_bytes: int
-    max_upload_seconds: float
-    max_queued_jobs_per_user: int
-    max_bytes_per_day_per_user: int
+async def _upload_chunks(context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """The chunks that follow the JobSpec."""
+    while (req := await context.read()) is not grpc.aio.EOF:
+        if req.WhichOneof("msg") != "chunk":
+            raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
+        yield req.chunk
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
+    def __init__(self, store: AsyncStore, blobs: BlobStore, runner: JobRunner, signer: Signer,
+                 submitter: Submitter) -> None:
         self._store = store
         self._blobs = blobs
-        self._cleanups: set[asyncio.Future[None]] = set()
         self._runner = runner
         self._signer = signer
-        self._limits = limits
+        self._submitter = submitter
 
     def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
         msg = jobs_pb2.Job(
@@ -268,92 +260,32 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
         return msg
 
-    def _own_job(self, job_id: str) -> JobRow:
-        job = self._store.get_job(job_id) if len(job_id) <= 64 else None
+    async def _own_job(self, job_id: str) -> JobRow:
+        job = await self._store.get_job(job_id) if len(job_id) <= 64 else None
         if job is None or job.uid != current_principal().uid:
             raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
         return job
 
+    @rpc_errors
     async def SubmitJob(  # noqa: N802
         self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobRequest], context: grpc.aio.ServicerContext,
     ) -> jobs_pb2.Job:
-        try:
-            return await self._submit(context)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
-
-    async def _submit(self, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        principal = current_principal()
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "spec":
             raise HushwireError("INVALID_REQUEST", "the first message must be the JobSpec")
         spec = first.spec
-        limit_db = _options_limit(spec.options)
-        if spec.size_hint_bytes > self._limits.max_upload_bytes:
-            raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
-                                f"{self._limits.max_upload_bytes} bytes")
-        if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
-                                "per user; wait for some to finish")
-        quota_left = self._limits.max_bytes_per_day_per_user - self._store.uploaded_today(principal.uid)
-        quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
-        if quota_left <= 0 or spec.size_hint_bytes > quota_left:
-            raise HushwireError("RATE_LIMITED", quota_msg)
-        job_id = new_job_id()
-        upload_blob = f"uploads/{job_id}"
-        tmp = self._blobs.temp_path(upload_blob)
-        try:
-            size = 0
-            with open(tmp, "wb") as f:
-                while (req := await context.read()) is not grpc.aio.EOF:
-                    if req.WhichOneof("msg") != "chunk":
-                        raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
-                    size += len(req.chunk)
-                    if size > self._limits.max_upload_bytes:
-                        raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
-                                            f"{self._limits.max_upload_bytes} bytes")
-                    if size > quota_left:
-                        raise HushwireError("RATE_LIMITED", quota_msg)
-                    f.write(req.chunk)
-            info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
-            await self._commit(tmp, upload_blob)
-        except OSError as exc:
-            if not is_storage_full(exc):
-                raise
-            raise HushwireError("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG) from None
-        except BlobStoreError as exc:
-            log.error("job upload %s: %s", job_id, exc)
-            raise HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        now = time.time()
-        job = JobRow(
-            job_id=job_id, uid=principal.uid, key_id=principal.key_id, status=store_mod.PENDING, progress=0.0,
-            held=spec.hold, file_name=_clean_name(spec.file_name, MAX_FILE_NAME_CHARS) or "audio",
-            file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
-            created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
-            channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
-        )
-        try:
-            self._store.create_job(job)
-        except BaseException:
-            await self._delete_blobs(upload_blob)
-            raise
-        self._store.record_upload(principal.key_id, principal.uid, size)
-        event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+        upload = UploadSpec(file_name=spec.file_name, file_key=spec.file_key, hold=spec.hold,
+                            size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options))
+        job = await self._submitter.submit(current_principal(), upload, _upload_chunks(context))
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
 
+    @rpc_errors
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
-        try:
-            return self._to_proto(self._own_job(request.job_id))
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
+        return self._to_proto(await self._own_job(request.job_id))
 
+    @rpc_errors
     async def ListJobs(  # noqa: N802
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
@@ -364,48 +296,44 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             try:
                 before = (float(created), job_id)
             except ValueError:
-                await abort_with(context, HushwireError("INVALID_REQUEST", "bad page_token"))
-        rows = self._store.list_jobs(current_principal().uid, size + 1, before)
+                raise HushwireError("INVALID_REQUEST", "bad page_token") from None
+        rows = await self._store.list_jobs(current_principal().uid, size + 1, before)
         resp = jobs_pb2.ListJobsResponse(jobs=[self._to_proto(j) for j in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
             resp.next_page_token = f"{last.created_at!r}:{last.job_id}"
         return resp
 
+    @rpc_errors
     async def CancelJob(  # noqa: N802
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        try:
-            job = self._own_job(request.job_id)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
-        deleted = self._store.delete_job(job.job_id)
+        job = await self._own_job(request.job_id)
+
+        def late(settled: store_mod.Settled[JobRow | None]) -> None:  # deleted after the client gave up
+            if settled.ran and settled.value is not None:
+                self._submitter.delete_blobs_soon(settled.value.upload_blob, settled.value.result_blob)
+
+        deleted = await self._store.run_or_undo(late, self._store.sync.delete_job, job.job_id)
         if deleted is not None:  # a running worker sees its lease gone and stops
-            await self._delete_blobs(deleted.upload_blob, deleted.result_blob)
+            await self._submitter.delete_blobs(deleted.upload_blob, deleted.result_blob)
             event(log, "job cancelled", job_id=job.job_id, uid=job.uid, file_name=job.file_name)
         return jobs_pb2.CancelJobResponse()
 
+    @rpc_errors
     async def StartJob(self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
-        try:
-            job = self._own_job(request.job_id)
-            set_options = request.HasField("options")
-            limit_db = _options_limit(request.options) if set_options else None
-            self._store.start_job(job.job_id, limit_db, set_options)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
+        job = await self._own_job(request.job_id)
+        set_options = request.HasField("options")
+        limit_db = _options_limit(request.options) if set_options else None
+        await self._store.start_job(job.job_id, limit_db, set_options)
         self._runner.poke()
-        return self._to_proto(self._own_job(job.job_id))
+        return self._to_proto(await self._own_job(job.job_id))
 
+    @rpc_errors
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        try:
-            job = self._downloadable(request.job_id, context)
-        except HushwireError as err:
-            await abort_with(context, err)
-            return
+        job = await self._downloadable(request.job_id, context)
         assert job.result_blob is not None
         fmt = job.result_format or job.format
         try:
@@ -417,57 +345,28 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
                     await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
-            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}"))
-        except BlobStoreError as exc:
-            log.error("download %s: %s", request.job_id, exc)
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
+            raise HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}") from None
 
-    async def _commit(self, tmp: Path, name: str) -> None:
-        """Store an upload. If the call is cancelled (the client went away) while the store is still
-        writing, the write finishes in its thread: remove the blob then, as no job will own it."""
-        task = asyncio.ensure_future(asyncio.to_thread(self._blobs.commit, tmp, name))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            def _orphaned(t: asyncio.Future[None]) -> None:
-                if not t.cancelled() and t.exception() is None:
-                    self._track(asyncio.ensure_future(self._delete_blobs(name)))
-            task.add_done_callback(_orphaned)
-            raise
-
-    def _track(self, fut: asyncio.Future[None]) -> None:
-        self._cleanups.add(fut)
-        fut.add_done_callback(self._cleanups.discard)
-
-    async def _delete_blobs(self, *names: str | None) -> None:
-        """Delete blobs off the event loop. A store that fails leaves an orphan, which is logged with
-        its name for the operator: the job row is gone already, so nothing will point at it."""
-        for name in names:
-            if name:
-                try:
-                    await asyncio.to_thread(self._blobs.delete, name)
-                except (BlobStoreError, OSError) as exc:
-                    log.error("could not delete blob %s: %s", name, exc)
-
-    def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
+    async def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
         """The job if the caller may download it: a valid signed token (whoever presents it, with or
         without a key: a shared result URL works for anyone), else the owner's key."""
         token = dict(context.invocation_metadata() or ()).get(RESULT_TOKEN_KEY)
         if token is not None:
             self._signer.check(job_id, str(token))
-            job = self._store.get_job(job_id)
+            job = await self._store.get_job(job_id)
             if job is None:
                 raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
         elif maybe_principal() is None:
             raise HushwireError("API_KEY_NOT_FOUND")
         else:
-            job = self._own_job(job_id)
+            job = await self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:
             raise HushwireError("JOB_NOT_FOUND", f"job {job_id!r} has no result yet (status {job.status})")
         return job
 
 
 class AccountServicer(jobs_pb2_grpc.AccountServicer):
+    @rpc_errors
     async def WhoAmI(  # noqa: N802
         self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WhoAmIResponse:

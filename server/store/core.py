@@ -132,18 +132,28 @@ class Store:
     database cannot be reached and :class:`StoreError` for a URL that cannot be used.
     """
 
-    def __init__(self, database: str | Path, key_pepper: bytes | None = None) -> None:
-        """``key_pepper`` is needed only to create or check keys (job workers open the store without it)."""
+    def __init__(self, database: str | Path, key_pepper: bytes | None = None, *, timeout: float | None = None
+                 ) -> None:
+        """``key_pepper`` is needed only to create or check keys (job workers open the store without it).
+
+        ``timeout`` bounds, in seconds, how long one operation waits for a lock: the store's own (the
+        calls of other threads) and the database's (another connection's write lock on SQLite, a
+        table lock or a slow statement on PostgreSQL); past it the operation raises
+        :class:`StoreUnavailable` and its transaction rolls back. None: wait as long as the engine's
+        default (SQLite's busy timeout, 30 s; PostgreSQL: no limit). The server sets it (``--store-timeout``)."""
         self._pepper = key_pepper
         self._lock = threading.Lock()
+        self._timeout = timeout
         self._db = open_engine(database)
         #: ``sqlite`` or ``postgresql``
         self.dialect = self._db.dialect
         #: the SQLite file, or None for a database server
         self.path: Path | None = getattr(self._db, "path", None)
         try:
-            with self._lock:
-                self.schema_version = self._db.migrate()
+            with self._locked() as db:
+                self.schema_version = db.migrate()
+                if timeout is not None:  # after the migration, which may wait for another process's
+                    db.set_timeout(timeout)
         except BaseException:
             self._db.close()
             raise
@@ -154,14 +164,25 @@ class Store:
         return self._db.description
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # no timeout: closing waits for the call in progress
             self._db.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Engine]:
+        """``with self._locked() as db``: the connection, for this thread alone; waits at most the
+        store's timeout for the calls of other threads."""
+        if not self._lock.acquire(timeout=-1 if self._timeout is None else self._timeout):
+            raise StoreUnavailable(f"the database {self.description} is busy: no turn within {self._timeout:g} s")
+        try:
+            yield self._db
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Engine]:
         """``with self._tx() as db``: one transaction under the store's lock."""
-        with self._lock, self._db.transaction():
-            yield self._db
+        with self._locked() as db, db.transaction():
+            yield db
 
     # -- users and keys -------------------------------------------------------------------
 
@@ -171,14 +192,14 @@ class Store:
         return hmac.new(self._pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def create_user(self, name: str) -> int:
-        with self._lock:
-            row = self._db.execute("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING uid",
+        with self._locked() as db:
+            row = db.execute("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING uid",
                                    (name, time.time())).fetchone()
         return int(row[0])
 
     def user_name(self, uid: int) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT name FROM users WHERE uid = ?", (uid,)).fetchone()
+        with self._locked() as db:
+            row = db.execute("SELECT name FROM users WHERE uid = ?", (uid,)).fetchone()
         return row[0] if row else None
 
     def create_key(self, uid: int) -> tuple[int, str]:
@@ -195,21 +216,21 @@ class Store:
         return int(row[0]), key
 
     def list_keys(self) -> list[KeyRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._locked() as db:
+            rows = db.execute(
                 "SELECT k.key_id, k.uid, u.name, k.created_at, k.revoked_at "
                 "FROM api_keys k JOIN users u ON u.uid = k.uid ORDER BY k.key_id"
             ).fetchall()
         return [KeyRecord(*r) for r in rows]
 
     def revoke_key(self, key_id: int) -> None:
-        with self._lock:
-            cur = self._db.execute(
+        with self._locked() as db:
+            cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
                 (time.time(), key_id),
             )
             if cur.rowcount == 0:
-                exists = self._db.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+                exists = db.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
                 if exists is None:
                     raise StoreError(f"no key with id {key_id}")
 
@@ -220,13 +241,13 @@ class Store:
         digest = self._hash_key(key)
         query = ("SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
                  "WHERE k.key_hash = ? AND k.scheme = ? AND k.revoked_at IS NULL")
-        with self._lock:
-            row = self._db.execute(query, (digest, "hmac")).fetchone()
+        with self._locked() as db:
+            row = db.execute(query, (digest, "hmac")).fetchone()
             if row is None:  # a key created before peppering: check, then upgrade it in place
                 legacy = _sha256_key(key)
-                row = self._db.execute(query, (legacy, "sha256")).fetchone()
+                row = db.execute(query, (legacy, "sha256")).fetchone()
                 if row is not None and hmac.compare_digest(bytes(row[3]), legacy):
-                    self._db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
+                    db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
                                      (digest, row[0]))
                     row = (*row[:3], digest)
         if row is None or not hmac.compare_digest(bytes(row[3]), digest):
@@ -235,15 +256,30 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, job: JobRow) -> None:
+    def create_job(self, job: JobRow, *, count_upload: bool = False) -> None:
+        """Insert the job; with ``count_upload``, add its upload's bytes to its key's usage in the same
+        transaction (undone by :meth:`withdraw_job`)."""
         values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+        with self._tx() as db:
+            db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+            if count_upload:
+                _add_usage(db, job.key_id, job.uid, job.created_at, upload_bytes=job.upload_bytes)
+
+    def withdraw_job(self, job: JobRow) -> bool:
+        """Undo ``create_job(job, count_upload=True)`` (its caller gave up): delete the row unless a
+        worker has claimed it already, and take its bytes off the usage. False if it was not there or
+        claimed (then the job stands: it runs and is billed like any other)."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM jobs WHERE job_id = ? AND lease_owner IS NULL AND status = ?",
+                             (job.job_id, PENDING))
+            if cur.rowcount != 1:
+                return False
+            _add_usage(db, job.key_id, job.uid, job.created_at, upload_bytes=-job.upload_bytes)
+        return True
 
     def get_job(self, job_id: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self._locked() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return JobRow(*row) if row else None
 
     def list_jobs(self, uid: int, limit: int, before: tuple[float, str] | None = None) -> list[JobRow]:
@@ -255,25 +291,25 @@ class Store:
             args += [before[0], before[0], before[1]]
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         args.append(limit)
-        with self._lock:
-            return [JobRow(*r) for r in self._db.execute(sql, args).fetchall()]
+        with self._locked() as db:
+            return [JobRow(*r) for r in db.execute(sql, args).fetchall()]
 
     def count_queued(self, uid: int) -> int:
         """Jobs of the user that are not finished yet (for the queued-jobs limit)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._locked() as db:
+            row = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE uid = ? AND status NOT IN (?, ?)", (uid, COMPLETED, FAILED)
             ).fetchone()
         return int(row[0])
 
     def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool) -> bool:
-        with self._lock:
+        with self._locked() as db:
             if set_options:
-                cur = self._db.execute(
+                cur = db.execute(
                     "UPDATE jobs SET held = 0, attenuation_limit_db = ? WHERE job_id = ?",
                     (attenuation_limit_db, job_id))
             else:
-                cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
+                cur = db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
             return bool(cur.rowcount == 1)
 
     def delete_job(self, job_id: str) -> JobRow | None:
@@ -329,8 +365,8 @@ class Store:
             sets.append("progress = ?")
             args.append(progress)
         held, held_args = _lease_held(owner, attempt)
-        with self._lock:
-            cur = self._db.execute(
+        with self._locked() as db:
+            cur = db.execute(
                 f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND {held}", [*args, job_id, *held_args])
             return bool(cur.rowcount == 1)
 
@@ -367,37 +403,37 @@ class Store:
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
-        with self._lock:
-            return int(self._db.execute(sql, args).rowcount)
+        with self._locked() as db:
+            return int(db.execute(sql, args).rowcount)
 
     def job_stats(self) -> tuple[dict[str, int], int, float | None]:
         """Jobs per state; runnable pending jobs (not held); the creation time of the oldest of those."""
-        with self._lock:
-            counts = {s: int(n) for s, n in self._db.execute(
+        with self._locked() as db:
+            counts = {s: int(n) for s, n in db.execute(
                 "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()}
-            queued, oldest = self._db.execute(
+            queued, oldest = db.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
         return counts, int(queued), oldest
 
     def uploaded_today(self, uid: int) -> int:
         """Bytes the user's accepted uploads took today (UTC), over all their keys."""
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(upload_bytes), 0) FROM usage WHERE uid = ? AND day = ?",
+        with self._locked() as db:
+            row = db.execute("SELECT COALESCE(SUM(upload_bytes), 0) FROM usage WHERE uid = ? AND day = ?",
                                    (uid, _day(time.time()))).fetchone()
         return int(row[0])
 
     def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
-        with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes)
+        with self._locked() as db:
+            _add_usage(db, key_id, uid, time.time(), upload_bytes=nbytes)
 
     def record_stream(self, key_id: int, uid: int, billed_seconds: float) -> None:
         """Usage of a finished live stream (seconds of audio x channels)."""
-        with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds)
+        with self._locked() as db:
+            _add_usage(db, key_id, uid, time.time(), billed_seconds=billed_seconds)
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
-        with self._lock:
-            return [(str(d), float(b), int(u), int(j)) for d, b, u, j in self._db.execute(
+        with self._locked() as db:
+            return [(str(d), float(b), int(u), int(j)) for d, b, u, j in db.execute(
                 "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
                 (key_id,)).fetchall()]

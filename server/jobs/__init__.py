@@ -1,0 +1,19 @@
+"""The file-job pipeline, without grpc: each piece is usable (and tested) without a server process.
+
+- :mod:`.names`: job ids, blob names, result file names, content types, display names;
+- :mod:`.probe`: the header checks an upload passes before the server replies;
+- :mod:`.submit`: the submit use-case (limits, spool, check, store, create the job);
+- :mod:`.worker`: :func:`run_job`, one claimed job in a worker process, with a typed outcome;
+- :mod:`.runner`: :class:`JobRunner`, which claims jobs and runs them in worker processes.
+"""
+
+from server.jobs.names import content_type, new_job_id, result_name
+from server.jobs.probe import Probe, probe
+from server.jobs.runner import JobRunner
+from server.jobs.submit import JobLimits, Submitter, UploadSpec, check_attenuation_limit
+from server.jobs.worker import BLOCK_SECONDS, JobOutcome, Outcome, run_job
+
+__all__ = [
+    "BLOCK_SECONDS", "JobLimits", "JobOutcome", "JobRunner", "Outcome", "Probe", "Submitter", "UploadSpec",
+    "check_attenuation_limit", "content_type", "new_job_id", "probe", "result_name", "run_job",
+]

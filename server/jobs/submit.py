@@ -1,0 +1,190 @@
+"""The submit use-case: limits, the upload spooled and checked, the blob stored, the job row made.
+
+No grpc here: the servicer unpacks the client's ``JobSpec`` into an :class:`UploadSpec` and its
+chunks into an async iterator of bytes, and maps the :class:`~server.errors.HushwireError` raised
+here to a status. Everything that blocks (the spool file, the header check, the blob store, the
+database) runs off the event loop; the store's calls are bounded by its timeout.
+
+A submission either ends with a job (pending, or held) whose upload blob exists and whose bytes
+count against the user's daily quota, or with an error and nothing stored. That holds when the
+database times out too: a job row that commits after the client was answered is withdrawn
+(:meth:`Submitter._settle`), and a blob the client no longer waits for is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from server.blobs import BlobStore, BlobStoreError
+from server.errors import HushwireError
+from server.jobs.names import MAX_FILE_KEY_CHARS, MAX_FILE_NAME_CHARS, clean_name, new_job_id, upload_blob
+from server.jobs.probe import probe
+from server.logs import event
+from server.store import PENDING, AsyncStore, JobRow, Principal, Settled, StoreUnavailable
+
+__all__ = ["SPOOL_WRITE_BYTES", "JobLimits", "Submitter", "UploadSpec", "check_attenuation_limit"]
+
+log = logging.getLogger("hushwire.jobs")
+
+# Upload chunks are gathered up to this size before one write to the spool file (off the loop).
+SPOOL_WRITE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    max_upload_bytes: int
+    max_upload_seconds: float
+    max_queued_jobs_per_user: int
+    max_bytes_per_day_per_user: int
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What the client says about its upload before sending it."""
+
+    file_name: str = ""
+    file_key: str = ""
+    hold: bool = False
+    size_hint_bytes: int = 0
+    attenuation_limit_db: float | None = None
+
+
+def check_attenuation_limit(db: float | None) -> float | None:
+    """A job's attenuation limit: None (no limit) or a finite number of dB >= 0."""
+    if db is None:
+        return None
+    if not math.isfinite(db) or db < 0:
+        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
+    return float(db)
+
+
+class Submitter:
+    """Takes uploads in as jobs (:meth:`submit`) and deletes job blobs off the loop (:meth:`delete_blobs`)."""
+
+    def __init__(self, store: AsyncStore, blobs: BlobStore, limits: JobLimits) -> None:
+        self._store = store
+        self._blobs = blobs
+        self.limits = limits
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    async def submit(self, principal: Principal, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> JobRow:
+        """Check the limits, spool and check the upload, store it, and create its job; returns the job.
+        Raises HushwireError (a refusal) or StoreUnavailable (the database did not answer in time)."""
+        limits = self.limits
+        limit_db = check_attenuation_limit(spec.attenuation_limit_db)
+        if spec.size_hint_bytes > limits.max_upload_bytes:
+            raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
+                                f"{limits.max_upload_bytes} bytes")
+        if await self._store.count_queued(principal.uid) >= limits.max_queued_jobs_per_user:
+            raise HushwireError("RATE_LIMITED", f"at most {limits.max_queued_jobs_per_user} unfinished jobs "
+                                "per user; wait for some to finish")
+        quota_left = limits.max_bytes_per_day_per_user - await self._store.uploaded_today(principal.uid)
+        quota_msg = f"the daily upload quota of {limits.max_bytes_per_day_per_user} bytes per user is used up"
+        if quota_left <= 0 or spec.size_hint_bytes > quota_left:
+            raise HushwireError("RATE_LIMITED", quota_msg)
+        job_id = new_job_id()
+        blob = upload_blob(job_id)
+        tmp = await asyncio.to_thread(self._blobs.temp_path, blob)
+        try:
+            size = await self._spool(tmp, chunks, min(limits.max_upload_bytes, quota_left), quota_msg)
+            info = await asyncio.to_thread(probe, tmp, limits.max_upload_seconds)
+            await self._commit(tmp, blob)
+        finally:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        now = time.time()
+        job = JobRow(
+            job_id=job_id, uid=principal.uid, key_id=principal.key_id, status=PENDING, progress=0.0,
+            held=spec.hold, file_name=clean_name(spec.file_name, MAX_FILE_NAME_CHARS) or "audio",
+            file_key=clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
+            created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
+            channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=blob,
+        )
+        await self._store.run_or_undo(lambda settled: self._settle(job, settled), self._store.sync.create_job, job,
+                                      count_upload=True)
+        event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+        return job
+
+    async def _spool(self, tmp: Path, chunks: AsyncIterator[bytes], limit: int, quota_msg: str) -> int:
+        """Write the upload to ``tmp`` (in writes of up to SPOOL_WRITE_BYTES, off the loop); its size."""
+        limits = self.limits
+        f: IO[bytes] = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            size, buffered = 0, bytearray()
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    if size > limits.max_upload_bytes:
+                        raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
+                                            f"{limits.max_upload_bytes} bytes")
+                    raise HushwireError("RATE_LIMITED", quota_msg)
+                buffered += chunk
+                if len(buffered) >= SPOOL_WRITE_BYTES:
+                    await asyncio.to_thread(f.write, bytes(buffered))
+                    buffered.clear()
+            if buffered:
+                await asyncio.to_thread(f.write, bytes(buffered))
+        finally:
+            await asyncio.to_thread(f.close)
+        return size
+
+    def _settle(self, job: JobRow, settled: Settled[None]) -> None:
+        """The client was not told of ``job`` (the database failed or timed out, or the client left):
+        it must not stay behind. Runs once the store call is over, so nothing races it."""
+        if settled.ran:
+            self._track(asyncio.ensure_future(self._withdraw(job)))
+        else:
+            self.delete_blobs_soon(job.upload_blob)
+
+    async def _withdraw(self, job: JobRow) -> None:
+        try:
+            withdrawn = await self._store.run(self._store.sync.withdraw_job, job)
+        except StoreUnavailable as exc:  # the job stays: it runs, and is billed, like any other
+            log.error("job %s was created after its client was told to retry, and could not be withdrawn: %s",
+                      job.job_id, exc)
+            return
+        if withdrawn:
+            event(log, "job withdrawn", job_id=job.job_id, uid=job.uid, reason="created after its client gave up")
+            await self.delete_blobs(job.upload_blob)
+
+    async def _commit(self, tmp: Path, name: str) -> None:
+        """Store an upload. If the call is cancelled (the client went away) while the store is still
+        writing, the write finishes in its thread: remove the blob then, as no job will own it."""
+        task = asyncio.ensure_future(asyncio.to_thread(self._blobs.commit, tmp, name))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            def _orphaned(t: asyncio.Future[None]) -> None:
+                if not t.cancelled() and t.exception() is None:
+                    self._track(asyncio.ensure_future(self.delete_blobs(name)))
+            task.add_done_callback(_orphaned)
+            raise
+
+    def _track(self, fut: asyncio.Future[None]) -> None:
+        self._cleanups.add(fut)
+        fut.add_done_callback(self._cleanups.discard)
+
+    def delete_blobs_soon(self, *names: str | None) -> None:
+        """:meth:`delete_blobs` in the background (from a callback)."""
+        self._track(asyncio.ensure_future(self.delete_blobs(*names)))
+
+    async def delete_blobs(self, *names: str | None) -> None:
+        """Delete blobs off the event loop. A store that fails leaves an orphan, which is logged with
+        its name for the operator: the job row is gone already, so nothing will point at it."""
+        for name in names:
+            if name:
+                try:
+                    await asyncio.to_thread(self._blobs.delete, name)
+                except (BlobStoreError, OSError) as exc:
+                    log.error("could not delete blob %s: %s", name, exc)
+
+    def cleanups(self) -> Awaitable[object]:
+        """Wait for the blob deletions still in flight (a drain does, before the process exits)."""
+        return asyncio.gather(*self._cleanups, return_exceptions=True)
