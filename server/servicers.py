@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -16,13 +18,22 @@ from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.errors import HushwireError, abort_with
-from server.jobs import JobRunner, Submitter, UploadSpec, check_attenuation_limit, content_type, result_name
+from server.jobs import (
+    JobRunner,
+    Submitter,
+    UploadSpec,
+    audio_quota_msg,
+    check_attenuation_limit,
+    content_type,
+    result_name,
+)
 from server.logs import event
 from server.metrics import METRICS
 from server.rpc import rpc_errors
 from server.signing import Signer
 from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.streams import StreamBatcher, StreamSession
+from server.tls import peer_subject
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry"]
 
@@ -84,10 +95,12 @@ class _StreamStats:
 
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: AsyncStore, batch_window_s: float = 0.0) -> None:
+    def __init__(self, registry: StreamRegistry, store: AsyncStore, batch_window_s: float = 0.0,
+                 max_audio_seconds_per_day: float = math.inf) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
+        self._max_audio_s = max_audio_seconds_per_day
         self._usage: set[asyncio.Task[None]] = set()  # usage records still being written
 
     @rpc_errors
@@ -104,12 +117,17 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         session: StreamSession | None = None
         try:
             self._registry.add(task, principal.uid)
+            # The daily audio quota is checked when a stream opens; an open stream is never cut (its
+            # seconds count when it closes).
+            if (await self._store.usage_today(principal.uid))[1] >= self._max_audio_s:
+                raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
                 METRICS.streams_open.inc()
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
-                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
+                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
+                      **_client_subject(context))
                 await self._run(context, session, stats)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
@@ -219,6 +237,13 @@ _STATUS = {
 }
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
+
+
+def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """``{"client_subject": ...}`` for a mutual-TLS caller (its certificate's subject), else nothing."""
+    subject = peer_subject(context)
+    return {} if subject is None else {"client_subject": subject}
 
 
 def _options_limit(options: jobs_pb2.JobOptions) -> float | None:
@@ -249,6 +274,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
             duration_seconds=job.frames / job.sample_rate, format=job.format,
+            hold_seconds=self._submitter.limits.hold_seconds if job.held else 0.0,
         )
         if job.attenuation_limit_db is not None:
             msg.options.attenuation_limit_db = job.attenuation_limit_db
@@ -276,7 +302,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         spec = first.spec
         upload = UploadSpec(file_name=spec.file_name, file_key=spec.file_key, hold=spec.hold,
                             size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options))
-        job = await self._submitter.submit(current_principal(), upload, _upload_chunks(context))
+        job = await self._submitter.submit(current_principal(), upload, _upload_chunks(context),
+                                           _client_subject(context))
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
@@ -328,6 +355,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         await self._store.start_job(job.job_id, limit_db, set_options)
         self._runner.poke()
         return self._to_proto(await self._own_job(job.job_id))
+
+    @rpc_errors
+    async def RenewHolds(  # noqa: N802
+        self, request: jobs_pb2.RenewHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RenewHoldsResponse:
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
+        hold_seconds = self._submitter.limits.hold_seconds
+        until = time.time() + hold_seconds
+        ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
+        missing = await self._store.run(self._store.sync.renew_holds, current_principal().uid, ids, until)
+        missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
+        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=hold_seconds)
 
     @rpc_errors
     async def DownloadResult(  # noqa: N802

@@ -17,10 +17,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from server.blobs import BlobStore, BlobStoreError
 from server.errors import HushwireError
@@ -29,7 +29,7 @@ from server.jobs.probe import probe
 from server.logs import event
 from server.store import PENDING, AsyncStore, JobRow, Principal, Settled, StoreUnavailable
 
-__all__ = ["SPOOL_WRITE_BYTES", "JobLimits", "Submitter", "UploadSpec", "check_attenuation_limit"]
+__all__ = ["SPOOL_WRITE_BYTES", "JobLimits", "Submitter", "UploadSpec", "audio_quota_msg", "check_attenuation_limit"]
 
 log = logging.getLogger("hushwire.jobs")
 
@@ -43,6 +43,8 @@ class JobLimits:
     max_upload_seconds: float
     max_queued_jobs_per_user: int
     max_bytes_per_day_per_user: int
+    max_audio_seconds_per_day_per_user: float = math.inf
+    hold_seconds: float = 120.0   # a held job with no activity for this long is swept
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class UploadSpec:
     hold: bool = False
     size_hint_bytes: int = 0
     attenuation_limit_db: float | None = None
+
+
+def audio_quota_msg(limit_s: float) -> str:
+    return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
 
 
 def check_attenuation_limit(db: float | None) -> float | None:
@@ -74,9 +80,11 @@ class Submitter:
         self.limits = limits
         self._cleanups: set[asyncio.Future[None]] = set()
 
-    async def submit(self, principal: Principal, spec: UploadSpec, chunks: AsyncIterator[bytes]) -> JobRow:
+    async def submit(self, principal: Principal, spec: UploadSpec, chunks: AsyncIterator[bytes],
+                     log_fields: Mapping[str, Any] | None = None) -> JobRow:
         """Check the limits, spool and check the upload, store it, and create its job; returns the job.
-        Raises HushwireError (a refusal) or StoreUnavailable (the database did not answer in time)."""
+        Raises HushwireError (a refusal) or StoreUnavailable (the database did not answer in time).
+        ``log_fields`` go into the ``job submitted`` event (e.g. the client certificate's subject)."""
         limits = self.limits
         limit_db = check_attenuation_limit(spec.attenuation_limit_db)
         if spec.size_hint_bytes > limits.max_upload_bytes:
@@ -85,16 +93,25 @@ class Submitter:
         if await self._store.count_queued(principal.uid) >= limits.max_queued_jobs_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {limits.max_queued_jobs_per_user} unfinished jobs "
                                 "per user; wait for some to finish")
-        quota_left = limits.max_bytes_per_day_per_user - await self._store.uploaded_today(principal.uid)
+        bytes_today, seconds_today = await self._store.usage_today(principal.uid)
+        quota_left = limits.max_bytes_per_day_per_user - bytes_today
         quota_msg = f"the daily upload quota of {limits.max_bytes_per_day_per_user} bytes per user is used up"
         if quota_left <= 0 or spec.size_hint_bytes > quota_left:
             raise HushwireError("RATE_LIMITED", quota_msg)
+        seconds_left = limits.max_audio_seconds_per_day_per_user - seconds_today
+        if seconds_left <= 0:
+            raise HushwireError("RATE_LIMITED", audio_quota_msg(limits.max_audio_seconds_per_day_per_user))
         job_id = new_job_id()
         blob = upload_blob(job_id)
         tmp = await asyncio.to_thread(self._blobs.temp_path, blob)
         try:
             size = await self._spool(tmp, chunks, min(limits.max_upload_bytes, quota_left), quota_msg)
             info = await asyncio.to_thread(probe, tmp, limits.max_upload_seconds)
+            billed = info.frames / info.sample_rate * info.channels
+            if billed > seconds_left:
+                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
+                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
+                                    f"{limits.max_audio_seconds_per_day_per_user:g} s per user)")
             await self._commit(tmp, blob)
         finally:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
@@ -105,11 +122,13 @@ class Submitter:
             file_key=clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=blob,
+            hold_expires=now + limits.hold_seconds if spec.hold else None,
         )
         await self._store.run_or_undo(lambda settled: self._settle(job, settled), self._store.sync.create_job, job,
                                       count_upload=True)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
+              **(log_fields or {}))
         return job
 
     async def _spool(self, tmp: Path, chunks: AsyncIterator[bytes], limit: int, quota_msg: str) -> int:

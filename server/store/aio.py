@@ -163,8 +163,8 @@ class AsyncStore:
     async def count_queued(self, uid: int) -> int:
         return await self.run(self.sync.count_queued, uid)
 
-    async def uploaded_today(self, uid: int) -> int:
-        return await self.run(self.sync.uploaded_today, uid)
+    async def usage_today(self, uid: int) -> tuple[int, float]:
+        return await self.run(self.sync.usage_today, uid)
 
     async def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool) -> bool:
         return await self.run(self.sync.start_job, job_id, attenuation_limit_db, set_options)
