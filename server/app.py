@@ -74,6 +74,7 @@ class Server:
         await self.sweeper.stop()
         await self.grpc_server.stop(grace=1.0)
         await self.enhancer.usage_recorded()
+        await self.store.settled()  # each call is bounded by the store timeout
         await self.submitter.cleanups()
         await asyncio.to_thread(self.store.close)
         if self.mirror is not None:

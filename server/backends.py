@@ -2,18 +2,21 @@
 
 The one place that turns settings (:class:`~server.config.ServerConfig`) into the two backends, for
 ``hushwire serve`` and ``hushwire keys`` alike. It sits above :mod:`server.config`,
-:mod:`server.store` and :mod:`server.blobs`, which import none of each other's openers.
+:mod:`server.store`, :mod:`server.blobs` and :mod:`server.s3`, so none of those imports another's
+opener (``blobs`` no longer imports ``s3``, nor ``config`` the stores).
 """
 
 from __future__ import annotations
 
-from server.blobs import BlobStore
-from server.blobs import open_blobs as _open_blob_url
-from server.config import ServerConfig
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from server.blobs import BlobStore, LocalBlobs
+from server.config import ConfigError, ServerConfig
 from server.signing import load_secret
 from server.store import Store
 
-__all__ = ["open_blobs", "open_store"]
+__all__ = ["open_blob_url", "open_blobs", "open_store"]
 
 
 def open_store(config: ServerConfig, *, timeout: float | None = None) -> Store:
@@ -27,4 +30,17 @@ def open_store(config: ServerConfig, *, timeout: float | None = None) -> Store:
 
 def open_blobs(config: ServerConfig) -> BlobStore:
     """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
-    return _open_blob_url(config.blob_url, config.data_dir)
+    return open_blob_url(config.blob_url, config.data_dir)
+
+
+def open_blob_url(url: str | None, data_dir: Path) -> BlobStore:
+    """The store a blob URL names (``None``: a folder in the data dir). Touches no network: call
+    :meth:`BlobStore.check` to find out whether it works. A URL that cannot work is a ConfigError.
+    Job workers reopen the server's store with it (:attr:`BlobStore.url`)."""
+    if not url or url.startswith("file://"):
+        return LocalBlobs.from_url(url, data_dir)
+    if urlsplit(url).scheme == "s3":
+        from server.s3 import S3Blobs  # boto3 is an optional dependency (the `scale` extra)
+
+        return S3Blobs.from_url(url, data_dir / "spool")
+    raise ConfigError(f"unsupported blob URL {url!r}: use file:///PATH or s3://BUCKET?endpoint=URL")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from server.backends import open_blob_url
 from server.blobs import (
     BLOB_UNAVAILABLE_MSG,
     STORAGE_FULL_MSG,
@@ -34,7 +35,6 @@ from server.blobs import (
     BlobStore,
     BlobStoreError,
     is_storage_full,
-    open_blobs,
 )
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
@@ -99,7 +99,7 @@ def _output_format(job: JobRow) -> tuple[str, str]:
 @functools.lru_cache(maxsize=4)
 def _worker_blobs(blob_url: str, data_dir: str) -> BlobStore:
     """The worker process's blob store, made once (an S3 client takes a while to set up)."""
-    return open_blobs(blob_url, Path(data_dir))
+    return open_blob_url(blob_url, Path(data_dir))
 
 
 def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str, lease_seconds: float,

@@ -76,6 +76,8 @@ class AsyncStore:
         self.max_pending = max_pending
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hushwire-store")
         self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def pending(self) -> int:
@@ -106,6 +108,7 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, call)
         self._pending += 1
+        self._idle.clear()
         fut.add_done_callback(self._finished)
         name = getattr(fn, "__name__", "call")
         try:
@@ -128,6 +131,8 @@ class AsyncStore:
 
     def _finished(self, fut: asyncio.Future[Any]) -> None:
         self._pending -= 1
+        if not self._pending:
+            self._idle.set()
         if not fut.cancelled():
             fut.exception()  # retrieved here: an abandoned call's error is logged by _settle
 
@@ -143,6 +148,10 @@ class AsyncStore:
                 undo(Settled(True, fut.result()) if ran else Settled(False, None))
             except Exception:
                 log.exception("store call %s: undoing it failed", name)
+
+    async def settled(self) -> None:
+        """Wait until no call is in flight, abandoned ones included, and their ``undo`` callbacks ran."""
+        await self._idle.wait()
 
     def close(self) -> None:
         """Let running calls finish (each is bounded by the timeout), then close the store."""
