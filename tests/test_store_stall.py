@@ -6,7 +6,8 @@ connection then stalls the database: SQLite's write lock (``BEGIN EXCLUSIVE``), 
 shorter than ``--store-timeout`` (the requests made meanwhile get their normal answers once the
 lock goes) and longer (they get SERVICE_UNAVAILABLE after the store timeout, and leave nothing
 behind). Throughout, the stream's p99 chunk latency stays within 20 ms of its unstalled p99,
-measured in the same test.
+measured in the same test before and after the stalls. (Before the store moved off the event loop,
+the stalled p99 was the lock's whole length: 2.7-3.5 s.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ STORE_TIMEOUT_S = 1.5
 SHORT_HOLD_S = 0.7     # under the store timeout: the stalled requests answer normally
 LONG_HOLD_S = 2.7      # over it: they answer SERVICE_UNAVAILABLE
 P99_MARGIN_S = 0.020   # the issue's bound: stalled p99 within 20 ms of the unstalled p99
+FREE_WINDOW_S = 1.75   # each of the two unstalled windows (the stalls take about 3.5 s together)
 
 
 class PacedStream:
@@ -147,9 +149,10 @@ def test_a_stalled_database_stalls_requests_but_never_a_live_stream(
         with JobsClient(srv.target, key, timeout=30) as jobs, PacedStream(srv.target, key) as stream:
             assert stream.error is None, stream.error
             existing = jobs.wait(jobs.submit(src).job_id, timeout=60)  # a job to look up while stalled
-            t_free = time.perf_counter()
-            time.sleep(1.5)
-            t_stall = time.perf_counter()
+            # Unstalled windows before and after the stalls, as long as the stalls together, so
+            # both p99s see the same chance of a spike from the (shared) machine.
+            free_windows = [(time.perf_counter(), time.perf_counter() + FREE_WINDOW_S)]
+            time.sleep(FREE_WINDOW_S)
             stalled: list[tuple[float, float]] = []
 
             def stall(hold_s: float) -> tuple[tuple[object | BaseException, float], ...]:
@@ -168,14 +171,16 @@ def test_a_stalled_database_stalls_requests_but_never_a_live_stream(
 
             (short_submit, short_submit_s), (short_get, _) = stall(SHORT_HOLD_S)
             (long_submit, long_submit_s), (long_get, long_get_s) = stall(LONG_HOLD_S)
-            time.sleep(0.2)
+            time.sleep(0.3)
+            free_windows.append((time.perf_counter(), time.perf_counter() + FREE_WINDOW_S))
+            time.sleep(FREE_WINDOW_S + 0.1)
         assert stream.error is None, stream.error
-        free = stream.latencies(t_free, t_stall)
+        free = np.concatenate([stream.latencies(a, b) for a, b in free_windows])
         during = np.concatenate([stream.latencies(a, b) for a, b in stalled])
         print(f"\n{kind}: p99 chunk latency {1000 * _p99(free):.1f} ms unstalled ({free.size} chunks), "
               f"{1000 * _p99(during):.1f} ms while the database was stalled ({during.size} chunks); "
               f"max {1000 * free.max():.1f} / {1000 * during.max():.1f} ms")
-        assert free.size > 50 and during.size > 120, (free.size, during.size)
+        assert free.size > 150 and during.size > 150, (free.size, during.size)
         assert _p99(during) <= _p99(free) + P99_MARGIN_S, (_p99(free), _p99(during))
 
         # Shorter than the store timeout: normal answers, once the lock went.
