@@ -31,7 +31,7 @@ from client.errors import CallStatus
 from gateway.metrics import METRICS
 from server.errors import ERROR_CODE_KEY, ERRORS
 
-__all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error"]
+__all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error", "has_server_code"]
 
 log = logging.getLogger("hushwire.gateway")
 
@@ -68,6 +68,11 @@ def _trailer_code(exc: grpc.aio.AioRpcError) -> str | None:
         if key == ERROR_CODE_KEY:
             return value.decode() if isinstance(value, bytes) else str(value)
     return None
+
+
+def has_server_code(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a hushwire server sent this error (a definite answer), rather than the transport or a proxy."""
+    return _trailer_code(exc) is not None
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> GatewayError:

@@ -22,10 +22,11 @@ from server import health_http
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
+from server.connections import Connections
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
-from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry
+from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry, StreamTimeouts
 from server.signing import Signer, load_secret
 from server.store import AsyncStore
 from server.tls import CertificateReloader, TLSFiles
@@ -53,7 +54,6 @@ class Server:
     registry: StreamRegistry
     store: AsyncStore
     runner: JobRunner
-    enhancer: EnhancerServicer
     submitter: Submitter
     sweeper: Sweeper
     mirror: HealthMirror | None = None
@@ -73,7 +73,6 @@ class Server:
         await self.runner.stop()
         await self.sweeper.stop()
         await self.grpc_server.stop(grace=1.0)
-        await self.enhancer.usage_recorded()
         await self.store.settled()  # each call is bounded by the store timeout
         await self.submitter.cleanups()
         await asyncio.to_thread(self.store.close)
@@ -107,14 +106,15 @@ async def create_server(config: ServerConfig) -> Server:
     METRICS.bind_store(store.sync)  # read at scrape time, in the metrics server's thread
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
-                       config.hold_seconds)
+                       config.hold_seconds, config.max_idempotency_keys_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
     # start (a client that resumes a stream may reach a replica that is still starting) and while
     # draining.
-    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving)
+    connections = Connections()
+    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving, connections=connections)
     grpc_server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
@@ -122,8 +122,9 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
+    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds)
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
-                                config.max_audio_seconds_per_day_per_user)
+                                config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     submitter = Submitter(store, blobs, limits)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, submitter), grpc_server)
@@ -139,6 +140,7 @@ async def create_server(config: ServerConfig) -> Server:
     # With TLS files the port speaks TLS only: a plaintext client fails its handshake.
     port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
         else grpc_server.add_insecure_port(address)
+    connections.local_port = port
     await health_state.set(False)  # until the workers are up
     await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
@@ -151,8 +153,7 @@ async def create_server(config: ServerConfig) -> Server:
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, enhancer, submitter, sweeper, mirror,
-                  tls)
+    return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls)
 
 
 async def serve(config: ServerConfig) -> int:

@@ -17,8 +17,10 @@ from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
+from server.connections import Connections
 from server.errors import HushwireError, abort_with
 from server.jobs import (
+    IDEMPOTENCY_TTL_SECONDS,
     JobRunner,
     Submitter,
     UploadSpec,
@@ -35,15 +37,24 @@ from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
-# A client that has not taken a response for this long is ended with SLOW_CONSUMER. gRPC's
-# flow-control window bounds what is buffered meanwhile, so memory per stream stays bounded.
-SLOW_CONSUMER_SECONDS = 10.0
 # A stream must send its config this soon after opening, or it is ended (it holds a slot meanwhile).
 CONFIG_TIMEOUT_SECONDS = 10.0
+# How long a stream's final status may wait to reach the client before the call is reset. The status
+# travels behind the response data already queued; a client that reads nothing never lets it through.
+STATUS_FLUSH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """The live streams' clocks (server settings, see server/config.py)."""
+
+    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    config_s: float = CONFIG_TIMEOUT_SECONDS
+    flush_s: float = STATUS_FLUSH_SECONDS
 
 
 class StreamRegistry:
@@ -96,12 +107,14 @@ class _StreamStats:
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: AsyncStore, batch_window_s: float = 0.0,
-                 max_audio_seconds_per_day: float = math.inf) -> None:
+                 max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
+                 connections: Connections | None = None) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
-        self._usage: set[asyncio.Task[None]] = set()  # usage records still being written
+        self._timeouts = timeouts or StreamTimeouts()
+        self._connections = connections
 
     @rpc_errors
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
@@ -129,46 +142,56 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                       rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
                       **_client_subject(context))
                 await self._run(context, session, stats)
+        except HushwireError as err:
+            await self._end(context, err, principal.uid)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
                 raise
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"))
+            await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"), principal.uid)
         finally:
             self._registry.discard(task)
             if session is not None:
                 session.close()
-                self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
+                await self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
-    def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
+    async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
+        """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
+        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
+        and the handler returns either way, so the stream's state and its slot are freed."""
+        try:
+            async with asyncio.timeout(self._timeouts.flush_s):
+                await abort_with(context, err)   # raises grpc's AbortError once the status is sent
+        except TimeoutError:
+            peer = context.peer()
+            closed = self._connections is not None and self._connections.close_for(peer, uid)
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
+                  connection_closed=closed,
+                  why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
+
+    async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float
+                      ) -> None:
         METRICS.streams_open.dec()
         billed = session.frames_in / session.sample_rate_hz * session.channels
         METRICS.billed(uid, key_id, billed, "stream")
-        task = asyncio.create_task(self._record_usage(key_id, uid, billed))  # the stream is over: don't wait
-        self._usage.add(task)
-        task.add_done_callback(self._usage.discard)
         event(log, "stream closed", uid=uid, key_id=key_id, rate=session.sample_rate_hz,
               channels=session.channels, duration_s=round(seconds, 3), audio_s=round(billed / session.channels, 3),
               chunks=stats.chunks, frames_in=session.frames_in, frames_out=session.frames_out,
               mean_processing_ms=round(1000 * stats.processing_s / max(stats.chunks, 1), 3),
               max_processing_ms=round(1000 * stats.max_processing_s, 3))
-
-    async def _record_usage(self, key_id: int, uid: int, billed: float) -> None:
+        # Before the call's status goes out, so the stream's seconds count against the daily audio
+        # quota before its client can open the next one. Awaited: a slow database delays this
+        # stream's last status (at most the store timeout), never the event loop.
         try:
             await self._store.record_stream(key_id, uid, billed)
         except StoreUnavailable as exc:  # the metrics counted it; the database's usage table misses it
             event(log, "stream usage not recorded", level=logging.ERROR, uid=uid, key_id=key_id,
                   billed_seconds=round(billed, 3), error=str(exc))
 
-    async def usage_recorded(self) -> None:
-        """Wait for the usage records of closed streams (each bounded by the store timeout)."""
-        if self._usage:
-            await asyncio.gather(*self._usage, return_exceptions=True)
-
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
-            first = await asyncio.wait_for(context.read(), CONFIG_TIMEOUT_SECONDS)
+            first = await asyncio.wait_for(context.read(), self._timeouts.config_s)
         except TimeoutError:
-            raise HushwireError("REQUEST_TIMEOUT", f"no config within {CONFIG_TIMEOUT_SECONDS:g} s") from None
+            raise HushwireError("REQUEST_TIMEOUT", f"no config within {self._timeouts.config_s:g} s") from None
         if first is grpc.aio.EOF:
             return None
         if first.WhichOneof("msg") != "config":
@@ -214,15 +237,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
 
-    @staticmethod
-    async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+        seconds = self._timeouts.slow_consumer_s
         try:
-            async with asyncio.timeout(SLOW_CONSUMER_SECONDS):  # no Task per write, unlike wait_for
+            async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
                 await context.write(response)
         except TimeoutError:
-            raise HushwireError(
-                "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
-            ) from None
+            raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -237,7 +258,13 @@ _STATUS = {
 }
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
-MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
+MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
+MAX_QUOTED_CHARS = 64   # client input quoted in an error message is cut to this
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "...")
 
 
 def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -301,9 +328,15 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise HushwireError("INVALID_REQUEST", "the first message must be the JobSpec")
         spec = first.spec
         upload = UploadSpec(file_name=spec.file_name, file_key=spec.file_key, hold=spec.hold,
-                            size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options))
-        job = await self._submitter.submit(current_principal(), upload, _upload_chunks(context),
-                                           _client_subject(context))
+                            size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options),
+                            idempotency_key=spec.idempotency_key)
+        submitted = await self._submitter.submit(current_principal(), upload, _upload_chunks(context),
+                                                 reply=lambda job: self._to_proto(job).SerializeToString(),
+                                                 log_fields=_client_subject(context))
+        if submitted.job is None:
+            assert submitted.stored_reply is not None
+            return jobs_pb2.Job.FromString(submitted.stored_reply)   # the job is gone since: its reply as it was
+        job = submitted.job
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
@@ -364,10 +397,59 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
         hold_seconds = self._submitter.limits.hold_seconds
         until = time.time() + hold_seconds
+        uid = current_principal().uid
+        if request.idempotency_key:
+            await self._store.run(self._store.sync.renew_key, uid, request.idempotency_key, request.reservation,
+                                  until)
         ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
-        missing = await self._store.run(self._store.sync.renew_holds, current_principal().uid, ids, until)
+        missing = await self._store.run(self._store.sync.renew_holds, uid, ids, until)
         missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
         return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=hold_seconds)
+
+    @rpc_errors
+    async def StartJobs(  # noqa: N802
+        self, request: jobs_pb2.StartJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.StartJobsResponse:
+        uid = current_principal().uid
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
+        set_options = request.HasField("options")
+        limit_db = _options_limit(request.options) if set_options else None
+        idempotent = None
+        if request.idempotency_key:
+            if len(request.reply) > MAX_IDEMPOTENT_REPLY_BYTES or len(request.request_sha256) > 64:
+                raise HushwireError("INVALID_REQUEST", f"an idempotent reply is at most "
+                                    f"{MAX_IDEMPOTENT_REPLY_BYTES} bytes")
+            idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
+                          time.time() + IDEMPOTENCY_TTL_SECONDS)
+        ids = list(request.job_ids)
+        try:
+            missing = await self._store.run(self._store.sync.start_jobs, uid, ids, limit_db, set_options, idempotent)
+        except store_mod.IdempotencyConflict:
+            raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
+                                "another request took it") from None
+        if missing:
+            raise HushwireError("JOB_NOT_FOUND", f"no held job {_quote(missing[0])}")
+        self._runner.poke()
+        return jobs_pb2.StartJobsResponse()
+
+    @rpc_errors
+    async def ReserveIdempotencyKey(  # noqa: N802
+        self, request: jobs_pb2.ReserveIdempotencyKeyRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ReserveIdempotencyKeyResponse:
+        record = await self._submitter.reserve(current_principal().uid, request.idempotency_key)
+        if record.reply is not None:
+            return jobs_pb2.ReserveIdempotencyKeyResponse(request_sha256=record.request_sha256, reply=record.reply)
+        return jobs_pb2.ReserveIdempotencyKeyResponse(reservation=record.token,
+                                                      hold_seconds=self._submitter.limits.hold_seconds)
+
+    @rpc_errors
+    async def ReleaseIdempotencyKey(  # noqa: N802
+        self, request: jobs_pb2.ReleaseIdempotencyKeyRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ReleaseIdempotencyKeyResponse:
+        await self._store.run(self._store.sync.release_key, current_principal().uid, request.idempotency_key,
+                              request.reservation)
+        return jobs_pb2.ReleaseIdempotencyKeyResponse()
 
     @rpc_errors
     async def DownloadResult(  # noqa: N802

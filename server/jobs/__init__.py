@@ -11,11 +11,20 @@
 from server.jobs.names import content_type, new_job_id, result_name
 from server.jobs.probe import Probe, probe
 from server.jobs.runner import JobRunner
-from server.jobs.submit import JobLimits, Submitter, UploadSpec, audio_quota_msg, check_attenuation_limit
+from server.jobs.submit import (
+    IDEMPOTENCY_TTL_SECONDS,
+    JobLimits,
+    Submission,
+    Submitter,
+    UploadSpec,
+    audio_quota_msg,
+    check_attenuation_limit,
+)
 from server.jobs.sweeper import Sweeper
 from server.jobs.worker import BLOCK_SECONDS, JobOutcome, Outcome, run_job
 
 __all__ = [
+    "IDEMPOTENCY_TTL_SECONDS", "Submission",
     "BLOCK_SECONDS", "JobLimits", "JobOutcome", "JobRunner", "Outcome", "Probe", "Submitter", "Sweeper", "UploadSpec",
     "audio_quota_msg", "check_attenuation_limit", "content_type", "new_job_id", "probe", "result_name", "run_job",
 ]
