@@ -19,7 +19,7 @@ import soundfile as sf
 
 from server.blobs import LocalBlobs
 from server.errors import HushwireError
-from server.jobs import JobLimits, Submitter, UploadSpec
+from server.jobs import JobLimits, Submission, Submitter, UploadSpec
 from server.store import PENDING, AsyncStore, Principal, Store, StoreUnavailable
 
 PEPPER = b"test-pepper"
@@ -91,9 +91,10 @@ def test_a_submission_stores_the_upload_and_creates_a_pending_job(tmp_path: Path
     data = _wav()
     spec = UploadSpec(file_name="../../etc/a\x07b.wav", file_key="file", size_hint_bytes=len(data),
                       attenuation_limit_db=12.0)
-    job = desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data)))
-    row = desk.store.get_job(job.job_id)  # type: ignore[attr-defined]
-    assert row is not None and row == job
+    submitted = desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data)))
+    assert isinstance(submitted, Submission) and submitted.job is not None
+    row = desk.store.get_job(submitted.job.job_id)
+    assert row is not None and row == submitted.job
     assert row.status == PENDING and not row.held and row.attenuation_limit_db == 12.0
     assert row.file_name == "ab.wav"  # no path, no control characters
     assert (row.sample_rate, row.channels, row.frames, row.format) == (16000, 1, 8000, "WAV")
@@ -162,3 +163,25 @@ def test_a_job_created_after_its_client_gave_up_is_withdrawn(tmp_path: Path, cap
     assert "job withdrawn" in caplog.text  # it was created, late, then undone
     assert desk.store.list_jobs(desk.principal.uid, 10) == []
     assert desk.uploads() == [] and desk.usage_bytes() == 0
+
+
+def test_an_idempotent_retry_gets_the_first_job_and_creates_nothing(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    data = _wav()
+    spec = UploadSpec(file_name="a.wav", idempotency_key="req-1")
+
+    def reply(job: object) -> bytes:
+        return f"reply for {job.job_id}".encode()  # type: ignore[attr-defined]
+
+    first = desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data), reply=reply))
+    again = desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data), reply=reply))
+    assert isinstance(first, Submission) and isinstance(again, Submission) and first.job is not None
+    assert again.job == first.job  # the same job, and no second one
+    assert [j.job_id for j in desk.store.list_jobs(desk.principal.uid, 10)] == [first.job.job_id]
+    assert desk.uploads() == [first.job.job_id] and desk.usage_bytes() == len(data)
+    with pytest.raises(HushwireError) as info:  # the key with another upload
+        desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data[:-2]), reply=reply))
+    assert info.value.code == "IDEMPOTENCY_CONFLICT"
+    desk.store.delete_job(first.job.job_id)  # gone since: the retry gets the reply stored for it
+    gone = desk.run(lambda s: s.submit(desk.principal, spec, _chunks(data), reply=reply))
+    assert gone == Submission(None, f"reply for {first.job.job_id}".encode())

@@ -24,7 +24,7 @@ from server.jobs.sweeper import Sweeper
 from server.jobs.worker import BLOCK_SECONDS, JobOutcome, Outcome, run_job
 
 __all__ = [
-    "IDEMPOTENCY_TTL_SECONDS", "Submission",
-    "BLOCK_SECONDS", "JobLimits", "JobOutcome", "JobRunner", "Outcome", "Probe", "Submitter", "Sweeper", "UploadSpec",
-    "audio_quota_msg", "check_attenuation_limit", "content_type", "new_job_id", "probe", "result_name", "run_job",
+    "BLOCK_SECONDS", "IDEMPOTENCY_TTL_SECONDS", "JobLimits", "JobOutcome", "JobRunner", "Outcome", "Probe",
+    "Submission", "Submitter", "Sweeper", "UploadSpec", "audio_quota_msg", "check_attenuation_limit", "content_type",
+    "new_job_id", "probe", "result_name", "run_job",
 ]

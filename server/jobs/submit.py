@@ -6,9 +6,15 @@ here to a status. Everything that blocks (the spool file, the header check, the 
 database) runs off the event loop; the store's calls are bounded by its timeout.
 
 A submission either ends with a job (pending, or held) whose upload blob exists and whose bytes
-count against the user's daily quota, or with an error and nothing stored. That holds when the
+count against the user's daily quotas, or with an error and nothing stored. That holds when the
 database times out too: a job row that commits after the client was answered is withdrawn
-(:meth:`Submitter._settle`), and a blob the client no longer waits for is deleted.
+(:meth:`Submitter._settle`), and a blob the client no longer waits for is deleted; under an
+idempotency key the late job stays instead, for the client's retry with that key to find.
+
+Idempotency keys: the first request with a key reserves it, and its reply is stored with the job
+in one transaction; a retry with the same key and the same upload (names, bytes, options, hold)
+gets that reply and creates nothing; another upload under the key, or a retry while the first
+still runs, is IDEMPOTENCY_CONFLICT.
 """
 
 from __future__ import annotations
