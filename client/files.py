@@ -12,7 +12,7 @@ import soxr
 __all__ = ["AudioFile", "STREAM_RATES", "from_stream_rate", "read_audio", "stream_rate", "to_stream_rate",
            "write_like"]
 
-# The live stream's native rates (DESIGN.md); anything else is resampled on the way in and out.
+# The live stream's native rates (docs/design.md); anything else is resampled on the way in and out.
 STREAM_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 
 

@@ -1,6 +1,6 @@
 """Build and run the gRPC server: ``create_server(config)`` and the ``serve`` loop with its drain.
 
-Drain (DESIGN.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
+Drain (docs/design.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
 UNAVAILABLE, open streams get ``drain_seconds`` to finish, then end with UNAVAILABLE "server
 shutting down", in-flight jobs are requeued, and the process exits 0.
 """
@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http
+from server import health_http, keepalive
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
@@ -120,9 +120,10 @@ async def create_server(config: ServerConfig) -> Server:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *keepalive.SERVER_OPTIONS,
         ],
     )
-    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds)
+    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)

@@ -1,6 +1,6 @@
 """Settings: command-line flags, environment, config file and defaults, resolved in one place.
 
-Precedence is flag > environment > TOML config file > default (DESIGN.md, "Command line and
+Precedence is flag > environment > TOML config file > default (docs/design.md, "Command line and
 configuration"). This is the only module that reads ``os.environ``; everything else receives a
 typed config object.
 """
@@ -106,7 +106,7 @@ def _bool(text: str | bool) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of DESIGN.md's settings table."""
+    """One row of docs/design.md's settings table."""
 
     name: str                      # attribute name and argparse dest
     env: str | None                # environment variable
@@ -160,6 +160,8 @@ _HELP = {
     "drain_seconds": "on SIGTERM, how long open streams may finish",
     "slow_consumer_seconds": "a live stream whose client takes no response for this long is ended with "
                              "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
+    "stream_idle_seconds": "a live stream that sends no request (audio or update) for this long is ended with "
+                           "REQUEST_TIMEOUT",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
@@ -240,6 +242,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
         Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
                 10.0, _positive),
+        Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
+                _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
@@ -366,6 +370,7 @@ class ServerConfig:
     port: int = 50051
     drain_seconds: float = 10.0
     slow_consumer_seconds: float = 10.0
+    stream_idle_seconds: float = 30.0
     database_url: str | None = None
     blob_url: str | None = None
     store_timeout: float = 5.0

@@ -53,6 +53,7 @@ class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
     slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
 
@@ -210,7 +211,12 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats) -> None:
         while True:
-            req = await context.read()
+            try:
+                async with asyncio.timeout(self._timeouts.idle_s):   # any request is activity, an update too
+                    req = await context.read()
+            except TimeoutError:
+                raise HushwireError("REQUEST_TIMEOUT", f"no audio or update for {self._timeouts.idle_s:g} s: "
+                                    "an idle stream is ended (send audio, or an update, to keep it)") from None
             if req is grpc.aio.EOF:
                 break
             kind = req.WhichOneof("msg")

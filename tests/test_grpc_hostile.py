@@ -193,3 +193,73 @@ def test_clients_that_never_read_are_ended_and_their_memory_freed(tmp_path: Path
             assert len(resps) == 3
     finally:
         assert srv.stop() == 0
+
+
+IDLE_S = 2.0   # --stream-idle-seconds of the server below
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, int]]:
+    data = tmp_path_factory.mktemp("idle")
+    port = free_port()
+    key = create_key(data)
+    srv = start_server(data, "--metrics-port", str(port), "--stream-idle-seconds", str(IDLE_S))
+    yield srv, key, port
+    assert srv.stop() == 0
+
+
+def _timed(requests: list[tuple[float, enhancer_pb2.StreamEnhanceRequest]], then_wait: float,
+           last: list[float]) -> Iterator[enhancer_pb2.StreamEnhanceRequest]:
+    """Each request after its delay (s); then silence for ``then_wait`` s. ``last[0]``: when the last went."""
+    for delay, req in requests:
+        time.sleep(delay)
+        last[0] = time.monotonic()
+        yield req
+    time.sleep(then_wait)
+
+
+def test_idle_stream_is_ended_with_request_timeout(idle_server: tuple[ServerProcess, str, int]) -> None:
+    """Issue #18: a stream that sends a config and one chunk and then goes quiet no longer holds its
+    slot until the client disconnects."""
+    srv, key, port = idle_server
+    last = [time.monotonic()]
+    with grpc.insecure_channel(srv.target) as ch:
+        call = enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(
+            _timed([(0, _config()), (0, _audio(0.1))], 20, last), metadata=(("authorization", key),), timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        ended = time.monotonic() - last[0]
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and _trailer(info.value) == "REQUEST_TIMEOUT"
+    assert "no audio or update for 2 s" in (info.value.details() or "")
+    assert IDLE_S - 0.2 < ended < IDLE_S + 3, ended
+    _wait_gauge(port, "hushwire_streams_open", 0)
+
+
+def test_updates_keep_a_stream_alive(idle_server: tuple[ServerProcess, str, int]) -> None:
+    """An Update is activity: a stream that only sends updates (a muted microphone that changes its
+    settings) for twice the idle time is not ended, and finishes normally when the client half-closes."""
+    srv, key, _ = idle_server
+    update = enhancer_pb2.StreamEnhanceRequest(update=enhancer_pb2.StreamUpdate(attenuation_limit_db=6))
+    plan = [(0.0, _config()), (0.0, _audio(0.1))] + [(IDLE_S / 2, update)] * 4 + [(0.0, _audio(0.1))]
+    started = time.monotonic()
+    with grpc.insecure_channel(srv.target) as ch:
+        resps = list(enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(
+            _timed(plan, 0, [0.0]), metadata=(("authorization", key),), timeout=30))
+    assert time.monotonic() - started > 2 * IDLE_S
+    assert len(resps) == 4   # the delay, one per audio chunk, the flushed tail
+    assert sum(len(r.audio) for r in resps) == 2 * 1600 * 4 + 4 * resps[0].algorithmic_delay_samples
+
+
+def test_client_keepalive_matches_what_the_server_allows() -> None:
+    """Clients ping at the keepalive interval; the server must accept that (a client pinging more often
+    than the server's minimum gets GOAWAY too_many_pings after two strikes) and ping at least as often
+    itself, with a timeout that finds a dead peer well before the idle or slow-consumer clocks would."""
+    from client.channel import channel_options
+    from server.keepalive import SERVER_OPTIONS
+
+    client = dict(channel_options([("grpc.max_reconnect_backoff_ms", 3000)]))
+    server = dict(SERVER_OPTIONS)
+    assert client["grpc.keepalive_time_ms"] >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert client["grpc.http2.max_pings_without_data"] == 0 == server["grpc.http2.max_pings_without_data"]
+    assert server["grpc.keepalive_time_ms"] + server["grpc.keepalive_timeout_ms"] <= 60_000
+    assert client["grpc.max_reconnect_backoff_ms"] == 3000

@@ -1,4 +1,4 @@
-"""The header checks an upload passes before the server replies (design, "Checking uploads").
+"""The header checks an upload passes before the server replies (docs/design.md, "Checking uploads").
 
 :func:`probe` reads only the header (soundfile), so it is quick whatever the file's length; a file
 that passes but fails during the full decode becomes a failed job instead (:mod:`.worker`).
