@@ -66,12 +66,6 @@ RESULT_TOKEN_KEY = "hushwire-result-token"
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-# A restarted server is found again within ~3 s: grpc's default reconnect backoff grows to 120 s.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 3000),
-]
 SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
 
 def _url_host(host: str) -> str:
@@ -96,7 +90,7 @@ class _Upstream:
     """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
 
     def __init__(self, target: str, tls: ClientTLS | None) -> None:
-        self.channel = open_aio_channel(target, tls, CHANNEL_OPTIONS)
+        self.channel = open_aio_channel(target, tls)  # the client library's channel options
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
         self.account = jobs_pb2_grpc.AccountStub(self.channel)

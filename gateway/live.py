@@ -29,8 +29,8 @@ Protocol (version 1; the page's ``console.js`` speaks it, and so can any WebSock
 Errors use the same codes and the same mapping as HTTP (:func:`gateway.errors.from_rpc_error`).
 The close code is 1008 (policy violation) for refusals (a wrong key, a bad config or message,
 RATE_LIMITED, SLOW_CONSUMER, no first message within :data:`HELLO_TIMEOUT_S`: REQUEST_TIMEOUT),
-1013 (try again later) for SERVICE_UNAVAILABLE and 1011 for anything else the server or the
-gateway failed at. Closing the socket without ``{"end": true}`` cancels the gRPC stream.
+1013 (try again later) for SERVICE_UNAVAILABLE and OVERLOADED (a full server), and 1011 for
+anything else the server or the gateway failed at. Closing the socket without ``{"end": true}`` cancels the gRPC stream.
 
 Origin: a browser's handshake must come from the gateway's own origin (its public URL, or the
 scheme and ``Host`` it was reached at); one from another origin is refused with HTTP 403 and
@@ -101,7 +101,7 @@ _Call: TypeAlias = ("grpc.aio.StreamStreamCall[enhancer_pb2.StreamEnhanceRequest
 
 def close_code(err: GatewayError) -> int:
     """The WebSocket close code for an error reply (see the module docstring)."""
-    if err.code == "SERVICE_UNAVAILABLE":
+    if err.code in ("SERVICE_UNAVAILABLE", "OVERLOADED"):
         return CLOSE_TRY_AGAIN
     if err.status >= 500:
         return CLOSE_INTERNAL

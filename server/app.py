@@ -107,7 +107,7 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
-    registry = StreamRegistry(config.max_streams_per_user)
+    registry = StreamRegistry(config.max_streams_per_user, config.max_streams)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers

@@ -29,7 +29,7 @@ _STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper"]
 _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
     "log_format",
-    "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
     "stream_batch_ms",

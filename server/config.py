@@ -177,6 +177,8 @@ _HELP = {
                     "the hold while it forwards the request, so keep it above the gateway's "
                     "--upload-idle-seconds",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
+                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
     "max_audio_seconds_per_day_per_user": "seconds of audio x channels per user per UTC day, counted for jobs "
@@ -255,6 +257,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
+        Setting("max_streams", "HUSHWIRE_MAX_STREAMS", "limits.max_streams", None, _count),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
                 "limits.max_queued_jobs_per_user", 100, int),
         Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
@@ -380,6 +383,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256
+    max_streams: int | None = None
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_audio_seconds_per_day_per_user: float = 360000.0

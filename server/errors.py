@@ -13,6 +13,7 @@ Tree::
     ├── (code) RESULT_URL_EXPIRED  410 / FAILED_PRECONDITION
     ├── (code) SLOW_CONSUMER       –   / RESOURCE_EXHAUSTED
     ├── (code) REQUEST_TIMEOUT     408 / DEADLINE_EXCEEDED
+    ├── (code) OVERLOADED          503 / UNAVAILABLE   (with Retry-After; /live closes with 1013)
     ├── (code) IDEMPOTENCY_CONFLICT 409 / ALREADY_EXISTS
     ├── (code) SERVICE_UNAVAILABLE 503 / UNAVAILABLE
     └── (code) INTERNAL            500 / INTERNAL
@@ -51,6 +52,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "RESULT_URL_EXPIRED": ErrorSpec(410, grpc.StatusCode.FAILED_PRECONDITION, "Result URL expired"),
     "SLOW_CONSUMER": ErrorSpec(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Client stopped reading"),
     "REQUEST_TIMEOUT": ErrorSpec(408, grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out"),
+    "OVERLOADED": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Server overloaded; retry, ideally elsewhere"),
     "IDEMPOTENCY_CONFLICT": ErrorSpec(409, grpc.StatusCode.ALREADY_EXISTS,
                                       "This Idempotency-Key was used with a different request, or its first "
                                       "request is still running"),

@@ -61,18 +61,23 @@ class StreamTimeouts:
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
-    def __init__(self, max_per_user: int = 256) -> None:
+    def __init__(self, max_per_user: int = 256, max_streams: int | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
+        self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
         self.shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     def add(self, task: asyncio.Task[object], uid: int) -> None:
-        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open."""
+        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
+        not worth retrying), OVERLOADED when the server has ``max_streams`` (retry, ideally elsewhere)."""
         if self.per_user[uid] >= self.max_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+        if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+            raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
+                                              f"({self.max_streams}); retry, ideally on another replica")
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
