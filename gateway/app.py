@@ -180,7 +180,8 @@ class _Gateway:
 
     async def enhance(self, request: Request) -> Response:
         """Upload one or more audio files; each becomes a job. The reply maps field names to job ids."""
-        body = await enhance_upload(request, self.upstream.jobs, _metadata(request), self.limits)
+        body = await enhance_upload(request, self.upstream.jobs, self.upstream.account, _metadata(request),
+                                    self.limits)
         return Response(body, media_type="application/json")
 
     async def stat(self, request: Request, job_id: str) -> JSONResponse:

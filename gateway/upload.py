@@ -438,13 +438,22 @@ class _Upload:
         await asyncio.shield(task)
 
 
-async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
-                         limits: UploadLimits) -> bytes:
+async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
+                         metadata: Metadata, limits: UploadLimits) -> bytes:
     """Parse the request's multipart body as a stream into held jobs and start them; the reply (JSON)
     maps each field name to its job id (a list when the field carried several files). With an
-    ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing."""
+    ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing.
+
+    The key is checked before any of the body is read or forwarded (``Account.WhoAmI``, or the
+    reservation of the idempotency key): a server that refused it at the start of a ``SubmitJob``
+    would reset the stream while the body still flows, which a balancer (HAProxy) reports as
+    CANCELLED without the server's code, so the caller got 502 instead of 401."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
+        try:
+            await account.WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=metadata, timeout=limits.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
         return await _Upload(stub, metadata, limits).run(request)
     try:
         got = await stub.ReserveIdempotencyKey(jobs_pb2.ReserveIdempotencyKeyRequest(idempotency_key=key),

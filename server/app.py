@@ -97,7 +97,18 @@ async def create_server(config: ServerConfig) -> Server:
     store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout),
                        config.store_timeout)
     log.info("database %s (schema version %d)", store.sync.description, store.sync.schema_version)
-    signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
+    if store.sync.pepper_check in ("recorded", "rotated"):
+        log.info("key pepper %s in the database", "recorded" if store.sync.pepper_check == "recorded" else "rotated")
+    secret = load_secret(config.signing_secret, config.signing_secret_file, config.data_dir)
+    previous = config.signing_secret_previous.encode() if config.signing_secret_previous else None
+    try:
+        checked = await store.run(store.sync.check_secret, "signing_secret", secret, previous)
+    except BaseException:
+        await asyncio.to_thread(store.close)
+        raise
+    if checked in ("recorded", "rotated"):
+        log.info("signing secret %s in the database", checked)
+    signer = Signer(secret, previous=previous)
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,

@@ -20,11 +20,13 @@ __all__ = ["open_blob_url", "open_blobs", "open_store"]
 
 
 def open_store(config: ServerConfig, *, timeout: float | None = None) -> Store:
-    """The store with its key pepper (configured, or generated into the data dir on first use).
+    """The store with its key pepper (configured, or generated into the data dir on first use), and the
+    previous pepper of a rotation if one is configured.
     ``timeout`` bounds each operation's wait for a lock (the server passes ``--store-timeout``;
     ``hushwire keys`` waits as long as the engine does). Raises :class:`server.store.StoreError`
     (:class:`~server.store.StoreUnavailable` when the database cannot be reached)."""
-    return Store(config.store_url, load_secret(config.key_pepper, None, config.data_dir, "key_pepper"),
+    previous = config.key_pepper_previous.encode() if config.key_pepper_previous else None
+    return Store(config.store_url, load_secret(config.key_pepper, None, config.data_dir, "key_pepper"), previous,
                  timeout=timeout)
 
 

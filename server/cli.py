@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.config import (
+    SECRET_SETTINGS,
     SETTINGS,
     ClientConfig,
     ConfigError,
@@ -25,9 +26,10 @@ from server.config import (
 
 __all__ = ["main"]
 
-_STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper"]
+_STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper", "key_pepper_previous"]
 _SERVER_SETTINGS = [
-    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
+    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret",
+    "signing_secret_previous", "log_level",
     "log_format",
     "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
@@ -37,7 +39,7 @@ _SERVER_SETTINGS = [
     "slow_consumer_seconds", "stream_idle_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
-_SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
+_SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
                      "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
@@ -152,7 +154,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
             print(f"{'key_id':>6}  {'uid':>5}  {'name':<20}  {'created (UTC)':<20}  status")
             for k in store.list_keys():
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created_at))
-                status = "revoked" if k.revoked_at else "active"
+                status = "revoked" if k.revoked_at else "active" if k.scheme == "hmac" else \
+                    "active (hashed with a previous pepper until its next use)"
                 print(f"{k.key_id:>6}  {k.uid:>5}  {k.name:<20}  {created:<20}  {status}")
         elif args.keys_cmd == "revoke":
             store.revoke_key(args.key_id)

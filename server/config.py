@@ -19,6 +19,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "GatewayConfig",
+    "SECRET_SETTINGS",
     "SETTINGS",
     "ServerConfig",
     "Setting",
@@ -164,7 +165,11 @@ _HELP = {
                            "REQUEST_TIMEOUT",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
+    "signing_secret_previous": "while rotating the signing secret: the old one, still accepted on result URLs "
+                               "(keep it for the URLs' lifetime, 24 h); see docs/security.md",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
+    "key_pepper_previous": "while rotating the key pepper: the old one; keys hashed with it still work and are "
+                           "re-hashed on first use (`keys list` shows those left); see docs/security.md",
     "database_url": "jobs, keys and usage: `sqlite:///PATH` (built in) or `postgresql://USER@HOST:PORT/DB` "
                     "(shared by replicas; needs `hushwire[scale]`)",
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
@@ -215,13 +220,17 @@ _HELP = {
 }
 
 
+# Secrets are never flags (a flag shows in `ps`): environment or TOML only.
+SECRET_SETTINGS = ("signing_secret", "signing_secret_previous", "key_pepper", "key_pepper_previous")
+
+
 def reference_table() -> str:
     """The settings as a Markdown table (docs/operations.md embeds it; a test keeps it in sync)."""
     rows = ["| setting | flag | environment | TOML key | default | meaning |", "|---|---|---|---|---|---|"]
     for s in SETTINGS.values():
         env = f"`{s.env}`" if s.env else "–"
         toml = f"`{s.toml}`" if s.toml else "–"
-        flag = "–" if s.name in ("signing_secret", "key_pepper") else f"`{s.flag}`"
+        flag = "–" if s.name in SECRET_SETTINGS else f"`{s.flag}`"
         rows.append(f"| {s.name} | {flag} | {env} | {toml} | {s.default_text} | {s.help} |")
     return "\n".join(rows) + "\n"
 
@@ -249,7 +258,10 @@ SETTINGS: dict[str, Setting] = {
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
+        Setting("signing_secret_previous", "HUSHWIRE_SIGNING_SECRET_PREVIOUS", "server.signing_secret_previous",
+                None),
         Setting("key_pepper", "HUSHWIRE_KEY_PEPPER", "server.key_pepper", None),
+        Setting("key_pepper_previous", "HUSHWIRE_KEY_PEPPER_PREVIOUS", "server.key_pepper_previous", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("store_timeout", "HUSHWIRE_STORE_TIMEOUT", "store.timeout", 5.0, _positive),
@@ -380,6 +392,8 @@ class ServerConfig:
     signing_secret_file: str | None = None
     signing_secret: str | None = None
     key_pepper: str | None = None
+    signing_secret_previous: str | None = None
+    key_pepper_previous: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256

@@ -21,6 +21,7 @@ from server.store.core import (
     JobRow,
     KeyRecord,
     Principal,
+    SecretMismatch,
     Store,
     TooManyKeys,
 )
@@ -28,6 +29,7 @@ from server.store.engines import StoreError, StoreUnavailable, redact
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "AsyncStore", "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Settled", "Store",
+    "AsyncStore", "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "SecretMismatch",
+    "Settled", "Store",
     "StoreError", "StoreUnavailable", "TooManyKeys", "redact",
 ]

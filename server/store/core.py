@@ -19,6 +19,12 @@ outside the database (a file in the data dir, or configuration shared by replica
 database alone does not let anyone test guesses. The raw key is never stored or logged. The lookup
 goes through the hash index; the final comparison is constant-time. Rows from schema 1-2 (plain
 SHA-256) still work and are re-hashed with the pepper on first use.
+
+Secrets that every process on one database must share (the key pepper, the signing secret) are
+checked against fingerprints the database records the first time it sees each
+(:meth:`Store.check_secret`): a replica with another secret stops at start-up instead of refusing
+the others' keys or URLs. A rotation (the new secret configured with the old one as "previous")
+retires the old fingerprint; rows hashed with a previous pepper are re-hashed on their first use.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from server.store.engines import Engine, StoreError, StoreUnavailable, open_engi
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
-    "StoreUnavailable", "TooManyKeys",
+    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "SecretMismatch", "Store",
+    "StoreError", "StoreUnavailable", "TooManyKeys", "secret_fingerprint",
 ]
 
 KEY_PREFIX = "hw_"
@@ -65,6 +71,7 @@ class KeyRecord:
     name: str
     created_at: float
     revoked_at: float | None
+    scheme: str = "hmac"   # "hmac-previous", "sha256": hashed with a retired pepper, or none; re-hashed on use
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,19 @@ class IdempotencyRecord:
     reply: bytes | None
     job_ids: list[str]
     expires_at: float
+
+
+class SecretMismatch(StoreError):
+    """A secret differs from the one the database recorded (one line, naming the secret)."""
+
+
+SECRET_LABELS = {"key_pepper": "key pepper (HUSHWIRE_KEY_PEPPER)",
+                 "signing_secret": "signing secret (HUSHWIRE_SIGNING_SECRET)"}
+
+
+def secret_fingerprint(name: str, secret: bytes) -> str:
+    """A fingerprint that names a secret without revealing it: HMAC-SHA256 keyed by the secret."""
+    return hmac.new(secret, f"hushwire secret fingerprint: {name}".encode(), hashlib.sha256).hexdigest()
 
 
 class IdempotencyConflict(StoreError):
@@ -172,9 +192,11 @@ class Store:
     database cannot be reached and :class:`StoreError` for a URL that cannot be used.
     """
 
-    def __init__(self, database: str | Path, key_pepper: bytes | None = None, *, timeout: float | None = None
-                 ) -> None:
-        """``key_pepper`` is needed only to create or check keys (job workers open the store without it).
+    def __init__(self, database: str | Path, key_pepper: bytes | None = None,
+                 previous_key_pepper: bytes | None = None, *, timeout: float | None = None) -> None:
+        """``key_pepper`` is needed only to create or check keys (job workers open the store without it);
+        it is checked against the database's record (:class:`SecretMismatch`). ``previous_key_pepper``
+        is the pepper a rotation replaces: keys hashed with it still work, and are re-hashed.
 
         ``timeout`` bounds, in seconds, how long one operation waits for a lock: the store's own (the
         calls of other threads) and the database's (another connection's write lock on SQLite, a
@@ -182,6 +204,7 @@ class Store:
         :class:`StoreUnavailable` and its transaction rolls back. None: wait as long as the engine's
         default (SQLite's busy timeout, 30 s; PostgreSQL: no limit). The server sets it (``--store-timeout``)."""
         self._pepper = key_pepper
+        self._previous_pepper = previous_key_pepper
         self._lock = threading.Lock()
         self._timeout = timeout
         self._db = open_engine(database)
@@ -192,7 +215,11 @@ class Store:
         try:
             with self._locked() as db:
                 self.schema_version = db.migrate()
-                if timeout is not None:  # after the migration, which may wait for another process's
+            #: what the pepper check found: "recorded", "matched" or "rotated" (None without a pepper)
+            self.pepper_check = (self.check_secret("key_pepper", key_pepper, previous_key_pepper)
+                                 if key_pepper else None)
+            if timeout is not None:  # after the start-up work, which may wait for another process's
+                with self._locked() as db:
                     db.set_timeout(timeout)
         except BaseException:
             self._db.close()
@@ -223,6 +250,45 @@ class Store:
         """``with self._tx() as db``: one transaction under the store's lock."""
         with self._locked() as db, db.transaction():
             yield db
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    def check_secret(self, name: str, secret: bytes, previous: bytes | None = None) -> str:
+        """Compare ``secret`` with the fingerprint the database recorded for ``name``: "recorded" (the
+        first time), "matched", or "rotated" (``previous`` was the recorded one: it is retired now, and
+        for the key pepper, the keys it hashed are marked for re-hashing). Raises
+        :class:`SecretMismatch`, naming the secret, for anything else, including a retired secret."""
+        label = SECRET_LABELS.get(name, name)
+        mine = secret_fingerprint(name, secret)
+        now = time.time()
+        with self._tx() as db:
+            rows = dict(db.execute(f"SELECT fingerprint, status FROM secret_fingerprints WHERE name = ?"
+                                   f"{db.for_update}", (name,)).fetchall())
+            current = next((fp for fp, status in rows.items() if status == "current"), None)
+            if current is None:
+                cur = db.execute("INSERT INTO secret_fingerprints (name, fingerprint, status, recorded_at) "
+                                 "VALUES (?, ?, 'current', ?) ON CONFLICT (name, fingerprint) DO NOTHING",
+                                 (name, mine, now))
+                if cur.rowcount == 1:
+                    return "recorded"
+                current = mine   # another process recorded the same secret at the same moment
+            if current == mine:
+                return "matched"
+            where = f"the database {self.description}"
+            if rows.get(mine) == "retired":
+                raise SecretMismatch(f"the {label} differs from {where}'s: this one was retired by a rotation "
+                                     "(see docs/security.md, \"Rotating secrets\")")
+            if previous is not None and secret_fingerprint(name, previous) == current:
+                db.execute("UPDATE secret_fingerprints SET status = 'retired' WHERE name = ? AND fingerprint = ?",
+                           (name, current))
+                db.execute("INSERT INTO secret_fingerprints (name, fingerprint, status, recorded_at) "
+                           "VALUES (?, ?, 'current', ?)", (name, mine, now))
+                if name == "key_pepper":
+                    db.execute("UPDATE api_keys SET scheme = 'hmac-previous' WHERE scheme = 'hmac'")
+                return "rotated"
+            raise SecretMismatch(f"the {label} differs from the one {where} was first used with (fingerprint "
+                                 f"{current[:12]}, this process has {mine[:12]}): every process on one database "
+                                 "needs the same one")
 
     # -- users and keys -------------------------------------------------------------------
 
@@ -258,7 +324,7 @@ class Store:
     def list_keys(self) -> list[KeyRecord]:
         with self._locked() as db:
             rows = db.execute(
-                "SELECT k.key_id, k.uid, u.name, k.created_at, k.revoked_at "
+                "SELECT k.key_id, k.uid, u.name, k.created_at, k.revoked_at, k.scheme "
                 "FROM api_keys k JOIN users u ON u.uid = k.uid ORDER BY k.key_id"
             ).fetchall()
         return [KeyRecord(*r) for r in rows]
@@ -280,12 +346,24 @@ class Store:
             return None
         digest = self._hash_key(key)
         query = ("SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
-                 "WHERE k.key_hash = ? AND k.scheme = ? AND k.revoked_at IS NULL")
+                 "WHERE k.key_hash = ? AND k.scheme IN (?, ?) AND k.revoked_at IS NULL")
         with self._locked() as db:
-            row = db.execute(query, (digest, "hmac")).fetchone()
+            row = db.execute(query, (digest, "hmac", "hmac-previous")).fetchone()
+            if row is None and self._previous_pepper:  # hashed with the pepper a rotation replaces
+                old = hmac.new(self._previous_pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+                row = db.execute(query, (old, "hmac", "hmac-previous")).fetchone()
+                if row is not None and hmac.compare_digest(bytes(row[3]), old):
+                    # Re-hash it only once this pepper is the recorded one (a process still on the old
+                    # pepper as its current, mid-rotation, must not hash it back).
+                    if db.execute("SELECT 1 FROM secret_fingerprints WHERE name = 'key_pepper' AND "
+                                        "fingerprint = ? AND status = 'current'",
+                                        (secret_fingerprint("key_pepper", self._pepper or b""),)).fetchone():
+                        db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
+                                         (digest, row[0]))
+                    row = (*row[:3], digest)
             if row is None:  # a key created before peppering: check, then upgrade it in place
                 legacy = _sha256_key(key)
-                row = db.execute(query, (legacy, "sha256")).fetchone()
+                row = db.execute(query, (legacy, "sha256", "sha256")).fetchone()
                 if row is not None and hmac.compare_digest(bytes(row[3]), legacy):
                     db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
                                      (digest, row[0]))

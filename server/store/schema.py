@@ -105,6 +105,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
     """,
+    # version 7: fingerprints of the secrets the database was first used with (the key pepper, the
+    # signing secret): one 'current' per secret, and the 'retired' ones a rotation replaced
+    """
+    CREATE TABLE secret_fingerprints (
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (name, fingerprint)
+    );
+    """,
 ]
 
 VERSION = len(MIGRATIONS)
