@@ -53,9 +53,10 @@ from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, openapi_document, reply
-from gateway.upload import UploadLimits, enhance_upload
+from gateway.upload import UploadLimits, enhance_upload, finish_cleanups
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.config import ConfigError, GatewayConfig, bind_tcp
+from server.errors import MAX_KEY_CHARS
 
 __all__ = ["MAX_FILES_PER_REQUEST", "RESULT_TOKEN_KEY", "create_app", "public_url_of", "run"]
 
@@ -63,8 +64,10 @@ log = logging.getLogger("hushwire.gateway")
 
 MAX_FILES_PER_REQUEST = 32
 RESULT_TOKEN_KEY = "hushwire-result-token"
+MAX_TOKEN_CHARS = 256          # a result token is ~75 characters; a longer one is not sent as metadata
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
+CLEANUP_TIMEOUT_S = 5.0      # then the uploads cut short get this long to cancel their held jobs
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
 
@@ -106,7 +109,8 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     if auth is None or not auth.strip():
         return []
     auth = auth.strip()
-    if not all(" " <= ch <= "~" for ch in auth):   # not even a possible key, and not valid metadata
+    # Not even a possible key, and not valid (or too large) gRPC metadata: refused here, unsent.
+    if len(auth) > MAX_KEY_CHARS or not all(" " <= ch <= "~" for ch in auth):
         raise GatewayError("API_KEY_NOT_FOUND")
     return [("authorization", auth)]
 
@@ -173,6 +177,7 @@ class _Gateway:
         try:
             yield
         finally:
+            await finish_cleanups(CLEANUP_TIMEOUT_S)   # cut uploads cancel their held jobs on this channel
             await self._upstream.close()
             self._upstream = None
 
@@ -206,7 +211,7 @@ class _Gateway:
     ) -> StreamingResponse:
         """Download a completed job's result through its signed URL (no API key needed)."""
         token = f"{expires}.{sig}"
-        if not expires or not sig or not all(" " < ch <= "~" for ch in token):
+        if not expires or not sig or len(token) > MAX_TOKEN_CHARS or not all(" " < ch <= "~" for ch in token):
             raise GatewayError("JOB_NOT_FOUND", "this result URL is not valid")
         metadata = [*_metadata(request), (RESULT_TOKEN_KEY, token)]
         call = self.upstream.jobs.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=metadata)

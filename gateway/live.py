@@ -66,6 +66,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
+from server.errors import MAX_KEY_CHARS, quote_input
 
 __all__ = [
     "ENCODINGS", "HELLO_TIMEOUT_S", "MAX_AHEAD_BYTES", "MAX_MESSAGE_BYTES", "SEND_TIMEOUT_S", "VP_HEADER",
@@ -143,6 +144,8 @@ def _json_message(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=no_constants)
     except ValueError:
         raise GatewayError("INVALID_REQUEST", f"the {what} is not valid JSON") from None
+    except RecursionError:   # json's parser recurses once per nesting level
+        raise GatewayError("INVALID_REQUEST", f"the {what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise GatewayError("INVALID_REQUEST", f"the {what} must be a JSON object")
     return value
@@ -167,9 +170,11 @@ def parse_hello(text: str) -> tuple[str, enhancer_pb2.StreamConfig]:
     hello = _json_message(text, "first message")
     unknown = sorted(set(hello) - _HELLO_KEYS)
     if unknown:
-        raise GatewayError("INVALID_REQUEST", f"unknown field(s) in the first message: {', '.join(unknown)}")
+        raise GatewayError("INVALID_REQUEST",
+                           f"unknown field(s) in the first message: {quote_input(', '.join(unknown))}")
     key = hello.get("key")
-    if not isinstance(key, str) or not key.strip() or not all(" " <= ch <= "~" for ch in key):
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS \
+            or not all(" " <= ch <= "~" for ch in key):
         raise GatewayError("API_KEY_NOT_FOUND")
     if "sample_rate_hz" not in hello:
         raise GatewayError("INVALID_REQUEST", "the first message needs sample_rate_hz")
@@ -190,7 +195,7 @@ def parse_control(text: str) -> tuple[enhancer_pb2.StreamUpdate | None, bool]:
     unknown = sorted(set(message) - _UPDATE_KEYS)
     if unknown or not message:
         raise GatewayError("INVALID_REQUEST", "a text message carries attenuation_limit_db, bypass or end"
-                           + (f", not {', '.join(unknown)}" if unknown else ""))
+                           + (f", not {quote_input(', '.join(unknown))}" if unknown else ""))
     end = message.get("end", False)
     if not isinstance(end, bool):
         raise GatewayError("INVALID_REQUEST", "end must be true or false")

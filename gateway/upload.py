@@ -52,8 +52,10 @@ from starlette.requests import Request
 from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_server_code
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+from server.errors import quote_input
 
-__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "render_reply"]
+__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "finish_cleanups",
+           "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
@@ -65,6 +67,8 @@ MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 
 # Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# The requests running an upload now (finish_cleanups waits for them at shutdown).
+_ACTIVE: set[asyncio.Task[Any]] = set()
 
 Metadata = Sequence[tuple[str, str]]
 _SubmitCall: TypeAlias = "grpc.aio.StreamUnaryCall[jobs_pb2.SubmitJobRequest, jobs_pb2.Job]"
@@ -111,7 +115,7 @@ def _attenuation(raw: bytes) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
-                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}")
+                           f"got {quote_input(raw.decode('latin-1'))}")
     return value
 
 
@@ -185,7 +189,7 @@ class _Upload:
         try:
             parser = self._parser(boundary)
         except FormParserError as exc:
-            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {exc}") from None
+            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {quote_input(exc, 200)}") from None
         accepted = False
         try:
             async with contextlib.aclosing(self._body(request)) as body:
@@ -193,7 +197,8 @@ class _Upload:
                     try:
                         parser.write(chunk)
                     except FormParserError as exc:
-                        raise GatewayError("INVALID_REQUEST", f"malformed multipart body: {exc}") from None
+                        raise GatewayError("INVALID_REQUEST",
+                                           f"malformed multipart body: {quote_input(exc, 200)}") from None
                     await self._replay()
                     await self._renew_if_due()
             parser.finalize()
@@ -289,8 +294,8 @@ class _Upload:
         part.name = _text(params[b"name"])
         if b"filename" not in params:
             if part.name != OPTION_FIELD:
-                raise GatewayError("INVALID_REQUEST", f"unknown form field {part.name!r}: the only field that is "
-                                   f"not a file is {OPTION_FIELD!r}")
+                raise GatewayError("INVALID_REQUEST", f"unknown form field {quote_input(part.name)}: the only "
+                                   f"field that is not a file is {OPTION_FIELD!r}")
             if self._attenuation is not None:
                 raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
             part.value = bytearray()
@@ -438,8 +443,8 @@ class _Upload:
         await asyncio.shield(task)
 
 
-async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
-                         metadata: Metadata, limits: UploadLimits) -> bytes:
+async def _enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
+                          metadata: Metadata, limits: UploadLimits) -> bytes:
     """Parse the request's multipart body as a stream into held jobs and start them; the reply (JSON)
     maps each field name to its job id (a list when the field carried several files). With an
     ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing.
@@ -475,3 +480,28 @@ async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account
         if not upload.outcome_unknown:
             await upload.release()
         raise
+
+
+async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
+                         metadata: Metadata, limits: UploadLimits) -> bytes:
+    """:func:`_enhance_upload`, tracked so that a gateway that stops lets cut requests clean up first."""
+    task = asyncio.current_task()
+    if task is not None:
+        _ACTIVE.add(task)
+    try:
+        return await _enhance_upload(request, stub, account, metadata, limits)
+    finally:
+        if task is not None:
+            _ACTIVE.discard(task)
+
+
+async def finish_cleanups(timeout: float) -> None:
+    """Wait up to ``timeout`` for the uploads under way and their clean-ups to end. At shutdown uvicorn
+    cancels the requests still running after its grace time and at once shuts the app down: without
+    this wait the gateway closed its channel while a cut request was cancelling its held jobs, and they
+    stayed behind (until the server's hold sweeper)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for tasks in (_ACTIVE, _BACKGROUND):   # a request's clean-up task exists once the request has ended
+        left = deadline - asyncio.get_running_loop().time()
+        if tasks and left > 0:
+            await asyncio.wait(set(tasks), timeout=left)

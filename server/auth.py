@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from server.connections import Connections
-from server.errors import ERRORS, trailing_metadata
+from server.errors import ERRORS, MAX_KEY_CHARS, trailing_metadata
 from server.metrics import METRICS
 from server.rpc import DATABASE_DOWN_MSG
 from server.store import AsyncStore, Principal, StoreUnavailable
@@ -59,6 +59,8 @@ def key_from_metadata(metadata: Any) -> str | None:
             v = v.strip()
             if v[:7].lower() == "bearer ":
                 v = v[7:].strip()
+            if len(v) > MAX_KEY_CHARS:   # not a key: refused without hashing it
+                return None
             return v or None
     return None
 

@@ -29,9 +29,16 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["ERRORS", "ERROR_CODE_KEY", "ErrorSpec", "HushwireError", "abort_with", "trailing_metadata"]
+__all__ = ["ERRORS", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_QUOTED_CHARS", "ErrorSpec", "HushwireError", "abort_with",
+           "quote_input", "trailing_metadata"]
 
 ERROR_CODE_KEY = "hushwire-error-code"
+# Client input quoted in an error message is cut to this many characters: messages travel in gRPC
+# metadata (8 KiB for all of it by default) and logs, and must never carry a hostile value whole.
+MAX_QUOTED_CHARS = 64
+# An API key is 32 characters; an ``Authorization`` value longer than this is refused unread
+# (API_KEY_NOT_FOUND) by the gateway and the server alike, so it never reaches gRPC metadata limits.
+MAX_KEY_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -90,3 +97,13 @@ async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> N
 
     METRICS.errors.labels(err.code).inc()
     await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code))
+
+
+def quote_input(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Client input for an error message: quoted like ``repr`` (control characters escaped) and cut to
+    ``limit`` characters, with its full length noted when it was cut. Use it wherever a message echoes
+    what a client sent (a job id, a field name, a key of a JSON message)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

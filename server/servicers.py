@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections
-from server.errors import HushwireError, abort_with
+from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import (
     IDEMPOTENCY_TTL_SECONDS,
     JobRunner,
@@ -102,6 +103,23 @@ class StreamRegistry:
         self.shutting_down = True
         for task in list(self.tasks):
             task.cancel()
+
+
+# grpc's error for a failed batch of core operations (not exported by grpc.aio): a write fails with it
+# when the client cancelled the call while the write was under way.
+_BATCH_FAILED: type[Exception] = cygrpc.ExecuteBatchError
+
+
+async def _send(context: grpc.aio.ServicerContext, message: object, what: str) -> None:
+    """``context.write`` on a call whose client may cancel it at any moment. A write under way when the
+    client cancels fails before grpc cancels the handler, and grpc would log that failure as an ERROR
+    with a traceback (162 in one red-team session): log one INFO line instead and end the handler as
+    cancelled, which grpc takes quietly, as the client's doing."""
+    try:
+        await context.write(message)
+    except _BATCH_FAILED:
+        event(log, "client went away during a write", what=what, peer=context.peer())
+        raise asyncio.CancelledError from None
 
 
 @dataclass
@@ -252,7 +270,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         seconds = self._timeouts.slow_consumer_s
         try:
             async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
-                await context.write(response)
+                await _send(context, response, "stream")
         except TimeoutError:
             raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
@@ -271,11 +289,6 @@ DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
 MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
-MAX_QUOTED_CHARS = 64   # client input quoted in an error message is cut to this
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "...")
 
 
 def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -327,7 +340,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def _own_job(self, job_id: str) -> JobRow:
         job = await self._store.get_job(job_id) if len(job_id) <= 64 else None
         if job is None or job.uid != current_principal().uid:
-            raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+            raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         return job
 
     @rpc_errors
@@ -440,7 +453,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
         if missing:
-            raise HushwireError("JOB_NOT_FOUND", f"no held job {_quote(missing[0])}")
+            raise HushwireError("JOB_NOT_FOUND", f"no held job {quote_input(missing[0])}")
         self._runner.poke()
         return jobs_pb2.StartJobsResponse()
 
@@ -472,13 +485,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         try:
             reader = await asyncio.to_thread(self._blobs.open, job.result_blob)
             with reader:  # streamed from the store through this server: its URLs are never handed out
-                await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+                await _send(context, jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
                     file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
-                    size_bytes=reader.size)))
+                    size_bytes=reader.size)), "download")
                 while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
-                    await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+                    await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
-            raise HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}") from None
+            raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}") from None
 
     async def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
         """The job if the caller may download it: a valid signed token (whoever presents it, with or
@@ -488,13 +501,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             self._signer.check(job_id, str(token))
             job = await self._store.get_job(job_id)
             if job is None:
-                raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+                raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         elif maybe_principal() is None:
             raise HushwireError("API_KEY_NOT_FOUND")
         else:
             job = await self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:
-            raise HushwireError("JOB_NOT_FOUND", f"job {job_id!r} has no result yet (status {job.status})")
+            raise HushwireError("JOB_NOT_FOUND", f"job {quote_input(job_id)} has no result yet (status {job.status})")
         return job
 
 

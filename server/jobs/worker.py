@@ -39,6 +39,7 @@ from server.blobs import (
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.jobs.names import result_blob as result_blob_name
+from server.jobs.probe import open_audio
 from server.logs import event, setup_logging
 from server.store import POST_PROCESSING, PROCESSING, JobRow, Store
 
@@ -157,7 +158,7 @@ def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str
         with contextlib.ExitStack() as stack:
             src_path = stack.enter_context(blobs.local_copy(job.upload_blob))
             try:
-                src = stack.enter_context(sf.SoundFile(str(src_path)))
+                src = stack.enter_context(open_audio(src_path))
             except Exception:
                 raise HushwireError("INVALID_FILE", "the file could not be decoded") from None
             out = stack.enter_context(sf.SoundFile(str(tmp), "w", job.sample_rate, job.channels, subtype, format=fmt))

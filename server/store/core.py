@@ -142,6 +142,7 @@ class JobRow:
 
 
 _JOB_COLUMNS = ", ".join(JobRow.__dataclass_fields__)
+_CLAIM_CANDIDATES = 8   # users a claim tries, fairest first, before it gives up for this round
 
 
 def _day(t: float) -> str:
@@ -550,17 +551,26 @@ class Store:
         A job that already used ``max_attempts`` leases fails instead (a poison file must not loop).
         The returned row's ``attempts`` names this claim in the worker's later writes."""
         now = time.time()
+        runnable = "held = 0 AND (status = ? OR (status IN (?, ?, ?) AND lease_expires < ?))"
+        runnable_args = (PENDING, *IN_FLIGHT, now)
         with self._tx() as db:
             while True:
-                row = db.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE held = 0 AND (status = ? OR "
-                    "(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY "
+                # Users first (one pass over the runnable rows, the ordering subqueries once per user),
+                # then the chosen user's oldest job: a claim costs about the same with 5,000 jobs queued.
+                uids = [r[0] for r in db.execute(
+                    f"SELECT j.uid FROM jobs j WHERE {runnable} GROUP BY j.uid ORDER BY "
                     "(SELECT COUNT(*) FROM jobs r WHERE r.uid = j.uid AND r.status IN (?, ?, ?) "
                     "AND r.lease_expires >= ?), "
-                    "COALESCE((SELECT u.last_served FROM users u WHERE u.uid = j.uid), 0), "
-                    f"j.created_at, j.job_id LIMIT 1{db.skip_locked}",
-                    (PENDING, *IN_FLIGHT, now, *IN_FLIGHT, now),
-                ).fetchone()
+                    "COALESCE((SELECT u.last_served FROM users u WHERE u.uid = j.uid), 0), MIN(j.created_at), j.uid "
+                    "LIMIT ?",
+                    (*runnable_args, *IN_FLIGHT, now, _CLAIM_CANDIDATES)).fetchall()]
+                row = None
+                for uid in uids:   # on PostgreSQL another replica may hold all of a user's rows right now
+                    row = db.execute(
+                        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE uid = ? AND {runnable} "
+                        f"ORDER BY created_at, job_id LIMIT 1{db.skip_locked}", (uid, *runnable_args)).fetchone()
+                    if row is not None:
+                        break
                 if row is None:
                     return None
                 job = JobRow(*row)
