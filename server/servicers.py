@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
+from client.jobs import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
@@ -35,8 +36,10 @@ from server.metrics import METRICS
 from server.rpc import rpc_errors
 from server.signing import Signer
 from server.store import AsyncStore, JobRow, StoreUnavailable
+from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
+from server.webhooks import ROTATION_GRACE_S
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
@@ -318,7 +321,24 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self._signer = signer
         self._submitter = submitter
 
-    def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
+    def status_json(self, job_id: str, public_url: str | None) -> dict[str, object] | None:
+        """The job's ``/stat/jobs`` JSON, ``result`` signed now under ``public_url`` (webhook bodies);
+        None when the job is gone. Blocks: the webhook deliverer calls it in a thread."""
+        job = self._store.sync.get_job(job_id)
+        if job is None:
+            return None
+        msg = self._to_proto(job, with_callback=False)
+        url = result_url(public_url, job.job_id, msg.result.expires, msg.result.sig) \
+            if public_url and msg.HasField("result") else None
+        return job_to_dict(msg, url)
+
+    async def _job_proto(self, job: JobRow) -> jobs_pb2.Job:
+        """The job as the client sees it, with its callback's delivery state read from the store."""
+        outbox = await self._store.run(self._store.sync.webhook_of, job.job_id) if job.callback_url else None
+        return self._to_proto(job, outbox)
+
+    def _to_proto(self, job: JobRow, outbox: OutboxRow | None = None, with_callback: bool = True) -> jobs_pb2.Job:
+        """The job as the client sees it; ``outbox`` is its callback's delivery (None: not due yet)."""
         msg = jobs_pb2.Job(
             job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
@@ -335,6 +355,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if job.status == store_mod.COMPLETED:
             expires, sig = self._signer.sign(job.job_id)
             msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
+        if job.callback_url and with_callback:
+            msg.callback.CopyFrom(_callback(job.callback_url, outbox))
         return msg
 
     async def _own_job(self, job_id: str) -> JobRow:
@@ -353,7 +375,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         spec = first.spec
         upload = UploadSpec(file_name=spec.file_name, file_key=spec.file_key, hold=spec.hold,
                             size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options),
-                            idempotency_key=spec.idempotency_key)
+                            idempotency_key=spec.idempotency_key, callback_url=spec.callback_url)
         submitted = await self._submitter.submit(current_principal(), upload, _upload_chunks(context),
                                                  reply=lambda job: self._to_proto(job).SerializeToString(),
                                                  log_fields=_client_subject(context))
@@ -363,11 +385,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         job = submitted.job
         if not job.held:
             self._runner.poke()
-        return self._to_proto(job)
+        return await self._job_proto(job)
 
     @rpc_errors
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
-        return self._to_proto(await self._own_job(request.job_id))
+        return await self._job_proto(await self._own_job(request.job_id))
 
     @rpc_errors
     async def ListJobs(  # noqa: N802
@@ -382,7 +404,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             except ValueError:
                 raise HushwireError("INVALID_REQUEST", "bad page_token") from None
         rows = await self._store.list_jobs(current_principal().uid, size + 1, before)
-        resp = jobs_pb2.ListJobsResponse(jobs=[self._to_proto(j) for j in rows[:size]])
+        resp = jobs_pb2.ListJobsResponse(jobs=[await self._job_proto(j) for j in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
             resp.next_page_token = f"{last.created_at!r}:{last.job_id}"
@@ -409,9 +431,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         job = await self._own_job(request.job_id)
         set_options = request.HasField("options")
         limit_db = _options_limit(request.options) if set_options else None
-        await self._store.start_job(job.job_id, limit_db, set_options)
+        callback_url = await self._submitter.callback_url(request.callback_url)
+        await self._store.run(self._store.sync.start_job, job.job_id, limit_db, set_options, callback_url)
         self._runner.poke()
-        return self._to_proto(await self._own_job(job.job_id))
+        return await self._job_proto(await self._own_job(job.job_id))
 
     @rpc_errors
     async def RenewHolds(  # noqa: N802
@@ -447,8 +470,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
                           time.time() + IDEMPOTENCY_TTL_SECONDS)
         ids = list(request.job_ids)
+        callback_url = await self._submitter.callback_url(request.callback_url)
         try:
-            missing = await self._store.run(self._store.sync.start_jobs, uid, ids, limit_db, set_options, idempotent)
+            missing = await self._store.run(self._store.sync.start_jobs, uid, ids, limit_db, set_options, idempotent,
+                                            callback_url)
         except store_mod.IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
@@ -512,9 +537,42 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
 
 
 class AccountServicer(jobs_pb2_grpc.AccountServicer):
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+
     @rpc_errors
     async def WhoAmI(  # noqa: N802
         self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WhoAmIResponse:
         p = current_principal()
         return jobs_pb2.WhoAmIResponse(uid=p.uid, name=p.name, key_id=p.key_id)
+
+    @rpc_errors
+    async def GetWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        found = await self._store.run(self._store.sync.webhook_secrets, current_principal().uid, ROTATION_GRACE_S)
+        return _secret_proto(found)
+
+    @rpc_errors
+    async def RotateWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        uid = current_principal().uid
+        found = await self._store.run(self._store.sync.rotate_webhook_secret, uid, ROTATION_GRACE_S)
+        event(log, "webhook secret rotated", uid=uid)
+        return _secret_proto(found)
+
+
+def _secret_proto(found: WebhookSecrets) -> jobs_pb2.WebhookSecret:
+    return jobs_pb2.WebhookSecret(secret=found.current, previous_valid_until=int(found.previous_valid_until or 0))
+
+
+def _callback(url: str, row: OutboxRow | None) -> jobs_pb2.JobCallback:
+    """A job's callback state for its status: waiting until the job ends, then its delivery's."""
+    if row is None:
+        return jobs_pb2.JobCallback(url=url, state="waiting")
+    return jobs_pb2.JobCallback(
+        url=row.url, state=row.state, attempts=row.attempts, last_status_code=row.last_status or 0,
+        last_error=row.last_error or "", last_attempt_at=int(row.last_attempt_at or 0),
+        next_attempt_at=int(row.next_attempt_at) if row.state == OUTBOX_PENDING else 0, event_id=row.event_id)

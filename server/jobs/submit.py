@@ -47,6 +47,7 @@ from server.store import (
     StoreUnavailable,
     TooManyKeys,
 )
+from server.webhooks import WebhookPolicy, WebhookRefused
 
 __all__ = ["IDEMPOTENCY_TTL_SECONDS", "SPOOL_WRITE_BYTES", "JobLimits", "Submission", "Submitter", "UploadSpec",
            "audio_quota_msg", "check_attenuation_limit", "check_idempotency_key", "submit_fingerprint"]
@@ -80,6 +81,7 @@ class UploadSpec:
     size_hint_bytes: int = 0
     attenuation_limit_db: float | None = None
     idempotency_key: str = ""   # a retry with the same key and upload gets the first reply, and creates nothing
+    callback_url: str = ""      # POSTed the job's status when it finishes (server/webhooks.py)
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,11 @@ def check_idempotency_key(key: str) -> None:
 
 
 def submit_fingerprint(spec: UploadSpec, limit_db: float | None, content_sha256: str) -> str:
-    """What makes two submissions the same upload: names, bytes, options and hold (not the size hint)."""
+    """What makes two submissions the same upload: names, bytes, options, hold and the callback URL
+    (not the size hint)."""
     canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
+    if spec.callback_url:   # appended only when set: fingerprints stored before it existed stay valid
+        canonical.append(spec.callback_url)
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
@@ -119,11 +124,23 @@ def check_attenuation_limit(db: float | None) -> float | None:
 class Submitter:
     """Takes uploads in as jobs (:meth:`submit`) and deletes job blobs off the loop (:meth:`delete_blobs`)."""
 
-    def __init__(self, store: AsyncStore, blobs: BlobStore, limits: JobLimits) -> None:
+    def __init__(self, store: AsyncStore, blobs: BlobStore, limits: JobLimits,
+                 webhooks: WebhookPolicy | None = None) -> None:
         self._store = store
         self._blobs = blobs
         self.limits = limits
+        self._webhooks = webhooks or WebhookPolicy()
         self._cleanups: set[asyncio.Future[None]] = set()
+
+    async def callback_url(self, url: str) -> str | None:
+        """A callback URL the policy allows (checked with DNS now; again at each delivery), or None."""
+        if not url:
+            return None
+        try:
+            await self._webhooks.check(url)
+        except WebhookRefused as exc:
+            raise HushwireError("INVALID_REQUEST", str(exc)) from None
+        return url
 
     async def submit(self, principal: Principal, spec: UploadSpec, chunks: AsyncIterator[bytes], *,
                      reply: Callable[[JobRow], bytes] | None = None,
@@ -203,6 +220,7 @@ class Submitter:
         seconds_left = limits.max_audio_seconds_per_day_per_user - seconds_today
         if seconds_left <= 0:
             raise HushwireError("RATE_LIMITED", audio_quota_msg(limits.max_audio_seconds_per_day_per_user))
+        callback_url = await self.callback_url(spec.callback_url)
         renew = None
         if reserved is not None:
             key, token = reserved[0], reserved[1]
@@ -233,7 +251,7 @@ class Submitter:
             file_key=clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=blob,
-            hold_expires=now + limits.hold_seconds if spec.hold else None,
+            hold_expires=now + limits.hold_seconds if spec.hold else None, callback_url=callback_url,
         )
         idempotent = None
         if reserved is not None:
