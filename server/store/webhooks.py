@@ -151,11 +151,16 @@ class WebhookStore:
                  owner))
             return bool(cur.rowcount == 1)
 
-    def release_webhook_leases(self) -> int:
-        """Forget every delivery lease (an embedded store at start-up: no other deliverer exists)."""
+    def release_webhook_leases(self, owner: str | None = None) -> int:
+        """Give up delivery leases: ``owner``'s (a deliverer stopping with attempts unfinished), or every
+        one (an embedded store at start-up: no other deliverer exists)."""
+        sql = "UPDATE webhook_outbox SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL"
+        args: list[object] = []
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args.append(owner)
         with self._locked() as db:
-            return int(db.execute("UPDATE webhook_outbox SET lease_owner = NULL, lease_expires = NULL "
-                                        "WHERE lease_owner IS NOT NULL").rowcount)
+            return int(db.execute(sql, args).rowcount)
 
     def purge_webhooks(self, finished_before: float) -> int:
         """Delete finished deliveries (delivered or given up) older than ``finished_before``."""
