@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote, urlencode
 
 import grpc
 
@@ -14,7 +15,7 @@ from client.channel import ClientTLS, open_channel
 from client.errors import HushwireClientError, from_rpc_error
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-__all__ = ["STATUS_NAMES", "JobsClient", "job_to_dict"]
+__all__ = ["STATUS_NAMES", "JobsClient", "callback_to_dict", "job_to_dict", "result_url"]
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
 # The REST contract's spelling of each state.
@@ -27,6 +28,11 @@ STATUS_NAMES = {
     jobs_pb2.JOB_STATUS_FAILED: "failed",
 }
 FINISHED = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED)
+
+
+def result_url(public_url: str, job_id: str, expires: int, sig: str) -> str:
+    """The signed download URL of a completed job (DESIGN.md, "Result URL")."""
+    return f"{public_url.rstrip('/')}/results/{quote(job_id, safe='')}?{urlencode({'expires': expires, 'sig': sig})}"
 
 
 def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
@@ -48,6 +54,23 @@ def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, o
         out["result"] = result_url
     if job.status == jobs_pb2.JOB_STATUS_FAILED:
         out["error"] = {"code": job.error.code or "INTERNAL", "msg": job.error.msg}
+    if job.HasField("callback"):
+        out["callback"] = callback_to_dict(job.callback)
+    return out
+
+
+def callback_to_dict(cb: jobs_pb2.JobCallback) -> dict[str, object]:
+    """A job's webhook state (``callback`` in its status): where, how far, and the last attempt's outcome."""
+    out: dict[str, object] = {"url": cb.url, "state": cb.state, "attempts": cb.attempts}
+    if cb.event_id:
+        out["event_id"] = cb.event_id
+    if cb.last_attempt_at:
+        out["last_attempt"] = cb.last_attempt_at
+        out["last_status_code"] = cb.last_status_code or None
+        if cb.last_error:
+            out["last_error"] = cb.last_error
+    if cb.next_attempt_at:
+        out["next_attempt"] = cb.next_attempt_at
     return out
 
 
@@ -84,7 +107,7 @@ class JobsClient:
 
     def submit(
         self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
-        attenuation_limit_db: float | None = None, hold: bool = False,
+        attenuation_limit_db: float | None = None, hold: bool = False, callback_url: str | None = None,
         on_bytes: Callable[[int], None] | None = None, idempotency_key: str | None = None,
     ) -> jobs_pb2.Job:
         """Upload a file (path or binary file object) in chunks and create a job. With
@@ -96,7 +119,7 @@ class JobsClient:
         else:
             own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
         name = file_name or default_name
-        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold,
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold, callback_url=callback_url or "",
                                 idempotency_key=idempotency_key or "")
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
@@ -113,10 +136,26 @@ class JobsClient:
         try:
             return self._stub.SubmitJob(requests(), metadata=self._md())
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise self._upload_error(from_rpc_error(err)) from None
         finally:
             if own:
                 f.close()
+
+    def _upload_error(self, error: HushwireClientError) -> HushwireClientError:
+        """A server that refuses the key resets the upload's stream while the file still flows; behind a
+        balancer (HAProxy) that arrives as CANCELLED or INTERNAL, with or without the server's code. Ask
+        the server about the key then (one unary call, only on this failure), and report a bad key as
+        such."""
+        if error.status not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+            return error
+        try:
+            jobs_pb2_grpc.AccountStub(self._channel).WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=self._md(),
+                                                           timeout=self.timeout)
+        except grpc.RpcError as err:
+            probe = from_rpc_error(err)
+            if probe.code == "API_KEY_NOT_FOUND":
+                return probe
+        return error
 
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))

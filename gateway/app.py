@@ -30,7 +30,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import grpc
 import swagger_ui_bundle
@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.channel import ClientTLS, open_aio_channel
 from client.errors import HushwireClientError
-from client.jobs import job_to_dict
+from client.jobs import job_to_dict, result_url
 from gateway.console import ConsoleAssets, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
@@ -198,8 +198,7 @@ class _Gateway:
     def _stat(self, job: jobs_pb2.Job) -> dict[str, Any]:
         url = None
         if job.status == jobs_pb2.JOB_STATUS_COMPLETED and job.HasField("result"):
-            query = urlencode({"expires": job.result.expires, "sig": job.result.sig})
-            url = f"{self.public_url}/results/{quote(job.job_id, safe='')}?{query}"
+            url = result_url(self.public_url, job.job_id, job.result.expires, job.result.sig)
         return job_to_dict(job, url)
 
     async def result(
@@ -250,6 +249,20 @@ class _Gateway:
                                                  timeout=self.config.connect_timeout)
         return JSONResponse({"uid": who.uid, "name": who.name})
 
+    async def webhook_secret(self, request: Request) -> JSONResponse:
+        """The key's user's webhook signing secret (created on first use)."""
+        found = await self.upstream.account.GetWebhookSecret(jobs_pb2.WebhookSecretRequest(),
+                                                             metadata=_metadata(request),
+                                                             timeout=self.config.connect_timeout)
+        return JSONResponse(_secret_reply(found))
+
+    async def rotate_webhook_secret(self, request: Request) -> JSONResponse:
+        """A new webhook signing secret; for 24 h deliveries are signed with the previous one as well."""
+        found = await self.upstream.account.RotateWebhookSecret(jobs_pb2.WebhookSecretRequest(),
+                                                                metadata=_metadata(request),
+                                                                timeout=self.config.connect_timeout)
+        return JSONResponse(_secret_reply(found))
+
     async def healthz(self) -> JSONResponse:
         """Liveness: 200 while the process runs."""
         return JSONResponse({"status": "ok"})
@@ -283,6 +296,10 @@ class _Gateway:
             # Swagger UI would otherwise load a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+
+
+def _secret_reply(found: jobs_pb2.WebhookSecret) -> dict[str, Any]:
+    return {"secret": found.secret, "previous_valid_until": found.previous_valid_until or None}
 
 
 def _version() -> str:
@@ -360,6 +377,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
     route("/me", gw.me, methods=["GET"], tags=["account"], summary="Who owns this key",
           response_class=JSONResponse, openapi_extra={"security": secured},
           responses={200: reply("the key's user", "Me"), **ERROR_REPLIES})
+    route("/me/webhook-secret", gw.webhook_secret, methods=["GET"], tags=["account"],
+          summary="Read the webhook signing secret", response_class=JSONResponse, openapi_extra={"security": secured},
+          responses={200: reply("the user's webhook secret", "WebhookSecret"), **ERROR_REPLIES})
+    route("/me/webhook-secret", gw.rotate_webhook_secret, methods=["POST"], tags=["account"],
+          summary="Rotate the webhook signing secret", response_class=JSONResponse,
+          openapi_extra={"security": secured},
+          responses={200: reply("the new secret (the previous one signs too for 24 h)", "WebhookSecret"),
+                     **ERROR_REPLIES})
     route("/healthz", gw.healthz, methods=["GET"], tags=["probes"], summary="Liveness",
           response_class=JSONResponse, responses={200: reply("alive", "Status")})
     route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",

@@ -54,15 +54,17 @@ from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_se
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 from server.errors import quote_input
 
-__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "finish_cleanups",
-           "render_reply"]
+__all__ = ["CALLBACK_FIELD", "CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload",
+           "finish_cleanups", "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
 OPTION_FIELD = "attenuation_limit_db"
+CALLBACK_FIELD = "callback_url"   # the server checks the URL (its policy) when the jobs start
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK_BYTES = 256 * 1024          # file bytes per SubmitJob message (the contract allows up to 1 MiB)
 MAX_FIELD_VALUE_BYTES = 64        # the option's value: a number, never more than a few characters
+MAX_CALLBACK_BYTES = 2048         # the callback URL (the server's limit too)
 MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 
 # Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
@@ -143,6 +145,7 @@ class _Upload:
         self._ended = False
         self._files = 0
         self._attenuation: float | None = None
+        self._callback_url: str | None = None
         self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
         self._hold_s = reservation[2] if reservation else 0.0   # the server's hold (from its replies)
         self._renewed_at = asyncio.get_running_loop().time()    # the last activity on all of them
@@ -269,8 +272,8 @@ class _Upload:
                     await self._send(part, final=False)
             elif part.value is not None:
                 part.value += data
-                if len(part.value) > MAX_FIELD_VALUE_BYTES:
-                    raise GatewayError("INVALID_REQUEST", f"the value of {OPTION_FIELD} is too long")
+                if len(part.value) > (MAX_CALLBACK_BYTES if part.name == CALLBACK_FIELD else MAX_FIELD_VALUE_BYTES):
+                    raise GatewayError("INVALID_REQUEST", f"the value of {part.name} is too long")
         elif kind in ("header_field", "header_value"):
             part.header_bytes += len(data)
             if part.header_bytes > MAX_PART_HEADER_BYTES:
@@ -293,11 +296,12 @@ class _Upload:
                                "header with a name")
         part.name = _text(params[b"name"])
         if b"filename" not in params:
-            if part.name != OPTION_FIELD:
+            if part.name not in (OPTION_FIELD, CALLBACK_FIELD):
                 raise GatewayError("INVALID_REQUEST", f"unknown form field {quote_input(part.name)}: the only "
-                                   f"field that is not a file is {OPTION_FIELD!r}")
-            if self._attenuation is not None:
-                raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
+                                   f"fields that are not files are {OPTION_FIELD!r} and {CALLBACK_FIELD!r}")
+            given = self._attenuation if part.name == OPTION_FIELD else self._callback_url
+            if given is not None:
+                raise GatewayError("INVALID_REQUEST", f"{part.name} was given twice")
             part.value = bytearray()
             return
         self._files += 1
@@ -316,6 +320,10 @@ class _Upload:
         await self._write(part, jobs_pb2.SubmitJobRequest(spec=spec))
 
     async def _end_part(self, part: _Part) -> None:
+        if part.value is not None and part.name == CALLBACK_FIELD:
+            self._callback_url = _text(bytes(part.value)).strip()
+            self._entries.append(["option", part.name, self._callback_url])
+            return
         if part.value is not None:
             self._attenuation = _attenuation(bytes(part.value))
             self._entries.append(["option", part.name, repr(self._attenuation)])
@@ -396,6 +404,8 @@ class _Upload:
         start = jobs_pb2.StartJobsRequest(job_ids=[job_id for _, job_id in self._jobs])
         if self._attenuation is not None:
             start.options.attenuation_limit_db = self._attenuation
+        if self._callback_url:
+            start.callback_url = self._callback_url
         if self._reservation is not None:
             start.idempotency_key, start.reservation = self._reservation[0], self._reservation[1]
             start.request_sha256, start.reply = self.fingerprint, reply

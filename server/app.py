@@ -37,6 +37,7 @@ from server.signing import Signer, load_secret
 from server.store import Store
 from server.sweeper import Sweeper
 from server.tls import CertificateReloader, TLSFiles
+from server.webhooks import WebhookDeliverer, WebhookPolicy
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
 
@@ -64,6 +65,7 @@ class Server:
     sweeper: Sweeper
     mirror: HealthMirror | None = None
     tls: CertificateReloader | None = None
+    webhooks: WebhookDeliverer | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
@@ -78,6 +80,8 @@ class Server:
                 await self.registry.wait_idle(5.0)
         await self.runner.stop()
         await self.sweeper.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()   # an attempt cut short is retried (its lease runs out, or a restart frees it)
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
         if self.mirror is not None:
@@ -96,6 +100,11 @@ async def create_server(config: ServerConfig) -> Server:
             tls = CertificateReloader(TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    try:
+        policy = WebhookPolicy(config.webhook_allow or (),
+                               own_ports=(config.port, config.metrics_port or 0, config.health_http_port or 0))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     blobs = config.open_blobs()
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
@@ -141,8 +150,9 @@ async def create_server(config: ServerConfig) -> Server:
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
-    jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
+    jobs_servicer = JobsServicer(store, blobs, runner, signer, limits, policy)
+    jobs_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, grpc_server)
+    jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(store), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -155,6 +165,9 @@ async def create_server(config: ServerConfig) -> Server:
     port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
         else grpc_server.add_insecure_port(address)
     connections.local_port = port
+    policy.own_ports.add(port)   # with --port 0, the one it got
+    if mirror_sock is not None:
+        policy.own_ports.add(mirror_sock.getsockname()[1])
     await health_state.set(False)  # until the workers are up
     await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
@@ -166,8 +179,15 @@ async def create_server(config: ServerConfig) -> Server:
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
+    if store.dialect == "sqlite":   # as for jobs: an embedded store's delivery leases are this server's own
+        await asyncio.to_thread(store.release_webhook_leases)
+    webhooks = WebhookDeliverer(store, policy, lambda job_id: jobs_servicer.status_json(job_id,
+                                                                                         config.server_public_url),
+                                base_delay_s=config.webhook_base_delay_seconds,
+                                max_age_s=config.webhook_max_age_seconds)
+    webhooks.start()
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls)
+    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls, webhooks)
 
 
 async def serve(config: ServerConfig) -> int:

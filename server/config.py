@@ -103,6 +103,12 @@ def _positive(text: str | float) -> float:
     return x
 
 
+def _list(value: str | list[str]) -> tuple[str, ...]:
+    """A list: a TOML array, or text separated by commas or spaces."""
+    items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+    return tuple(str(v).strip() for v in items if str(v).strip())
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -137,7 +143,9 @@ class Setting:
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
                     "workers": "one per core", "metrics_port": "off",
                     "health_http_port": "off", "tls_cert": "off (plaintext)", "gateway_tls_cert": "off (HTTP)",
-                    "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)"}.get(self.name, "none")
+                    "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)",
+                    "server_public_url": "none (no `result` in webhooks)",
+                    "webhook_allow": "public addresses only"}.get(self.name, "none")
         return f"`{self.default}`"
 
 
@@ -145,7 +153,7 @@ class Setting:
 # --tls-cert``) names different settings: their environment and TOML names differ per role.
 _FLAG_NAMES = {
     "gateway_host": "host", "gateway_port": "port",
-    "gateway_tls_cert": "tls_cert", "gateway_tls_key": "tls_key",
+    "gateway_tls_cert": "tls_cert", "gateway_tls_key": "tls_key", "server_public_url": "public_url",
     "client_tls_ca": "tls_ca", "client_tls_cert": "tls_cert", "client_tls_key": "tls_key",
 }
 
@@ -219,6 +227,13 @@ _HELP = {
     "client_tls_cert": "the client certificate (PEM) for a server that requires mutual TLS (`enhance`, `jobs`, "
                        "`mic`)",
     "client_tls_key": "the private key (PEM) of the client's `--tls-cert`",
+    "server_public_url": "the gateway's public URL, as the server puts it in webhook bodies' `result` (server; "
+                         "absent: webhook bodies carry no `result`)",
+    "webhook_allow": "callback URLs may go to these hosts only: host names, `host:port` and CIDRs, comma-separated "
+                     "(a TOML list too); absent: public addresses only, never loopback, link-local or private ones",
+    "webhook_base_delay_seconds": "job webhooks: the first retry comes after 0.5-1 x this; each next one waits "
+                                  "twice as long (up to an hour)",
+    "webhook_max_age_seconds": "job webhooks: a delivery not made within this long is given up",
 }
 
 
@@ -299,6 +314,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("grpc_tls_ca", "HUSHWIRE_GATEWAY_GRPC_TLS_CA", "gateway.grpc_tls_ca", None),
         Setting("grpc_tls_cert", "HUSHWIRE_GATEWAY_GRPC_TLS_CERT", "gateway.grpc_tls_cert", None),
         Setting("grpc_tls_key", "HUSHWIRE_GATEWAY_GRPC_TLS_KEY", "gateway.grpc_tls_key", None),
+        Setting("server_public_url", "HUSHWIRE_SERVER_PUBLIC_URL", "server.public_url", None),
+        Setting("webhook_allow", "HUSHWIRE_WEBHOOK_ALLOW", "server.webhook_allow", None, _list),
+        Setting("webhook_base_delay_seconds", "HUSHWIRE_WEBHOOK_BASE_DELAY_SECONDS",
+                "server.webhook_base_delay_seconds", 10.0, _positive),
+        Setting("webhook_max_age_seconds", "HUSHWIRE_WEBHOOK_MAX_AGE_SECONDS", "server.webhook_max_age_seconds",
+                86400.0, _positive),
         Setting("client_tls_ca", "HUSHWIRE_CLIENT_TLS_CA", None, None),
         Setting("client_tls_cert", "HUSHWIRE_CLIENT_TLS_CERT", None, None),
         Setting("client_tls_key", "HUSHWIRE_CLIENT_TLS_KEY", None, None),
@@ -415,8 +436,14 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    server_public_url: str | None = None
+    webhook_allow: tuple[str, ...] | None = None
+    webhook_base_delay_seconds: float = 10.0
+    webhook_max_age_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
+        if self.server_public_url is not None and not self.server_public_url.startswith(("http://", "https://")):
+            raise ConfigError("--public-url must start with http:// or https://")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

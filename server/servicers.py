@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
+from client.jobs import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
@@ -36,8 +37,10 @@ from server.logs import event
 from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
+from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
+from server.webhooks import ROTATION_GRACE_S, WebhookPolicy, WebhookRefused
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
@@ -298,8 +301,11 @@ def _check_idempotency_key(key: str) -> None:
 
 
 def _submit_fingerprint(spec: jobs_pb2.JobSpec, limit_db: float | None, content_sha256: str) -> str:
-    """What makes two SubmitJob calls the same upload: names, bytes, options and hold (not the size hint)."""
+    """What makes two SubmitJob calls the same upload: names, bytes, options, hold and the callback URL
+    (not the size hint)."""
     canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
+    if spec.callback_url:   # appended only when set: fingerprints stored before it existed stay valid
+        canonical.append(spec.callback_url)
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
@@ -337,15 +343,38 @@ class JobLimits:
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits,
+                 webhooks: WebhookPolicy | None = None) -> None:
         self._store = store
         self._blobs = blobs
         self._cleanups: set[asyncio.Future[None]] = set()
         self._runner = runner
         self._signer = signer
         self._limits = limits
+        self._webhooks = webhooks or WebhookPolicy()
 
-    def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
+    async def _callback_url(self, url: str) -> str | None:
+        """A callback URL the policy allows (checked with DNS now; again at each delivery), or None."""
+        if not url:
+            return None
+        try:
+            await self._webhooks.check(url)
+        except WebhookRefused as exc:
+            raise HushwireError("INVALID_REQUEST", str(exc)) from None
+        return url
+
+    def status_json(self, job_id: str, public_url: str | None) -> dict[str, object] | None:
+        """The job's ``/stat/jobs`` JSON, ``result`` signed now under ``public_url`` (webhook bodies);
+        None when the job is gone."""
+        job = self._store.get_job(job_id)
+        if job is None:
+            return None
+        msg = self._to_proto(job, with_callback=False)
+        url = result_url(public_url, job.job_id, msg.result.expires, msg.result.sig) \
+            if public_url and msg.HasField("result") else None
+        return job_to_dict(msg, url)
+
+    def _to_proto(self, job: JobRow, with_callback: bool = True) -> jobs_pb2.Job:
         msg = jobs_pb2.Job(
             job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
@@ -362,6 +391,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if job.status == store_mod.COMPLETED:
             expires, sig = self._signer.sign(job.job_id)
             msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
+        if job.callback_url and with_callback:
+            msg.callback.CopyFrom(_callback(job.callback_url, self._store.webhook_of(job.job_id)))
         return msg
 
     def _own_job(self, job_id: str) -> JobRow:
@@ -449,6 +480,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
         if seconds_left <= 0:
             raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
+        callback_url = await self._callback_url(spec.callback_url)
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -495,7 +527,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
-            hold_expires=now + self._limits.hold_seconds if spec.hold else None,
+            hold_expires=now + self._limits.hold_seconds if spec.hold else None, callback_url=callback_url,
         )
         idempotent = None
         if reserved is not None:
@@ -562,7 +594,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             job = self._own_job(request.job_id)
             set_options = request.HasField("options")
             limit_db = _options_limit(request.options) if set_options else None
-            self._store.start_job(job.job_id, limit_db, set_options)
+            callback_url = await self._callback_url(request.callback_url)
+            self._store.start_job(job.job_id, limit_db, set_options, callback_url)
         except HushwireError as err:
             await abort_with(context, err)
             raise AssertionError("unreachable") from None
@@ -607,8 +640,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
                           time.time() + IDEMPOTENCY_TTL_SECONDS)
         ids = list(request.job_ids)
+        callback_url = await self._callback_url(request.callback_url)
         try:
-            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent)
+            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent,
+                                              callback_url)
         except store_mod.IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
@@ -704,8 +739,39 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
 
 
 class AccountServicer(jobs_pb2_grpc.AccountServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
     async def WhoAmI(  # noqa: N802
         self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WhoAmIResponse:
         p = current_principal()
         return jobs_pb2.WhoAmIResponse(uid=p.uid, name=p.name, key_id=p.key_id)
+
+    async def GetWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        found = await asyncio.to_thread(self._store.webhook_secrets, current_principal().uid, ROTATION_GRACE_S)
+        return _secret_proto(found)
+
+    async def RotateWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        uid = current_principal().uid
+        found = await asyncio.to_thread(self._store.rotate_webhook_secret, uid, ROTATION_GRACE_S)
+        event(log, "webhook secret rotated", uid=uid)
+        return _secret_proto(found)
+
+
+def _secret_proto(found: WebhookSecrets) -> jobs_pb2.WebhookSecret:
+    return jobs_pb2.WebhookSecret(secret=found.current, previous_valid_until=int(found.previous_valid_until or 0))
+
+
+def _callback(url: str, row: OutboxRow | None) -> jobs_pb2.JobCallback:
+    """A job's callback state for its status: waiting until the job ends, then its delivery's."""
+    if row is None:
+        return jobs_pb2.JobCallback(url=url, state="waiting")
+    return jobs_pb2.JobCallback(
+        url=row.url, state=row.state, attempts=row.attempts, last_status_code=row.last_status or 0,
+        last_error=row.last_error or "", last_attempt_at=int(row.last_attempt_at or 0),
+        next_attempt_at=int(row.next_attempt_at) if row.state == OUTBOX_PENDING else 0, event_id=row.event_id)

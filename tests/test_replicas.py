@@ -334,3 +334,18 @@ def test_an_upload_with_a_bad_key_is_401_through_both_balancers(cluster: Cluster
                     assert r.json()["error"]["code"] == "API_KEY_NOT_FOUND"
     finally:
         gws.stop()
+
+
+def test_a_grpc_upload_with_a_bad_key_through_haproxy_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    """The same reset reaches a gRPC client that streams SubmitJob through HAProxy as CANCELLED with no
+    trailer; the client library then asks the server about the key and reports API_KEY_NOT_FOUND."""
+    assert cluster.lb is not None
+    src = tmp_path / "long.wav"
+    sf.write(str(src), np.zeros(16000 * 60, np.float32), 16000)
+    from client import HushwireClientError
+
+    for _ in range(3):
+        with JobsClient(cluster.lb.target, "hw_not-a-key") as jobs, pytest.raises(HushwireClientError) as info:
+            jobs.submit(src)
+        assert info.value.code == "API_KEY_NOT_FOUND", info.value
+        assert info.value.status == grpc.StatusCode.UNAUTHENTICATED and "Unregistered API Key" in str(info.value)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.store.engines import Engine, StoreError, StoreUnavailable, open_engine
+from server.store.webhooks import WebhookStore, enqueue_webhook
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
@@ -135,6 +136,7 @@ class JobRow:
     lease_expires: float | None = None
     attempts: int = 0
     hold_expires: float | None = None   # while held: unix time after which the job is swept unless renewed
+    callback_url: str | None = None     # POSTed the job's status when it finishes (server/webhooks.py)
 
     @property
     def billed_seconds(self) -> float:
@@ -184,9 +186,10 @@ def _fill_key(db: Engine, uid: int, idempotent: tuple[str, str, str, bytes, floa
         raise IdempotencyConflict("the key's reservation lapsed and another request took it")
 
 
-class Store:
-    """Users, keys, jobs and usage in one database. Safe to share between threads; other processes
-    (job workers, other replicas, ``hushwire keys``) may open the same database at the same time.
+class Store(WebhookStore):
+    """Users, keys, jobs and usage in one database (webhooks: :mod:`server.store.webhooks`). Safe to
+    share between threads; other processes (job workers, other replicas, ``hushwire keys``) may open
+    the same database at the same time.
 
     ``database`` is a URL (``sqlite:///PATH``, ``postgresql://USER@HOST:PORT/DB``) or a SQLite file
     path. The schema is created, or migrated, on open. Raises :class:`StoreUnavailable` when the
@@ -365,21 +368,24 @@ class Store:
                 _fill_key(db, job.uid, idempotent, [job.job_id])
 
     def start_jobs(self, uid: int, job_ids: list[str], attenuation_limit_db: float | None, set_options: bool,
-                   idempotent: tuple[str, str, str, bytes, float] | None = None) -> list[str]:
+                   idempotent: tuple[str, str, str, bytes, float] | None = None,
+                   callback_url: str | None = None) -> list[str]:
         """Start the user's held jobs, all or none: returns the ids that are not held jobs of ``uid`` (and
         then starts nothing). With ``idempotent`` (as for :meth:`create_job`) the reply is stored in the
-        same transaction."""
+        same transaction; a ``callback_url`` replaces the jobs' own."""
         missing: list[str] = []
         try:
             with self._tx() as db:
                 for job_id in job_ids:
                     if set_options:
-                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? "
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ?, "
+                                         "callback_url = COALESCE(?, callback_url) "
                                          "WHERE job_id = ? AND uid = ? AND held = 1",
-                                         (attenuation_limit_db, job_id, uid))
+                                         (attenuation_limit_db, callback_url, job_id, uid))
                     else:
-                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL "
-                                         "WHERE job_id = ? AND uid = ? AND held = 1", (job_id, uid))
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL, "
+                                         "callback_url = COALESCE(?, callback_url) "
+                                         "WHERE job_id = ? AND uid = ? AND held = 1", (callback_url, job_id, uid))
                     if cur.rowcount != 1:
                         missing.append(job_id)
                 if missing:
@@ -460,8 +466,12 @@ class Store:
             ).fetchone()
         return int(row[0])
 
-    def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool) -> bool:
+    def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool,
+                  callback_url: str | None = None) -> bool:
+        """Let a held job run (setting its options, and its callback URL when one is given)."""
         with self._lock:
+            if callback_url is not None:
+                self._db.execute("UPDATE jobs SET callback_url = ? WHERE job_id = ?", (callback_url, job_id))
             if set_options:
                 cur = self._db.execute(
                     "UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? WHERE job_id = ?",
@@ -539,6 +549,8 @@ class Store:
                         "UPDATE jobs SET status = ?, error_code = 'INTERNAL', error_msg = ?, mod_time = ?, "
                         "lease_owner = NULL, lease_expires = NULL WHERE job_id = ?",
                         (FAILED, f"processing stopped {job.attempts} times; giving up", now, job.job_id))
+                    if job.callback_url:
+                        enqueue_webhook(db, job.job_id, job.uid, job.callback_url, now)
                     continue
                 db.execute(
                     "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
@@ -592,6 +604,8 @@ class Store:
                 db.execute(
                     "UPDATE jobs SET status = ?, error_code = ?, error_msg = ?, mod_time = ?, lease_owner = NULL, "
                     "lease_expires = NULL WHERE job_id = ?", (FAILED, error[0], error[1], now, job_id))
+            if job.callback_url:   # the delivery is due in the same transaction: a crash cannot lose it
+                enqueue_webhook(db, job_id, job.uid, job.callback_url, now)
             return True
 
     def requeue(self, owner: str | None = None) -> int:
