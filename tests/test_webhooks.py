@@ -492,3 +492,35 @@ def test_finished_deliveries_are_purged_and_pending_ones_kept(tmp_path: Path) ->
         assert store.webhooks_pending() == 1
     finally:
         store.close()
+
+
+def test_the_allow_list_forms_and_the_rotation_grace() -> None:
+    """--webhook-allow's three forms, checked after resolution (IP literals here: no DNS needed)."""
+    import asyncio
+
+    from server.store.webhooks import WebhookSecrets
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    def allowed(policy: WebhookPolicy, url: str) -> bool:
+        try:
+            asyncio.run(policy.check(url))
+            return True
+        except WebhookRefused:
+            return False
+
+    default = WebhookPolicy()
+    assert allowed(default, "https://198.51.100.20/hook") is False      # TEST-NET-2: reserved, not global
+    assert allowed(default, "https://8.8.8.8/hook") is True
+    assert not allowed(default, "http://[fe80::1]/") and not allowed(default, "http://100.64.0.1/")
+    assert not allowed(default, "http://[::ffff:127.0.0.1]/")           # loopback, IPv4-mapped
+    listed = WebhookPolicy(["10.20.0.0/16", "127.0.0.1:9999", "[::1]:8443"], own_ports=[50051])
+    assert allowed(listed, "http://10.20.3.4/x") and not allowed(listed, "http://10.21.0.1/x")
+    assert allowed(listed, "http://127.0.0.1:9999/") and not allowed(listed, "http://127.0.0.1:9998/")
+    assert allowed(listed, "https://[::1]:8443/") and not allowed(listed, "https://[::1]:8444/")
+    assert not allowed(listed, "https://8.8.8.8/")                      # a list replaces the public rule
+    assert not allowed(WebhookPolicy(["127.0.0.0/8"], own_ports=[50051]), "http://127.0.0.1:50051/")
+    with pytest.raises(ValueError):
+        WebhookPolicy(["10.0.0.0/33"])
+    # Two signing keys during the grace after a rotation, one after it.
+    s = WebhookSecrets("new", "old", previous_valid_until=1000.0)
+    assert s.signing_keys(999.0) == ["new", "old"] and s.signing_keys(1000.0) == ["new"]
