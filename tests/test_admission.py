@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 from server.admission import HOLD_S, PRIOR_COST
+from server.jobs.worker import JOB_NICE
 
 RATE = 16000
 CHUNK = 320   # 20 ms
@@ -162,3 +164,24 @@ def test_burst_admits_what_fits_and_refuses_the_rest_at_once(srv: Srv) -> None:
     assert m[("hushwire_streams_total", ())] == len(admitted)
     assert m[("hushwire_live_full", ())] == 0
     assert m[("hushwire_live_headroom_streams", ())] > 0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_job_workers_yield_to_live_streams(tmp_path: Path) -> None:
+    """File jobs run at a lower CPU priority than the server's live streams (server/jobs/worker.py)."""
+    s = start_server(tmp_path, "--workers", "2")
+    try:
+        workers = [k for k in _children(s.proc.pid)
+                   if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+        assert len(workers) == 2, workers
+        nice = {k: int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[16]) for k in workers}
+        server_nice = int(Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert all(n == min(19, server_nice + JOB_NICE) for n in nice.values()), (server_nice, nice)
+    finally:
+        assert s.stop() == 0, s.log
