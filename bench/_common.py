@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-HUSHWIRE = [sys.executable, "-m", "server.cli"]
+HUSHWIRE = [sys.executable, "-m", "cli"]
 DEV_NOISY = ROOT.parent / "shared" / "eval-data" / "dev" / "noisy"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LISTENING = re.compile(r"listening on (?:http://)?(\S+):(\d+)")

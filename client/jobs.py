@@ -11,21 +11,16 @@ from typing import BinaryIO
 import grpc
 
 from client.errors import HushwireClientError, from_rpc_error
+from hushwire.contract import job_status
+from hushwire.contract.job_status import STATUS_NAMES
+from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["STATUS_NAMES", "JobsClient", "job_to_dict"]
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-# The REST contract's spelling of each state.
-STATUS_NAMES = {
-    jobs_pb2.JOB_STATUS_PENDING: "pending",
-    jobs_pb2.JOB_STATUS_PRE_PROCESSING: "pre-processing",
-    jobs_pb2.JOB_STATUS_PROCESSING: "processing",
-    jobs_pb2.JOB_STATUS_POST_PROCESSING: "post-processing",
-    jobs_pb2.JOB_STATUS_COMPLETED: "completed",
-    jobs_pb2.JOB_STATUS_FAILED: "failed",
-}
-FINISHED = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED)
+# STATUS_NAMES (proto value -> the REST contract's spelling) is the contract's, re-exported here.
+FINISHED = tuple(job_status.STATUS_PROTO[name] for name in job_status.FINISHED)
 
 
 def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
@@ -40,7 +35,7 @@ def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, o
         "job_id": job.job_id,
         "uid": job.uid,
         "file_key": job.file_key,
-        "job_status": STATUS_NAMES.get(job.status, "pending"),
+        "job_status": STATUS_NAMES.get(job.status, job_status.PENDING),
         "progress": round(job.progress, 4),
     }
     if job.status == jobs_pb2.JOB_STATUS_COMPLETED and result_url:
@@ -70,7 +65,7 @@ class JobsClient:
         self._channel.close()
 
     def _md(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
-        return ((("authorization", self.key),) if self.key else ()) + extra
+        return (((AUTHORIZATION_KEY, self.key),) if self.key else ()) + extra
 
     def _unary(self, method: Callable[..., object], request: object) -> object:
         try:
@@ -151,7 +146,7 @@ class JobsClient:
                  ) -> tuple[jobs_pb2.ResultInfo, Path | bytes]:
         """Download the result into ``dest`` (a file path or a directory), or return its bytes.
         With ``token`` (a result URL's ``expires.sig``) no key is needed."""
-        md = self._md((("hushwire-result-token", token),) if token else ())
+        md = self._md(((RESULT_TOKEN_KEY, token),) if token else ())
         try:
             stream = self._stub.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=md,
                                                timeout=self.timeout * 10)

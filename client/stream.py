@@ -38,12 +38,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_retryable
+from hushwire.contract import pcm
+from hushwire.contract.metadata import AUTHORIZATION_KEY
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server import pcm
 
 __all__ = ["AsyncEnhancerClient", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]
 
-ENCODINGS = {"pcm16": pcm.PCM16, "float32": pcm.FLOAT32}
 _RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -164,7 +164,7 @@ def _check_serving(resp: health_pb2.HealthCheckResponse, target: str) -> None:
 
 
 def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", key),) if key else ()
+    return ((AUTHORIZATION_KEY, key),) if key else ()
 
 
 _END = object()    # the caller's items are exhausted
@@ -518,7 +518,7 @@ class EnhancerClient:
         if not self._ready:
             self.wait_ready()
             self._ready = True
-        settings = _Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db)
+        settings = _Settings(sample_rate, channels, pcm.ENCODINGS[encoding], attenuation_limit_db)
         metadata = _metadata(self.key)
         return LiveStream(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
                           resume=resume, target=self.target, budget_s=self.connect_timeout)
@@ -588,7 +588,7 @@ class AsyncEnhancerClient:
         if not self._ready:
             await self.wait_ready()
             self._ready = True
-        settings = _Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db)
+        settings = _Settings(sample_rate, channels, pcm.ENCODINGS[encoding], attenuation_limit_db)
         metadata = _metadata(self.key)
         live = _AsyncLive(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
                           resume=resume, target=self.target, budget_s=self.connect_timeout)

@@ -45,21 +45,22 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.jobs import job_to_dict
+from gateway.config import GatewayConfig
 from gateway.console import ConsoleAssets, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ERROR_REPLIES, openapi_document, reply
 from gateway.upload import UploadLimits, enhance_upload
+from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
+from hushwire.settings import ConfigError, bind_tcp
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server.config import ConfigError, GatewayConfig, bind_tcp
 
-__all__ = ["MAX_FILES_PER_REQUEST", "RESULT_TOKEN_KEY", "create_app", "public_url_of", "run"]
+__all__ = ["MAX_FILES_PER_REQUEST", "create_app", "public_url_of", "run"]
 
 log = logging.getLogger("hushwire.gateway")
 
 MAX_FILES_PER_REQUEST = 32
-RESULT_TOKEN_KEY = "hushwire-result-token"
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -107,7 +108,7 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     auth = auth.strip()
     if not all(" " <= ch <= "~" for ch in auth):   # not even a possible key, and not valid metadata
         raise GatewayError("API_KEY_NOT_FOUND")
-    return [("authorization", auth)]
+    return [(AUTHORIZATION_KEY, auth)]
 
 
 def _content_disposition(file_name: str) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -35,6 +34,7 @@ from starlette.requests import Request
 
 from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error
+from hushwire.contract.limits import check_attenuation_limit
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
@@ -87,13 +87,10 @@ def _text(raw: bytes) -> str:
 
 def _attenuation(raw: bytes) -> float:
     try:
-        value = float(raw.decode("ascii").strip())
+        return check_attenuation_limit(float(raw.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
         raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
-                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}")
-    return value
+                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}") from None
 
 
 class _Upload:

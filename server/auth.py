@@ -15,11 +15,12 @@ from typing import Any
 
 import grpc
 
+from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from server.errors import ERRORS, trailing_metadata
 from server.metrics import METRICS
 from server.store import Principal, Store, StoreUnavailable
 
-__all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
+__all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal", "key_from_metadata",
            "maybe_principal"]
 
 OPEN_SERVICES = (
@@ -30,7 +31,6 @@ OPEN_SERVICES = (
 
 # DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
 TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
-RESULT_TOKEN_KEY = "hushwire-result-token"
 DATABASE_DOWN_MSG = "the server's database is unavailable; try again later"
 
 log = logging.getLogger("hushwire.auth")
@@ -53,7 +53,7 @@ def maybe_principal() -> Principal | None:
 
 def key_from_metadata(metadata: Any) -> str | None:
     for k, v in metadata or ():
-        if k == "authorization":
+        if k == AUTHORIZATION_KEY:
             v = v.decode() if isinstance(v, bytes) else v
             v = v.strip()
             if v[:7].lower() == "bearer ":

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from server.config import ConfigError
+from hushwire.settings import ConfigError
 
 __all__ = [
     "BLOB_UNAVAILABLE_MSG", "STORAGE_FULL_MSG", "BlobNotFound", "BlobReader", "BlobStore", "BlobStoreError",

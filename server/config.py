@@ -1,54 +1,21 @@
-"""Settings: command-line flags, environment, config file and defaults, resolved in one place.
-
-Precedence is flag > environment > TOML config file > default (DESIGN.md, "Command line and
-configuration"). This is the only module that reads ``os.environ``; everything else receives a
-typed config object.
+"""The server's configuration: :class:`ServerConfig`, built by the CLI from the one settings table
+(:mod:`hushwire.settings`, which resolves flags, environment, config file and defaults).
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hushwire.settings import ConfigError
 
 if TYPE_CHECKING:
     from server.blobs import BlobStore
     from server.store import Store
 
-__all__ = [
-    "ClientConfig",
-    "ConfigError",
-    "GatewayConfig",
-    "SETTINGS",
-    "ServerConfig",
-    "Setting",
-    "default_data_dir",
-    "one_blas_thread",
-    "reference_table",
-    "resolve",
-]
-
-
-def bind_tcp(host: str, port: int, what: str = "") -> socket.socket:
-    """A TCP socket bound to ``host:port`` (not listening yet), so a busy or bad address is a
-    one-line :class:`ConfigError` before anything else starts. ``what`` names the setting."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise ConfigError(f"{what}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used (bad number, unreadable config file)."""
+__all__ = ["ConfigError", "ServerConfig", "one_blas_thread"]
 
 
 def one_blas_thread() -> None:
@@ -59,242 +26,9 @@ def one_blas_thread() -> None:
         os.environ.setdefault(var, "1")
 
 
-def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "hushwire"
-
-
-def _size(text: str | int | float) -> int:
-    """Parse a byte size: 200000, "200 MB", "10GB", "512KiB"."""
-    if isinstance(text, int | float):
-        return int(text)
-    s = text.strip().upper().replace(" ", "")
-    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-             "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1}
-    for suffix, factor in units.items():
-        if s.endswith(suffix):
-            return int(float(s[: -len(suffix)]) * factor)
-    return int(float(s))
-
-
-def _port(text: str | int) -> int:
-    """A TCP port, 0-65535 (0: any free port)."""
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("a port is 0-65535")
-    return port
-
-
-def _count(text: str | int) -> int:
-    """A count that may be 0 but not negative."""
-    n = int(text)
-    if n < 0:
-        raise ValueError("must be 0 or more")
-    return n
-
-
-def _bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    return text.strip().lower() in {"1", "true", "yes", "on"}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of DESIGN.md's settings table."""
-
-    name: str                      # attribute name and argparse dest
-    env: str | None                # environment variable
-    toml: str | None               # dotted TOML key
-    default: Any                   # default, or a callable(env) -> default
-    parse: Callable[[Any], Any] = str
-
-    @property
-    def flag(self) -> str:
-        return "--" + {"gateway_host": "host", "gateway_port": "port"}.get(self.name, self.name).replace("_", "-")
-
-    @property
-    def help(self) -> str:
-        return _HELP.get(self.name, "")
-
-    @property
-    def default_text(self) -> str:
-        if callable(self.default):
-            return "`$XDG_DATA_HOME/hushwire` (`~/.local/share/hushwire`)"
-        if self.default is None:
-            return {"signing_secret": "generated into the data dir", "key_pepper": "generated into the data dir",
-                    "database_url": "SQLite in the data dir",
-                    "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
-                    "workers": "one per core", "metrics_port": "off",
-                    "health_http_port": "off"}.get(self.name, "none")
-        return f"`{self.default}`"
-
-
-_HELP = {
-    "data_dir": "where the SQLite file, blobs and the signing secret live",
-    "host": "the gRPC server's listen address",
-    "port": "the gRPC server's port (0: any free port, logged at start)",
-    "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
-    "gateway_port": "the gateway's port (`hushwire gateway --port`)",
-    "grpc_target": "the gRPC server the gateway forwards to",
-    "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
-    "upload_idle_seconds": "an upload body that sends nothing for this long gets 408 REQUEST_TIMEOUT",
-    "target": "the server a client command talks to",
-    "key": "the API key of a client command",
-    "log_level": "debug, info, warning or error",
-    "log_format": "`text` or `json` (one JSON object per line on stderr)",
-    "drain_seconds": "on SIGTERM, how long open streams may finish",
-    "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
-    "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
-    "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
-    "database_url": "jobs, keys and usage: `sqlite:///PATH` (built in) or `postgresql://USER@HOST:PORT/DB` "
-                    "(shared by replicas; needs `hushwire[scale]`)",
-    "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
-                "(shared by replicas; needs `hushwire[scale]`)",
-    "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
-    "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
-    "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
-    "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
-    "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
-    "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
-    "connect_timeout": "how long clients (and the gateway) wait for the server",
-    "metrics_port": "serve Prometheus metrics on this port (server)",
-    "stream_batch_ms": "live streams: how long the first chunk of a batch waits for other streams' chunks to "
-                       "be denoised with it (0: no wait; applies from 4 open streams)",
-    "workers": "job worker processes (0: this replica runs no jobs; others sharing its store do)",
-    "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
-                        "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
-                        "`option httpchk`)",
-}
-
-
-def reference_table() -> str:
-    """The settings as a Markdown table (docs/operations.md embeds it; a test keeps it in sync)."""
-    rows = ["| setting | flag | environment | TOML key | default | meaning |", "|---|---|---|---|---|---|"]
-    for s in SETTINGS.values():
-        env = f"`{s.env}`" if s.env else "–"
-        toml = f"`{s.toml}`" if s.toml else "–"
-        flag = "–" if s.name in ("signing_secret", "key_pepper") else f"`{s.flag}`"
-        rows.append(f"| {s.name} | {flag} | {env} | {toml} | {s.default_text} | {s.help} |")
-    return "\n".join(rows) + "\n"
-
-
-SETTINGS: dict[str, Setting] = {
-    s.name: s
-    for s in [
-        Setting("data_dir", "HUSHWIRE_DATA_DIR", "data_dir", default_data_dir, Path),
-        Setting("host", "HUSHWIRE_HOST", "server.host", "127.0.0.1"),
-        Setting("port", "HUSHWIRE_PORT", "server.port", 50051, int),
-        Setting("gateway_host", "HUSHWIRE_GATEWAY_HOST", "gateway.host", "127.0.0.1"),
-        Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
-        Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
-        Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
-        Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
-        Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
-        Setting("key", "HUSHWIRE_API_KEY", None, None),
-        Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
-        Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
-        Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
-        # The flag names a file holding the secret; the environment and TOML give the secret itself.
-        Setting("signing_secret_file", None, None, None),
-        Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
-        Setting("key_pepper", "HUSHWIRE_KEY_PEPPER", "server.key_pepper", None),
-        Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
-        Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
-        Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
-        Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
-                "limits.max_streams_per_user", 256, int),
-        Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
-                "limits.max_queued_jobs_per_user", 100, int),
-        Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
-                "limits.max_bytes_per_day_per_user", "10 GB", _size),
-        Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
-        Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
-                7200.0, float),
-        Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
-        Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
-        Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
-        Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, _count),
-        Setting("health_http_port", "HUSHWIRE_HEALTH_HTTP_PORT", "server.health_http_port", None, _port),
-    ]
-}
-
-
-def _toml_lookup(doc: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _load_toml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    known = {s.toml for s in SETTINGS.values() if s.toml}
-    sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
-    for key in _dotted_keys(doc):
-        if key not in known:
-            hint = " (a section, not a value)" if key in sections else ""
-            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
-    return doc
-
-
-def _dotted_keys(doc: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in doc.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            keys += _dotted_keys(v, name + ".")
-        else:
-            keys.append(name)
-    return keys
-
-
-def resolve(
-    names: list[str],
-    flags: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-    config_file: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Resolve the named settings: a flag that was given wins, then the environment, then the
-    TOML file (``--config`` or ``HUSHWIRE_CONFIG``), then the default."""
-    env = dict(os.environ) if env is None else dict(env)
-    flags = flags or {}
-    doc = _load_toml(config_file or env.get("HUSHWIRE_CONFIG"))
-    out: dict[str, Any] = {}
-    for name in names:
-        s = SETTINGS[name]
-        raw: Any = flags.get(name)
-        where = f"--{name.replace('_', '-')}"
-        if raw is None and s.env and env.get(s.env) not in (None, ""):
-            raw, where = env[s.env], s.env
-        if raw is None and s.toml:
-            raw, where = _toml_lookup(doc, s.toml), s.toml
-        if raw is None:
-            out[name] = s.default(env) if callable(s.default) else s.default
-            if out[name] is not None and s.parse is not str:
-                out[name] = s.parse(out[name])
-            continue
-        try:
-            out[name] = s.parse(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: cannot use {raw!r} ({exc})") from exc
-    return out
-
-
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``create_server`` needs. Built by the CLI from :func:`resolve`."""
+    """Everything ``create_server`` needs. Built by the CLI from :func:`hushwire.settings.resolve`."""
 
     data_dir: Path
     host: str = "127.0.0.1"
@@ -363,27 +97,3 @@ def _redact(url: str) -> str:
     from server.store import redact
 
     return redact(url)
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Everything the gateway needs. ``public_url`` defaults to ``http://host:port``."""
-
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8080
-    grpc_target: str = "127.0.0.1:50051"
-    public_url: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    connect_timeout: float = 10.0
-    max_upload_bytes: int = 200 * 1000**2
-    upload_idle_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """What a client command needs to reach the server."""
-
-    target: str = "127.0.0.1:50051"
-    key: str | None = None
-    connect_timeout: float = 10.0

@@ -1,58 +1,19 @@
-"""Domain errors and the one table that maps them to gRPC and HTTP.
+"""Raising the contract's errors on the server: :class:`HushwireError` and :func:`abort_with`.
 
-Tree::
-
-    HushwireError              base; carries a contract ``code`` string and a ``msg``
-    ├── (code) API_KEY_NOT_FOUND   401 / UNAUTHENTICATED
-    ├── (code) INVALID_FILE        400 / INVALID_ARGUMENT
-    ├── (code) INVALID_REQUEST     400 / INVALID_ARGUMENT
-    ├── (code) INVALID_ARGUMENT    400 / INVALID_ARGUMENT   (a bad stream request)
-    ├── (code) FILE_TOO_LARGE      413 / RESOURCE_EXHAUSTED
-    ├── (code) RATE_LIMITED        429 / RESOURCE_EXHAUSTED
-    ├── (code) JOB_NOT_FOUND       404 / NOT_FOUND
-    ├── (code) RESULT_URL_EXPIRED  410 / FAILED_PRECONDITION
-    ├── (code) SLOW_CONSUMER       –   / RESOURCE_EXHAUSTED
-    ├── (code) REQUEST_TIMEOUT     408 / DEADLINE_EXCEEDED
-    ├── (code) SERVICE_UNAVAILABLE 503 / UNAVAILABLE
-    └── (code) INTERNAL            500 / INTERNAL
-
-One exception class with a code keeps the table the single source of truth: the server puts
-the code in the trailing metadata key ``hushwire-error-code`` and the gateway maps it back with
-:data:`ERRORS` without guessing from the gRPC status.
+The codes and their gRPC/HTTP mapping are the contract's (:mod:`hushwire.contract.errors`, one
+table for every side); this module is how the server's domain code refuses with one. A
+``HushwireError`` carries a code and a human message; :func:`abort_with` ends the RPC with the
+code's gRPC status and puts the code in the trailing metadata key ``hushwire-error-code``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
+from hushwire.contract.errors import ERRORS, ErrorSpec
+from hushwire.contract.metadata import ERROR_CODE_KEY
+
 __all__ = ["ERRORS", "ERROR_CODE_KEY", "ErrorSpec", "HushwireError", "abort_with", "trailing_metadata"]
-
-ERROR_CODE_KEY = "hushwire-error-code"
-
-
-@dataclass(frozen=True)
-class ErrorSpec:
-    http_status: int
-    grpc_status: grpc.StatusCode
-    default_msg: str
-
-
-ERRORS: dict[str, ErrorSpec] = {
-    "API_KEY_NOT_FOUND": ErrorSpec(401, grpc.StatusCode.UNAUTHENTICATED, "Unregistered API Key"),
-    "INVALID_FILE": ErrorSpec(400, grpc.StatusCode.INVALID_ARGUMENT, "Invalid file type from input"),
-    "INVALID_REQUEST": ErrorSpec(400, grpc.StatusCode.INVALID_ARGUMENT, "Invalid request"),
-    "INVALID_ARGUMENT": ErrorSpec(400, grpc.StatusCode.INVALID_ARGUMENT, "Invalid argument"),
-    "FILE_TOO_LARGE": ErrorSpec(413, grpc.StatusCode.RESOURCE_EXHAUSTED, "File too large"),
-    "RATE_LIMITED": ErrorSpec(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Rate limit exceeded"),
-    "JOB_NOT_FOUND": ErrorSpec(404, grpc.StatusCode.NOT_FOUND, "Job not found"),
-    "RESULT_URL_EXPIRED": ErrorSpec(410, grpc.StatusCode.FAILED_PRECONDITION, "Result URL expired"),
-    "SLOW_CONSUMER": ErrorSpec(429, grpc.StatusCode.RESOURCE_EXHAUSTED, "Client stopped reading"),
-    "REQUEST_TIMEOUT": ErrorSpec(408, grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out"),
-    "SERVICE_UNAVAILABLE": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
-    "INTERNAL": ErrorSpec(500, grpc.StatusCode.INTERNAL, "Internal error"),
-}
 
 
 class HushwireError(Exception):
@@ -80,7 +41,7 @@ def trailing_metadata(code: str) -> tuple[tuple[str, str], ...]:
 
 async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> None:
     """End the RPC with the error's status, message and ``hushwire-error-code`` trailer."""
-    from server.metrics import METRICS  # here, so importing the table (the gateway does) stays light
+    from server.metrics import METRICS  # here, so importing the error class stays light
 
     METRICS.errors.labels(err.code).inc()
     await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from hushwire.contract.limits import MAX_CHANNELS, MAX_FILE_RATE_HZ, MIN_FILE_RATE_HZ, native_rate
 from server.blobs import (
     BLOB_UNAVAILABLE_MSG,
     STORAGE_FULL_MSG,
@@ -43,7 +44,7 @@ from server.blobs import (
     is_storage_full,
     open_blobs,
 )
-from server.dsp import SUPPORTED_RATES, Denoiser
+from server.dsp import Denoiser
 from server.errors import HushwireError
 from server.logs import event, setup_logging
 from server.metrics import METRICS
@@ -56,8 +57,6 @@ log = logging.getLogger("hushwire.jobs")
 BLOCK_SECONDS = 1.0          # audio decoded, denoised and encoded per step
 PROGRESS_EVERY_S = 0.25      # how often a worker writes progress (and renews its lease)
 MAX_ATTEMPTS = 3             # leases a job may use before it fails (a file that kills workers)
-MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
-MAX_CHANNELS = 8
 # Sample formats accepted: 8/16/24/32-bit integer, 32/64-bit float, and compressed codecs.
 ACCEPTED_SUBTYPES = {
     "PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",
@@ -110,8 +109,8 @@ def probe(path: Path, max_seconds: float) -> Probe:
         info = sf.info(str(path))
     except Exception:  # libsndfile's errors for non-audio input come in several types
         raise _invalid("not a readable audio file (WAV, FLAC, OGG/Vorbis, Opus, MP3, ...)") from None
-    if not MIN_RATE_HZ <= info.samplerate <= MAX_RATE_HZ:
-        raise _invalid(f"sample rate {info.samplerate} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
+    if not MIN_FILE_RATE_HZ <= info.samplerate <= MAX_FILE_RATE_HZ:
+        raise _invalid(f"sample rate {info.samplerate} Hz is outside {MIN_FILE_RATE_HZ}-{MAX_FILE_RATE_HZ} Hz")
     if not 1 <= info.channels <= MAX_CHANNELS:
         raise _invalid(f"{info.channels} channels; 1 to {MAX_CHANNELS} are supported")
     if info.subtype not in ACCEPTED_SUBTYPES:
@@ -127,10 +126,6 @@ def probe(path: Path, max_seconds: float) -> Probe:
     if seconds > max_seconds:
         raise HushwireError("FILE_TOO_LARGE", f"{seconds:.0f} s of audio is over the limit of {max_seconds:.0f} s")
     return Probe(info.format, info.subtype, int(info.samplerate), int(info.channels), int(info.frames))
-
-
-def _native_rate(rate: int) -> int:
-    return rate if rate in SUPPORTED_RATES else next((r for r in SUPPORTED_RATES if r >= rate), SUPPORTED_RATES[-1])
 
 
 class _Resampler:
@@ -189,7 +184,7 @@ def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str
                                     attempt=attempt):
                 raise _Cancelled
 
-        rate = _native_rate(job.sample_rate)
+        rate = native_rate(job.sample_rate)
         denoiser = Denoiser(rate, job.channels, job.attenuation_limit_db)
         to_native = _Resampler(job.sample_rate, rate, job.channels)
         from_native = _Resampler(rate, job.sample_rate, job.channels)

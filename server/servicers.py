@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,9 +12,12 @@ from pathlib import Path
 
 import grpc
 
+from hushwire.contract.job_status import STATUS_PROTO
+from hushwire.contract.limits import check_attenuation_limit
+from hushwire.contract.metadata import RESULT_TOKEN_KEY
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
-from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
+from server.auth import current_principal, maybe_principal
 from server.blobs import (
     BLOB_UNAVAILABLE_MSG,
     STORAGE_FULL_MSG,
@@ -203,14 +205,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
 # -- jobs ------------------------------------------------------------------------------------------
 
-_STATUS = {
-    store_mod.PENDING: jobs_pb2.JOB_STATUS_PENDING,
-    store_mod.PRE_PROCESSING: jobs_pb2.JOB_STATUS_PRE_PROCESSING,
-    store_mod.PROCESSING: jobs_pb2.JOB_STATUS_PROCESSING,
-    store_mod.POST_PROCESSING: jobs_pb2.JOB_STATUS_POST_PROCESSING,
-    store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
-    store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
-}
 MAX_FILE_NAME_CHARS = 255
 MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
@@ -227,10 +221,10 @@ def _clean_name(name: str, limit: int) -> str:
 def _options_limit(options: jobs_pb2.JobOptions) -> float | None:
     if not options.HasField("attenuation_limit_db"):
         return None
-    db = options.attenuation_limit_db
-    if not math.isfinite(db) or db < 0:
-        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
-    return float(db)
+    try:
+        return check_attenuation_limit(float(options.attenuation_limit_db))
+    except ValueError as exc:
+        raise HushwireError("INVALID_REQUEST", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -252,7 +246,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
 
     def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
         msg = jobs_pb2.Job(
-            job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
+            job_id=job.job_id, status=STATUS_PROTO[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,

@@ -14,8 +14,8 @@ import pytest
 from conftest import ServerProcess, create_key, free_port, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from hushwire.contract import pcm
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server import pcm
 
 
 @pytest.fixture(scope="module")
