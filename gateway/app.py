@@ -11,7 +11,8 @@ Routes (DESIGN.md, "Files (REST gateway, DeepHearing-compatible)"):
 - ``GET|POST /stat/jobs/{job_id}``: ``Jobs.GetJob`` → the DeepHearing status keys
 - ``GET /results/{job_id}?expires=&sig=``: ``Jobs.DownloadResult`` with the signed token, streamed
 - ``GET /me``: ``Account.WhoAmI``; ``GET /healthz``, ``GET /readyz``; ``/docs``, ``/openapi.json``
-- ``GET /`` and ``/console/*``: the web console (gateway.console), with a strict Content-Security-Policy
+- ``GET /`` and ``/console/*``: the web console (gateway.console), with a strict Content-Security-Policy;
+  ``GET /console/limits.json``: the stream limits the console uses (the contract's values)
 - ``WS /live``: one WebSocket bridged to one ``Enhancer.StreamEnhance`` call (gateway.live, protocol there)
 """
 
@@ -46,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.jobs import job_to_dict
 from gateway.config import GatewayConfig
-from gateway.console import ConsoleAssets, console_page
+from gateway.console import ConsoleAssets, console_limits, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
@@ -353,6 +354,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",
           response_class=JSONResponse, responses={200: reply("ready", "Status"), **ERROR_REPLIES})
     route("/", gw.console, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    route("/console/limits.json", console_limits, methods=["GET"], include_in_schema=False)
     app.mount("/console", ConsoleAssets(), name="console-assets")
     app.add_api_websocket_route("/live", gw.live)
     route("/docs", gw.docs, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
