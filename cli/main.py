@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hushwire.settings import SETTINGS, ConfigError, resolve
+from hushwire.settings import SETTINGS, ConfigError, check_client_tls, resolve
 from server.config import ServerConfig, one_blas_thread
 
 __all__ = ["ClientConfig", "main"]
@@ -24,13 +24,16 @@ _STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper"]
 _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
     "log_format",
-    "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user", "max_upload_bytes",
-    "max_upload_seconds", "lease_seconds", "metrics_port", "workers", "stream_batch_ms", "health_http_port",
+    "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_audio_seconds_per_day_per_user", "max_upload_bytes",
+    "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
+    "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
 ]
-_CLIENT_SETTINGS = ["target", "key", "connect_timeout"]
+_CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
-                     "connect_timeout", "max_upload_bytes", "upload_idle_seconds"]
+                     "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
+                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
 
 
 @dataclass(frozen=True)
@@ -40,26 +43,34 @@ class ClientConfig:
     target: str = "127.0.0.1:50051"
     key: str | None = None
     connect_timeout: float = 10.0
+    client_tls_ca: str | None = None
+    client_tls_cert: str | None = None
+    client_tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_client_tls("--tls-", self.client_tls_ca, self.client_tls_cert, self.client_tls_key)
 
 
 class UsageError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
-    """Add the flag for setting ``name``; its default is None so resolve() can tell it was not given."""
+def _flag(parser: argparse.ArgumentParser, name: str, by_name: bool = False, **kw: Any) -> None:
+    """Add the flag for setting ``name``; its default is None so resolve() can tell it was not given.
+    The flag is the setting's own (``--tls-cert`` for ``gateway_tls_cert``), or with ``by_name`` the
+    setting's name (``config show``, where every role's settings share one parser)."""
     s = SETTINGS[name]
+    flag = "--" + name.replace("_", "-") if by_name else s.flag
     help_ = kw.pop("help", s.help)
     env = f" [env {s.env}]" if s.env else ""
     default = s.default if not callable(s.default) else "see docs"
-    parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                        help=f"{help_}{env} (default: {default})", **kw)
+    parser.add_argument(flag, dest=name, default=None, help=f"{help_}{env} (default: {default})", **kw)
 
 
-def _common(parser: argparse.ArgumentParser, names: list[str]) -> None:
+def _common(parser: argparse.ArgumentParser, names: list[str], by_name: bool = False) -> None:
     parser.add_argument("--config", default=None, help="TOML config file [env HUSHWIRE_CONFIG]")
     for name in names:
-        _flag(parser, name)
+        _flag(parser, name, by_name)
 
 
 def _settings(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -73,6 +84,11 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
 
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     return ClientConfig(**_settings(args, _CLIENT_SETTINGS))
+
+
+def _tls(cfg: ClientConfig) -> dict[str, str | None]:
+    """A client command's TLS files, as the client classes take them."""
+    return {"tls_ca": cfg.client_tls_ca, "tls_cert": cfg.client_tls_cert, "tls_key": cfg.client_tls_key}
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -167,7 +183,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     audio = _read(args.input, read_audio)
     x, rate = to_stream_rate(audio.samples, audio.sample_rate)
     try:
-        with EnhancerClient(cfg.target, cfg.key, connect_timeout=cfg.connect_timeout) as client:
+        with EnhancerClient(cfg.target, cfg.key, connect_timeout=cfg.connect_timeout, **_tls(cfg)) as client:
             y = client.enhance(x, rate, chunk_ms=args.chunk_ms, realtime=args.realtime,
                                attenuation_limit_db=args.attenuation_limit)
     except HushwireClientError as exc:
@@ -221,7 +237,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
     cfg = _client_config(args)
     try:
-        with JobsClient(cfg.target, cfg.key, timeout=cfg.connect_timeout) as jobs:
+        with JobsClient(cfg.target, cfg.key, timeout=cfg.connect_timeout, **_tls(cfg)) as jobs:
             if args.jobs_cmd == "submit":
                 return _jobs_submit(args, jobs)
             if args.jobs_cmd == "list":
@@ -297,7 +313,7 @@ def _cmd_mic(args: argparse.Namespace) -> int:
             target=cfg.target, key=cfg.key, connect_timeout=cfg.connect_timeout, input_device=args.input_device,
             output_device=args.output_device, rate=args.rate, channels=args.channels, block_ms=args.block_ms,
             attenuation_limit_db=args.attenuation_limit, record=args.record, record_raw=args.record_raw,
-            playback=not args.no_playback, duration=args.duration,
+            playback=not args.no_playback, duration=args.duration, **_tls(cfg),
         )
         return run_mic(opts)
     except MicError as exc:
@@ -334,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--host", default=None, help="listen host [env HUSHWIRE_GATEWAY_HOST] (default: 127.0.0.1)")
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
     for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
-                 "upload_idle_seconds"):
+                 "upload_idle_seconds", "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert",
+                 "grpc_tls_key"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 
@@ -405,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="config show: print the effective settings (secrets masked)")
     config.add_argument("action", nargs="?", choices=["show"], default="show")
     _common(config, [n for n in (*_SERVER_SETTINGS, "gateway_host", "gateway_port", "grpc_target", "public_url",
-                                 *_CLIENT_SETTINGS) if n not in _SECRETS])
+                                 *_CLIENT_SETTINGS) if n not in _SECRETS], by_name=True)
     config.set_defaults(func=_cmd_config)
     return p
 

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import grpc
 
+from client.channel import ClientTLS, open_channel
 from client.errors import HushwireClientError, from_rpc_error
 from hushwire.contract import job_status
 from hushwire.contract.job_status import STATUS_NAMES
@@ -46,13 +47,16 @@ def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, o
 
 
 class JobsClient:
-    """Blocking client for file jobs. ``key`` goes in metadata ``authorization``."""
+    """Blocking client for file jobs. ``key`` goes in metadata ``authorization``; ``tls_*`` as in
+    :class:`client.EnhancerClient`."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.target = target
         self.key = key
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._channel = open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key),
+                                     options=[("grpc.max_receive_message_length", 8 << 20)])
         self._stub = jobs_pb2_grpc.JobsStub(self._channel)
 
     def __enter__(self) -> JobsClient:

@@ -57,6 +57,13 @@ class MicOptions:
     record_raw: str | None = None
     playback: bool = True
     duration: float | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def client(self) -> EnhancerClient:
+        return EnhancerClient(self.target, self.key, connect_timeout=self.connect_timeout, tls_ca=self.tls_ca,
+                              tls_cert=self.tls_cert, tls_key=self.tls_key)
 
 
 @dataclass
@@ -245,7 +252,7 @@ class MicSession:
     def _network(self) -> None:
         attempt = 0
         try:
-            with EnhancerClient(self.opts.target, self.opts.key, connect_timeout=self.opts.connect_timeout) as c:
+            with self.opts.client() as c:
                 while True:
                     try:
                         live = c.stream(self._blocks(), self.rate, self.opts.channels,
@@ -386,7 +393,7 @@ def _connect(opts: MicOptions) -> None:
     """Wait for the server, retrying with backoff within the connect budget, and say so."""
     deadline = time.monotonic() + opts.connect_timeout
     attempt = 0
-    with EnhancerClient(opts.target, opts.key, connect_timeout=opts.connect_timeout) as c:
+    with opts.client() as c:
         while True:
             left = deadline - time.monotonic()
             try:

@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.channel import ClientTLS, open_aio_channel, open_channel
 from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_retryable
 from hushwire.contract import pcm
 from hushwire.contract.metadata import AUTHORIZATION_KEY
@@ -476,15 +477,19 @@ class _AsyncLive:
 
 
 class EnhancerClient:
-    """Blocking client. Use as a context manager, or call :meth:`close`."""
+    """Blocking client. Use as a context manager, or call :meth:`close`.
+
+    ``tls_ca`` (a PEM file) makes it talk TLS to a server whose certificate that CA signed; add
+    ``tls_cert`` and ``tls_key`` for a server that requires client certificates (mutual TLS)."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
         self.target = target
         self.key = key
         self.connect_timeout = connect_timeout
-        self._channel = grpc.insecure_channel(target)
+        self._channel = open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key))
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._ready = False  # checked once, and again after a retryable failure
@@ -551,11 +556,12 @@ class AsyncEnhancerClient:
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
         self.target = target
         self.key = key
         self.connect_timeout = connect_timeout
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = open_aio_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key))
         self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._ready = False  # checked once, and again after a retryable failure

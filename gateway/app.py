@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import signal
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from importlib import metadata as importlib_metadata
@@ -45,6 +46,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from client.channel import ClientTLS, open_aio_channel
+from client.errors import HushwireClientError
 from client.jobs import job_to_dict
 from gateway.config import GatewayConfig
 from gateway.console import ConsoleAssets, console_limits, console_page
@@ -84,14 +87,18 @@ def public_url_of(config: GatewayConfig, port: int) -> str:
     if config.gateway_host in WILDCARD_HOSTS:
         raise ConfigError(f"--public-url is required when the gateway listens on all interfaces "
                           f"({config.gateway_host or '*'}): result URLs must name an address clients can reach")
-    return f"http://{_url_host(config.gateway_host)}:{port}"
+    return f"{_scheme(config)}://{_url_host(config.gateway_host)}:{port}"
+
+
+def _scheme(config: GatewayConfig) -> str:
+    return "https" if config.gateway_tls_cert else "http"
 
 
 class _Upstream:
     """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, tls: ClientTLS | None) -> None:
+        self.channel = open_aio_channel(target, tls, CHANNEL_OPTIONS)
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
         self.account = jobs_pb2_grpc.AccountStub(self.channel)
@@ -167,9 +174,10 @@ class _Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        self._upstream = _Upstream(self.config.grpc_target)
-        log.info("forwarding to the hushwire server at %s; result URLs start with %s", self.config.grpc_target,
-                 self.public_url)
+        c = self.config
+        self._upstream = _Upstream(c.grpc_target, ClientTLS.of(c.grpc_tls_ca, c.grpc_tls_cert, c.grpc_tls_key))
+        log.info("forwarding to the hushwire server at %s%s; result URLs start with %s", c.grpc_target,
+                 " over TLS" if c.grpc_tls_ca else "", self.public_url)
         try:
             yield
         finally:
@@ -412,18 +420,38 @@ async def _serve(server: uvicorn.Server, sockets: Sequence[socket.socket], url: 
     await task
 
 
+def _check_tls_files(config: GatewayConfig) -> None:
+    """Unreadable or mismatched TLS files are a one-line ConfigError before anything starts."""
+    if config.gateway_tls_cert and config.gateway_tls_key:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.gateway_tls_cert,
+                                                                               config.gateway_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"gateway --tls-cert/--tls-key: cannot use {config.gateway_tls_cert}: {exc}") \
+                from None
+    tls = ClientTLS.of(config.grpc_tls_ca, config.grpc_tls_cert, config.grpc_tls_key)
+    if tls is not None:
+        try:
+            tls.credentials()
+        except HushwireClientError as exc:
+            raise ConfigError(f"gateway --grpc-tls-*: {exc.msg}") from None
+
+
 def run(config: GatewayConfig) -> int:
     """Bind, serve until SIGTERM/SIGINT, and return the exit status. With port 0 the port the system
     gave is the one logged (``listening on http://HOST:PORT``) and used in result URLs."""
     if not config.public_url and config.gateway_host in WILDCARD_HOSTS:
         public_url_of(config, config.gateway_port)   # raises the one-line ConfigError
+    _check_tls_files(config)
     sock = _bind(config.gateway_host, config.gateway_port)
     port = sock.getsockname()[1]
     config = dataclasses.replace(config, gateway_port=port)
     app = create_app(config)
+    # uvicorn's own TLS (the ssl module): HTTPS, and wss:// for /live, when the gateway has a certificate.
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False,
-                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws_max_size=MAX_MESSAGE_BYTES))
-    url = f"http://{_url_host(config.gateway_host)}:{port}"
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws_max_size=MAX_MESSAGE_BYTES,
+                                    ssl_certfile=config.gateway_tls_cert, ssl_keyfile=config.gateway_tls_key))
+    url = f"{_scheme(config)}://{_url_host(config.gateway_host)}:{port}"
     try:
         asyncio.run(_serve(server, [sock], url))
     finally:

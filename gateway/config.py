@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hushwire.settings import ConfigError, check_client_tls
+
 __all__ = ["GatewayConfig"]
 
 
@@ -21,3 +23,13 @@ class GatewayConfig:
     connect_timeout: float = 10.0
     max_upload_bytes: int = 200 * 1000**2
     upload_idle_seconds: float = 60.0
+    gateway_tls_cert: str | None = None
+    gateway_tls_key: str | None = None
+    grpc_tls_ca: str | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):
+            raise ConfigError("gateway: --tls-cert and --tls-key go together: give both, or neither")
+        check_client_tls("gateway: --grpc-tls-", self.grpc_tls_ca, self.grpc_tls_cert, self.grpc_tls_key)

@@ -13,6 +13,9 @@ flight, whatever the file size. Nothing is spooled to disk.
 Atomicity (DESIGN.md): every file is submitted with ``hold = true``. If any file is refused, or the
 request fails in any other way, the jobs already created are deleted with ``Jobs.CancelJob`` and the
 reply is that error; only when every file was accepted does the gateway call ``Jobs.StartJob`` for each.
+If the gateway dies mid-request, the server sweeps the held jobs once their hold runs out
+(``Job.hold_seconds``); so while a request goes on, the gateway renews its held jobs
+(``Jobs.RenewHolds``) at each new part and as the body flows, whenever a third of the hold has passed.
 
 The gateway checks only the HTTP shape (content type, form fields, number of files, body size,
 the option's syntax). Everything about the audio is the server's to check.
@@ -106,6 +109,8 @@ class _Upload:
         self._files = 0
         self._attenuation: float | None = None
         self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
+        self._hold_s = 0.0                        # the server's hold on held jobs (from its replies)
+        self._renewed_at = 0.0                    # monotonic time of the last activity on all of them
 
     # -- parser callbacks: record only; the async work happens in _replay ---------------------------
 
@@ -153,6 +158,7 @@ class _Upload:
                     except FormParserError as exc:
                         raise GatewayError("INVALID_REQUEST", f"malformed multipart body: {exc}") from None
                     await self._replay()
+                    await self._renew_if_due()
             parser.finalize()
             await self._replay()
             if not self._ended:
@@ -248,6 +254,7 @@ class _Upload:
         self._files += 1
         if self._files > self._limits.max_files:
             raise GatewayError("INVALID_REQUEST", f"at most {self._limits.max_files} files per request")
+        await self._renew_if_due()
         spec = jobs_pb2.JobSpec(file_name=_text(params[b"filename"]), file_key=part.name, hold=True)
         if self._attenuation is not None:
             spec.options.attenuation_limit_db = self._attenuation
@@ -266,6 +273,9 @@ class _Upload:
             except grpc.aio.AioRpcError as exc:
                 raise await from_call_error(exc, part.status, "upload") from None
             part.call = None
+            if not self._jobs:
+                self._renewed_at = asyncio.get_running_loop().time()
+            self._hold_s = job.hold_seconds
             self._jobs.append((part.name, job.job_id))
 
     async def _send(self, part: _Part, final: bool) -> None:
@@ -306,6 +316,22 @@ class _Upload:
     @staticmethod
     async def _outcome(call: _SubmitCall) -> jobs_pb2.Job:
         return await call
+
+    async def _renew_if_due(self) -> None:
+        """Renew the held jobs of this request once a third of their hold has passed since the last time."""
+        now = asyncio.get_running_loop().time()
+        if not self._jobs or not self._hold_s or now - self._renewed_at < self._hold_s / 3:
+            return
+        ids = [job_id for _, job_id in self._jobs]
+        try:
+            reply = await self._stub.RenewHolds(jobs_pb2.RenewHoldsRequest(job_ids=ids), metadata=self._metadata,
+                                                timeout=self._limits.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        if reply.missing_job_ids:
+            raise GatewayError("REQUEST_TIMEOUT", "the upload took so long that the server released the files it "
+                               "had already accepted; send the request again")
+        self._renewed_at = now
 
     async def _start_all(self) -> None:
         options = None

@@ -20,13 +20,15 @@ from prometheus_client import start_http_server
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http
 from server.auth import AuthInterceptor
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig
 from server.health_http import Health, HealthMirror
 from server.jobs import JobRunner
 from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
 from server.signing import Signer, load_secret
 from server.store import Store
+from server.sweeper import Sweeper
+from server.tls import CertificateReloader, TLSFiles
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
 
@@ -51,7 +53,9 @@ class Server:
     registry: StreamRegistry
     store: Store
     runner: JobRunner
+    sweeper: Sweeper
     mirror: HealthMirror | None = None
+    tls: CertificateReloader | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
@@ -65,6 +69,7 @@ class Server:
                 self.registry.end_all()
                 await self.registry.wait_idle(5.0)
         await self.runner.stop()
+        await self.sweeper.stop()
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
         if self.mirror is not None:
@@ -75,8 +80,14 @@ async def create_server(config: ServerConfig) -> Server:
     """Create, bind and start the server; health is SERVING when this returns."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # Bound first: a busy port is a configuration error before anything has started.
-    mirror_sock = health_http.bind(config.host, config.health_http_port) if config.health_http_port is not None \
-        else None
+    mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
+        if config.health_http_port is not None else None
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            tls = CertificateReloader(TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     blobs = config.open_blobs()
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
@@ -89,7 +100,8 @@ async def create_server(config: ServerConfig) -> Server:
                        log_format=config.log_format)
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
-                       config.max_bytes_per_day_per_user)
+                       config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
+                       config.hold_seconds)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
@@ -104,7 +116,8 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0)
+    enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
+                                config.max_audio_seconds_per_day_per_user)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
@@ -116,29 +129,43 @@ async def create_server(config: ServerConfig) -> Server:
     )
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
-    port = grpc_server.add_insecure_port(address)
+    # With TLS files the port speaks TLS only: a plaintext client fails its handshake.
+    port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
+        else grpc_server.add_insecure_port(address)
     await health_state.set(False)  # until the workers are up
     await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
     if mirror is not None:
         await mirror.start()  # answers 503 during the warm-up below
     await runner.start()
+    sweeper = Sweeper(store, blobs, config.hold_seconds)
+    sweeper.start()
     await runner.warm_up()
     if config.metrics_port is not None:
-        start_http_server(config.metrics_port, addr=config.host, registry=METRICS.registry)
+        start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, mirror)
+    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls)
 
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, drain, and return the exit status (0)."""
     server = await create_server(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("listening on %s:%d", host, server.port)
+    log.info("listening on %s:%d%s", host, server.port,
+             "" if server.tls is None else " (TLS, client certificates required)" if config.tls_client_ca
+             else " (TLS)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if server.tls is not None:
+        tls = server.tls
+
+        def on_sighup() -> None:
+            log.info("SIGHUP: new TLS connections re-read %s", tls.files.cert)
+            tls.reload_now()
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     log.info("shutting down: draining for up to %.1f s", config.drain_seconds)
     await server.drain(config.drain_seconds)

@@ -44,13 +44,26 @@ class ServerConfig:
     max_streams_per_user: int = 256
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
+    max_audio_seconds_per_day_per_user: float = 360000.0
     max_upload_bytes: int = 200 * 1000**2
     max_upload_seconds: float = 7200.0
     lease_seconds: float = 30.0
+    hold_seconds: float = 120.0
     metrics_port: int | None = None
     workers: int | None = None
     stream_batch_ms: float = 1.0
     health_http_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    health_http_host: str = "127.0.0.1"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
 
     def open_store(self) -> Store:
         """The store with its key pepper (configured, or generated into the data dir on first use).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -33,6 +35,7 @@ from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
 from server.streams import StreamBatcher, StreamSession
+from server.tls import peer_subject
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
 
@@ -93,11 +96,17 @@ class _StreamStats:
     max_processing_s: float = 0.0
 
 
+def audio_quota_msg(limit_s: float) -> str:
+    return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
+
+
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0) -> None:
+    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
+                 max_audio_seconds_per_day: float = math.inf) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
+        self._max_audio_s = max_audio_seconds_per_day
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -112,12 +121,17 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         session: StreamSession | None = None
         try:
             self._registry.add(task, principal.uid)
+            # The daily audio quota is checked when a stream opens; an open stream is never cut (its
+            # seconds count when it closes).
+            if (await asyncio.to_thread(self._store.usage_today, principal.uid))[1] >= self._max_audio_s:
+                raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
                 METRICS.streams_open.inc()
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
-                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding)
+                      rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
+                      **_client_subject(context))
                 await self._run(context, session, stats)
         except HushwireError as err:
             await abort_with(context, err)
@@ -209,6 +223,13 @@ MAX_FILE_NAME_CHARS = 255
 MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
+
+
+def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """``{"client_subject": ...}`` for a mutual-TLS caller (its certificate's subject), else nothing."""
+    subject = peer_subject(context)
+    return {} if subject is None else {"client_subject": subject}
 
 
 def _clean_name(name: str, limit: int) -> str:
@@ -233,6 +254,8 @@ class JobLimits:
     max_upload_seconds: float
     max_queued_jobs_per_user: int
     max_bytes_per_day_per_user: int
+    max_audio_seconds_per_day_per_user: float = math.inf
+    hold_seconds: float = 120.0
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -251,6 +274,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
             duration_seconds=job.frames / job.sample_rate, format=job.format,
+            hold_seconds=self._limits.hold_seconds if job.held else 0.0,
         )
         if job.attenuation_limit_db is not None:
             msg.options.attenuation_limit_db = job.attenuation_limit_db
@@ -290,10 +314,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
                                 "per user; wait for some to finish")
-        quota_left = self._limits.max_bytes_per_day_per_user - self._store.uploaded_today(principal.uid)
+        bytes_today, seconds_today = self._store.usage_today(principal.uid)
+        quota_left = self._limits.max_bytes_per_day_per_user - bytes_today
         quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
         if quota_left <= 0 or spec.size_hint_bytes > quota_left:
             raise HushwireError("RATE_LIMITED", quota_msg)
+        seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
+        if seconds_left <= 0:
+            raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -311,6 +339,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                         raise HushwireError("RATE_LIMITED", quota_msg)
                     f.write(req.chunk)
             info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
+            billed = info.frames / info.sample_rate * info.channels
+            if billed > seconds_left:
+                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
+                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
+                                    f"{self._limits.max_audio_seconds_per_day_per_user:g} s per user)")
             await self._commit(tmp, upload_blob)
         except OSError as exc:
             if not is_storage_full(exc):
@@ -328,15 +361,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
+            hold_expires=now + self._limits.hold_seconds if spec.hold else None,
         )
         try:
             self._store.create_job(job)
         except BaseException:
             await self._delete_blobs(upload_blob)
             raise
-        self._store.record_upload(principal.key_id, principal.uid, size)
+        self._store.record_upload(principal.key_id, principal.uid, size, job.billed_seconds)
         event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held)
+              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
+              **_client_subject(context))
         if not job.held:
             self._runner.poke()
         return self._to_proto(job)
@@ -391,6 +426,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError("unreachable") from None
         self._runner.poke()
         return self._to_proto(self._own_job(job.job_id))
+
+    async def RenewHolds(  # noqa: N802
+        self, request: jobs_pb2.RenewHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RenewHoldsResponse:
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            await abort_with(context, HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids"))
+        until = time.time() + self._limits.hold_seconds
+        ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
+        missing = await asyncio.to_thread(self._store.renew_holds, current_principal().uid, ids, until)
+        missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
+        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=self._limits.hold_seconds)
 
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext

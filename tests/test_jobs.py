@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +329,26 @@ def test_sigkill_mid_job_then_restart_completes(tmp_path: Path, database_url: st
             store.close()
     finally:
         assert srv2.stop() == 0
+
+
+def test_one_users_queue_does_not_hold_back_another_users_job(tmp_path: Path, database_url: str) -> None:
+    """Fair claims with a real server and one worker: A queues three long jobs, then B a short one.
+    B's job runs as soon as A's running job ends, before the rest of A's queue."""
+    flags = ("--database-url", database_url, "--workers", "1")
+    a_key = create_key(tmp_path, "--database-url", database_url, "--name", "a")
+    b_key = create_key(tmp_path, "--database-url", database_url, "--name", "b")
+    long = _write(tmp_path / "long.wav", _noise(16000, 60.0), 16000)
+    short = _write(tmp_path / "short.wav", _noise(16000, 0.5), 16000)
+    srv = start_server(tmp_path, *flags)
+    try:
+        with JobsClient(srv.target, a_key) as a, JobsClient(srv.target, b_key) as b:
+            a_ids = [a.submit(long).job_id for _ in range(3)]
+            b_id = b.submit(short).job_id
+            assert a.get(a_ids[0]).status != jobs_pb2.JOB_STATUS_COMPLETED, "A's first job ended too soon to test"
+            assert STATUS_NAMES[b.wait(b_id, timeout=120).status] == "completed"
+            for job_id in a_ids:
+                a.cancel(job_id)
+        claims = re.findall(r"job pre-processing job_id='([^']+)'", srv.log)
+        assert claims[:2] == [a_ids[0], b_id], (claims, a_ids, b_id)
+    finally:
+        assert srv.stop() == 0, srv.log

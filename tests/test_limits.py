@@ -109,3 +109,41 @@ def test_upload_refused_mid_body_by_the_quota_is_429_every_time(tmp_path: Path) 
     finally:
         assert gw.stop() == 0
         assert srv.stop() == 0
+
+
+def test_daily_audio_seconds_per_user(tmp_path: Path) -> None:
+    """``--max-audio-seconds-per-day-per-user`` counts billed seconds (audio x channels): jobs when
+    submitted, streams when they close. It is checked at submit and when a stream opens; a stream
+    already open is never cut, even when other usage takes the user over the quota meanwhile."""
+    key = create_key(tmp_path, "--name", "a")
+    other = create_key(tmp_path, "--name", "b")
+    srv = start_server(tmp_path, "--max-audio-seconds-per-day-per-user", "4")
+    stereo = tmp_path / "stereo.wav"
+    sf.write(str(stereo), np.zeros((24000, 2), np.float32), 16000)   # 1.5 s x 2 channels = 3 billed s
+    try:
+        with JobsClient(srv.target, key) as jobs, EnhancerClient(srv.target, key) as live:
+            assert jobs.submit(stereo, hold=True).billed_time == pytest.approx(3.0)
+            with pytest.raises(HushwireClientError) as info:   # 3 + 1.5 > 4: refused, nothing stored
+                jobs.submit(_wav(tmp_path / "m.wav", 1.5), hold=True)
+            assert info.value.code == "RATE_LIMITED" and "daily audio quota" in info.value.msg, info.value
+            assert len(list(jobs.list())) == 1
+
+            def chunks():  # type: ignore[no-untyped-def]
+                yield np.zeros(8000, np.float32)
+                # While this stream is open, a job takes the user to the quota exactly (3 + 1 = 4).
+                jobs.submit(_wav(tmp_path / "one.wav", 1.0), hold=True)
+                for _ in range(3):
+                    yield np.zeros(8000, np.float32)
+
+            out = [o.audio for o in live.stream(chunks(), 16000)]   # 2 s more: never cut
+            assert sum(len(a) for a in out) >= 32000
+            with pytest.raises(HushwireClientError) as info:   # 6 s admitted today: new streams refused
+                live.enhance(np.zeros(160, np.float32), 16000)
+            assert info.value.code == "RATE_LIMITED" and info.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(HushwireClientError) as info:
+                jobs.submit(_wav(tmp_path / "tiny.wav", 0.1), hold=True)
+            assert info.value.code == "RATE_LIMITED" and "used up" in info.value.msg
+        with EnhancerClient(srv.target, other) as live:   # another user is not affected
+            assert live.enhance(np.zeros(160, np.float32), 16000).shape == (160,)
+    finally:
+        assert srv.stop() == 0

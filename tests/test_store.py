@@ -202,6 +202,84 @@ def test_a_job_that_keeps_losing_its_worker_fails(database_url: str) -> None:
         store.close()
 
 
+def test_claims_take_turns_across_users(database_url: str) -> None:
+    """Fair claims: user A's queue does not hold back B's job, which was submitted after all of A's and
+    is claimed as soon as a worker is free; then users take turns (least recent service)."""
+    store = Store(database_url, PEPPER)
+    try:
+        (a, ka), (b, kb), (c, kc) = _user(store), _user(store), _user(store)
+        t0 = time.time()
+        for i in range(4):
+            store.create_job(_job(f"a{i}", a, ka, t0 + i * 1e-3))
+        first = store.claim_next("w1", 60.0, 3)
+        assert first is not None and first.job_id == "a0"
+        store.create_job(_job("b0", b, kb, t0 + 1.0))   # the newest job of all
+        second = store.claim_next("w2", 60.0, 3)
+        assert second is not None and second.job_id == "b0", "B's job waited behind A's queue"
+        third = store.claim_next("w3", 60.0, 3)  # only A has jobs left: a worker is never left idle
+        assert third is not None and third.job_id == "a1"
+        for job in (first, second, third):
+            assert store.finish_job(job.job_id, job.lease_owner or "", result_blob="r", result_format="WAV",
+                                    attempt=job.attempts)
+        # One worker, three users with queues: they take turns.
+        for i in range(1, 3):
+            store.create_job(_job(f"b{i}", b, kb, t0 + 2.0 + i * 1e-3))
+        store.create_job(_job("c0", c, kc, t0 + 3.0))
+        order = []
+        while (job := store.claim_next("w", 60.0, 3)) is not None:
+            order.append(job.job_id)
+            assert store.finish_job(job.job_id, "w", result_blob="r", result_format="WAV", attempt=job.attempts)
+        # Least recent service: C (never served), then B (last served with b0), then A (a1), and so on.
+        assert order == ["c0", "b1", "a2", "b2", "a3"], order
+    finally:
+        store.close()
+
+
+def test_the_user_with_fewer_jobs_running_goes_first(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    try:
+        (a, ka), (b, kb) = _user(store), _user(store)
+        t0 = time.time()
+        store.create_job(_job("b0", b, kb, t0))
+        store.create_job(_job("b1", b, kb, t0 + 0.001))
+        running = store.claim_next("w1", 60.0, 3)
+        assert running is not None and running.job_id == "b0"
+        for i in range(3):
+            store.create_job(_job(f"a{i}", a, ka, t0 + 1 + i * 1e-3))
+        # B has a job running and A none: A goes first, although B's waiting job is older.
+        got = store.claim_next("w2", 60.0, 3)
+        assert got is not None and got.job_id == "a0"
+        got = store.claim_next("w3", 60.0, 3)   # one running each; B was served less recently
+        assert got is not None and got.job_id == "b1"
+    finally:
+        store.close()
+
+
+def test_held_jobs_expire_unless_renewed_and_each_is_swept_once(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    other = Store(database_url)   # a second replica sweeping at the same time
+    try:
+        (a, ka), (b, _) = _user(store), _user(store)
+        now = time.time()
+        for name in ("kept", "lapsed"):
+            store.create_job(_job(name, a, ka, now, held=True, hold_expires=now + 1.0))
+        store.create_job(_job("free", a, ka, now))   # not held: never swept
+        assert store.renew_holds(a, ["kept", "free", "nope"], now + 60) == ["free", "nope"]
+        assert store.renew_holds(b, ["kept"], now + 60) == ["kept"]   # another user's job is not renewed
+        assert store.claim_next("w", 30.0, 3).job_id == "free"  # type: ignore[union-attr]  # held ones wait
+        assert store.sweep_held(now + 0.5) == []
+        with ThreadPoolExecutor(2) as pool:
+            swept = list(pool.map(lambda s: s.sweep_held(now + 2.0), (store, other)))
+        assert sorted(j.job_id for part in swept for j in part) == ["lapsed"]
+        assert store.get_job("lapsed") is None and store.get_job("kept") is not None
+        assert store.start_job("kept", None, False)
+        assert store.sweep_held(now + 120) == []   # started: no longer held
+        assert store.renew_holds(a, ["kept"], now + 60) == ["kept"]
+    finally:
+        other.close()
+        store.close()
+
+
 def test_requeue_returns_one_owners_jobs(database_url: str) -> None:
     store = Store(database_url, PEPPER)
     try:

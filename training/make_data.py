@@ -1,16 +1,22 @@
 """Rebuild the training data from installable sources, with a fixed seed.
 
     OMP_NUM_THREADS=1 .venv/bin/python training/make_data.py [--out training/data] [--seed 20251126]
+        [--noise-seed 1127]
 
 Speech: sentences from ``sentences.py`` spoken by Debian's TTS voices, one
 synthesis process at a time (espeak-ng variants, flite voices, festival
-diphone and HTS voices), each with random speaking rate and pitch, resampled
+diphone voices), each with random speaking rate and pitch, resampled
 to 16 kHz, half of them also re-pitched by a small resampling factor. Needs
-``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
-festvox-us-slt-hts``.
+``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k``.
 
 Noise: per type a bank of clips from ``noises.py`` plus babble made of TTS
-utterances that are kept out of the speech set.
+utterances that are kept out of the speech set, all drawn from one generator seeded
+with ``--noise-seed``.
+
+Held out (``heldout.py``): the evaluation set's voices (festival ``cmu_us_slt_arctic_hts``,
+flite ``rms``, espeak-ng ``+f4`` and ``+m7``) are left out of the voice lists below, a
+generated sentence equal to one of its sentences is drawn again, and the noise seed must be
+below ``heldout.NOISE_SEED_MIN`` (the evaluation set's noise seeds start there).
 
 Output (under ``--out``): ``speech.npy`` (float16, all utterances end to end),
 ``speech_index.npy`` (start, length per utterance), ``noise_<type>.npy``
@@ -32,23 +38,28 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import heldout  # noqa: E402
 import noises  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
-from sentences import make_paragraph  # noqa: E402
+from sentences import make_sentence  # noqa: E402
 
 SR = 16000
 SEED = 20251126
+NOISE_SEED = 1127  # below heldout.NOISE_SEED_MIN; up to issue #16 it was SEED + 1
 ESPEAK_LANGS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc",
                 "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
+_ALL_ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f2", "+f3",
                    "+f4", "+f5", "+klatt", "+klatt2", "+klatt3", "+klatt4", "+croak", "+Andy", "+Annie",
                    "+edward", "+steph", "+Denis", "+linda", "+john", "+paul", "+belinda", "+benjamin",
                    "+grandma", "+grandpa", "+aunty", "+adam", "+anika", "+david", "+robert", "+victor",
                    "+zac", "+max", "+Alex", "+Gene", "+Lee", "+Mike", "+shelby", "+quincy")
-FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
-FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+# The held-out voices are removed here, once, so no draw below can pick them.
+ESPEAK_VARIANTS = tuple(v for v in _ALL_ESPEAK_VARIANTS if v not in heldout.ESPEAK_VARIANTS)
+FLITE_VOICES = tuple(v for v in ("kal", "kal16", "awb", "rms", "slt") if v not in heldout.FLITE_VOICES)
+FESTIVAL_VOICES = tuple(v for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+                        if v not in heldout.FESTIVAL_VOICES)
 # Utterances per engine (1-3 sentences each, about 5 s on average).
 N_ESPEAK, N_FLITE, N_FESTIVAL = 1300, 650, 480
 N_BABBLE_UTTS = 300          # extra espeak/flite utterances used only inside babble
@@ -73,6 +84,16 @@ def _trim(x: np.ndarray, keep_s: float = 0.15) -> np.ndarray:
         return x
     k = int(keep_s * SR)
     return x[max(0, act[0] * 160 - k): min(len(x), (act[-1] + 1) * 160 + k)]
+
+
+def make_paragraph(rng: random.Random, n_sentences: int) -> str:
+    """``n_sentences`` training sentences; one that is a held-out sentence is drawn again."""
+    out = []
+    while len(out) < n_sentences:
+        sentence = make_sentence(rng)
+        if not heldout.is_heldout_sentence(sentence):
+            out.append(sentence)
+    return " ".join(out)
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> None:
@@ -165,8 +186,10 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
     return speech, meta, babble_pool
 
 
-def build_noise(out: Path, seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
-    rng = np.random.default_rng(seed + 1)
+def build_noise(out: Path, noise_seed: int, babble_pool: list[np.ndarray]) -> dict[str, int]:
+    if noise_seed >= heldout.NOISE_SEED_MIN:
+        raise SystemExit(f"--noise-seed {noise_seed}: seeds from {heldout.NOISE_SEED_MIN} up are the evaluation set's")
+    rng = np.random.default_rng(noise_seed)
     n = int(NOISE_CLIP_S * SR)
     counts = {}
     for name, gen in [*noises.GENERATORS.items(), ("babble", None)]:
@@ -183,7 +206,9 @@ def build_noise(out: Path, seed: int, babble_pool: list[np.ndarray]) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
-    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--seed", type=int, default=SEED, help="speech: sentences, voices, settings")
+    ap.add_argument("--noise-seed", type=int, default=NOISE_SEED,
+                    help=f"noise clips and babble (below {heldout.NOISE_SEED_MIN}: held out above)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +219,8 @@ def main() -> None:
     np.save(out / "speech.npy", np.concatenate(speech).astype(np.float16))
     np.save(out / "speech_index.npy", idx)
     print(f"speech: {len(speech)} utterances, {lens.sum() / SR / 3600:.2f} h", flush=True)
-    counts = build_noise(out, args.seed, babble_pool)
-    manifest = {"seed": args.seed, "sample_rate": SR, "utterances": meta,
+    counts = build_noise(out, args.noise_seed, babble_pool)
+    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "sample_rate": SR, "utterances": meta,
                 "speech_hours": float(lens.sum() / SR / 3600), "noise_clips": counts,
                 "noise_clip_s": NOISE_CLIP_S, "build_seconds": round(time.time() - t0)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -25,6 +25,7 @@ __all__ = [
     "SETTINGS",
     "Setting",
     "bind_tcp",
+    "check_client_tls",
     "default_data_dir",
     "reference_table",
     "resolve",
@@ -84,6 +85,14 @@ def _count(text: str | int) -> int:
     return n
 
 
+def _positive(text: str | float) -> float:
+    """A duration that must be more than 0 seconds."""
+    x = float(text)
+    if not x > 0:
+        raise ValueError("must be more than 0")
+    return x
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -102,7 +111,7 @@ class Setting:
 
     @property
     def flag(self) -> str:
-        return "--" + {"gateway_host": "host", "gateway_port": "port"}.get(self.name, self.name).replace("_", "-")
+        return "--" + _FLAG_NAMES.get(self.name, self.name).replace("_", "-")
 
     @property
     def help(self) -> str:
@@ -117,9 +126,18 @@ class Setting:
                     "database_url": "SQLite in the data dir",
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
                     "workers": "one per core", "metrics_port": "off",
-                    "health_http_port": "off"}.get(self.name, "none")
+                    "health_http_port": "off", "tls_cert": "off (plaintext)", "gateway_tls_cert": "off (HTTP)",
+                    "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)"}.get(self.name, "none")
         return f"`{self.default}`"
 
+
+# The same flag on different subcommands (``serve --tls-cert``, ``gateway --tls-cert``, ``enhance
+# --tls-cert``) names different settings: their environment and TOML names differ per role.
+_FLAG_NAMES = {
+    "gateway_host": "host", "gateway_port": "port",
+    "gateway_tls_cert": "tls_cert", "gateway_tls_key": "tls_key",
+    "client_tls_ca": "tls_ca", "client_tls_cert": "tls_cert", "client_tls_key": "tls_key",
+}
 
 _HELP = {
     "data_dir": "where the SQLite file, blobs and the signing secret live",
@@ -143,9 +161,17 @@ _HELP = {
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
                 "(shared by replicas; needs `hushwire[scale]`)",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
+    "hold_seconds": "a job submitted with `hold` (each file of a `POST /enhance` until all are accepted) that "
+                    "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
+                    "the hold while it forwards the request, so keep it above the gateway's "
+                    "--upload-idle-seconds",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
+    "max_audio_seconds_per_day_per_user": "seconds of audio x channels per user per UTC day, counted for jobs "
+                                          "at submit and for streams when they close; checked when a job is "
+                                          "submitted or a stream opens, and an open stream is never cut "
+                                          "(RATE_LIMITED beyond)",
     "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
     "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
     "connect_timeout": "how long clients (and the gateway) wait for the server",
@@ -156,6 +182,21 @@ _HELP = {
     "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
                         "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
                         "`option httpchk`)",
+    "metrics_host": "the metrics port's listen address (plain HTTP, whatever the gRPC port speaks)",
+    "health_http_host": "the health mirror's listen address (plain HTTP, whatever the gRPC port speaks)",
+    "tls_cert": "serve gRPC over TLS only, with this certificate chain (PEM); re-read when the file changes or "
+                "on SIGHUP (server)",
+    "tls_key": "the private key (PEM) of `--tls-cert` (server)",
+    "tls_client_ca": "require client certificates signed by this CA (PEM): mutual TLS (server)",
+    "gateway_tls_cert": "serve HTTPS with this certificate chain (PEM) (`hushwire gateway --tls-cert`)",
+    "gateway_tls_key": "the private key (PEM) of the gateway's `--tls-cert`",
+    "grpc_tls_ca": "call the gRPC server over TLS, trusting this CA (PEM) (gateway)",
+    "grpc_tls_cert": "the gateway's client certificate (PEM) for a server that requires mutual TLS",
+    "grpc_tls_key": "the private key (PEM) of `--grpc-tls-cert`",
+    "client_tls_ca": "talk to the server over TLS, trusting this CA (PEM) (`enhance`, `jobs`, `mic`)",
+    "client_tls_cert": "the client certificate (PEM) for a server that requires mutual TLS (`enhance`, `jobs`, "
+                       "`mic`)",
+    "client_tls_key": "the private key (PEM) of the client's `--tls-cert`",
 }
 
 
@@ -193,12 +234,15 @@ SETTINGS: dict[str, Setting] = {
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
+        Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
                 "limits.max_queued_jobs_per_user", 100, int),
         Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
                 "limits.max_bytes_per_day_per_user", "10 GB", _size),
+        Setting("max_audio_seconds_per_day_per_user", "HUSHWIRE_MAX_AUDIO_SECONDS_PER_DAY_PER_USER",
+                "limits.max_audio_seconds_per_day_per_user", 360000.0, float),
         Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
         Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
                 7200.0, float),
@@ -207,6 +251,21 @@ SETTINGS: dict[str, Setting] = {
         Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
         Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, _count),
         Setting("health_http_port", "HUSHWIRE_HEALTH_HTTP_PORT", "server.health_http_port", None, _port),
+        # Plain-HTTP side doors stay on loopback unless asked: a TLS server on 0.0.0.0 must not
+        # expose them by accident.
+        Setting("metrics_host", "HUSHWIRE_METRICS_HOST", "server.metrics_host", "127.0.0.1"),
+        Setting("health_http_host", "HUSHWIRE_HEALTH_HTTP_HOST", "server.health_http_host", "127.0.0.1"),
+        Setting("tls_cert", "HUSHWIRE_TLS_CERT", "server.tls_cert", None),
+        Setting("tls_key", "HUSHWIRE_TLS_KEY", "server.tls_key", None),
+        Setting("tls_client_ca", "HUSHWIRE_TLS_CLIENT_CA", "server.tls_client_ca", None),
+        Setting("gateway_tls_cert", "HUSHWIRE_GATEWAY_TLS_CERT", "gateway.tls_cert", None),
+        Setting("gateway_tls_key", "HUSHWIRE_GATEWAY_TLS_KEY", "gateway.tls_key", None),
+        Setting("grpc_tls_ca", "HUSHWIRE_GATEWAY_GRPC_TLS_CA", "gateway.grpc_tls_ca", None),
+        Setting("grpc_tls_cert", "HUSHWIRE_GATEWAY_GRPC_TLS_CERT", "gateway.grpc_tls_cert", None),
+        Setting("grpc_tls_key", "HUSHWIRE_GATEWAY_GRPC_TLS_KEY", "gateway.grpc_tls_key", None),
+        Setting("client_tls_ca", "HUSHWIRE_CLIENT_TLS_CA", None, None),
+        Setting("client_tls_cert", "HUSHWIRE_CLIENT_TLS_CERT", None, None),
+        Setting("client_tls_key", "HUSHWIRE_CLIENT_TLS_KEY", None, None),
     ]
 }
 
@@ -265,7 +324,7 @@ def resolve(
     for name in names:
         s = SETTINGS[name]
         raw: Any = flags.get(name)
-        where = f"--{name.replace('_', '-')}"
+        where = s.flag
         if raw is None and s.env and env.get(s.env) not in (None, ""):
             raw, where = env[s.env], s.env
         if raw is None and s.toml:
@@ -282,3 +341,9 @@ def resolve(
     return out
 
 
+def check_client_tls(prefix: str, ca: str | None, cert: str | None, key: str | None) -> None:
+    """A TLS client's settings fit together (the gateway's to the server, a client command's)."""
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{prefix}cert and {prefix}key go together: give both, or neither")
+    if cert is not None and ca is None:
+        raise ConfigError(f"{prefix}cert needs {prefix}ca: a client certificate is only sent over TLS")

@@ -11,6 +11,9 @@ Every claim counts an attempt, and a worker's later writes name the attempt they
 a worker whose lease ran out (and whose job another worker took) can no longer change the job:
 a job completes, and is billed, exactly once.
 
+Claims are fair across users (:meth:`Store.claim_next`): fewest jobs running first, then least
+recent service, so a user's queue never delays another user's job beyond the jobs already running.
+
 Keys are random 192-bit tokens. The store keeps HMAC-SHA256(pepper, key) only: the pepper lives
 outside the database (a file in the data dir, or configuration shared by replicas), so a leaked
 database alone does not let anyone test guesses. The raw key is never stored or logged. The lookup
@@ -89,6 +92,7 @@ class JobRow:
     lease_owner: str | None = None
     lease_expires: float | None = None
     attempts: int = 0
+    hold_expires: float | None = None   # while held: unix time after which the job is swept unless renewed
 
     @property
     def billed_seconds(self) -> float:
@@ -103,12 +107,14 @@ def _day(t: float) -> str:
 
 
 def _add_usage(db: Engine, key_id: int, uid: int, now: float, *, billed_seconds: float = 0.0,
-               upload_bytes: int = 0, jobs: int = 0) -> None:
+               upload_bytes: int = 0, jobs: int = 0, admitted_seconds: float = 0.0) -> None:
     db.execute(
-        "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs) VALUES (?, ?, ?, ?, ?, ?) "
+        "INSERT INTO usage (key_id, uid, day, billed_seconds, upload_bytes, jobs, admitted_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (key_id, day) DO UPDATE SET billed_seconds = usage.billed_seconds + excluded.billed_seconds, "
-        "upload_bytes = usage.upload_bytes + excluded.upload_bytes, jobs = usage.jobs + excluded.jobs",
-        (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs))
+        "upload_bytes = usage.upload_bytes + excluded.upload_bytes, jobs = usage.jobs + excluded.jobs, "
+        "admitted_seconds = usage.admitted_seconds + excluded.admitted_seconds",
+        (key_id, uid, _day(now), billed_seconds, upload_bytes, jobs, admitted_seconds))
 
 
 def _sha256_key(key: str) -> bytes:
@@ -269,11 +275,34 @@ class Store:
         with self._lock:
             if set_options:
                 cur = self._db.execute(
-                    "UPDATE jobs SET held = 0, attenuation_limit_db = ? WHERE job_id = ?",
+                    "UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? WHERE job_id = ?",
                     (attenuation_limit_db, job_id))
             else:
-                cur = self._db.execute("UPDATE jobs SET held = 0 WHERE job_id = ?", (job_id,))
+                cur = self._db.execute("UPDATE jobs SET held = 0, hold_expires = NULL WHERE job_id = ?", (job_id,))
             return bool(cur.rowcount == 1)
+
+    def renew_holds(self, uid: int, job_ids: list[str], until: float) -> list[str]:
+        """Push the sweep time of the user's held jobs to ``until``; returns the ids that are not (or no
+        longer) held jobs of ``uid``."""
+        missing = []
+        with self._tx() as db:
+            for job_id in job_ids:
+                cur = db.execute("UPDATE jobs SET hold_expires = ? WHERE job_id = ? AND uid = ? AND held = 1",
+                                 (until, job_id, uid))
+                if cur.rowcount != 1:
+                    missing.append(job_id)
+        return missing
+
+    def sweep_held(self, now: float, limit: int = 100) -> list[JobRow]:
+        """Delete held jobs whose hold ran out before ``now`` (at most ``limit``); returns their rows (their
+        blobs are the caller's to delete). Replicas sweeping at once delete each job once."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 1 AND hold_expires < ? LIMIT ?{db.skip_locked}",
+                (now, limit)).fetchall()
+            for row in rows:
+                db.execute("DELETE FROM jobs WHERE job_id = ?", (row[0],))
+        return [JobRow(*r) for r in rows]
 
     def delete_job(self, job_id: str) -> JobRow | None:
         """Remove the job's row; returns it (its blobs are the caller's to delete)."""
@@ -286,16 +315,23 @@ class Store:
         return JobRow(*row)
 
     def claim_next(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRow | None:
-        """Lease the oldest runnable job: pending and not held, or in flight with an expired lease.
+        """Lease the next runnable job (pending and not held, or in flight with an expired lease), fairly
+        across users: the user with the fewest jobs running goes first, then the one served least
+        recently (``users.last_served``, set by every claim), then the user's oldest job. So one user's
+        queue never holds back another user's job: it waits at most for the jobs already running.
         A job that already used ``max_attempts`` leases fails instead (a poison file must not loop).
         The returned row's ``attempts`` names this claim in the worker's later writes."""
         now = time.time()
         with self._tx() as db:
             while True:
                 row = db.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE held = 0 AND (status = ? OR "
-                    f"(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY created_at LIMIT 1{db.skip_locked}",
-                    (PENDING, *IN_FLIGHT, now),
+                    f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE held = 0 AND (status = ? OR "
+                    "(status IN (?, ?, ?) AND lease_expires < ?)) ORDER BY "
+                    "(SELECT COUNT(*) FROM jobs r WHERE r.uid = j.uid AND r.status IN (?, ?, ?) "
+                    "AND r.lease_expires >= ?), "
+                    "COALESCE((SELECT u.last_served FROM users u WHERE u.uid = j.uid), 0), "
+                    f"j.created_at, j.job_id LIMIT 1{db.skip_locked}",
+                    (PENDING, *IN_FLIGHT, now, *IN_FLIGHT, now),
                 ).fetchone()
                 if row is None:
                     return None
@@ -310,6 +346,9 @@ class Store:
                     "UPDATE jobs SET status = ?, progress = 0, lease_owner = ?, lease_expires = ?, "
                     "attempts = attempts + 1, mod_time = ? WHERE job_id = ?",
                     (PRE_PROCESSING, owner, now + lease_seconds, now, job.job_id))
+                # Strictly increasing per claim, so two claims in one clock tick still take turns.
+                db.execute("UPDATE users SET last_served = "
+                           "(SELECT MAX(last_served) FROM users) + 1 WHERE uid = ?", (job.uid,))
                 return JobRow(**{**job.__dict__, "status": PRE_PROCESSING, "progress": 0.0, "mod_time": now,
                                  "lease_owner": owner, "lease_expires": now + lease_seconds,
                                  "attempts": job.attempts + 1})
@@ -378,21 +417,29 @@ class Store:
                 "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
         return counts, int(queued), oldest
 
+    def usage_today(self, uid: int) -> tuple[int, float]:
+        """What the user was admitted today (UTC), over all their keys: upload bytes, and seconds of
+        audio (x channels: jobs count when submitted, streams when they close)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(upload_bytes), 0), COALESCE(SUM(admitted_seconds), 0) FROM usage "
+                "WHERE uid = ? AND day = ?", (uid, _day(time.time()))).fetchone()
+        return int(row[0]), float(row[1])
+
     def uploaded_today(self, uid: int) -> int:
         """Bytes the user's accepted uploads took today (UTC), over all their keys."""
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(upload_bytes), 0) FROM usage WHERE uid = ? AND day = ?",
-                                   (uid, _day(time.time()))).fetchone()
-        return int(row[0])
+        return self.usage_today(uid)[0]
 
-    def record_upload(self, key_id: int, uid: int, nbytes: int) -> None:
+    def record_upload(self, key_id: int, uid: int, nbytes: int, seconds: float = 0.0) -> None:
+        """An accepted upload: its bytes, and its billed seconds against the daily audio quota."""
         with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes)
+            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes, admitted_seconds=seconds)
 
     def record_stream(self, key_id: int, uid: int, billed_seconds: float) -> None:
         """Usage of a finished live stream (seconds of audio x channels)."""
         with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds)
+            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds,
+                       admitted_seconds=billed_seconds)
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""

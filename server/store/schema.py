@@ -75,6 +75,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE api_keys ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
     """,
+    # version 4: fair claims (when each user was last given a worker) and the daily audio quota
+    # (seconds admitted: jobs at submit, streams when they close)
+    """
+    ALTER TABLE users ADD COLUMN last_served REAL NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN admitted_seconds REAL NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_by_user_status ON jobs (uid, status);
+    CREATE INDEX users_by_service ON users (last_served);
+    """,
+    # version 5: held jobs expire unless renewed (rows held before this version get the default 120 s)
+    """
+    ALTER TABLE jobs ADD COLUMN hold_expires REAL;
+    UPDATE jobs SET hold_expires = mod_time + 120 WHERE held = 1;
+    CREATE INDEX jobs_by_hold ON jobs (held, hold_expires);
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

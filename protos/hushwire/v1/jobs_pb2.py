@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hushwire/v1/jobs.proto\x12\x0bhushwire.v1\"H\n\nJobOptions\x12!\n\x14\x61ttenuation_limit_db\x18\x01 \x01(\x02H\x00\x88\x01\x01\x42\x17\n\x15_attenuation_limit_db\"\x7f\n\x07JobSpec\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08\x66ile_key\x18\x02 \x01(\t\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\x12\x0c\n\x04hold\x18\x04 \x01(\x08\x12\x17\n\x0fsize_hint_bytes\x18\x05 \x01(\x04\"P\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x14.hushwire.v1.JobSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"%\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0b\n\x03msg\x18\x02 \x01(\t\"9\n\nResultLink\x12\x0f\n\x07\x65xpires\x18\x01 \x01(\x03\x12\x0b\n\x03sig\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"\xa5\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.hushwire.v1.JobStatus\x12\x10\n\x08progress\x18\x03 \x01(\x02\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x10\n\x08\x66ile_key\x18\x05 \x01(\t\x12\x0b\n\x03uid\x18\x06 \x01(\x04\x12\x13\n\x0b\x62illed_time\x18\x07 \x01(\x01\x12\x11\n\ttimestamp\x18\x08 \x01(\x03\x12\x10\n\x08mod_time\x18\t \x01(\x03\x12\r\n\x05model\x18\n \x01(\t\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x15.hushwire.v1.JobError\x12\'\n\x06result\x18\x0c \x01(\x0b\x32\x17.hushwire.v1.ResultLink\x12\x16\n\x0esample_rate_hz\x18\r \x01(\r\x12\x10\n\x08\x63hannels\x18\x0e \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x0f \x01(\x01\x12\x0e\n\x06\x66ormat\x18\x10 \x01(\t\x12(\n\x07options\x18\x11 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\x12\x0c\n\x04held\x18\x12 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.hushwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x43\x61ncelJobResponse\"K\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\"\'\n\x15\x44ownloadResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\nResultInfo\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"Y\n\x16\x44ownloadResultResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x17.hushwire.v1.ResultInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\x0f\n\rWhoAmIRequest\";\n\x0eWhoAmIResponse\x12\x0b\n\x03uid\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\x04*\xca\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x1d\n\x19JOB_STATUS_PRE_PROCESSING\x10\x02\x12\x19\n\x15JOB_STATUS_PROCESSING\x10\x03\x12\x1e\n\x1aJOB_STATUS_POST_PROCESSING\x10\x04\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n\x11JOB_STATUS_FAILED\x10\x06\x32\xac\x03\n\x04Jobs\x12>\n\tSubmitJob\x12\x1d.hushwire.v1.SubmitJobRequest\x1a\x10.hushwire.v1.Job(\x01\x12\x36\n\x06GetJob\x12\x1a.hushwire.v1.GetJobRequest\x1a\x10.hushwire.v1.Job\x12G\n\x08ListJobs\x12\x1c.hushwire.v1.ListJobsRequest\x1a\x1d.hushwire.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.hushwire.v1.CancelJobRequest\x1a\x1e.hushwire.v1.CancelJobResponse\x12:\n\x08StartJob\x12\x1c.hushwire.v1.StartJobRequest\x1a\x10.hushwire.v1.Job\x12[\n\x0e\x44ownloadResult\x12\".hushwire.v1.DownloadResultRequest\x1a#.hushwire.v1.DownloadResultResponse0\x01\x32L\n\x07\x41\x63\x63ount\x12\x41\n\x06WhoAmI\x12\x1a.hushwire.v1.WhoAmIRequest\x1a\x1b.hushwire.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hushwire/v1/jobs.proto\x12\x0bhushwire.v1\"H\n\nJobOptions\x12!\n\x14\x61ttenuation_limit_db\x18\x01 \x01(\x02H\x00\x88\x01\x01\x42\x17\n\x15_attenuation_limit_db\"\x7f\n\x07JobSpec\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08\x66ile_key\x18\x02 \x01(\t\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\x12\x0c\n\x04hold\x18\x04 \x01(\x08\x12\x17\n\x0fsize_hint_bytes\x18\x05 \x01(\x04\"P\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x14.hushwire.v1.JobSpecH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"%\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0b\n\x03msg\x18\x02 \x01(\t\"9\n\nResultLink\x12\x0f\n\x07\x65xpires\x18\x01 \x01(\x03\x12\x0b\n\x03sig\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"\xbb\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.hushwire.v1.JobStatus\x12\x10\n\x08progress\x18\x03 \x01(\x02\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x10\n\x08\x66ile_key\x18\x05 \x01(\t\x12\x0b\n\x03uid\x18\x06 \x01(\x04\x12\x13\n\x0b\x62illed_time\x18\x07 \x01(\x01\x12\x11\n\ttimestamp\x18\x08 \x01(\x03\x12\x10\n\x08mod_time\x18\t \x01(\x03\x12\r\n\x05model\x18\n \x01(\t\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x15.hushwire.v1.JobError\x12\'\n\x06result\x18\x0c \x01(\x0b\x32\x17.hushwire.v1.ResultLink\x12\x16\n\x0esample_rate_hz\x18\r \x01(\r\x12\x10\n\x08\x63hannels\x18\x0e \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x0f \x01(\x01\x12\x0e\n\x06\x66ormat\x18\x10 \x01(\t\x12(\n\x07options\x18\x11 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\x12\x0c\n\x04held\x18\x12 \x01(\x08\x12\x14\n\x0chold_seconds\x18\x14 \x01(\x02\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.hushwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x43\x61ncelJobResponse\"K\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x07options\x18\x02 \x01(\x0b\x32\x17.hushwire.v1.JobOptions\"$\n\x11RenewHoldsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"C\n\x12RenewHoldsResponse\x12\x17\n\x0fmissing_job_ids\x18\x01 \x03(\t\x12\x14\n\x0chold_seconds\x18\x02 \x01(\x02\"\'\n\x15\x44ownloadResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\nResultInfo\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"Y\n\x16\x44ownloadResultResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x17.hushwire.v1.ResultInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\x0f\n\rWhoAmIRequest\";\n\x0eWhoAmIResponse\x12\x0b\n\x03uid\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\x04*\xca\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x1d\n\x19JOB_STATUS_PRE_PROCESSING\x10\x02\x12\x19\n\x15JOB_STATUS_PROCESSING\x10\x03\x12\x1e\n\x1aJOB_STATUS_POST_PROCESSING\x10\x04\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n\x11JOB_STATUS_FAILED\x10\x06\x32\xfb\x03\n\x04Jobs\x12>\n\tSubmitJob\x12\x1d.hushwire.v1.SubmitJobRequest\x1a\x10.hushwire.v1.Job(\x01\x12\x36\n\x06GetJob\x12\x1a.hushwire.v1.GetJobRequest\x1a\x10.hushwire.v1.Job\x12G\n\x08ListJobs\x12\x1c.hushwire.v1.ListJobsRequest\x1a\x1d.hushwire.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.hushwire.v1.CancelJobRequest\x1a\x1e.hushwire.v1.CancelJobResponse\x12:\n\x08StartJob\x12\x1c.hushwire.v1.StartJobRequest\x1a\x10.hushwire.v1.Job\x12M\n\nRenewHolds\x12\x1e.hushwire.v1.RenewHoldsRequest\x1a\x1f.hushwire.v1.RenewHoldsResponse\x12[\n\x0e\x44ownloadResult\x12\".hushwire.v1.DownloadResultRequest\x1a#.hushwire.v1.DownloadResultResponse0\x01\x32L\n\x07\x41\x63\x63ount\x12\x41\n\x06WhoAmI\x12\x1a.hushwire.v1.WhoAmIRequest\x1a\x1b.hushwire.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hushwire.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATUS']._serialized_start=1434
-  _globals['_JOBSTATUS']._serialized_end=1636
+  _globals['_JOBSTATUS']._serialized_start=1563
+  _globals['_JOBSTATUS']._serialized_end=1765
   _globals['_JOBOPTIONS']._serialized_start=39
   _globals['_JOBOPTIONS']._serialized_end=111
   _globals['_JOBSPEC']._serialized_start=113
@@ -44,31 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTLINK']._serialized_start=363
   _globals['_RESULTLINK']._serialized_end=420
   _globals['_JOB']._serialized_start=423
-  _globals['_JOB']._serialized_end=844
-  _globals['_GETJOBREQUEST']._serialized_start=846
-  _globals['_GETJOBREQUEST']._serialized_end=877
-  _globals['_LISTJOBSREQUEST']._serialized_start=879
-  _globals['_LISTJOBSREQUEST']._serialized_end=935
-  _globals['_LISTJOBSRESPONSE']._serialized_start=937
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1012
-  _globals['_CANCELJOBREQUEST']._serialized_start=1014
-  _globals['_CANCELJOBREQUEST']._serialized_end=1048
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1050
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1069
-  _globals['_STARTJOBREQUEST']._serialized_start=1071
-  _globals['_STARTJOBREQUEST']._serialized_end=1146
-  _globals['_DOWNLOADRESULTREQUEST']._serialized_start=1148
-  _globals['_DOWNLOADRESULTREQUEST']._serialized_end=1187
-  _globals['_RESULTINFO']._serialized_start=1189
-  _globals['_RESULTINFO']._serialized_end=1262
-  _globals['_DOWNLOADRESULTRESPONSE']._serialized_start=1264
-  _globals['_DOWNLOADRESULTRESPONSE']._serialized_end=1353
-  _globals['_WHOAMIREQUEST']._serialized_start=1355
-  _globals['_WHOAMIREQUEST']._serialized_end=1370
-  _globals['_WHOAMIRESPONSE']._serialized_start=1372
-  _globals['_WHOAMIRESPONSE']._serialized_end=1431
-  _globals['_JOBS']._serialized_start=1639
-  _globals['_JOBS']._serialized_end=2067
-  _globals['_ACCOUNT']._serialized_start=2069
-  _globals['_ACCOUNT']._serialized_end=2145
+  _globals['_JOB']._serialized_end=866
+  _globals['_GETJOBREQUEST']._serialized_start=868
+  _globals['_GETJOBREQUEST']._serialized_end=899
+  _globals['_LISTJOBSREQUEST']._serialized_start=901
+  _globals['_LISTJOBSREQUEST']._serialized_end=957
+  _globals['_LISTJOBSRESPONSE']._serialized_start=959
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1034
+  _globals['_CANCELJOBREQUEST']._serialized_start=1036
+  _globals['_CANCELJOBREQUEST']._serialized_end=1070
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1072
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1091
+  _globals['_STARTJOBREQUEST']._serialized_start=1093
+  _globals['_STARTJOBREQUEST']._serialized_end=1168
+  _globals['_RENEWHOLDSREQUEST']._serialized_start=1170
+  _globals['_RENEWHOLDSREQUEST']._serialized_end=1206
+  _globals['_RENEWHOLDSRESPONSE']._serialized_start=1208
+  _globals['_RENEWHOLDSRESPONSE']._serialized_end=1275
+  _globals['_DOWNLOADRESULTREQUEST']._serialized_start=1277
+  _globals['_DOWNLOADRESULTREQUEST']._serialized_end=1316
+  _globals['_RESULTINFO']._serialized_start=1318
+  _globals['_RESULTINFO']._serialized_end=1391
+  _globals['_DOWNLOADRESULTRESPONSE']._serialized_start=1393
+  _globals['_DOWNLOADRESULTRESPONSE']._serialized_end=1482
+  _globals['_WHOAMIREQUEST']._serialized_start=1484
+  _globals['_WHOAMIREQUEST']._serialized_end=1499
+  _globals['_WHOAMIRESPONSE']._serialized_start=1501
+  _globals['_WHOAMIRESPONSE']._serialized_end=1560
+  _globals['_JOBS']._serialized_start=1768
+  _globals['_JOBS']._serialized_end=2275
+  _globals['_ACCOUNT']._serialized_start=2277
+  _globals['_ACCOUNT']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

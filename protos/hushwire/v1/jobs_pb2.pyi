@@ -71,7 +71,7 @@ class ResultLink(_message.Message):
     def __init__(self, expires: _Optional[int] = ..., sig: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "status", "progress", "file_name", "file_key", "uid", "billed_time", "timestamp", "mod_time", "model", "error", "result", "sample_rate_hz", "channels", "duration_seconds", "format", "options", "held")
+    __slots__ = ("job_id", "status", "progress", "file_name", "file_key", "uid", "billed_time", "timestamp", "mod_time", "model", "error", "result", "sample_rate_hz", "channels", "duration_seconds", "format", "options", "held", "hold_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Job(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: JobStatus
     progress: float
@@ -108,7 +109,8 @@ class Job(_message.Message):
     format: str
     options: JobOptions
     held: bool
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., uid: _Optional[int] = ..., billed_time: _Optional[float] = ..., timestamp: _Optional[int] = ..., mod_time: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[ResultLink, _Mapping]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., format: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., held: _Optional[bool] = ...) -> None: ...
+    hold_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., uid: _Optional[int] = ..., billed_time: _Optional[float] = ..., timestamp: _Optional[int] = ..., mod_time: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[ResultLink, _Mapping]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., format: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., held: _Optional[bool] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -149,6 +151,20 @@ class StartJobRequest(_message.Message):
     job_id: str
     options: JobOptions
     def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
+
+class RenewHoldsRequest(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RenewHoldsResponse(_message.Message):
+    __slots__ = ("missing_job_ids", "hold_seconds")
+    MISSING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    missing_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    hold_seconds: float
+    def __init__(self, missing_job_ids: _Optional[_Iterable[str]] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
 
 class DownloadResultRequest(_message.Message):
     __slots__ = ("job_id",)

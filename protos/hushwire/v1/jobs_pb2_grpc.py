@@ -59,6 +59,11 @@ class JobsStub:
                 request_serializer=hushwire_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
                 response_deserializer=hushwire_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.RenewHolds = channel.unary_unary(
+                '/hushwire.v1.Jobs/RenewHolds',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.FromString,
+                _registered_method=True)
         self.DownloadResult = channel.unary_stream(
                 '/hushwire.v1.Jobs/DownloadResult',
                 request_serializer=hushwire_dot_v1_dot_jobs__pb2.DownloadResultRequest.SerializeToString,
@@ -107,6 +112,16 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewHolds(self, request, context):
+        """Keeps held jobs alive. The server cancels (deletes) a held job that has seen no activity (its
+        submission, or a renewal) for its hold time (`Job.hold_seconds`, the server's --hold-seconds):
+        so a client that dies between submitting and starting leaves nothing behind. The gateway renews
+        the holds of a request's earlier files while it forwards the later ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadResult(self, request, context):
         """Server-streamed result: the first message carries `info`, the rest carry `chunk`s.
         """
@@ -141,6 +156,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.StartJob,
                     request_deserializer=hushwire_dot_v1_dot_jobs__pb2.StartJobRequest.FromString,
                     response_serializer=hushwire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'RenewHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewHolds,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.SerializeToString,
             ),
             'DownloadResult': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadResult,
@@ -283,6 +303,33 @@ class Jobs:
             '/hushwire.v1.Jobs/StartJob',
             hushwire_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
             hushwire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Jobs/RenewHolds',
+            hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,66 @@
+"""The one place the client library opens gRPC channels: plaintext, TLS, or mutual TLS.
+
+``tls_ca`` (a PEM file) turns TLS on and is the only CA trusted for the server's certificate;
+``tls_cert`` and ``tls_key`` add a client certificate for a server that requires mutual TLS
+(``hushwire serve --tls-client-ca``). Without ``tls_ca`` the channel is plaintext, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from client.errors import HushwireClientError
+
+__all__ = ["ClientTLS", "open_aio_channel", "open_channel"]
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files: the CA that signed the server's certificate, and an optional client certificate and key."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def of(cls, ca: str | None, cert: str | None = None, key: str | None = None) -> ClientTLS | None:
+        """None (plaintext) without a CA; a client certificate needs its key, and TLS."""
+        if (cert is None) != (key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if ca is None:
+            if cert is not None:
+                raise ValueError("a client certificate (tls_cert) needs tls_ca: it is only sent over TLS")
+            return None
+        return cls(ca, cert, key)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise HushwireClientError(None, None, f"cannot read TLS file {path}: {exc.strerror or exc}") \
+                    from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca),
+            private_key=read(self.key) if self.key is not None else None,
+            certificate_chain=read(self.cert) if self.cert is not None else None,
+        )
+
+
+def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.secure_channel(target, tls.credentials(), options=list(options))
+
+
+def open_aio_channel(target: str, tls: ClientTLS | None = None,
+                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    return grpc.aio.secure_channel(target, tls.credentials(), options=list(options))
