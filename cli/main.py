@@ -25,9 +25,10 @@ _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
     "log_format",
     "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
-    "max_audio_seconds_per_day_per_user", "max_upload_bytes",
+    "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
+    "slow_consumer_seconds", "stream_idle_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`

@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 
 from client.errors import HushwireClientError
+from hushwire.contract.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
 
-__all__ = ["ClientTLS", "open_aio_channel", "open_channel"]
+__all__ = ["ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,19 @@ class ClientTLS:
         )
 
 
+def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """Every channel's options: the server's keepalive contract (hushwire.contract.keepalive), then ``options``."""
+    return [*KEEPALIVE_OPTIONS, *options]
+
+
 def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     if tls is None:
-        return grpc.insecure_channel(target, options=list(options))
-    return grpc.secure_channel(target, tls.credentials(), options=list(options))
+        return grpc.insecure_channel(target, options=channel_options(options))
+    return grpc.secure_channel(target, tls.credentials(), options=channel_options(options))
 
 
 def open_aio_channel(target: str, tls: ClientTLS | None = None,
                      options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    return grpc.aio.secure_channel(target, tls.credentials(), options=list(options))
+        return grpc.aio.insecure_channel(target, options=channel_options(options))
+    return grpc.aio.secure_channel(target, tls.credentials(), options=channel_options(options))

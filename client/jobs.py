@@ -80,16 +80,19 @@ class JobsClient:
     def submit(
         self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
         attenuation_limit_db: float | None = None, hold: bool = False,
-        on_bytes: Callable[[int], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None, idempotency_key: str | None = None,
     ) -> jobs_pb2.Job:
-        """Upload a file (path or binary file object) in chunks and create a job."""
+        """Upload a file (path or binary file object) in chunks and create a job. With
+        ``idempotency_key``, a retry of the same upload (after a lost reply) returns the job the first
+        one made instead of a second job (``JobSpec.idempotency_key``)."""
         f: BinaryIO
         if isinstance(source, str | os.PathLike):
             own, f, default_name = True, open(source, "rb"), Path(source).name
         else:
             own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
         name = file_name or default_name
-        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold)
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold,
+                                idempotency_key=idempotency_key or "")
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
         if own:

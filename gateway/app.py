@@ -54,7 +54,7 @@ from gateway.console import ConsoleAssets, console_limits, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
-from gateway.openapi import ENHANCE_BODY, ERROR_REPLIES, openapi_document, reply
+from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, openapi_document, reply
 from gateway.upload import UploadLimits, enhance_upload
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from hushwire.settings import ConfigError, bind_tcp
@@ -186,10 +186,10 @@ class _Gateway:
 
     # -- files --------------------------------------------------------------------------------------
 
-    async def enhance(self, request: Request) -> JSONResponse:
+    async def enhance(self, request: Request) -> Response:
         """Upload one or more audio files; each becomes a job. The reply maps field names to job ids."""
-        result = await enhance_upload(request, self.upstream.jobs, _metadata(request), self.limits)
-        return JSONResponse(result)
+        body = await enhance_upload(request, self.upstream.jobs, _metadata(request), self.limits)
+        return Response(body, media_type="application/json")
 
     async def stat(self, request: Request, job_id: str) -> JSONResponse:
         """A job's status with the DeepHearing keys, plus `progress` and, for failed jobs, `error`."""
@@ -344,8 +344,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
     secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     route = app.add_api_route
     route("/enhance", gw.enhance, methods=["POST"], tags=["files"], summary="Enhance files",
-          response_class=JSONResponse, openapi_extra={"requestBody": ENHANCE_BODY, "security": secured},
-          responses={200: reply("job ids by form field name", "EnhanceReply"), **ERROR_REPLIES})
+          response_class=JSONResponse,
+          openapi_extra={"requestBody": ENHANCE_BODY, "parameters": ENHANCE_PARAMETERS, "security": secured},
+          responses={200: reply("job ids by form field name (a retry with the same Idempotency-Key gets the "
+                                "same reply)", "EnhanceReply"),
+                     409: reply("IDEMPOTENCY_CONFLICT: the Idempotency-Key was used with a different request, or "
+                                "its first request is still running", "Error"),
+                     **ERROR_REPLIES})
     stat_replies: dict[int | str, dict[str, Any]] = {200: reply("the job's status", "JobStat"), **ERROR_REPLIES}
     for method in ("GET", "POST"):
         route("/stat/jobs/{job_id}", gw.stat, methods=[method], tags=["files"], summary="Job status",

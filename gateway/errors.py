@@ -32,7 +32,7 @@ from gateway.metrics import METRICS
 from hushwire.contract.errors import ERRORS
 from hushwire.contract.metadata import error_code
 
-__all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error"]
+__all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error", "has_server_code"]
 
 log = logging.getLogger("hushwire.gateway")
 
@@ -62,6 +62,11 @@ class GatewayError(Exception):
 def error_response(status: int, code: str, msg: str) -> JSONResponse:
     METRICS.errors.labels(code).inc()
     return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status)
+
+
+def has_server_code(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a hushwire server sent this error (a definite answer), rather than the transport or a proxy."""
+    return error_code(exc.trailing_metadata()) is not None
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> GatewayError:

@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gateway.upload import OPTION_FIELD
+from gateway.upload import IDEMPOTENCY_HEADER, OPTION_FIELD
 
-__all__ = ["OPENAPI_VERSION", "ENHANCE_BODY", "openapi_document", "reply", "ERROR_REPLIES"]
+__all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "openapi_document", "reply"]
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -115,6 +115,23 @@ ENHANCE_BODY: dict[str, Any] = {
         },
     },
 }
+
+
+ENHANCE_PARAMETERS: list[dict[str, Any]] = [{
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "example": "6f1c2a8e-upload-42",
+    "description": "Makes the request safe to retry after a lost reply. A retry with the same key from the "
+                   "same user within 24 h returns the first reply again and creates no jobs. The same request "
+                   "means the same form field names, file names, file contents and options, in the same order "
+                   "(the multipart boundary may differ). The key with a different request, or a retry while "
+                   "the first request still runs, gets 409 `IDEMPOTENCY_CONFLICT`. Only successful replies are "
+                   "remembered: after an error the key may be used again. 1 to 255 visible ASCII characters, "
+                   "e.g. a UUID; keys are per user, and a user holds at most a configured number at a time "
+                   "(429 `RATE_LIMITED` beyond).",
+}]
 
 
 def reply(description: str, schema: str | None = None, media_type: str = "application/json") -> dict[str, Any]:

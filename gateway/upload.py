@@ -16,6 +16,17 @@ reply is that error; only when every file was accepted does the gateway call ``J
 If the gateway dies mid-request, the server sweeps the held jobs once their hold runs out
 (``Job.hold_seconds``); so while a request goes on, the gateway renews its held jobs
 (``Jobs.RenewHolds``) at each new part and as the body flows, whenever a third of the hold has passed.
+The last step starts every job at once (``Jobs.StartJobs``, all or none).
+
+Idempotency (``Idempotency-Key`` header): the gateway first asks the server to reserve the user's key
+(``Jobs.ReserveIdempotencyKey``). A key that a successful request already used comes back with that
+request's fingerprint and reply: the body is then parsed without submitting anything, its fingerprint
+compared, and the stored reply returned as it was (or 409 ``IDEMPOTENCY_CONFLICT`` for a different
+request). A new key runs the request as usual, and ``StartJobs`` stores the reply under the key in the
+same transaction that starts the jobs. A request that fails gives its reservation up, so only
+successful replies are remembered. The fingerprint is the SHA-256 of the parts in order: each file's
+field name, file name and content SHA-256, and the option's name and value (not the multipart
+boundary, nor any header).
 
 The gateway checks only the HTTP shape (content type, form fields, number of files, body size,
 the option's syntax). Everything about the audio is the server's to check.
@@ -25,10 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from python_multipart.exceptions import FormParserError
@@ -36,15 +49,16 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from client.errors import CallStatus
-from gateway.errors import GatewayError, from_call_error, from_rpc_error
+from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_server_code
 from hushwire.contract.limits import check_attenuation_limit
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-__all__ = ["CHUNK_BYTES", "OPTION_FIELD", "UploadLimits", "enhance_upload"]
+__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
 OPTION_FIELD = "attenuation_limit_db"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK_BYTES = 256 * 1024          # file bytes per SubmitJob message (the contract allows up to 1 MiB)
 MAX_FIELD_VALUE_BYTES = 64        # the option's value: a number, never more than a few characters
 MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
@@ -78,6 +92,8 @@ class _Part:
     status: CallStatus | None = None                        # the call's status as the server sent it
     pending: bytearray = field(default_factory=bytearray)   # file bytes not yet sent (< CHUNK_BYTES)
     value: bytearray | None = None                          # the option's value, for a non-file part
+    file_name: str = ""
+    sha: Any = None                                         # a file part's content SHA-256, as it flows
 
 
 def _text(raw: bytes) -> str:
@@ -96,10 +112,22 @@ def _attenuation(raw: bytes) -> float:
                            f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}") from None
 
 
-class _Upload:
-    """One ``POST /enhance`` request: parse, submit held jobs, then start them (or cancel them all)."""
+def render_reply(reply: Reply) -> bytes:
+    """The reply's JSON, exactly as a retry with the same Idempotency-Key gets it again."""
+    return json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def __init__(self, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata, limits: UploadLimits) -> None:
+
+class _Upload:
+    """One ``POST /enhance`` request: parse, submit held jobs, then start them (or cancel them all).
+    With ``dry``, only parse and fingerprint the body (a retry whose reply is stored already);
+    with ``reservation`` (key, token, hold seconds), store the reply under the reserved key."""
+
+    def __init__(self, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata, limits: UploadLimits, *,
+                 dry: bool = False, reservation: tuple[str, str, float] | None = None) -> None:
+        self._dry = dry
+        self._reservation = reservation
+        self._entries: list[list[str]] = []   # what makes the request what it is, part by part
+        self.outcome_unknown = False          # StartJobs failed in transit: it may have started the jobs
         self._stub = stub
         self._metadata = tuple(metadata)
         self._limits = limits
@@ -109,8 +137,8 @@ class _Upload:
         self._files = 0
         self._attenuation: float | None = None
         self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
-        self._hold_s = 0.0                        # the server's hold on held jobs (from its replies)
-        self._renewed_at = 0.0                    # monotonic time of the last activity on all of them
+        self._hold_s = reservation[2] if reservation else 0.0   # the server's hold (from its replies)
+        self._renewed_at = asyncio.get_running_loop().time()    # the last activity on all of them
 
     # -- parser callbacks: record only; the async work happens in _replay ---------------------------
 
@@ -134,7 +162,13 @@ class _Upload:
 
     # -- the request -------------------------------------------------------------------------------------
 
-    async def run(self, request: Request) -> Reply:
+    @property
+    def fingerprint(self) -> str:
+        """The request's SHA-256 (hex) over its parts in order; the multipart boundary plays no part."""
+        return hashlib.sha256(json.dumps(self._entries, separators=(",", ":")).encode()).hexdigest()
+
+    async def run(self, request: Request) -> bytes:
+        """Run the request; returns the reply's JSON (nothing in a dry run)."""
         ctype, params = parse_options_header(request.headers.get("content-type"))
         if ctype != b"multipart/form-data":
             raise GatewayError("INVALID_REQUEST", "the body must be multipart/form-data with one or more files",
@@ -163,21 +197,26 @@ class _Upload:
             await self._replay()
             if not self._ended:
                 raise GatewayError("INVALID_REQUEST", "the multipart body ended before its closing boundary")
-            if not self._jobs:
+            if not self._files:
                 raise GatewayError("INVALID_FILE", "no file in the request: send one or more files as "
                                    "multipart/form-data")
-            await self._start_all()
+            if self._dry:
+                return b""
+            reply: Reply = {}
+            for name, job_id in self._jobs:
+                prev = reply.get(name)
+                reply[name] = job_id if prev is None else [*([prev] if isinstance(prev, str) else prev), job_id]
+            rendered = render_reply(reply)
+            await self._start_all(rendered)
             accepted = True
+            return rendered
         finally:
             if self._part is not None and self._part.call is not None:
                 self._part.call.cancel()   # an upload cut short: the server stores nothing for it
-            if not accepted and self._jobs:
+            # A StartJobs lost in transit may have started the jobs: they are left alone then (held
+            # ones are swept when their hold runs out).
+            if not accepted and self._jobs and not self.outcome_unknown:
                 await self._cancel_all()
-        reply: Reply = {}
-        for name, job_id in self._jobs:
-            prev = reply.get(name)
-            reply[name] = job_id if prev is None else [*([prev] if isinstance(prev, str) else prev), job_id]
-        return reply
 
     def _too_large_msg(self) -> str:
         return f"the request body is over the upload limit of {self._limits.max_body_bytes} bytes"
@@ -214,6 +253,8 @@ class _Upload:
 
     async def _part_event(self, part: _Part, kind: str, data: bytes) -> None:
         if kind == "part_data":
+            if part.sha is not None:
+                part.sha.update(data)
             if part.call is not None:
                 part.pending += data
                 if len(part.pending) >= CHUNK_BYTES:
@@ -254,8 +295,12 @@ class _Upload:
         self._files += 1
         if self._files > self._limits.max_files:
             raise GatewayError("INVALID_REQUEST", f"at most {self._limits.max_files} files per request")
+        part.file_name = _text(params[b"filename"])
+        part.sha = hashlib.sha256()
+        if self._dry:
+            return
         await self._renew_if_due()
-        spec = jobs_pb2.JobSpec(file_name=_text(params[b"filename"]), file_key=part.name, hold=True)
+        spec = jobs_pb2.JobSpec(file_name=part.file_name, file_key=part.name, hold=True)
         if self._attenuation is not None:
             spec.options.attenuation_limit_db = self._attenuation
         part.call = self._stub.SubmitJob(metadata=self._metadata)
@@ -265,7 +310,11 @@ class _Upload:
     async def _end_part(self, part: _Part) -> None:
         if part.value is not None:
             self._attenuation = _attenuation(bytes(part.value))
-        elif part.call is not None:
+            self._entries.append(["option", part.name, repr(self._attenuation)])
+            return
+        if part.sha is not None:
+            self._entries.append(["file", part.name, part.file_name, part.sha.hexdigest()])
+        if part.call is not None:
             await self._send(part, final=True)
             await self._write(part, None)
             try:
@@ -273,7 +322,7 @@ class _Upload:
             except grpc.aio.AioRpcError as exc:
                 raise await from_call_error(exc, part.status, "upload") from None
             part.call = None
-            if not self._jobs:
+            if not self._jobs and self._reservation is None:
                 self._renewed_at = asyncio.get_running_loop().time()
             self._hold_s = job.hold_seconds
             self._jobs.append((part.name, job.job_id))
@@ -320,12 +369,13 @@ class _Upload:
     async def _renew_if_due(self) -> None:
         """Renew the held jobs of this request once a third of their hold has passed since the last time."""
         now = asyncio.get_running_loop().time()
-        if not self._jobs or not self._hold_s or now - self._renewed_at < self._hold_s / 3:
+        if not (self._jobs or self._reservation) or not self._hold_s or now - self._renewed_at < self._hold_s / 3:
             return
-        ids = [job_id for _, job_id in self._jobs]
+        renew = jobs_pb2.RenewHoldsRequest(job_ids=[job_id for _, job_id in self._jobs])
+        if self._reservation is not None:
+            renew.idempotency_key, renew.reservation = self._reservation[0], self._reservation[1]
         try:
-            reply = await self._stub.RenewHolds(jobs_pb2.RenewHoldsRequest(job_ids=ids), metadata=self._metadata,
-                                                timeout=self._limits.rpc_timeout)
+            reply = await self._stub.RenewHolds(renew, metadata=self._metadata, timeout=self._limits.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         if reply.missing_job_ids:
@@ -333,16 +383,38 @@ class _Upload:
                                "had already accepted; send the request again")
         self._renewed_at = now
 
-    async def _start_all(self) -> None:
-        options = None
+    async def _start_all(self, reply: bytes) -> None:
+        """Start every job at once; with a reservation, the server stores ``reply`` under its key too."""
+        start = jobs_pb2.StartJobsRequest(job_ids=[job_id for _, job_id in self._jobs])
         if self._attenuation is not None:
-            options = jobs_pb2.JobOptions(attenuation_limit_db=self._attenuation)
-        for _, job_id in self._jobs:
+            start.options.attenuation_limit_db = self._attenuation
+        if self._reservation is not None:
+            start.idempotency_key, start.reservation = self._reservation[0], self._reservation[1]
+            start.request_sha256, start.reply = self.fingerprint, reply
+        try:
+            await self._stub.StartJobs(start, metadata=self._metadata, timeout=self._limits.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            self.outcome_unknown = not has_server_code(exc)
+            raise from_rpc_error(exc) from None
+
+    async def release(self) -> None:
+        """Give the idempotency key's reservation up (the request failed). Shielded, like _cancel_all."""
+        if self._reservation is None:
+            return
+        key, token, _ = self._reservation
+
+        async def release() -> None:
             try:
-                await self._stub.StartJob(jobs_pb2.StartJobRequest(job_id=job_id, options=options),
-                                          metadata=self._metadata, timeout=self._limits.rpc_timeout)
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from None
+                await self._stub.ReleaseIdempotencyKey(
+                    jobs_pb2.ReleaseIdempotencyKeyRequest(idempotency_key=key, reservation=token),
+                    metadata=self._metadata, timeout=self._limits.rpc_timeout)
+            except grpc.aio.AioRpcError as exc:   # it lapses after the hold anyway
+                log.warning("could not release an idempotency key: %s %s", exc.code().name, exc.details())
+
+        task = asyncio.ensure_future(release())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        await asyncio.shield(task)
 
     async def _cancel_all(self) -> None:
         """Delete every job this request created. Shielded: it must finish even if the request is cancelled."""
@@ -364,7 +436,30 @@ class _Upload:
 
 
 async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
-                         limits: UploadLimits) -> Reply:
-    """Parse the request's multipart body as a stream into held jobs and start them; the reply maps
-    each field name to its job id (a list when the field carried several files)."""
-    return await _Upload(stub, metadata, limits).run(request)
+                         limits: UploadLimits) -> bytes:
+    """Parse the request's multipart body as a stream into held jobs and start them; the reply (JSON)
+    maps each field name to its job id (a list when the field carried several files). With an
+    ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return await _Upload(stub, metadata, limits).run(request)
+    try:
+        got = await stub.ReserveIdempotencyKey(jobs_pb2.ReserveIdempotencyKeyRequest(idempotency_key=key),
+                                               metadata=metadata, timeout=limits.rpc_timeout)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    if got.reply:
+        retry = _Upload(stub, metadata, limits, dry=True)
+        await retry.run(request)
+        if retry.fingerprint != got.request_sha256:
+            raise GatewayError("IDEMPOTENCY_CONFLICT", "this Idempotency-Key was used with a different request "
+                               "(field names, file names, file contents or options)")
+        log.info("an Idempotency-Key retry got its stored reply")
+        return bytes(got.reply)
+    upload = _Upload(stub, metadata, limits, reservation=(key, got.reservation, got.hold_seconds))
+    try:
+        return await upload.run(request)
+    except BaseException:
+        if not upload.outcome_unknown:
+            await upload.release()
+        raise

@@ -17,14 +17,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from hushwire.contract import keepalive
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http
 from server.auth import AuthInterceptor
 from server.config import ConfigError, ServerConfig
+from server.connections import Connections
 from server.health_http import Health, HealthMirror
 from server.jobs import JobRunner
 from server.metrics import METRICS
-from server.servicers import AccountServicer, EnhancerServicer, JobLimits, JobsServicer, StreamRegistry
+from server.servicers import (
+    AccountServicer,
+    EnhancerServicer,
+    JobLimits,
+    JobsServicer,
+    StreamRegistry,
+    StreamTimeouts,
+)
 from server.signing import Signer, load_secret
 from server.store import Store
 from server.sweeper import Sweeper
@@ -101,23 +110,26 @@ async def create_server(config: ServerConfig) -> Server:
     METRICS.bind_store(store)
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
-                       config.hold_seconds)
+                       config.hold_seconds, config.max_idempotency_keys_per_user)
     registry = StreamRegistry(config.max_streams_per_user)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
     # start (a client that resumes a stream may reach a replica that is still starting) and while
     # draining.
-    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving)
+    connections = Connections()
+    interceptor = AuthInterceptor(store, is_draining=lambda: not health_state.serving, connections=connections)
     grpc_server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *keepalive.SERVER_OPTIONS,
         ],
     )
+    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
-                                config.max_audio_seconds_per_day_per_user)
+                                config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
@@ -132,6 +144,7 @@ async def create_server(config: ServerConfig) -> Server:
     # With TLS files the port speaks TLS only: a plaintext client fails its handshake.
     port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
         else grpc_server.add_insecure_port(address)
+    connections.local_port = port
     await health_state.set(False)  # until the workers are up
     await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None

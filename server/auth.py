@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
+from server.connections import Connections
 from server.errors import ERRORS, trailing_metadata
 from server.metrics import METRICS
 from server.store import Principal, Store, StoreUnavailable
@@ -117,6 +118,36 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None)
     return _same_kind(handler, call)
 
 
+def _counted(handler: grpc.RpcMethodHandler, connections: Connections, uid: int | None) -> grpc.RpcMethodHandler:
+    """Wrap the handler's behaviour so ``connections`` knows the calls in flight on each connection, and
+    whose they are (``uid`` None: an open service's call, or one authorised by a result token)."""
+    behavior = (
+        handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+    )
+    if inspect.isasyncgenfunction(behavior):
+
+        async def gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            peer = context.peer()
+            connections.opened(peer, uid)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                connections.closed(peer, uid)
+
+        return _same_kind(handler, gen)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        peer = context.peer()
+        connections.opened(peer, uid)
+        try:
+            return await behavior(request, context)
+        finally:
+            connections.closed(peer, uid)
+
+    return _same_kind(handler, call)
+
+
 async def _database_down(context: grpc.aio.ServicerContext, exc: StoreUnavailable) -> None:
     """A call that met a database outage ends with SERVICE_UNAVAILABLE (retryable), never a bare UNKNOWN."""
     log.warning("%s", exc)
@@ -129,30 +160,43 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid key (UNAUTHENTICATED) and, while starting or draining, new calls
     (UNAVAILABLE)."""
 
-    def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False,
+                 connections: Connections | None = None) -> None:
         self._store = store
         self._is_draining = is_draining
+        self._connections = connections
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        handler, principal = await self._handler(continuation, handler_call_details)
+        if handler is not None and self._connections is not None:
+            handler = _counted(handler, self._connections, principal.uid if principal is not None else None)
+        return handler
+
+    async def _handler(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> tuple[grpc.RpcMethodHandler, Principal | None]:
+        """The handler to run (the servicer's, or a refusal) and the caller it runs for."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_SERVICES):
-            return handler
+            return handler, None
         if self._is_draining():
-            return _refusal(handler, "SERVICE_UNAVAILABLE", "server not serving (starting up or shutting down)")
+            return _refusal(handler, "SERVICE_UNAVAILABLE", "server not serving (starting up or shutting down)"), None
         metadata = handler_call_details.invocation_metadata
         key = key_from_metadata(metadata)
         try:
             principal = self._store.authenticate(key) if key else None
         except StoreUnavailable as exc:
             log.warning("%s", exc)
-            return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG)
+            return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG), None
         if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):
-            return _with_principal(handler, None)  # the servicer checks the token
+            return _with_principal(handler, None), None  # the servicer checks the token
         if principal is None:
-            return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg)
-        return _with_principal(handler, principal)
+            return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg), None
+        return _with_principal(handler, principal), principal

@@ -34,6 +34,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     drain_seconds: float = 10.0
+    slow_consumer_seconds: float = 10.0
+    stream_idle_seconds: float = 30.0
     database_url: str | None = None
     blob_url: str | None = None
     signing_secret_file: str | None = None
@@ -45,6 +47,7 @@ class ServerConfig:
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_audio_seconds_per_day_per_user: float = 360000.0
+    max_idempotency_keys_per_user: int = 10000
     max_upload_bytes: int = 200 * 1000**2
     max_upload_seconds: float = 7200.0
     lease_seconds: float = 30.0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import time
@@ -28,6 +31,7 @@ from server.blobs import (
     BlobStoreError,
     is_storage_full,
 )
+from server.connections import Connections
 from server.errors import HushwireError, abort_with
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
@@ -37,15 +41,25 @@ from server.store import JobRow, Store
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
-# A client that has not taken a response for this long is ended with SLOW_CONSUMER. gRPC's
-# flow-control window bounds what is buffered meanwhile, so memory per stream stays bounded.
-SLOW_CONSUMER_SECONDS = 10.0
 # A stream must send its config this soon after opening, or it is ended (it holds a slot meanwhile).
 CONFIG_TIMEOUT_SECONDS = 10.0
+# How long a stream's final status may wait to reach the client before the call is reset. The status
+# travels behind the response data already queued; a client that reads nothing never lets it through.
+STATUS_FLUSH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """The live streams' clocks (server settings, see server/config.py)."""
+
+    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
+    config_s: float = CONFIG_TIMEOUT_SECONDS
+    flush_s: float = STATUS_FLUSH_SECONDS
 
 
 class StreamRegistry:
@@ -102,11 +116,14 @@ def audio_quota_msg(limit_s: float) -> str:
 
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
     def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
-                 max_audio_seconds_per_day: float = math.inf) -> None:
+                 max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
+                 connections: Connections | None = None) -> None:
         self._registry = registry
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
+        self._timeouts = timeouts or StreamTimeouts()
+        self._connections = connections
 
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
@@ -134,16 +151,30 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                       **_client_subject(context))
                 await self._run(context, session, stats)
         except HushwireError as err:
-            await abort_with(context, err)
+            await self._end(context, err, principal.uid)
         except asyncio.CancelledError:
             if not self._registry.shutting_down:
                 raise
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"))
+            await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"), principal.uid)
         finally:
             self._registry.discard(task)
             if session is not None:
                 session.close()
                 self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
+
+    async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
+        """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
+        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
+        and the handler returns either way, so the stream's state and its slot are freed."""
+        try:
+            async with asyncio.timeout(self._timeouts.flush_s):
+                await abort_with(context, err)   # raises grpc's AbortError once the status is sent
+        except TimeoutError:
+            peer = context.peer()
+            closed = self._connections is not None and self._connections.close_for(peer, uid)
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
+                  connection_closed=closed,
+                  why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
     def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
         METRICS.streams_open.dec()
@@ -158,9 +189,9 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
-            first = await asyncio.wait_for(context.read(), CONFIG_TIMEOUT_SECONDS)
+            first = await asyncio.wait_for(context.read(), self._timeouts.config_s)
         except TimeoutError:
-            raise HushwireError("REQUEST_TIMEOUT", f"no config within {CONFIG_TIMEOUT_SECONDS:g} s") from None
+            raise HushwireError("REQUEST_TIMEOUT", f"no config within {self._timeouts.config_s:g} s") from None
         if first is grpc.aio.EOF:
             return None
         if first.WhichOneof("msg") != "config":
@@ -179,7 +210,12 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats) -> None:
         while True:
-            req = await context.read()
+            try:
+                async with asyncio.timeout(self._timeouts.idle_s):   # any request is activity, an update too
+                    req = await context.read()
+            except TimeoutError:
+                raise HushwireError("REQUEST_TIMEOUT", f"no audio or update for {self._timeouts.idle_s:g} s: "
+                                    "an idle stream is ended (send audio, or an update, to keep it)") from None
             if req is grpc.aio.EOF:
                 break
             kind = req.WhichOneof("msg")
@@ -206,15 +242,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
 
-    @staticmethod
-    async def _write(context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
+        seconds = self._timeouts.slow_consumer_s
         try:
-            async with asyncio.timeout(SLOW_CONSUMER_SECONDS):  # no Task per write, unlike wait_for
+            async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
                 await context.write(response)
         except TimeoutError:
-            raise HushwireError(
-                "SLOW_CONSUMER", f"the client read no response for {SLOW_CONSUMER_SECONDS:g} s"
-            ) from None
+            raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -223,7 +257,27 @@ MAX_FILE_NAME_CHARS = 255
 MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
-MAX_RENEW_JOBS = 1000   # job ids per RenewHolds call (a request holds at most 32 files)
+MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600   # how long a successful reply is kept under its idempotency key
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
+MAX_QUOTED_CHARS = 64   # client input quoted in an error message is cut to this
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "...")
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(" " < ch <= "~" for ch in key):
+        raise HushwireError("INVALID_REQUEST", f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible "
+                            "ASCII characters")
+
+
+def _submit_fingerprint(spec: jobs_pb2.JobSpec, limit_db: float | None, content_sha256: str) -> str:
+    """What makes two SubmitJob calls the same upload: names, bytes, options and hold (not the size hint)."""
+    canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
 def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -256,6 +310,7 @@ class JobLimits:
     max_bytes_per_day_per_user: int
     max_audio_seconds_per_day_per_user: float = math.inf
     hold_seconds: float = 120.0
+    max_idempotency_keys_per_user: int = 10000
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -308,6 +363,55 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise HushwireError("INVALID_REQUEST", "the first message must be the JobSpec")
         spec = first.spec
         limit_db = _options_limit(spec.options)
+        key = spec.idempotency_key
+        if not key:
+            return await self._upload(context, spec, limit_db, None)
+        record = await self._reserve(principal.uid, key)
+        if record.reply is not None:   # a retry of an earlier success, or another upload under its key
+            digest = await self._hash_upload(context)
+            if _submit_fingerprint(spec, limit_db, digest) != record.request_sha256:
+                raise HushwireError("IDEMPOTENCY_CONFLICT", "this idempotency key was used with a different upload")
+            row = await asyncio.to_thread(self._store.get_job, record.job_ids[0]) if record.job_ids else None
+            if row is not None and row.uid == principal.uid:
+                return self._to_proto(row)
+            return jobs_pb2.Job.FromString(record.reply)   # the job is gone since: its reply as it was
+        try:
+            return await self._upload(context, spec, limit_db, (key, record.token))
+        except BaseException:
+            with contextlib.suppress(Exception):   # else the reservation lapses after the hold
+                await asyncio.to_thread(self._store.release_key, principal.uid, key, record.token)
+            raise
+
+    async def _reserve(self, uid: int, key: str) -> store_mod.IdempotencyRecord:
+        _check_idempotency_key(key)
+        try:
+            return await asyncio.to_thread(self._store.reserve_key, uid, key, time.time(), self._limits.hold_seconds,
+                                           self._limits.max_idempotency_keys_per_user)
+        except store_mod.IdempotencyConflict:
+            raise HushwireError("IDEMPOTENCY_CONFLICT", "the first request with this idempotency key is still "
+                                "running") from None
+        except store_mod.TooManyKeys as exc:
+            raise HushwireError("RATE_LIMITED", str(exc)) from None
+
+    async def _hash_upload(self, context: grpc.aio.ServicerContext) -> str:
+        """The SHA-256 of the rest of an upload, read and dropped (a retry's bytes are never stored)."""
+        digest = hashlib.sha256()
+        size = 0
+        while (req := await context.read()) is not grpc.aio.EOF:
+            if req.WhichOneof("msg") != "chunk":
+                raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
+            size += len(req.chunk)
+            if size > self._limits.max_upload_bytes:
+                raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
+                                    f"{self._limits.max_upload_bytes} bytes")
+            digest.update(req.chunk)
+        return digest.hexdigest()
+
+    async def _upload(self, context: grpc.aio.ServicerContext, spec: jobs_pb2.JobSpec, limit_db: float | None,
+                      reserved: tuple[str, str] | None) -> jobs_pb2.Job:
+        """Store the upload that follows ``spec`` as a new job; with ``reserved`` (idempotency key and
+        reservation token), its reply is stored under the key with it."""
+        principal = current_principal()
         if spec.size_hint_bytes > self._limits.max_upload_bytes:
             raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
                                 f"{self._limits.max_upload_bytes} bytes")
@@ -325,12 +429,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
+        digest = hashlib.sha256()
+        renewed = time.monotonic()
         try:
             size = 0
             with open(tmp, "wb") as f:
                 while (req := await context.read()) is not grpc.aio.EOF:
                     if req.WhichOneof("msg") != "chunk":
                         raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
+                    if reserved is not None and time.monotonic() - renewed > self._limits.hold_seconds / 3:
+                        renewed = time.monotonic()
+                        await asyncio.to_thread(self._store.renew_key, principal.uid, reserved[0], reserved[1],
+                                                time.time() + self._limits.hold_seconds)
+                    digest.update(req.chunk)
                     size += len(req.chunk)
                     if size > self._limits.max_upload_bytes:
                         raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
@@ -363,8 +474,16 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
             hold_expires=now + self._limits.hold_seconds if spec.hold else None,
         )
+        idempotent = None
+        if reserved is not None:
+            idempotent = (reserved[0], reserved[1], _submit_fingerprint(spec, limit_db, digest.hexdigest()),
+                          self._to_proto(job).SerializeToString(), now + IDEMPOTENCY_TTL_SECONDS)
         try:
-            self._store.create_job(job)
+            await asyncio.to_thread(self._store.create_job, job, idempotent)
+        except store_mod.IdempotencyConflict:
+            await self._delete_blobs(upload_blob)
+            raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
+                                "another request took it") from None
         except BaseException:
             await self._delete_blobs(upload_blob)
             raise
@@ -433,10 +552,64 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if len(request.job_ids) > MAX_RENEW_JOBS:
             await abort_with(context, HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids"))
         until = time.time() + self._limits.hold_seconds
+        uid = current_principal().uid
+        if request.idempotency_key:
+            await asyncio.to_thread(self._store.renew_key, uid, request.idempotency_key, request.reservation, until)
         ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
-        missing = await asyncio.to_thread(self._store.renew_holds, current_principal().uid, ids, until)
+        missing = await asyncio.to_thread(self._store.renew_holds, uid, ids, until)
         missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
         return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=self._limits.hold_seconds)
+
+    async def StartJobs(  # noqa: N802
+        self, request: jobs_pb2.StartJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.StartJobsResponse:
+        try:
+            await self._start_jobs(request)
+        except HushwireError as err:
+            await abort_with(context, err)
+        self._runner.poke()
+        return jobs_pb2.StartJobsResponse()
+
+    async def _start_jobs(self, request: jobs_pb2.StartJobsRequest) -> None:
+        uid = current_principal().uid
+        if len(request.job_ids) > MAX_RENEW_JOBS:
+            raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
+        set_options = request.HasField("options")
+        limit_db = _options_limit(request.options) if set_options else None
+        idempotent = None
+        if request.idempotency_key:
+            if len(request.reply) > MAX_IDEMPOTENT_REPLY_BYTES or len(request.request_sha256) > 64:
+                raise HushwireError("INVALID_REQUEST", f"an idempotent reply is at most "
+                                    f"{MAX_IDEMPOTENT_REPLY_BYTES} bytes")
+            idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
+                          time.time() + IDEMPOTENCY_TTL_SECONDS)
+        ids = list(request.job_ids)
+        try:
+            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent)
+        except store_mod.IdempotencyConflict:
+            raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
+                                "another request took it") from None
+        if missing:
+            raise HushwireError("JOB_NOT_FOUND", f"no held job {_quote(missing[0])}")
+
+    async def ReserveIdempotencyKey(  # noqa: N802
+        self, request: jobs_pb2.ReserveIdempotencyKeyRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ReserveIdempotencyKeyResponse:
+        try:
+            record = await self._reserve(current_principal().uid, request.idempotency_key)
+        except HushwireError as err:
+            await abort_with(context, err)
+            raise AssertionError("unreachable") from None
+        if record.reply is not None:
+            return jobs_pb2.ReserveIdempotencyKeyResponse(request_sha256=record.request_sha256, reply=record.reply)
+        return jobs_pb2.ReserveIdempotencyKeyResponse(reservation=record.token, hold_seconds=self._limits.hold_seconds)
+
+    async def ReleaseIdempotencyKey(  # noqa: N802
+        self, request: jobs_pb2.ReleaseIdempotencyKeyRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ReleaseIdempotencyKeyResponse:
+        await asyncio.to_thread(self._store.release_key, current_principal().uid, request.idempotency_key,
+                                request.reservation)
+        return jobs_pb2.ReleaseIdempotencyKeyResponse()
 
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext

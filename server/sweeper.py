@@ -5,6 +5,8 @@ files with ``hold`` and then died or went silent for ``--hold-seconds`` never ca
 ``CancelJob``. The sweeper deletes such jobs with their uploads and logs ``held job swept`` for each,
 so they stop counting against the user's limits and take no space. Every replica sweeps; the store
 hands each expired row to one of them.
+
+Idempotency keys whose time ran out: stored replies after 24 h, reservations of requests that died.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Sweeper:
             try:
                 while await self.sweep_once():  # a full batch: there may be more
                     pass
+                forgotten = await asyncio.to_thread(self._store.sweep_keys, time.time())
+                if forgotten:
+                    event(log, "idempotency keys swept", count=forgotten)
                 down = False
             except StoreUnavailable as exc:
                 if not down:

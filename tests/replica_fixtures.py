@@ -36,8 +36,8 @@ from conftest import ROOT, free_port, run_cli, start_logged, stop_process
 from pg_fixtures import fresh_database_url
 from s3_fixtures import fresh_blob_url
 
-__all__ = ["STORES", "Cluster", "Gateways", "HAProxy", "Replica", "StoreURLs", "cluster", "render_haproxy",
-           "start_gateways", "store_urls"]
+__all__ = ["DEPLOY_TLS_DIR", "STORES", "Cluster", "Gateways", "HAProxy", "Replica", "StoreURLs", "cluster",
+           "render_haproxy", "start_gateways", "store_urls"]
 
 DEPLOY = ROOT / "deploy" / "haproxy"
 HAPROXY = shutil.which("haproxy") or (Path("/usr/sbin/haproxy") if Path("/usr/sbin/haproxy").exists() else None)
@@ -71,12 +71,25 @@ def store_urls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # -- HAProxy ---------------------------------------------------------------------------------------------
 
 
-def render_haproxy(src: Path, bind_port: int, servers: list[tuple[str, int, int | None]], stats_socket: Path) -> str:
+# Where the deploy/ configs with TLS keep their certificates; the tests swap in a folder of their own.
+DEPLOY_TLS_DIR = "/etc/hushwire/tls/"
+
+
+def _deploy_lines(src: Path, tls_dir: Path | None) -> list[str]:
+    text = src.read_text()
+    if tls_dir is not None:
+        text = text.replace(DEPLOY_TLS_DIR, f"{tls_dir}/")
+    return text.splitlines()
+
+
+def render_haproxy(src: Path, bind_port: int, servers: list[tuple[str, int, int | None]], stats_socket: Path,
+                   tls_dir: Path | None = None) -> str:
     """``src`` with loopback addresses: the ``bind`` address, one ``server`` line per ``(name, port,
-    check port)`` built from the file's first ``server`` line's options, and the stats socket."""
+    check port)`` built from the file's first ``server`` line's options, and the stats socket; with
+    ``tls_dir``, the certificates are read from there instead of ``/etc/hushwire/tls/``."""
     out: list[str] = []
     template: list[str] | None = None
-    for line in src.read_text().splitlines():
+    for line in _deploy_lines(src, tls_dir):
         words = line.split()
         indent = line[: len(line) - len(line.lstrip())]
         if words[:1] == ["bind"]:
@@ -155,13 +168,13 @@ class HAProxy:
 
 
 def start_haproxy(src: Path, work: Path, servers: list[tuple[str, int, int | None]], name: str,
-                  port: int | None = None) -> HAProxy:
+                  port: int | None = None, tls_dir: Path | None = None) -> HAProxy:
     if HAPROXY is None:
         pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
     port = port or free_port()
     sock = work / f"{name}.sock"
     cfg = work / f"{name}.cfg"
-    cfg.write_text(render_haproxy(src, port, servers, sock))
+    cfg.write_text(render_haproxy(src, port, servers, sock, tls_dir))
     log_path = work / f"{name}.log"
     with open(log_path, "wb") as log:
         # -db: stay in the foreground, no daemon (the test owns the process).
@@ -325,7 +338,8 @@ def shared_env() -> dict[str, str]:
     return env
 
 
-def start_cluster(work: Path, stores: StoreURLs, *replica_args: str) -> Cluster:
+def start_cluster(work: Path, stores: StoreURLs, *replica_args: str, haproxy_cfg: Path = DEPLOY / "grpc.cfg",
+                  tls_dir: Path | None = None) -> Cluster:
     c = Cluster(stores, work, shared_env(), [])
     try:
         c.replicas = [c.replica("a", *replica_args), c.replica("b", *replica_args)]
@@ -333,8 +347,8 @@ def start_cluster(work: Path, stores: StoreURLs, *replica_args: str) -> Cluster:
             rep.start()
         c.key = run_cli("keys", "create", "--name", "replicas", "--data-dir", str(work / "a"), "--database-url",
                         stores.database_url, "--blob-url", stores.blob_url, env=c.env).stdout.strip().splitlines()[-1]
-        c.lb = start_haproxy(DEPLOY / "grpc.cfg", work, [(r.name, r.port, r.health_port) for r in c.replicas],
-                             "haproxy-grpc")
+        c.lb = start_haproxy(haproxy_cfg, work, [(r.name, r.port, r.health_port) for r in c.replicas],
+                             "haproxy-grpc", tls_dir=tls_dir)
         for rep in c.replicas:
             c.lb.wait_status(rep.name, "UP")
     except BaseException:
@@ -406,12 +420,13 @@ def start_gateways(c: Cluster, n: int = 2) -> Gateways:
 NGINX = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
 
 
-def render_nginx(src: Path, listen_port: int, servers: list[int], pid_path: Path) -> str:
+def render_nginx(src: Path, listen_port: int, servers: list[int], pid_path: Path, tls_dir: Path | None = None) -> str:
     """``deploy/nginx/grpc.conf`` with loopback addresses: the ``listen`` address, one upstream
-    ``server`` line per port (the file's first one's options), and the pid file."""
+    ``server`` line per port (the file's first one's options), and the pid file; ``tls_dir`` as in
+    :func:`render_haproxy`."""
     out: list[str] = []
     template: list[str] | None = None
-    for line in src.read_text().splitlines():
+    for line in _deploy_lines(src, tls_dir):
         words = line.split()
         indent = line[: len(line) - len(line.lstrip())]
         if words[:1] == ["listen"]:
@@ -441,13 +456,12 @@ class Nginx:
         stop_process(self.proc, "nginx", signal.SIGQUIT, timeout=10)  # SIGQUIT: graceful
 
 
-def start_nginx(c: Cluster) -> Nginx:
+def start_nginx(c: Cluster, src: Path = ROOT / "deploy" / "nginx" / "grpc.conf", tls_dir: Path | None = None) -> Nginx:
     if NGINX is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
     port = free_port()
     cfg = c.work / "nginx-grpc.conf"
-    cfg.write_text(render_nginx(ROOT / "deploy" / "nginx" / "grpc.conf", port, [r.port for r in c.replicas],
-                                c.work / "nginx.pid"))
+    cfg.write_text(render_nginx(src, port, [r.port for r in c.replicas], c.work / "nginx.pid", tls_dir))
     log_path = c.work / "nginx.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(NGINX), "-c", str(cfg), "-g", "daemon off;"], stdout=log,

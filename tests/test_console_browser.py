@@ -59,6 +59,12 @@ def shots(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
+    yield from chromium(tmp_path_factory)
+
+
+def chromium(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None) -> Iterator[Driver]:
+    """Headless Chromium with the fake microphone playing the dev corpus's noisy file; ``env`` is
+    chromedriver's (and so Chromium's) environment, e.g. a HOME whose NSS database trusts a test CA."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
         pytest.skip(f"no browser for the console tests: {', '.join(missing)} missing "
@@ -84,7 +90,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
     downloads = tmp_path_factory.mktemp("downloads")
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER), env=env), options=options)
     driver.download_dir = str(downloads)
     driver.set_script_timeout(60)
     try:

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from replica_fixtures import DEPLOY, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from replica_fixtures import DEPLOY, DEPLOY_TLS_DIR, HAPROXY, Cluster, Replica, start_gateways, start_nginx
 from s3_fixtures import stored_blobs
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
@@ -60,7 +60,8 @@ def test_deploy_configs_are_valid_haproxy() -> None:
         pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
     import subprocess
 
-    for cfg in sorted(DEPLOY.glob("*.cfg")):
+    # The configs with TLS need certificates in place: tests/test_replicas_tls.py checks them with its own.
+    for cfg in sorted(c for c in DEPLOY.glob("*.cfg") if DEPLOY_TLS_DIR not in c.read_text()):
         out = subprocess.run([str(HAPROXY), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, f"{cfg}:\n{out.stdout}{out.stderr}"
 
@@ -247,3 +248,33 @@ def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(c
         cluster.restart(victim)
     finally:
         lb.stop()
+
+
+def test_an_idempotent_retry_through_another_replica_gets_the_same_reply(cluster: Cluster, tmp_path: Path) -> None:
+    """The key lives in the shared database: a request through replica a's gateway, then its retry
+    through replica b's, creates the jobs once and answers the same JSON; another request with the key
+    is 409 on either."""
+    from test_gateway import start_gateway
+
+    gws = [start_gateway(tmp_path, rep.target) for rep in (cluster.a, cluster.b)]
+    try:
+        buf = __import__("io").BytesIO()
+        sf.write(buf, np.random.default_rng(5).standard_normal(8000).astype(np.float32) * 0.05, 16000, format="WAV")
+        files = [("clip", ("one.wav", buf.getvalue())), ("clip", ("two.wav", buf.getvalue()))]
+        headers = {"Authorization": cluster.key, "Idempotency-Key": f"replicas-{time.monotonic_ns()}"}
+        replies = []
+        for gw in gws:
+            with httpx.Client(base_url=gw.url, timeout=60, trust_env=False) as http:
+                r = http.post("/enhance", headers=headers, files=files)
+                assert r.status_code == 200, r.text
+                replies.append(r.content)
+                other = http.post("/enhance", headers=headers, files=files[:1])
+                assert other.status_code == 409 and other.json()["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+        assert replies[0] == replies[1]
+        ids = __import__("json").loads(replies[0])["clip"]
+        submitted = [e["job_id"] for rep in cluster.replicas for e in rep.events("job submitted")]
+        assert sorted(j for j in submitted if j in ids) == sorted(ids)   # each created once, on replica a
+        assert all(any(e.get("job_id") == j for e in cluster.a.events("job submitted")) for j in ids)
+    finally:
+        for gw in gws:
+            assert gw.stop() == 0, gw.log

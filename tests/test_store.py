@@ -9,7 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.store import COMPLETED, FAILED, PENDING, PRE_PROCESSING, JobRow, Store, StoreError
+from server.store import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    PRE_PROCESSING,
+    IdempotencyConflict,
+    JobRow,
+    Store,
+    StoreError,
+    TooManyKeys,
+)
 from server.store.engines import open_engine
 from server.store.schema import VERSION
 
@@ -48,7 +58,7 @@ def test_schema_is_created_on_an_empty_database_and_reopening_changes_nothing(da
     assert _tables(database_url) == set()
     store = Store(database_url, PEPPER)
     assert store.schema_version == VERSION
-    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage"}
+    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage", "idempotency_keys"}
     uid = store.create_user("ann")
     key_id, key = store.create_key(uid)
     store.close()
@@ -275,6 +285,46 @@ def test_held_jobs_expire_unless_renewed_and_each_is_swept_once(database_url: st
         assert store.start_job("kept", None, False)
         assert store.sweep_held(now + 120) == []   # started: no longer held
         assert store.renew_holds(a, ["kept"], now + 60) == ["kept"]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_idempotency_keys_reserve_fill_lapse_and_expire(database_url: str) -> None:
+    store = Store(database_url, PEPPER)
+    other = Store(database_url)   # another replica
+    try:
+        (a, ka), (b, _) = _user(store), _user(store)
+        now = time.time()
+        first = store.reserve_key(a, "k", now, 60.0, 3)
+        assert first.reply is None and first.token
+        with pytest.raises(IdempotencyConflict):   # the first request still runs, whichever replica asks
+            other.reserve_key(a, "k", now + 1, 60.0, 3)
+        assert other.reserve_key(b, "k", now, 60.0, 3).reply is None   # keys are per user
+        store.create_job(_job("j1", a, ka, now, held=True, hold_expires=now + 60))
+        assert store.start_jobs(a, ["j1", "nope"], None, False, ("k", first.token, "f" * 64, b"{}", now + 86400)) \
+            == ["nope"]   # all or none: nothing started, nothing stored
+        assert store.get_job("j1").held  # type: ignore[union-attr]
+        with pytest.raises(IdempotencyConflict):   # a token that is not the reservation's
+            store.start_jobs(a, ["j1"], 6.0, True, ("k", "stolen", "f" * 64, b"{}", now + 86400))
+        assert store.get_job("j1").held  # type: ignore[union-attr]  # rolled back
+        assert store.start_jobs(a, ["j1"], 6.0, True, ("k", first.token, "f" * 64, b'{"a":"j1"}', now + 86400)) == []
+        job = store.get_job("j1")
+        assert job is not None and not job.held and job.attenuation_limit_db == 6.0
+        done = other.reserve_key(a, "k", now + 2, 60.0, 3)
+        assert (done.reply, done.request_sha256, done.job_ids) == (b'{"a":"j1"}', "f" * 64, ["j1"])
+        # A lapsed reservation (its request died) is replaced; a released one is gone.
+        lapsed = store.reserve_key(a, "dead", now, 1.0, 3)
+        assert store.reserve_key(a, "dead", now + 2, 60.0, 3).token != lapsed.token
+        with pytest.raises(TooManyKeys):   # a holds 2 live keys (k, dead): a third is over a cap of 2
+            store.reserve_key(a, "x", now + 2, 60.0, 2)
+        store.release_key(a, "dead", "not-the-token")
+        with pytest.raises(IdempotencyConflict):
+            store.reserve_key(a, "dead", now + 3, 60.0, 3)
+        assert store.sweep_keys(now + 3600) == 2   # the lapsed reservations of a/dead and b/k
+        assert store.reserve_key(a, "k", now + 3600, 60.0, 3).reply == b'{"a":"j1"}'   # kept 24 h
+        assert store.sweep_keys(now + 86401) >= 1
+        assert store.reserve_key(a, "k", now + 86401, 60.0, 3).reply is None   # forgotten after 24 h
     finally:
         other.close()
         store.close()

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
-__all__ = ["CA", "PKI", "REPLICA_NAME", "Leaf", "pki"]
+__all__ = ["CA", "PKI", "REPLICA_NAME", "Leaf", "deploy_tls_dir", "pki"]
 
 # The name every replica's certificate carries, which the balancers check (deploy/ configs).
 REPLICA_NAME = "replicas.hushwire.internal"
@@ -127,3 +127,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PKI]:
     ca = CA(d, "hushwire test CA")
     yield PKI(ca, ca.issue("server", "hushwire server", dns=("localhost", REPLICA_NAME)),
               ca.issue("client", "svc-a", client=True), CA(d, "wrong CA"))
+
+
+def deploy_tls_dir(pki: PKI, directory: Path) -> Leaf:
+    """The files the deploy/ configs with TLS read from ``/etc/hushwire/tls/``, written to ``directory``:
+    the balancer's certificate (for 127.0.0.1), its client certificate towards the replicas (returned:
+    its subject is what the replicas log), and the CA of the replicas' certificates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    front = pki.ca.issue("balancer-front", "hushwire balancer")
+    client = pki.ca.issue("balancer-client-leaf", "hushwire balancer", client=True)
+    for name, leaf in (("balancer", front), ("balancer-client", client)):
+        shutil.copyfile(leaf.cert, directory / f"{name}.crt")
+        shutil.copyfile(leaf.key, directory / f"{name}.key")
+        leaf.pem_bundle(directory / f"{name}.pem")
+    shutil.copyfile(pki.ca.path, directory / "ca.pem")
+    return client

@@ -153,6 +153,10 @@ _HELP = {
     "log_level": "debug, info, warning or error",
     "log_format": "`text` or `json` (one JSON object per line on stderr)",
     "drain_seconds": "on SIGTERM, how long open streams may finish",
+    "slow_consumer_seconds": "a live stream whose client takes no response for this long is ended with "
+                             "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
+    "stream_idle_seconds": "a live stream that sends no request (audio or update) for this long is ended with "
+                           "REQUEST_TIMEOUT",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
@@ -172,6 +176,8 @@ _HELP = {
                                           "at submit and for streams when they close; checked when a job is "
                                           "submitted or a stream opens, and an open stream is never cut "
                                           "(RATE_LIMITED beyond)",
+    "max_idempotency_keys_per_user": "idempotency keys a user may hold at a time (each is kept 24 h after "
+                                     "its request succeeded; RATE_LIMITED beyond)",
     "max_upload_bytes": "largest upload (FILE_TOO_LARGE beyond)",
     "max_upload_seconds": "longest upload in seconds of audio (FILE_TOO_LARGE beyond)",
     "connect_timeout": "how long clients (and the gateway) wait for the server",
@@ -227,6 +233,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
+        Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
+                10.0, _positive),
+        Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
+                _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
@@ -243,6 +253,8 @@ SETTINGS: dict[str, Setting] = {
                 "limits.max_bytes_per_day_per_user", "10 GB", _size),
         Setting("max_audio_seconds_per_day_per_user", "HUSHWIRE_MAX_AUDIO_SECONDS_PER_DAY_PER_USER",
                 "limits.max_audio_seconds_per_day_per_user", 360000.0, float),
+        Setting("max_idempotency_keys_per_user", "HUSHWIRE_MAX_IDEMPOTENCY_KEYS_PER_USER",
+                "limits.max_idempotency_keys_per_user", 10000, _count),
         Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
         Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
                 7200.0, float),

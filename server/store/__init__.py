@@ -14,14 +14,18 @@ from server.store.core import (
     POST_PROCESSING,
     PRE_PROCESSING,
     PROCESSING,
+    IdempotencyConflict,
+    IdempotencyRecord,
     JobRow,
     KeyRecord,
     Principal,
     Store,
+    TooManyKeys,
 )
 from server.store.engines import StoreError, StoreUnavailable, redact
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "JobRow", "KeyRecord", "Principal", "Store", "StoreError", "StoreUnavailable", "redact",
+    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
+    "StoreUnavailable", "TooManyKeys", "redact",
 ]

@@ -38,7 +38,8 @@ from server.store.engines import Engine, StoreError, StoreUnavailable, open_engi
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "JobRow", "KeyRecord", "Principal", "Store", "StoreError", "StoreUnavailable",
+    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
+    "StoreUnavailable", "TooManyKeys",
 ]
 
 KEY_PREFIX = "hw_"
@@ -63,6 +64,26 @@ class KeyRecord:
     name: str
     created_at: float
     revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """What an idempotency key holds. ``reply`` None: reserved by a request that still runs (or died:
+    the reservation lapses at ``expires_at``)."""
+
+    token: str
+    request_sha256: str
+    reply: bytes | None
+    job_ids: list[str]
+    expires_at: float
+
+
+class IdempotencyConflict(StoreError):
+    """The key is reserved by another request that still runs, or the reservation was lost."""
+
+
+class TooManyKeys(StoreError):
+    """The user holds the most idempotency keys allowed."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,19 @@ def _lease_held(owner: str, attempt: int | None) -> tuple[str, list[object]]:
     if attempt is None:
         return "lease_owner = ?", [owner]
     return "lease_owner = ? AND attempts = ?", [owner, attempt]
+
+
+class _Rollback(Exception):
+    """Ends a transaction without committing it."""
+
+
+def _fill_key(db: Engine, uid: int, idempotent: tuple[str, str, str, bytes, float], job_ids: list[str]) -> None:
+    key, token, request_sha256, reply, expires_at = idempotent
+    cur = db.execute("UPDATE idempotency_keys SET request_sha256 = ?, reply = ?, job_ids = ?, expires_at = ? "
+                     "WHERE uid = ? AND idem_key = ? AND token = ? AND reply IS NULL",
+                     (request_sha256, reply, " ".join(job_ids), expires_at, uid, key, token))
+    if cur.rowcount != 1:
+        raise IdempotencyConflict("the key's reservation lapsed and another request took it")
 
 
 class Store:
@@ -240,11 +274,86 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, job: JobRow) -> None:
+    def create_job(self, job: JobRow, idempotent: tuple[str, str, str, bytes, float] | None = None) -> None:
+        """Insert the job. With ``idempotent`` = (key, reservation token, request fingerprint, reply,
+        expires_at), the reply is stored under the reserved key in the same transaction (raises
+        :class:`IdempotencyConflict`, creating nothing, if the reservation was lost)."""
         values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
+        with self._tx() as db:
+            db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+            if idempotent is not None:
+                _fill_key(db, job.uid, idempotent, [job.job_id])
+
+    def start_jobs(self, uid: int, job_ids: list[str], attenuation_limit_db: float | None, set_options: bool,
+                   idempotent: tuple[str, str, str, bytes, float] | None = None) -> list[str]:
+        """Start the user's held jobs, all or none: returns the ids that are not held jobs of ``uid`` (and
+        then starts nothing). With ``idempotent`` (as for :meth:`create_job`) the reply is stored in the
+        same transaction."""
+        missing: list[str] = []
+        try:
+            with self._tx() as db:
+                for job_id in job_ids:
+                    if set_options:
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? "
+                                         "WHERE job_id = ? AND uid = ? AND held = 1",
+                                         (attenuation_limit_db, job_id, uid))
+                    else:
+                        cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL "
+                                         "WHERE job_id = ? AND uid = ? AND held = 1", (job_id, uid))
+                    if cur.rowcount != 1:
+                        missing.append(job_id)
+                if missing:
+                    raise _Rollback
+                if idempotent is not None:
+                    _fill_key(db, uid, idempotent, job_ids)
+        except _Rollback:
+            return missing
+        return []
+
+    # -- idempotency keys -----------------------------------------------------------------------------
+
+    def reserve_key(self, uid: int, key: str, now: float, hold_seconds: float, max_keys: int
+                    ) -> IdempotencyRecord:
+        """The record under the user's ``key``: the stored reply of an earlier success, or a new
+        reservation (a lapsed one is replaced). Raises :class:`IdempotencyConflict` while another request
+        holds the reservation, :class:`TooManyKeys` when the user has ``max_keys`` live keys."""
+        with self._tx() as db:
+            row = db.execute("SELECT token, request_sha256, reply, job_ids, expires_at FROM idempotency_keys "
+                             f"WHERE uid = ? AND idem_key = ?{db.for_update}", (uid, key)).fetchone()
+            if row is not None and row[4] >= now:
+                if row[2] is None:
+                    raise IdempotencyConflict("reserved by a request that is still running")
+                return IdempotencyRecord(row[0], row[1], bytes(row[2]), row[3].split(), row[4])
+            if row is not None:
+                db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ?", (uid, key))
+            live = db.execute("SELECT COUNT(*) FROM idempotency_keys WHERE uid = ? AND expires_at >= ?",
+                              (uid, now)).fetchone()[0]
+            if live >= max_keys:
+                raise TooManyKeys(f"at most {max_keys} idempotency keys per user at a time")
+            token = secrets.token_urlsafe(12)
+            cur = db.execute("INSERT INTO idempotency_keys (uid, idem_key, token, created_at, expires_at) "
+                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid, idem_key) DO NOTHING",
+                             (uid, key, token, now, now + hold_seconds))
+            if cur.rowcount != 1:   # another replica reserved it between our read and our insert
+                raise IdempotencyConflict("reserved by a request that is still running")
+        return IdempotencyRecord(token, "", None, [], now + hold_seconds)
+
+    def renew_key(self, uid: int, key: str, token: str, until: float) -> bool:
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
+            cur = self._db.execute("UPDATE idempotency_keys SET expires_at = ? WHERE uid = ? AND idem_key = ? "
+                                   "AND token = ? AND reply IS NULL", (until, uid, key, token))
+            return bool(cur.rowcount == 1)
+
+    def release_key(self, uid: int, key: str, token: str) -> None:
+        """Drop a reservation (its request failed); a stored reply stays."""
+        with self._lock:
+            self._db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ? AND token = ? "
+                             "AND reply IS NULL", (uid, key, token))
+
+    def sweep_keys(self, now: float) -> int:
+        """Forget idempotency keys (replies and lapsed reservations) whose time ran out before ``now``."""
+        with self._lock:
+            return int(self._db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)).rowcount)
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self._lock:

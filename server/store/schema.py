@@ -89,6 +89,22 @@ MIGRATIONS: list[str] = [
     UPDATE jobs SET hold_expires = mod_time + 120 WHERE held = 1;
     CREATE INDEX jobs_by_hold ON jobs (held, hold_expires);
     """,
+    # version 6: idempotency keys: a reservation (reply NULL, token set) while the first request runs,
+    # then the successful reply and the request's fingerprint, until expires_at
+    """
+    CREATE TABLE idempotency_keys (
+        uid INTEGER NOT NULL,
+        idem_key TEXT NOT NULL,
+        token TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL DEFAULT '',
+        reply BLOB,
+        job_ids TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (uid, idem_key)
+    );
+    CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

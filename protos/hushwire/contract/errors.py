@@ -53,7 +53,8 @@ ERRORS: dict[str, ErrorSpec] = {
     "REQUEST_TIMEOUT": ErrorSpec(408, grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out"),
     "OVERLOADED": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Server overloaded; retry, ideally elsewhere"),
     "IDEMPOTENCY_CONFLICT": ErrorSpec(409, grpc.StatusCode.ALREADY_EXISTS,
-                                      "Idempotency-Key reused with a different request, or still running"),
+                                      "This Idempotency-Key was used with a different request, or its first "
+                                      "request is still running"),
     "SERVICE_UNAVAILABLE": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
     "INTERNAL": ErrorSpec(500, grpc.StatusCode.INTERNAL, "Internal error"),
 }

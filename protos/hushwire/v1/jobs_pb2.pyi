@@ -31,18 +31,20 @@ class JobOptions(_message.Message):
     def __init__(self, attenuation_limit_db: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("file_name", "file_key", "options", "hold", "size_hint_bytes")
+    __slots__ = ("file_name", "file_key", "options", "hold", "size_hint_bytes", "idempotency_key")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     FILE_KEY_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
     SIZE_HINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     file_key: str
     options: JobOptions
     hold: bool
     size_hint_bytes: int
-    def __init__(self, file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., hold: _Optional[bool] = ..., size_hint_bytes: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., hold: _Optional[bool] = ..., size_hint_bytes: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "chunk")
@@ -153,10 +155,14 @@ class StartJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
 
 class RenewHoldsRequest(_message.Message):
-    __slots__ = ("job_ids",)
+    __slots__ = ("job_ids", "idempotency_key", "reservation")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    idempotency_key: str
+    reservation: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., reservation: _Optional[str] = ...) -> None: ...
 
 class RenewHoldsResponse(_message.Message):
     __slots__ = ("missing_job_ids", "hold_seconds")
@@ -165,6 +171,56 @@ class RenewHoldsResponse(_message.Message):
     missing_job_ids: _containers.RepeatedScalarFieldContainer[str]
     hold_seconds: float
     def __init__(self, missing_job_ids: _Optional[_Iterable[str]] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
+
+class StartJobsRequest(_message.Message):
+    __slots__ = ("job_ids", "options", "idempotency_key", "reservation", "request_sha256", "reply")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    options: JobOptions
+    idempotency_key: str
+    reservation: str
+    request_sha256: str
+    reply: bytes
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., reservation: _Optional[str] = ..., request_sha256: _Optional[str] = ..., reply: _Optional[bytes] = ...) -> None: ...
+
+class StartJobsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReserveIdempotencyKeyRequest(_message.Message):
+    __slots__ = ("idempotency_key",)
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    def __init__(self, idempotency_key: _Optional[str] = ...) -> None: ...
+
+class ReserveIdempotencyKeyResponse(_message.Message):
+    __slots__ = ("reservation", "hold_seconds", "request_sha256", "reply")
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    reservation: str
+    hold_seconds: float
+    request_sha256: str
+    reply: bytes
+    def __init__(self, reservation: _Optional[str] = ..., hold_seconds: _Optional[float] = ..., request_sha256: _Optional[str] = ..., reply: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseIdempotencyKeyRequest(_message.Message):
+    __slots__ = ("idempotency_key", "reservation")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    reservation: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., reservation: _Optional[str] = ...) -> None: ...
+
+class ReleaseIdempotencyKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class DownloadResultRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -64,6 +64,21 @@ class JobsStub:
                 request_serializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.SerializeToString,
                 response_deserializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.FromString,
                 _registered_method=True)
+        self.StartJobs = channel.unary_unary(
+                '/hushwire.v1.Jobs/StartJobs',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.StartJobsRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.StartJobsResponse.FromString,
+                _registered_method=True)
+        self.ReserveIdempotencyKey = channel.unary_unary(
+                '/hushwire.v1.Jobs/ReserveIdempotencyKey',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyResponse.FromString,
+                _registered_method=True)
+        self.ReleaseIdempotencyKey = channel.unary_unary(
+                '/hushwire.v1.Jobs/ReleaseIdempotencyKey',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyResponse.FromString,
+                _registered_method=True)
         self.DownloadResult = channel.unary_stream(
                 '/hushwire.v1.Jobs/DownloadResult',
                 request_serializer=hushwire_dot_v1_dot_jobs__pb2.DownloadResultRequest.SerializeToString,
@@ -122,6 +137,33 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartJobs(self, request, context):
+        """Starts several held jobs at once, all or none (NOT_FOUND, code JOB_NOT_FOUND, if one is not a
+        held job of the caller's), and with `idempotency_key` stores `reply` under that key in the same
+        transaction: the gateway's last step of a `POST /enhance`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReserveIdempotencyKey(self, request, context):
+        """Idempotency keys (the `Idempotency-Key` header of `POST /enhance`): reserves the caller's key for a
+        request that is about to run, or returns the reply stored under it by an earlier, successful
+        request, with that request's fingerprint. A key reserved by a request still running answers
+        ALREADY_EXISTS (code IDEMPOTENCY_CONFLICT). A reservation lasts `hold_seconds` unless renewed
+        (RenewHolds); a stored reply 24 h.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseIdempotencyKey(self, request, context):
+        """Gives up a reservation (the request failed: only successful replies are remembered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadResult(self, request, context):
         """Server-streamed result: the first message carries `info`, the rest carry `chunk`s.
         """
@@ -161,6 +203,21 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.RenewHolds,
                     request_deserializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.FromString,
                     response_serializer=hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.SerializeToString,
+            ),
+            'StartJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartJobs,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.StartJobsRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.StartJobsResponse.SerializeToString,
+            ),
+            'ReserveIdempotencyKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveIdempotencyKey,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyResponse.SerializeToString,
+            ),
+            'ReleaseIdempotencyKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseIdempotencyKey,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyResponse.SerializeToString,
             ),
             'DownloadResult': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadResult,
@@ -330,6 +387,87 @@ class Jobs:
             '/hushwire.v1.Jobs/RenewHolds',
             hushwire_dot_v1_dot_jobs__pb2.RenewHoldsRequest.SerializeToString,
             hushwire_dot_v1_dot_jobs__pb2.RenewHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Jobs/StartJobs',
+            hushwire_dot_v1_dot_jobs__pb2.StartJobsRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.StartJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveIdempotencyKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Jobs/ReserveIdempotencyKey',
+            hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.ReserveIdempotencyKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseIdempotencyKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Jobs/ReleaseIdempotencyKey',
+            hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.ReleaseIdempotencyKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

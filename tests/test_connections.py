@@ -1,0 +1,57 @@
+"""server.connections: which connection a stuck call may take down, and that it really goes down."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from server.connections import Connections, parse_peer
+
+
+def test_parse_peer() -> None:
+    assert parse_peer("ipv4:127.0.0.1:5000") == (ipaddress.ip_address("127.0.0.1"), 5000)
+    assert parse_peer("ipv6:[::1]:5000") == (ipaddress.ip_address("::1"), 5000)
+    assert parse_peer("ipv6:[::ffff:10.0.0.1]:7") == (ipaddress.ip_address("10.0.0.1"), 7)   # dual-stack v4 client
+    assert parse_peer("unix:/run/x.sock") is None
+    assert parse_peer("ipv4:garbage") is None
+
+
+def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    return listener, client, accepted
+
+
+def test_closes_the_connection_of_a_user_alone_on_it() -> None:
+    listener, client, accepted = _pair()
+    with listener, client, accepted:
+        conns = Connections()
+        conns.local_port = listener.getsockname()[1]
+        host, port = client.getsockname()
+        peer = f"ipv4:{host}:{port}"
+        conns.opened(peer, 7)
+        conns.opened(peer, 7)      # the same user's second call
+        conns.opened(peer, None)   # a health check: nobody's
+        assert conns.close_for(peer, 7)
+        client.settimeout(5)
+        assert client.recv(1) == b""   # the server's side of the connection is shut down
+        assert accepted.fileno() >= 0   # shut down, not closed: the owner's descriptor stays valid
+
+
+def test_spares_a_connection_that_carries_another_users_call() -> None:
+    listener, client, accepted = _pair()
+    with listener, client, accepted:
+        conns = Connections()
+        conns.local_port = listener.getsockname()[1]
+        host, port = client.getsockname()
+        peer = f"ipv4:{host}:{port}"
+        conns.opened(peer, 7)
+        conns.opened(peer, 8)
+        assert not conns.close_for(peer, 7)
+        accepted.sendall(b"still open")
+        client.settimeout(5)
+        assert client.recv(10) == b"still open"
+        conns.closed(peer, 8)
+        assert conns.calls == {peer: {7: 1}}
+        assert conns.close_for(peer, 7)
