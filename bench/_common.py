@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 HUSHWIRE = [sys.executable, "-m", "cli"]
-DEV_NOISY = ROOT.parent / "shared" / "eval-data" / "dev" / "noisy"
+EVAL_NOISY = ROOT / "evalset" / "16k" / "noisy"  # the committed evaluation set (evalset/README.md)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LISTENING = re.compile(r"listening on (?:http://)?(\S+):(\d+)")
 _PR_SET_PDEATHSIG = 1
@@ -314,12 +314,12 @@ def worker_pids(server_pid: int) -> list[int]:
 
 
 def test_audio(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """Noisy speech from the shared dev corpus (looped), or synthetic voiced bursts in noise without it.
+    """Noisy speech from the committed evaluation set (looped), or synthetic voiced bursts in noise without it.
 
     The denoiser's cost barely depends on the signal, but real speech keeps its branches honest.
     """
     n = int(seconds * rate)
-    files = sorted(DEV_NOISY.glob("*.wav"))
+    files = sorted(EVAL_NOISY.glob("*.flac"))
     if files:
         import soundfile as sf
 

@@ -12,8 +12,8 @@ This process then drives, for ``--seconds`` of wall time:
   latency pairs up) and the tail flushed: the output's frames must equal the input's plus the
   algorithmic delay.
 - ``--uploads`` concurrent REST clients, each looping: ``POST /enhance`` with a real audio file
-  (the shared dev corpus's noisy WAVs, every other one re-encoded as FLAC; synthetic speech-like
-  audio without the corpus), poll ``GET /stat/jobs/<id>`` every ``--poll-ms`` until the job is
+  (the evaluation set's noisy clips, every other one re-encoded as WAV; synthetic speech-like
+  audio without the set), poll ``GET /stat/jobs/<id>`` every ``--poll-ms`` until the job is
   ``completed`` or ``failed``, then download the signed result URL and check its frames, rate and
   channels against the upload. After the window no new upload starts; the ones in flight get
   ``--drain-seconds`` to finish.
@@ -60,7 +60,7 @@ import numpy as np
 import soundfile as sf
 
 from bench._common import (
-    DEV_NOISY,
+    EVAL_NOISY,
     BenchTimeout,
     Children,
     cpu_seconds,
@@ -285,8 +285,8 @@ class UploadStats:
 
 
 def audio_files(count: int) -> list[AudioFile]:
-    """Real audio files to upload: the dev corpus's noisy WAVs, every other one as FLAC."""
-    paths = sorted(DEV_NOISY.glob("*.wav"))[:count]
+    """Audio files to upload: the evaluation set's noisy clips (evalset/16k), every other one as WAV."""
+    paths = sorted(EVAL_NOISY.glob("*.flac"))[:count]
     sources: list[tuple[np.ndarray, int]] = []
     for path in paths:
         x, rate = sf.read(str(path), dtype="int16", always_2d=True)

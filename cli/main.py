@@ -1,4 +1,5 @@
-"""The one command-line entry point: ``hushwire serve | gateway | keys | enhance | denoise | jobs | mic | config``.
+"""The one command-line entry point: ``hushwire serve | gateway | keys | enhance | denoise | eval | jobs | mic |
+config``.
 
 It serves every role (server, gateway, client), so it lives above them all: nothing imports it.
 Each subcommand resolves its settings through :mod:`hushwire.settings` (flag > environment >
@@ -226,6 +227,23 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from server.evaluate import EvalError, main
+
+    def progress(line: str) -> None:
+        print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = main(args.noisy, args.clean, args.json, args.markdown, args.cmd, args.attenuation_limit,
+                      progress if sys.stderr.isatty() else None)
+    except EvalError as exc:
+        raise UsageError(str(exc)) from None
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(report, end="")
+    return 0
+
+
 # -- jobs -----------------------------------------------------------------------------------------
 
 
@@ -383,6 +401,20 @@ def _parser() -> argparse.ArgumentParser:
     denoise.add_argument("--no-align", action="store_true", help="keep the algorithmic delay in the output")
     denoise.add_argument("--attenuation-limit", type=float, default=None, metavar="DB")
     denoise.set_defaults(func=_cmd_denoise)
+
+    ev = sub.add_parser("eval", help="score hushwire (and optionally another command) on noisy/clean pairs",
+                        description="Score hushwire's denoiser, and optionally another command, on a folder of "
+                        "noisy/clean pairs matched by file name: PESQ-WB, ESTOI, SI-SDR and their change, the "
+                        "measured delay, overall and per group (manifest.csv in --noisy, or GROUP__name files). "
+                        "Needs the 'eval' extra: pip install 'hushwire[eval]'.")
+    ev.add_argument("--noisy", required=True, metavar="DIR", help="the noisy inputs (and an optional manifest.csv)")
+    ev.add_argument("--clean", required=True, metavar="DIR", help="the clean references, same file names")
+    ev.add_argument("--json", default=None, metavar="FILE", help="write every figure here")
+    ev.add_argument("--markdown", default=None, metavar="FILE", help="write the tables here (also on stdout)")
+    ev.add_argument("--cmd", default=None, metavar="'COMMAND {in} {out}'",
+                    help="also score this command, run once per pair ({in}, {out}, {sr}; no shell)")
+    ev.add_argument("--attenuation-limit", type=float, default=None, metavar="DB", help="for hushwire's denoiser")
+    ev.set_defaults(func=_cmd_eval)
 
     jobs = sub.add_parser("jobs", help="file jobs over gRPC: submit, list, get, cancel, download")
     jsub = jobs.add_subparsers(dest="jobs_cmd", required=True)

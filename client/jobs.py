@@ -25,7 +25,7 @@ FINISHED = tuple(job_status.STATUS_PROTO[name] for name in job_status.FINISHED)
 
 
 def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
-    """A job in the shape of the REST status reply (DESIGN.md, ``/stat/jobs/<id>``)."""
+    """A job in the shape of the REST status reply (docs/design.md, ``/stat/jobs/<id>``)."""
     out: dict[str, object] = {
         "model": job.model,
         "app_id": 1,

@@ -3,7 +3,7 @@
 Both speak the contract in ``protos/hushwire/v1/enhancer.proto``: config first, then audio
 chunks of any length, then a half-close that flushes the tail. ``enhance()`` streams a whole
 array and returns it aligned (the algorithmic delay removed, same length as the input); it
-reconnects and starts over on UNAVAILABLE (DESIGN.md), within the connect-timeout budget.
+reconnects and starts over on UNAVAILABLE (docs/design.md), within the connect-timeout budget.
 
 A live stream (``stream()``) lives on one server. Behind a balancer with several replicas, that
 replica may die mid-stream; the stream then *resumes*: the client opens a new stream (on whichever

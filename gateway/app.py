@@ -5,7 +5,7 @@ Each route translates one HTTP request into gRPC calls on the hushwire server ov
 about audio, keys or jobs. Failed RPCs become HTTP errors in one place
 (:func:`gateway.errors.from_rpc_error`, installed as an exception handler).
 
-Routes (DESIGN.md, "Files (REST gateway, DeepHearing-compatible)"):
+Routes (docs/design.md, "Files over REST"):
 
 - ``POST /enhance``: multipart upload → held ``Jobs.SubmitJob`` per file → ``Jobs.StartJob`` (gateway.upload)
 - ``GET|POST /stat/jobs/{job_id}``: ``Jobs.GetJob`` → the DeepHearing status keys

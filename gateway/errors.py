@@ -1,6 +1,6 @@
 """HTTP errors of the gateway: one shape, one mapping from gRPC.
 
-Every error reply is ``{"error": {"code": "...", "msg": "..."}}`` (DESIGN.md, "Errors").
+Every error reply is ``{"error": {"code": "...", "msg": "..."}}`` (docs/design.md, "Errors").
 
 Tree::
 

@@ -10,7 +10,7 @@ control), so the gateway never reads more of the request than the server has tak
 it holds one body chunk, one part's pending bytes (< :data:`CHUNK_BYTES`) and grpc's one message in
 flight, whatever the file size. Nothing is spooled to disk.
 
-Atomicity (DESIGN.md): every file is submitted with ``hold = true``. If any file is refused, or the
+Atomicity (docs/design.md): every file is submitted with ``hold = true``. If any file is refused, or the
 request fails in any other way, the jobs already created are deleted with ``Jobs.CancelJob`` and the
 reply is that error; only when every file was accepted does the gateway call ``Jobs.StartJob`` for each.
 If the gateway dies mid-request, the server sweeps the held jobs once their hold runs out

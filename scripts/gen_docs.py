@@ -1,8 +1,8 @@
-"""Regenerate the config reference in docs/operations.md from the settings table (hushwire.settings,
-protos/hushwire/settings.py).
+"""Regenerate the config reference in docs/operations.md and docs/design.md from the settings table
+(hushwire.settings, protos/hushwire/settings.py).
 
-    python scripts/gen_docs.py           # rewrite the section in place
-    python scripts/gen_docs.py --check   # exit 1 if the file is out of date (the test suite does this)
+    python scripts/gen_docs.py           # rewrite the sections in place
+    python scripts/gen_docs.py --check   # exit 1 if a file is out of date (the test suite does this)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "operations.md"
+DOCS = (ROOT / "docs" / "operations.md", ROOT / "docs" / "design.md")
 START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->\n"
 
 
@@ -29,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    text = DOC.read_text()
-    new = render(text)
-    if args.check:
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text()
+        new = render(text)
         if new != text:
-            print(f"{DOC} is out of date: run python scripts/gen_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
+            stale.append(doc)
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(map(str, stale))} out of date: run python scripts/gen_docs.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 """Build and run the gRPC server: ``create_server(config)`` and the ``serve`` loop with its drain.
 
-Drain (DESIGN.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
+Drain (docs/design.md): on SIGTERM or SIGINT, health goes NOT_SERVING, new calls are refused with
 UNAVAILABLE, open streams get ``drain_seconds`` to finish, then end with UNAVAILABLE "server
 shutting down", in-flight jobs are requeued, and the process exits 0.
 """

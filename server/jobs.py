@@ -101,7 +101,7 @@ def _invalid(msg: str) -> HushwireError:
 
 
 def probe(path: Path, max_seconds: float) -> Probe:
-    """Check an upload's header (DESIGN.md, "Checking uploads"); raise INVALID_FILE / FILE_TOO_LARGE."""
+    """Check an upload's header (docs/design.md, "Checking uploads"); raise INVALID_FILE / FILE_TOO_LARGE."""
     size = path.stat().st_size
     if size == 0:
         raise _invalid("the file is empty")

@@ -21,7 +21,7 @@ from pg_fixtures import database_url, module_database_url, postgres  # noqa: F40
 from s3_fixtures import s3_blob_url, s3_server  # noqa: F401  (a real S3-compatible server: tests/s3_fixtures.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV = ROOT.parent / "shared" / "eval-data" / "dev"
+EVALSET = ROOT / "evalset"  # the committed evaluation set (evalset/README.md)
 HUSHWIRE = [sys.executable, "-m", "cli"]
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -116,11 +116,11 @@ def api_key(server: ServerProcess) -> str:
     return create_key(server.data_dir, "--name", "tester")
 
 
-def dev_pair(name: str | None = None) -> tuple[Path, Path]:
-    """A (noisy, clean) pair from the shared dev corpus."""
-    noisy = sorted((DEV / "noisy").glob("*.wav"))
-    path = next(p for p in noisy if name is None or name in p.name)
-    return path, DEV / "clean" / path.name
+def eval_pair(name: str, rate: str = "16k") -> tuple[Path, Path]:
+    """A (noisy, clean) FLAC pair of the committed evaluation set, e.g. ``eval_pair("white_p05")``."""
+    noisy = EVALSET / rate / "noisy" / f"{name}.flac"
+    assert noisy.is_file(), f"{noisy} is missing: the evaluation set is committed with the repository"
+    return noisy, EVALSET / rate / "clean" / noisy.name
 
 
 def white_noise_file(path: Path, seconds: float = 2.0, rate: int = 16000, channels: int = 1,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, dev_pair, energy_db, run_cli, white_noise_file
+from conftest import ServerProcess, energy_db, eval_pair, run_cli, white_noise_file
 
 from server.dsp import Denoiser
 
@@ -33,8 +33,8 @@ def test_enhance_keeps_format_rate_channels_and_length(
     assert energy_db(y[rate // 2 :]) < energy_db(x[rate // 2 :]) - 10.0  # white noise clearly removed
 
 
-def test_enhance_denoises_a_dev_recording(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
-    noisy_path, clean_path = dev_pair("pink_p05")
+def test_enhance_denoises_an_evaluation_clip(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
+    noisy_path, clean_path = eval_pair("pink_p05")
     out = tmp_path / "out.wav"
     run_cli("enhance", str(noisy_path), str(out), "--target", server.target, "--key", api_key)
     noisy, _ = sf.read(str(noisy_path), dtype="float32")

@@ -1,8 +1,8 @@
 """The web console's page, its security headers, and the ``/live`` WebSocket bridge (gateway/live.py),
 spoken to by a plain WebSocket client; the page itself runs in a real browser in test_console_browser.py.
 
-Real parts only: a ``hushwire serve`` subprocess, a ``hushwire gateway`` subprocess, real keys, the
-shared dev corpus.
+Real parts only: a ``hushwire serve`` subprocess, a ``hushwire gateway`` subprocess, real keys, clips
+of the committed evaluation set (evalset/).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, dev_pair, start_server
+from conftest import ServerProcess, create_key, eval_pair, start_server
 from test_gateway import GatewayProcess, _free_port, _peak_rss_kb, start_gateway
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -234,7 +234,7 @@ def test_page_sets_a_strict_content_security_policy(console_gateway: GatewayProc
 
 def test_live_output_is_the_grpc_streams_output(console_server: ServerProcess, console_gateway: GatewayProcess,
                                                 console_key: str) -> None:
-    noisy, _ = dev_pair("d001")
+    noisy, _ = eval_pair("white_p00")
     x, rate = sf.read(str(noisy), dtype="float32")
     chunk = rate // 50   # 20 ms
     with open_live(console_gateway) as ws:
@@ -255,7 +255,7 @@ def test_live_output_is_the_grpc_streams_output(console_server: ServerProcess, c
 
 
 def test_live_pcm16_and_the_attenuation_limit(console_gateway: GatewayProcess, console_key: str) -> None:
-    noisy, _ = dev_pair("d002")
+    noisy, _ = eval_pair("white_p05")
     x, rate = sf.read(str(noisy), dtype="int16")
     with open_live(console_gateway) as ws:
         delay = hello(ws, console_key, rate, encoding="pcm16", attenuation_limit_db=0)["algorithmic_delay_samples"]
@@ -275,7 +275,7 @@ def test_live_pcm16_and_the_attenuation_limit(console_gateway: GatewayProcess, c
 
 
 def test_live_updates_take_effect_mid_stream(console_gateway: GatewayProcess, console_key: str) -> None:
-    noisy, _ = dev_pair("d000")
+    noisy, _ = eval_pair("white_m05")
     x, rate = sf.read(str(noisy), dtype="float32")
     chunk = rate // 100
     half = (len(x) // chunk // 2)

@@ -10,7 +10,6 @@ whose path is printed at the end of the module. Skipped when /usr/bin/chromium o
 from __future__ import annotations
 
 import io
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,17 +20,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from conftest import DEV, dev_pair
+from conftest import eval_pair
 from scipy import signal
 from test_console import console_gateway, console_key, console_server  # noqa: F401 (fixtures, used by name)
 from test_gateway import GatewayProcess, _free_port, start_gateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-LIVE_NOISY = DEV / "48k" / "noisy" / "d48_00_white_p00.wav"   # 0 dB white noise, 48 kHz, 3.1 s
-LIVE_CLEAN = DEV / "48k" / "clean" / LIVE_NOISY.name
+LIVE_NOISY, LIVE_CLEAN = eval_pair("white_p00", "48k")   # 0 dB white noise, 48 kHz, 2.5 s
 SEGMENT_SECONDS = 2.0         # the first 2 s of each pass of the looped file are scored
-LIVE_SECONDS = 12.0           # warm-up, then surely one whole pass of the fake microphone's 3.1 s loop
+LIVE_SECONDS = 12.0           # warm-up, then surely one whole pass of the fake microphone's 2.5 s loop
 WARM_UP_SECONDS = 1.5         # the denoiser's noise estimate settles; scored after this
 MIN_SI_SDR_GAIN_DB = 3.0      # the recording must be this much closer to the clean speech than the input
 WAIT_S = 60.0
@@ -69,14 +67,13 @@ def chromium(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | Non
     if missing:
         pytest.skip(f"no browser for the console tests: {', '.join(missing)} missing "
                     "(apt-get install chromium chromium-driver)")
-    if not LIVE_NOISY.exists():
-        pytest.skip(f"the shared dev corpus is missing ({LIVE_NOISY})")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     profile = tmp_path_factory.mktemp("chromium-profile")
     mic = tmp_path_factory.mktemp("mic") / "noisy.wav"
-    shutil.copyfile(LIVE_NOISY, mic)
+    x, rate = sf.read(str(LIVE_NOISY), dtype="int16")
+    sf.write(str(mic), x, rate, subtype="PCM_16")   # Chromium's fake microphone plays WAV only
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -200,7 +197,7 @@ def test_a_wrong_key_is_reported_in_the_page(browser: Driver, console_gateway: G
     assert browser.find_element(By.ID, "error").is_displayed()
     assert browser.find_element(By.ID, "live-start").is_enabled()   # nothing started
     # Uploading with the wrong key says the same, and no job row appears.
-    noisy, _ = dev_pair("d002")
+    noisy, _ = eval_pair("white_p05")
     browser.execute_script("document.getElementById('error').textContent = ''")
     browser.find_element(By.ID, "upload-input").send_keys(str(noisy))
     wait_for(browser, "an error in #error", lambda d: "not accepted" in error_text(d))
@@ -212,8 +209,8 @@ def test_a_wrong_key_is_reported_in_the_page(browser: Driver, console_gateway: G
 def test_upload_through_the_page(browser: Driver, console_gateway: GatewayProcess, console_key: str,  # noqa: F811
                                  shots: Path) -> None:
     open_console(browser, console_gateway, console_key)
-    first, _ = dev_pair("d001")
-    second = DEV / "48k" / "noisy" / "d48_02_hum_p10.wav"
+    first, _ = eval_pair("white_p00")
+    second, _ = eval_pair("hum_m05", "48k")
     browser.find_element(By.ID, "upload-input").send_keys(f"{first}\n{second}")
     rows = wait_for(browser, "two completed jobs", lambda d: len(
         found := d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job-id][data-status='completed']")) == 2 and found)

@@ -1,4 +1,4 @@
-"""End-to-end tests of the HTTP gateway (DESIGN.md, "Files (REST gateway, DeepHearing-compatible)").
+"""End-to-end tests of the HTTP gateway (docs/design.md, "Files over REST").
 
 Real parts only: a real ``hushwire serve`` subprocess, a real ``hushwire gateway`` subprocess in front
 of it (``--port 0``, its ``listening on http://HOST:PORT`` line parsed), real keys made with

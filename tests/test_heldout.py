@@ -38,3 +38,22 @@ def test_training_noise_seed_stays_below_the_heldout_seeds() -> None:
     assert make_data.NOISE_SEED < heldout.NOISE_SEED_MIN
     with pytest.raises(SystemExit, match="evaluation set"):
         make_data.build_noise(ROOT, heldout.NOISE_SEED_MIN, [])
+
+
+def test_the_committed_set_uses_only_heldout_material() -> None:
+    import csv
+
+    rows = []
+    for rate in ("16k", "8k", "48k"):
+        with open(ROOT / "evalset" / rate / "noisy" / "manifest.csv", newline="") as fh:
+            rows += [(rate, row) for row in csv.DictReader(fh)]
+        names = {p.name for p in (ROOT / "evalset" / rate / "noisy").glob("*.flac")}
+        assert names == {p.name for p in (ROOT / "evalset" / rate / "clean").glob("*.flac")}
+    assert len(rows) == 42 + 8 + 5
+    for rate, row in rows:
+        engine, voice = row["voice"].split(":")[:2]
+        held = {"festival": voice in heldout.FESTIVAL_VOICES, "flite": voice in heldout.FLITE_VOICES,
+                "espeak-ng": heldout.is_heldout_espeak(voice)}[engine]
+        assert held, (rate, row)
+        assert int(row["sentence"]) < heldout.TARGET_SENTENCES
+        assert row["noise_type"] == "none" or int(row["noise_seed"]) >= heldout.NOISE_SEED_MIN, (rate, row)

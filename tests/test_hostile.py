@@ -1,5 +1,5 @@
 """Hostile uploads, generated here: each gets its documented outcome, the server stays up, and a
-refused file leaves no blob and no row behind (DESIGN.md, "Checking uploads" and "Errors")."""
+refused file leaves no blob and no row behind (docs/design.md, "Checking uploads" and "Errors")."""
 
 from __future__ import annotations
 

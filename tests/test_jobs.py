@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, dev_pair, energy_db, start_server
+from conftest import ServerProcess, create_key, energy_db, eval_pair, start_server
 from pg_fixtures import fresh_database_url
 from s3_fixtures import fresh_blob_url, stored_blobs
 
@@ -123,7 +123,7 @@ def test_job_keeps_format_and_denoises(jobs: JobsClient, tmp_path: Path, fmt: st
 
 
 def test_job_equals_the_live_stream_within_one_lsb(jobs: JobsClient, tmp_path: Path) -> None:
-    noisy_path, _ = dev_pair("babble_p05")
+    noisy_path, _ = eval_pair("babble_p05")
     job = jobs.wait(jobs.submit(noisy_path, attenuation_limit_db=12.0).job_id, timeout=60)
     _, data = jobs.download(job.job_id)
     y, _ = sf.read(io.BytesIO(data), dtype="int16")

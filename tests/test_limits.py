@@ -1,4 +1,4 @@
-"""Per-user limits (DESIGN.md): concurrent streams, unfinished jobs, upload bytes per day -> RATE_LIMITED."""
+"""Per-user limits (docs/design.md): concurrent streams, unfinished jobs, upload bytes per day -> RATE_LIMITED."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEV, ROOT, ServerProcess, energy_db, run_cli
+from conftest import EVALSET, ROOT, ServerProcess, energy_db, run_cli
 
 from server.dsp import Denoiser
 
@@ -46,11 +46,11 @@ pcm.filein {{
 
 @pytest.fixture(scope="module")
 def audio_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path, np.ndarray]]:
-    """A HOME whose ALSA config has 'filein' (plays a dev recording as the mic) and 'fileout' devices."""
+    """A HOME whose ALSA config has 'filein' (plays an evaluation-set clip as the mic) and 'fileout' devices."""
     if shutil.which("jackd") is None or not JACK_PLUGIN.exists():
         pytest.skip("needs jackd and the ALSA jack plugin (apt-get install jackd2 libasound2-plugins)")
     home = tmp_path_factory.mktemp("home")
-    noisy = sorted((DEV / "48k" / "noisy").glob("*.wav"))[0]
+    noisy = EVALSET / "48k" / "noisy" / "white_p00.flac"
     x, rate = sf.read(str(noisy), dtype="float32")
     assert rate == RATE
     speech = np.concatenate([x, x, x])

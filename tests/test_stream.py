@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, dev_pair, energy_db, free_port, scrape_metrics, start_server
+from conftest import ServerProcess, create_key, energy_db, eval_pair, free_port, scrape_metrics, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AsyncEnhancerClient, EnhancerClient, HushwireClientError
@@ -51,7 +51,7 @@ def _local(x: np.ndarray, rate: int) -> np.ndarray:
 
 
 def test_file_streams_denoised_and_aligned(server: ServerProcess, api_key: str) -> None:
-    noisy_path, clean_path = dev_pair("white_p05")
+    noisy_path, clean_path = eval_pair("white_p05")
     noisy, rate = sf.read(str(noisy_path), dtype="float32")
     clean, _ = sf.read(str(clean_path), dtype="float32")
     with EnhancerClient(server.target, api_key) as c:

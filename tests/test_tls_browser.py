@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, create_key, dev_pair, start_server
+from conftest import ServerProcess, create_key, eval_pair, start_server
 from test_console_browser import Driver, chromium, error_text, open_console, run_live, wait_for
 from test_gateway import GatewayProcess, start_gateway
 from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
@@ -63,7 +63,7 @@ def test_the_console_over_https(https_browser: Driver, mtls_stack: tuple[ServerP
     open_console(https_browser, gw, key)
     # A certificate error would have left Chromium on its interstitial page, not the console.
     assert https_browser.execute_script("return window.isSecureContext && location.protocol") == "https:"
-    noisy, _ = dev_pair("d001")
+    noisy, _ = eval_pair("white_p00")
     https_browser.find_element(By.ID, "upload-input").send_keys(str(noisy))
     row = wait_for(https_browser, "a completed job", lambda d: (
         found := d.find_elements(By.CSS_SELECTOR, "#jobs tr[data-job-id][data-status='completed']")) and found[0])

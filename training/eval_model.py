@@ -1,7 +1,6 @@
-"""Run the learned gain model as a denoiser, for ``score.py --callable``.
+"""Run the learned gain model as a denoiser: ``enhance(x, rate)`` for ``sweep.py`` and ``devscore.py``.
 
-    cd /work/main && .venv/bin/python ../shared/eval/score.py --data ../shared/eval-data/dev \
-        --callable training/eval_model.py:enhance
+    OMP_NUM_THREADS=1 .venv/bin/python training/sweep.py --dev DIR CKPT.npz --modes model combined
 
 Environment (all optional):
   HUSHWIRE_GAIN_WEIGHTS   .npz to load (default server/dsp/weights/gain_model.npz)

@@ -10,7 +10,8 @@ come from the same asymmetric-window STFT as ``server/dsp`` (``window_pair``,
 32 ms analysis, 10 ms hop at 16 kHz).
 
 Every ``--eval-every`` minutes a checkpoint is exported to
-``training/checkpoints/`` and scored on the dev corpus (16 kHz pairs, the model
+``training/checkpoints/`` and, with ``--dev DIR`` (an external dev corpus, say; see
+``devscore.py``), scored on its 16 kHz pairs (the model
 alone via ``eval_model.enhance``, or with ``--dev-mode denoiser`` the full
 streaming denoiser); the best one by ΔPESQ + W ΔESTOI (``--estoi-weight``) is
 copied to ``server/dsp/weights/gain_model.npz`` if it beats ``--best``. Dev is
@@ -40,6 +41,8 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from devscore import add_dev_argument  # noqa: E402
 
 from server.dsp.model import LOG_FLOOR, REF_RATE_HZ, band_centres_hz, band_weights  # noqa: E402
 from server.dsp.stft import window_pair  # noqa: E402
@@ -299,23 +302,22 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
     return gain_loss, spec_loss, vad_loss
 
 
-def dev_score(npz: Path, exponent: float, mode: str = "model") -> tuple[dict, str]:
-    """Dev summary of the model alone (``model``) or of the full streaming denoiser (``denoiser``)."""
-    sys.path.insert(0, str(ROOT.parent / "shared" / "eval"))
-    import score
-    data = ROOT.parent / "shared" / "eval-data" / "dev"
+def dev_score(npz: Path, exponent: float, mode: str = "model", data: Path | None = None) -> tuple[dict, str]:
+    """Dev summary of the model alone (``model``) or of the full streaming denoiser (``denoiser``),
+    on the ``--dev`` folder, scored by the repository's scorer (``devscore.py``)."""
+    assert data is not None, "dev checks need --dev DIR"
+    from devscore import score_dev
     if mode == "denoiser":
         import tune
 
         from server.dsp import denoiser
         from server.dsp.model import load_weights
         denoiser._WEIGHTS_CACHE["default"] = load_weights(npz)
-        res = score.score_corpus(data, score.System(fn=denoiser.enhance), include_48k=False)
-        return res["summary"], tune.summary_line(res)
+        res = score_dev(data, denoiser.enhance)
+        return res, tune.summary_line(res)
     import eval_model
     eval_model.configure(npz, exponent)
-    res = score.score_corpus(data, score.System(fn=eval_model.enhance), include_48k=False)
-    return res["summary"], ""
+    return score_dev(data, eval_model.enhance), ""
 
 
 def main() -> None:
@@ -332,6 +334,7 @@ def main() -> None:
     ap.add_argument("--best", type=float, default=-1e9,
                     help="export only checkpoints whose dev dPESQ + W dESTOI beats this (e.g. the last run's)")
     ap.add_argument("--estoi-weight", type=float, default=5.0, help="W in the dev criterion dPESQ + W dESTOI")
+    add_dev_argument(ap, required=False)
     ap.add_argument("--dev-mode", choices=("model", "denoiser"), default="model",
                     help="score the model alone or the full denoiser (model x classical gain) on dev")
     ap.add_argument("--under", type=float, default=0.0,
@@ -412,17 +415,20 @@ def main() -> None:
             export_npz(model, ck)
             torch.save(model.state_dict(), CKPT_DIR / f"ckpt_{args.tag}{step:06d}.pt")
             torch.save(model.state_dict(), CKPT_DIR / "last.pt")
+            if args.dev is None:  # no dev folder: checkpoints only (score them with tune.py --dev)
+                if done:
+                    break
+                continue
             t1 = time.time()
-            summ, line = dev_score(ck, args.exponent, args.dev_mode)
+            summ, line = dev_score(ck, args.exponent, args.dev_mode, args.dev)
             o = summ["overall"]
             crit = o["d_pesq"] + args.estoi_weight * o["d_estoi"]
             history.append({"step": step, "train_min": train_s / 60, "d_pesq": o["d_pesq"],
                             "estoi": o["estoi"], "d_si_sdr": o["d_si_sdr"],
                             "clean_in_pesq": summ["clean_in"]["pesq"] if summ["clean_in"] else None})
             say(f"DEV step {step} (crit {crit:.4f}): dPESQ {o['d_pesq']:+.3f} ESTOI {o['estoi']:.3f} "
-                f"dSI-SDR {o['d_si_sdr']:+.2f} "
-                f"clean-in {history[-1]['clean_in_pesq']:.2f} atten {summ['noise_only_attenuation_db']:.1f} "
-                f"({time.time() - t1:.0f} s)")
+                f"dSI-SDR {o['d_si_sdr']:+.2f} clean-in {history[-1]['clean_in_pesq']} "
+                f"atten {summ['noise_only_attenuation_db']} ({time.time() - t1:.0f} s)")
             if line:
                 say(f"  {line}")
             if crit > best:

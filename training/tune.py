@@ -1,14 +1,16 @@
 """Score the full streaming denoiser (``server.dsp.Denoiser``) on dev with other weights or constants.
 
-    OMP_NUM_THREADS=1 .venv/bin/python training/tune.py [--weights W.npz ...] \
+    OMP_NUM_THREADS=1 .venv/bin/python training/tune.py --dev DIR [--weights W.npz ...] \
         [--set denoiser.MODEL_GAIN_EXPONENT=1.0,1.2] [--set gain.DD_ALPHA=0.95] [--48k]
+
+``--dev DIR`` is a dev folder as ``devscore.py`` describes (an external dev corpus, say); it is
+scored with the repository's own scorer (``server/evaluate.py``).
 
 Every combination of the ``--set`` values is scored in-process (about 25 s each at 16 kHz)
 with the same signal path as ``hushwire denoise``. One line per run gives the issue #4
 figures: overall ΔPESQ / ESTOI / ΔSI-SDR, the worst per-noise-type and per-SNR-band ΔESTOI,
-the real-speech ΔPESQ, clean-in PESQ and level, noise-only attenuation and (with ``--48k``)
-the 48 kHz ΔPESQ. Used to choose checkpoints and the combination constants on dev; nothing
-here trains on dev.
+clean-in PESQ and level, noise-only attenuation and (with ``--48k``) the 48 kHz ΔPESQ. Used
+to choose checkpoints and the combination constants on dev; nothing here trains on dev.
 """
 
 from __future__ import annotations
@@ -29,41 +31,42 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent / "shared" / "eval"))
+sys.path.insert(0, str(ROOT / "training"))
 
-import score  # noqa: E402
+from devscore import add_dev_argument, score_dev  # noqa: E402
 
 from server.dsp import denoiser  # noqa: E402
 from server.dsp.model import load_weights  # noqa: E402
 
-DEV = ROOT.parent / "shared" / "eval-data" / "dev"
 
-
-def clean_level_db() -> float:
+def clean_level_db(dev: Path) -> float:
     """Mean output/input level difference on the clean-in pairs, dB (the full denoiser)."""
     import soundfile as sf
     diffs = []
-    for p in sorted((DEV / "noisy").glob("*.wav")):
+    for p in sorted((dev / "noisy").iterdir()):
+        if p.suffix.lower() not in (".wav", ".flac"):
+            continue
         x, sr = sf.read(p, dtype="float32")
-        if not np.allclose(x, sf.read(DEV / "clean" / p.name, dtype="float32")[0]):
+        if not np.allclose(x, sf.read(dev / "clean" / p.name, dtype="float32")[0]):
             continue
         y = denoiser.enhance(x, sr)
         diffs.append(10 * np.log10(np.sum(y.astype(np.float64) ** 2) / np.sum(x.astype(np.float64) ** 2)))
-    return float(np.mean(diffs))
+    return float(np.mean(diffs)) if diffs else float("nan")  # no clean-in pairs
 
 
-def summary_line(res: dict) -> str:
-    s = res["summary"]
+def summary_line(s: dict) -> str:
+    """One line of figures from ``devscore.score_dev``'s summary."""
     o = s["overall"]
-    worst_type = min(s["per_noise"].items(), key=lambda kv: kv[1]["d_estoi"])
-    worst_snr = min(s["per_snr"].items(), key=lambda kv: kv[1]["d_estoi"])
-    real = [f for f in res["files"] if f["kind"] == "noisy" and f["subset"] == "16k"
-            and str(f.get("speech_source", "")).startswith("real:")]
-    line = (f"dPESQ {o['d_pesq']:+.3f} ESTOI {o['estoi']:.4f} dSI-SDR {o['d_si_sdr']:+.2f} | "
-            f"worst dESTOI {worst_type[0]} {worst_type[1]['d_estoi']:+.4f}, snr {worst_snr[0]} "
-            f"{worst_snr[1]['d_estoi']:+.4f} | real dPESQ {np.mean([f['d_pesq'] for f in real]):+.3f} "
-            f"dESTOI {np.mean([f['d_estoi'] for f in real]):+.3f} | clean-in {s['clean_in']['pesq']:.3f} "
-            f"| atten {s['noise_only_attenuation_db']:.1f}")
+    line = f"dPESQ {o['d_pesq']:+.3f} ESTOI {o['estoi']:.4f} dSI-SDR {o['d_si_sdr']:+.2f}"
+    if s["per_noise"] and s["per_snr"]:
+        worst_type = min(s["per_noise"].items(), key=lambda kv: kv[1]["d_estoi"])
+        worst_snr = min(s["per_snr"].items(), key=lambda kv: kv[1]["d_estoi"])
+        line += (f" | worst dESTOI {worst_type[0]} {worst_type[1]['d_estoi']:+.4f}, snr {worst_snr[0]} "
+                 f"{worst_snr[1]['d_estoi']:+.4f}")
+    if s["clean_in"]:
+        line += f" | clean-in {s['clean_in']['pesq']:.3f}"
+    if s["noise_only_attenuation_db"] is not None:
+        line += f" | atten {s['noise_only_attenuation_db']:.1f}"
     if s.get("fullband_48k"):
         line += f" | 48k dPESQ {s['fullband_48k']['d_pesq']:+.3f} ESTOI {s['fullband_48k']['estoi']:.3f}"
     return line
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--48k", dest="full", action="store_true", help="also score the 48 kHz pairs")
     ap.add_argument("--level", action="store_true", help="also report the clean-in level change")
     ap.add_argument("--json", help="write the last run's scorer result here")
+    add_dev_argument(ap, required=True)
     args = ap.parse_args()
     grid = []
     for spec in args.set:
@@ -92,10 +96,10 @@ def main() -> None:
                 setattr(mod, attr, v)
                 label.append(f"{attr}={v:g}")
             denoiser._ENGINES.clear()  # engines hold constants read at construction
-            res = score.score_corpus(DEV, score.System(fn=denoiser.enhance), include_48k=args.full)
+            res = score_dev(args.dev, denoiser.enhance, include_48k=args.full)
             line = summary_line(res)
             if args.level:
-                line += f" | clean level {clean_level_db():+.2f} dB"
+                line += f" | clean level {clean_level_db(args.dev):+.2f} dB"
             print(" ".join(label) + ": " + line, flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=1))

@@ -1,6 +1,6 @@
 """Settings: command-line flags, environment, config file and defaults, resolved in one place.
 
-Precedence is flag > environment > TOML config file > default (DESIGN.md, "Command line and
+Precedence is flag > environment > TOML config file > default (docs/design.md, "Command line and
 configuration"). :func:`resolve` is the only code that reads ``os.environ`` for a setting; every
 role receives a typed config object built from what it returns (``server.config.ServerConfig``,
 ``gateway.config.GatewayConfig``, ``cli.main.ClientConfig``). :data:`SETTINGS` is the one table of
@@ -101,7 +101,7 @@ def _bool(text: str | bool) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of DESIGN.md's settings table."""
+    """One row of docs/design.md's settings table."""
 
     name: str                      # attribute name and argparse dest
     env: str | None                # environment variable

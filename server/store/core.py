@@ -1,7 +1,7 @@
 """The store: users, API keys, jobs and usage, in SQLite or PostgreSQL (see :mod:`.engines`).
 
 The SQL of the project lives in this package, behind a few methods, so the servicers never see
-which database runs (DESIGN.md, "Growing past one machine"). The statements are written once for
+which database runs (docs/design.md, "Growing past one machine"). The statements are written once for
 both; the engine supplies the few words that differ (row locks).
 
 Jobs are claimed with a lease that expires (:meth:`Store.claim_next`): on PostgreSQL the claim

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.dsp import SUPPORTED_RATES, Denoiser
-
-CLEAN_DIR = Path("/work/shared/eval-data/dev/clean")
 
 
 def _mix(sr: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -149,24 +146,6 @@ def test_speech_like_signal_keeps_its_level(rate: int) -> None:
     # A synthetic harmonic signal is not speech to the learned gain, which trims its weaker
     # partials a little (0.7-1.1 dB measured); real clean speech is held to 0.5 dB below.
     assert abs(change) <= 1.5, f"{change:+.2f} dB at {rate} Hz"
-
-
-def test_clean_recording_keeps_its_level() -> None:
-    soundfile = pytest.importorskip("soundfile")
-    files = sorted(CLEAN_DIR.glob("*.wav")) if CLEAN_DIR.is_dir() else []
-    if not files:
-        pytest.skip("dev corpus not available")
-    changes = []
-    for path in files[::4]:
-        x, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
-        if not x.any():
-            continue
-        den = Denoiser(sr)
-        y = run(den, x)[den.latency_samples :]
-        changes.append(energy_db(y) - energy_db(x))
-        # Real recordings carry a little room noise, which goes too (measured down to -0.78 dB).
-        assert abs(changes[-1]) <= 1.0, f"{path.name}: {changes[-1]:+.2f} dB"
-    assert abs(float(np.mean(changes))) <= 0.5, f"mean level change {np.mean(changes):+.2f} dB"
 
 
 @pytest.mark.parametrize("limit_db", [6.0, 12.0, 24.0])

@@ -1,6 +1,6 @@
 """The error codes of the contract and the one table that maps each to gRPC and HTTP.
 
-Tree (DESIGN.md, "Errors")::
+Tree (docs/design.md, "Errors")::
 
     code                   HTTP / gRPC status
     API_KEY_NOT_FOUND      401 / UNAUTHENTICATED

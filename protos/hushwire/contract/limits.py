@@ -1,4 +1,4 @@
-"""Limits of the live stream and of jobs that every side checks alike (DESIGN.md, "Live streaming").
+"""Limits of the live stream and of jobs that every side checks alike (docs/design.md, "Live streaming").
 
 Pure Python (no numpy, no grpc): the denoiser in ``server/dsp`` imports it too.
 """

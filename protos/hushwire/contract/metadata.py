@@ -1,4 +1,4 @@
-"""The gRPC metadata keys of the contract (DESIGN.md, "Auth" and "Errors"), and reading the trailer."""
+"""The gRPC metadata keys of the contract (docs/design.md, "Auth" and "Errors"), and reading the trailer."""
 
 from __future__ import annotations
 
