@@ -16,23 +16,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hushwire.settings import SETTINGS, ConfigError, check_client_tls, resolve
+from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, resolve
 from server.config import ServerConfig, one_blas_thread
 
 __all__ = ["ClientConfig", "main"]
 
-_STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper"]
+_STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper", "key_pepper_previous"]
 _SERVER_SETTINGS = [
-    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret", "log_level",
+    *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret",
+    "signing_secret_previous", "log_level",
     "log_format",
-    "max_streams_per_user", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
+    "server_public_url", "webhook_allow", "webhook_base_delay_seconds", "webhook_max_age_seconds",
     "slow_consumer_seconds", "stream_idle_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
-_SECRETS = ("signing_secret", "key_pepper")  # never flags: they would show in `ps`
+_SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
                      "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
@@ -161,11 +163,21 @@ def _cmd_keys(args: argparse.Namespace) -> int:
             print(f"{'key_id':>6}  {'uid':>5}  {'name':<20}  {'created (UTC)':<20}  status")
             for k in store.list_keys():
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k.created_at))
-                status = "revoked" if k.revoked_at else "active"
+                status = "revoked" if k.revoked_at else "active" if k.scheme == "hmac" else \
+                    "active (hashed with a previous pepper until its next use)"
                 print(f"{k.key_id:>6}  {k.uid:>5}  {k.name:<20}  {created:<20}  {status}")
         elif args.keys_cmd == "revoke":
             store.revoke_key(args.key_id)
             print(f"revoked key_id={args.key_id}", file=sys.stderr)
+        elif args.keys_cmd == "webhook-secret":
+            from server.webhooks import ROTATION_GRACE_S
+
+            found = (store.rotate_webhook_secret if args.rotate else store.webhook_secrets)(args.user,
+                                                                                           ROTATION_GRACE_S)
+            if found.previous_valid_until:
+                until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found.previous_valid_until))
+                print(f"uid={args.user}: the previous secret also signs until {until}", file=sys.stderr)
+            print(found.current)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -292,7 +304,8 @@ def _jobs_submit(args: argparse.Namespace, jobs: Any) -> int:
             raise UsageError(f"no such file: {path}")
         with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"upload {os.path.basename(path)}",
                   leave=False, disable=args.quiet) as bar:
-            job = jobs.submit(path, attenuation_limit_db=args.attenuation_limit, on_bytes=bar.update)
+            job = jobs.submit(path, attenuation_limit_db=args.attenuation_limit, on_bytes=bar.update,
+                              callback_url=args.callback_url)
         print(f"{path}\t{job.job_id}")
         submitted.append((path, job))
     if not args.wait:
@@ -382,7 +395,11 @@ def _parser() -> argparse.ArgumentParser:
     lst = ksub.add_parser("list", help="list keys (never shows the keys themselves)")
     revoke = ksub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id", type=int)
-    for k in (create, lst, revoke):
+    secret = ksub.add_parser("webhook-secret", help="print a user's webhook signing secret (created on first use)")
+    secret.add_argument("--user", type=int, required=True, help="the user's uid")
+    secret.add_argument("--rotate", action="store_true",
+                        help="make a new one (the previous one also signs for 24 h)")
+    for k in (create, lst, revoke, secret):
         _common(k, [n for n in _STORE_SETTINGS if n not in _SECRETS])
     keys.set_defaults(func=_cmd_keys)
 
@@ -425,6 +442,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--out", default=None, metavar="DIR", help="where results go (default: next to the input)")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait per job (default 3600)")
     submit.add_argument("--quiet", action="store_true", help="no progress bars")
+    submit.add_argument("--callback-url", default=None, metavar="URL",
+                        help="POST each job's signed status JSON here when it completes or fails")
     jsub_list = jsub.add_parser("list", help="your jobs, newest first, one JSON object a line")
     get = jsub.add_parser("get", help="one job, as the REST status shows it")
     get.add_argument("job_id")

@@ -1,4 +1,8 @@
-"""The one place the client library opens gRPC channels: plaintext, TLS, or mutual TLS.
+"""The one place hushwire's gRPC client channels are made: their options, and plaintext, TLS or mutual TLS.
+
+Every client of the server (:class:`~client.stream.EnhancerClient`, its asyncio twin,
+:class:`~client.jobs.JobsClient`, and the gateway's upstream channel) opens its channel here, so a
+channel setting (:data:`CHANNEL_OPTIONS`: keepalive and reconnect backoff) holds for all.
 
 ``tls_ca`` (a PEM file) turns TLS on and is the only CA trusted for the server's certificate;
 ``tls_cert`` and ``tls_key`` add a client certificate for a server that requires mutual TLS
@@ -16,7 +20,17 @@ import grpc
 from client.errors import HushwireClientError
 from hushwire.contract.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
 
-__all__ = ["ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
+__all__ = ["CHANNEL_OPTIONS", "ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
+
+# Every channel's options: the server's keepalive contract (hushwire.contract.keepalive), and a reconnect
+# backoff that finds a restarted or replaced server within ~3 s (grpc's default grows to 120 s, far
+# past any connect budget: ``connect_timeout``, 10 s by default).
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    *KEEPALIVE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,12 @@ class ClientTLS:
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """Every channel's options: the server's keepalive contract (hushwire.contract.keepalive), then ``options``."""
-    return [*KEEPALIVE_OPTIONS, *options]
+    """:data:`CHANNEL_OPTIONS`, then ``options`` (for an option given twice, grpc takes the last)."""
+    return [*CHANNEL_OPTIONS, *options]
 
 
 def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to ``target`` (``host:port``) with :func:`channel_options` (``options`` added)."""
     if tls is None:
         return grpc.insecure_channel(target, options=channel_options(options))
     return grpc.secure_channel(target, tls.credentials(), options=channel_options(options))
@@ -67,6 +82,7 @@ def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tu
 
 def open_aio_channel(target: str, tls: ClientTLS | None = None,
                      options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The asyncio twin of :func:`open_channel`: the same options and credentials."""
     if tls is None:
         return grpc.aio.insecure_channel(target, options=channel_options(options))
     return grpc.aio.secure_channel(target, tls.credentials(), options=channel_options(options))

@@ -10,7 +10,8 @@ import grpc
 
 from hushwire.contract.metadata import ERROR_CODE_KEY, error_code
 
-__all__ = ["ERROR_CODE_KEY", "CallStatus", "HushwireClientError", "from_rpc_error", "is_retryable"]
+__all__ = ["ERROR_CODE_KEY", "RETRYABLE_CODES", "CallStatus", "HushwireClientError", "from_rpc_error",
+           "is_retryable"]
 
 # After grpc's local INTERNAL for a failed write, how long to wait for the server's own status.
 STATUS_WAIT_S = 2.0
@@ -43,12 +44,18 @@ def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
     return HushwireClientError(status, _trailer_code(err), details or "")
 
 
+# Contract codes that mean "try again, perhaps elsewhere": the server is draining, or it refused a
+# new live stream it could not serve in real time (docs/design.md's error table; both are UNAVAILABLE).
+RETRYABLE_CODES = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
+
+
 def is_retryable(err: HushwireClientError) -> bool:
-    """Reconnect on UNAVAILABLE, and on INTERNAL/CANCELLED with no hushwire trailer (a proxy lost
-    its backend). The caller's own cancel never reaches here: it is not an RpcError we retry."""
-    if err.status == grpc.StatusCode.UNAVAILABLE:
-        return True
-    return err.code is None and err.status in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
+    """Try again on a retryable contract code; with no code (no hushwire server said it), on
+    UNAVAILABLE, and on INTERNAL/CANCELLED (a proxy lost its backend). The caller's own cancel and a
+    caller that stopped reading are decided before this (``client.core.StreamCore``)."""
+    if err.code is not None:
+        return err.code in RETRYABLE_CODES
+    return err.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
 
 
 def _settled(coro: Coroutine[Any, Any, _T]) -> _T | None:

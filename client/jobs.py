@@ -15,35 +15,15 @@ from client.errors import HushwireClientError, from_rpc_error
 from hushwire.contract import job_status
 from hushwire.contract.job_status import STATUS_NAMES
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
+from hushwire.contract.rest import callback_to_dict, job_to_dict, result_url
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-__all__ = ["STATUS_NAMES", "JobsClient", "job_to_dict"]
+__all__ = ["STATUS_NAMES", "JobsClient", "callback_to_dict", "job_to_dict", "result_url"]
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-# STATUS_NAMES (proto value -> the REST contract's spelling) is the contract's, re-exported here.
+# STATUS_NAMES (proto value -> the REST spelling) and the REST shapes (job_to_dict, result_url,
+# callback_to_dict) are the contract's (hushwire.contract), re-exported here.
 FINISHED = tuple(job_status.STATUS_PROTO[name] for name in job_status.FINISHED)
-
-
-def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
-    """A job in the shape of the REST status reply (docs/design.md, ``/stat/jobs/<id>``)."""
-    out: dict[str, object] = {
-        "model": job.model,
-        "app_id": 1,
-        "billed_time": round(job.billed_time, 6),
-        "timestamp": job.timestamp,
-        "mod_time": job.mod_time,
-        "file_name": job.file_name,
-        "job_id": job.job_id,
-        "uid": job.uid,
-        "file_key": job.file_key,
-        "job_status": STATUS_NAMES.get(job.status, job_status.PENDING),
-        "progress": round(job.progress, 4),
-    }
-    if job.status == jobs_pb2.JOB_STATUS_COMPLETED and result_url:
-        out["result"] = result_url
-    if job.status == jobs_pb2.JOB_STATUS_FAILED:
-        out["error"] = {"code": job.error.code or "INTERNAL", "msg": job.error.msg}
-    return out
 
 
 class JobsClient:
@@ -79,7 +59,7 @@ class JobsClient:
 
     def submit(
         self, source: str | os.PathLike[str] | BinaryIO, *, file_name: str | None = None, file_key: str = "file",
-        attenuation_limit_db: float | None = None, hold: bool = False,
+        attenuation_limit_db: float | None = None, hold: bool = False, callback_url: str | None = None,
         on_bytes: Callable[[int], None] | None = None, idempotency_key: str | None = None,
     ) -> jobs_pb2.Job:
         """Upload a file (path or binary file object) in chunks and create a job. With
@@ -91,7 +71,7 @@ class JobsClient:
         else:
             own, f, default_name = False, source, Path(str(getattr(source, "name", "audio"))).name
         name = file_name or default_name
-        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold,
+        spec = jobs_pb2.JobSpec(file_name=str(name), file_key=file_key, hold=hold, callback_url=callback_url or "",
                                 idempotency_key=idempotency_key or "")
         if attenuation_limit_db is not None:
             spec.options.attenuation_limit_db = attenuation_limit_db
@@ -108,10 +88,26 @@ class JobsClient:
         try:
             return self._stub.SubmitJob(requests(), metadata=self._md())
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+            raise self._upload_error(from_rpc_error(err)) from None
         finally:
             if own:
                 f.close()
+
+    def _upload_error(self, error: HushwireClientError) -> HushwireClientError:
+        """A server that refuses the key resets the upload's stream while the file still flows; behind a
+        balancer (HAProxy) that arrives as CANCELLED or INTERNAL, with or without the server's code. Ask
+        the server about the key then (one unary call, only on this failure), and report a bad key as
+        such."""
+        if error.status not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+            return error
+        try:
+            jobs_pb2_grpc.AccountStub(self._channel).WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=self._md(),
+                                                           timeout=self.timeout)
+        except grpc.RpcError as err:
+            probe = from_rpc_error(err)
+            if probe.code == "API_KEY_NOT_FOUND":
+                return probe
+        return error
 
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))

@@ -5,9 +5,10 @@ Threads and why:
 - PortAudio's input callback only copies each block into a bounded queue (and notes overflows);
   it never blocks, so a slow network can only cost dropped blocks, which are counted.
 - A network thread feeds the queue into one live gRPC stream and puts the denoised audio into a
-  jitter buffer and the recording files. When the server goes away mid-stream the client library
-  resumes on a new stream (``BackendLost``, said on the console); if that fails too, this thread
-  reconnects with backoff.
+  jitter buffer and the recording files. The client library retries opening the stream while the
+  server is full (``OVERLOADED``) or draining, and resumes on a new stream when the server goes
+  away mid-stream (``BackendLost``, said on the console), with its jittered backoff and within
+  ``--connect-timeout``; past that the session ends with the reason.
 - PortAudio's output callback reads the jitter buffer; an empty buffer plays silence (counted).
 - The main thread prints one status line and handles Ctrl-C.
 """
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from client.errors import HushwireClientError, is_retryable
+from client.core import RetryBudget
+from client.errors import HushwireClientError
 from client.stream import BackendLost, EnhancerClient
 from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES
 
@@ -35,7 +37,7 @@ CAPTURE_QUEUE_BLOCKS = 50        # ~1 s at 20 ms blocks: beyond that, capture bl
 JITTER_TARGET_BLOCKS = 1         # playback starts once this much denoised audio is buffered
 JITTER_MAX_SECONDS = 0.5         # older audio is dropped beyond this, so latency cannot creep up
 STATUS_EVERY_S = 0.25
-RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+PROBE_SECONDS = 1.0              # one readiness probe's wait, so "retrying" shows while the server is away
 
 
 class MicError(Exception):
@@ -250,30 +252,19 @@ class MicSession:
             yield x
 
     def _network(self) -> None:
-        attempt = 0
         try:
             with self.opts.client() as c:
-                while True:
-                    try:
-                        live = c.stream(self._blocks(), self.rate, self.opts.channels,
-                                        attenuation_limit_db=self.opts.attenuation_limit_db)
-                        self.delay = live.delay_samples
-                        self._rec_skip = self.delay
-                        attempt = 0
-                        for out in live:
-                            if out.backend_lost is not None:  # the library resumed on a new stream
-                                self._resumed(out.backend_lost)
-                                continue
-                            self._received(out.audio, out.voice_probability)
-                        return
-                    except HushwireClientError as err:
-                        if self.stop.is_set() or not is_retryable(err):
-                            raise
-                        wait = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
-                        attempt += 1
-                        self.stats.reconnects += 1
-                        _say(f"lost the server ({err}); reconnecting in {wait:g} s")
-                        time.sleep(wait)
+                # The library retries opening (a full or draining server) and resumes a lost stream
+                # within the connect budget (client.core); past it, the session ends with the error.
+                live = c.stream(self._blocks(), self.rate, self.opts.channels,
+                                attenuation_limit_db=self.opts.attenuation_limit_db)
+                self.delay = live.delay_samples
+                self._rec_skip = self.delay
+                for out in live:
+                    if out.backend_lost is not None:  # the library resumed on a new stream
+                        self._resumed(out.backend_lost)
+                        continue
+                    self._received(out.audio, out.voice_probability)
         except BaseException as exc:  # reported by the main thread
             self.error = exc
         finally:
@@ -390,21 +381,21 @@ def _summary(s: MicSession, st: Stats) -> str:
 
 
 def _connect(opts: MicOptions) -> None:
-    """Wait for the server, retrying with backoff within the connect budget, and say so."""
-    deadline = time.monotonic() + opts.connect_timeout
+    """Wait for the server, retrying with the library's backoff within the connect budget, and say so."""
+    retry = RetryBudget(opts.connect_timeout)
     attempt = 0
     with opts.client() as c:
         while True:
-            left = deadline - time.monotonic()
             try:
-                c.wait_ready(timeout=max(0.1, min(left, RECONNECT_BACKOFF_S[min(attempt, 3)])))
+                c.wait_ready(timeout=max(0.1, min(retry.left(), PROBE_SECONDS)))
                 return
-            except HushwireClientError:
-                if time.monotonic() >= deadline:
+            except HushwireClientError as err:
+                if (wait := retry.wait_after(err)) is None:
                     raise MicError(f"the hushwire server at {opts.target} is unreachable; gave up after "
                                    f"{opts.connect_timeout:g} s (is `hushwire serve` running? --target?)") from None
-                attempt += 1
-                _say(f"server at {opts.target} unreachable; retrying ({attempt})...")
+            attempt += 1
+            _say(f"server at {opts.target} unreachable; retrying ({attempt})...")
+            time.sleep(wait)
 
 
 def run_mic(opts: MicOptions) -> int:
@@ -429,6 +420,9 @@ def run_mic(opts: MicOptions) -> int:
         if err.code == "API_KEY_NOT_FOUND":
             raise MicError("the server rejected the API key (API_KEY_NOT_FOUND): check --key or "
                            "HUSHWIRE_API_KEY") from None
+        if err.code == "OVERLOADED":
+            raise MicError(f"the hushwire server at {opts.target} is full (OVERLOADED) and stayed so for "
+                           f"--connect-timeout {opts.connect_timeout:g} s; try again later ({err.msg})") from None
         raise MicError(str(err)) from None
     _say(_summary(session, stats))
     return 0

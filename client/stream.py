@@ -11,17 +11,22 @@ replica the balancer picks), with the latest settings, and goes on feeding it th
 The new stream has fresh denoiser state. The caller is told with a :class:`BackendLost` event on
 the next output (``StreamOutput.backend_lost``), never left hanging:
 
-- "backend lost" is UNAVAILABLE (a direct connection), or INTERNAL (through nginx) or CANCELLED
-  (through HAProxy) that carry no ``hushwire-error-code`` trailer, and never the caller's own
-  cancel (:meth:`LiveStream.cancel`);
-- reopening is retried with backoff within ``connect_timeout`` seconds from the loss, then the
-  stream fails with a :class:`HushwireClientError` that says so (opening the first stream is
-  retried the same way, so a replica that is draining is simply passed over);
+- "backend lost" is UNAVAILABLE (a direct connection, or a server that refuses a new stream with
+  ``OVERLOADED``), or INTERNAL (through nginx) or CANCELLED (through HAProxy) that carry no
+  ``hushwire-error-code`` trailer; never the caller's own cancel (``cancel()``), and never a stream
+  that ended while its caller had stopped reading (``SLOW_CONSUMER``);
+- reopening is retried with jittered backoff within ``connect_timeout`` seconds from the loss, then
+  the stream fails with a :class:`HushwireClientError` that says so (opening the first stream is
+  retried the same way, so a replica that is draining or full is simply passed over);
 - audio the lost replica took but never answered is gone (``BackendLost.frames_lost``); the
   resumed stream's output starts again with its algorithmic delay (``BackendLost.delay_samples``).
 
 ``stream(..., resume=False)`` restores fail-on-loss (``enhance()`` uses it: it restarts the whole
 signal instead, so its output stays exact).
+
+What a stream knows and decides lives in :class:`client.core.StreamCore`, which does no I/O; the
+classes here only move requests and responses and wait (:class:`LiveStream` in threads,
+:class:`AsyncLiveStream` under asyncio), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -29,8 +34,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -38,94 +42,24 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.channel import ClientTLS, open_aio_channel, open_channel
-from client.errors import CallStatus, HushwireClientError, from_rpc_error, is_retryable
-from hushwire.contract import pcm
+from client.core import (
+    ENCODINGS,
+    BackendLost,
+    Call,
+    Request,
+    RetryBudget,
+    Settings,
+    StreamCore,
+    StreamOutput,
+    Update,
+    as_frames,
+)
+from client.errors import CallStatus, HushwireClientError, from_rpc_error
 from hushwire.contract.metadata import AUTHORIZATION_KEY
-from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
+from hushwire.v1 import enhancer_pb2_grpc
 
-__all__ = ["AsyncEnhancerClient", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput", "Update"]
-
-_RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-@dataclass(frozen=True)
-class Update:
-    """A mid-stream settings change; ``None`` leaves a setting as it is."""
-
-    attenuation_limit_db: float | None = None
-    bypass: bool | None = None
-
-
-@dataclass(frozen=True)
-class BackendLost:
-    """The server of a live stream went away mid-stream, and the stream resumed on a new one.
-
-    It arrives on the first output after the resume (``StreamOutput.backend_lost``, with no audio).
-    """
-
-    status: grpc.StatusCode | None  # how the loss looked: UNAVAILABLE, CANCELLED (HAProxy), INTERNAL (nginx)
-    message: str                    # the error's details, for logs
-    attempts: int                   # streams opened to resume (1: the first try worked)
-    outage_s: float                 # from the loss to the new stream's first answer
-    frames_lost: int                # input frames (per channel) the lost server took without answering
-    delay_samples: int              # the new stream's algorithmic delay: its output starts over with it
-
-
-@dataclass(frozen=True)
-class StreamOutput:
-    audio: np.ndarray          # float32 (frames, channels); may have 0 frames
-    voice_probability: float
-    backend_lost: BackendLost | None = None  # set (with no audio) when the stream just resumed elsewhere
-
-
-def _as_frames(x: np.ndarray, channels: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[1] != channels:
-        raise ValueError(f"audio must have shape (frames, {channels}), got {x.shape}")
-    return x
-
-
-def _config_request(
-    sample_rate: int, channels: int, encoding: int, attenuation_limit_db: float | None
-) -> enhancer_pb2.StreamEnhanceRequest:
-    config = enhancer_pb2.StreamConfig(sample_rate_hz=sample_rate, channels=channels, encoding=encoding)
-    if attenuation_limit_db is not None:
-        config.attenuation_limit_db = attenuation_limit_db
-    return enhancer_pb2.StreamEnhanceRequest(config=config)
-
-
-def _item_request(item: np.ndarray | Update, channels: int, encoding: int) -> enhancer_pb2.StreamEnhanceRequest:
-    if isinstance(item, Update):
-        up = enhancer_pb2.StreamUpdate()
-        if item.attenuation_limit_db is not None:
-            up.attenuation_limit_db = item.attenuation_limit_db
-        if item.bypass is not None:
-            up.bypass = item.bypass
-        return enhancer_pb2.StreamEnhanceRequest(update=up)
-    return enhancer_pb2.StreamEnhanceRequest(audio=pcm.encode(_as_frames(item, channels), encoding))
-
-
-class _Retry:
-    """Reconnect budget: retryable errors are retried with backoff until ``budget_s`` after the first."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.deadline: float | None = None
-        self.attempt = 0
-
-    def wait_after(self, err: HushwireClientError) -> float:
-        """Seconds to wait before the next try; re-raises ``err`` when it must not be retried."""
-        if not is_retryable(err):
-            raise err
-        now = time.monotonic()
-        self.deadline = self.deadline or now + self.budget_s
-        if now >= self.deadline:
-            raise err
-        wait = _RETRY_BACKOFF_S[min(self.attempt, len(_RETRY_BACKOFF_S) - 1)]
-        self.attempt += 1
-        return min(wait, self.deadline - now)
+__all__ = ["AsyncEnhancerClient", "AsyncLiveStream", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput",
+           "Update"]
 
 
 def _chunks(audio: np.ndarray, chunk: int, realtime_rate: int | None) -> Iterator[np.ndarray]:
@@ -168,28 +102,42 @@ def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION_KEY, key),) if key else ()
 
 
+def _no_response() -> HushwireClientError:
+    return HushwireClientError(None, None, "the server ended the stream without a response")
+
+
 _END = object()    # the caller's items are exhausted
-_STALE = object()  # the call that asked is dead: its item goes to the next call
+_STALE = object()  # the call that asked is over: its item goes to the next call
 
 
 class _Source:
     """The caller's items, shared by the successive calls of one resumed stream.
 
-    grpc reads a call's requests in its own thread, which may be blocked in ``next(items)`` when
-    the call dies. The item it then gets is kept for the next call instead of being lost, and the
-    lock keeps two calls from running the caller's generator at once.
+    grpc reads a call's requests in its own thread. That thread waits until the server has accepted
+    the call (``StreamCore.takes_items``), so a call that is refused (a full or draining server)
+    consumes none of the caller's items. It may be blocked in ``next(items)`` when the call dies: the
+    item it then gets is kept for the next call instead of being lost, and the lock keeps two calls
+    from running the caller's generator at once.
     """
 
-    def __init__(self, items: Iterable[Any]) -> None:
+    def __init__(self, items: Iterable[Any], core: StreamCore) -> None:
         self._it = iter(items)
+        self._core = core
         self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._carry: list[Any] = []
         self._ended = False
-        self.generation = 0
+        core.wake = self._wake
 
-    def take(self, generation: int) -> Any:
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def take(self, call: Call) -> Any:
+        with self._changed:
+            self._changed.wait_for(lambda: self._core.takes_items(call) is not None)
         with self._lock:
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 return _STALE
             if self._carry:
                 return self._carry.pop(0)
@@ -200,143 +148,90 @@ class _Source:
             except StopIteration:
                 self._ended = True
                 return _END
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 self._carry.append(item)
                 return _STALE
             return item
 
 
-class _Settings:
-    """What a resumed stream must restore: the config and the latest mid-stream updates."""
+class _Live:
+    """What both adapters show the caller: the core's delay and resume events, and cancel."""
 
-    def __init__(self, sample_rate: int, channels: int, encoding: int, attenuation_limit_db: float | None) -> None:
-        self.sample_rate, self.channels, self.encoding = sample_rate, channels, encoding
-        self.attenuation_limit_db = attenuation_limit_db
-        self.bypass: bool | None = None
+    _core: StreamCore
+    _call: Any = None
 
-    def opening(self) -> list[enhancer_pb2.StreamEnhanceRequest]:
-        out = [_config_request(self.sample_rate, self.channels, self.encoding, self.attenuation_limit_db)]
-        if self.bypass:
-            out.append(_item_request(Update(bypass=True), self.channels, self.encoding))
-        return out
+    @property
+    def delay_samples(self) -> int:
+        """The current call's algorithmic delay: known once the stream has started, and the new
+        call's after a resume."""
+        return self._core.delay_samples
 
-    def request(self, item: np.ndarray | Update) -> tuple[enhancer_pb2.StreamEnhanceRequest, int]:
-        """The request for ``item`` and its frames (0 for an update), noting updates."""
-        if isinstance(item, Update):
-            if item.attenuation_limit_db is not None:
-                self.attenuation_limit_db = item.attenuation_limit_db
-            if item.bypass is not None:
-                self.bypass = item.bypass
-            return _item_request(item, self.channels, self.encoding), 0
-        x = _as_frames(item, self.channels)
-        return enhancer_pb2.StreamEnhanceRequest(audio=pcm.encode(x, self.encoding)), x.shape[0]
-
-
-class _Progress:
-    """Frames sent and received on the current call, to count what a lost server took."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.received = 0
-
-    def lost(self, delay: int) -> int:
-        return max(0, self.sent - max(0, self.received - delay))
-
-
-def _give_up(target: str, budget_s: float, lost: HushwireClientError, attempts: int,
-             last: HushwireClientError) -> HushwireClientError:
-    return HushwireClientError(
-        last.status, last.code,
-        f"lost the hushwire server at {target} mid-stream ({lost}) and could not resume the stream within "
-        f"{budget_s:g} s ({attempts} attempt(s); last: {last.msg or last.status})")
-
-
-class LiveStream:
-    """Responses of one live stream. ``delay_samples`` is known once the stream has started (and
-    changes to the new stream's after a resume); ``reconnects`` lists the :class:`BackendLost` events."""
-
-    def __init__(self, open_call: Callable[[Iterator[enhancer_pb2.StreamEnhanceRequest]], Any], items: Iterable[Any],
-                 settings: _Settings, *, resume: bool = True, target: str = "", budget_s: float = 10.0) -> None:
-        self._open_call = open_call
-        self._source = _Source(items)
-        self._settings = settings
-        self._resume = resume
-        self._target = target
-        self._budget_s = budget_s
-        self._cancelled = False
-        self._progress = _Progress()
-        self.reconnects: list[BackendLost] = []
-        retry = _Retry(budget_s)
-        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
-            try:
-                self._connect()
-                return
-            except grpc.RpcError as err:
-                first = from_rpc_error(err)
-                if not resume:
-                    raise first from None
-            time.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
-
-    def _requests(self, generation: int, progress: _Progress) -> Iterator[enhancer_pb2.StreamEnhanceRequest]:
-        yield from self._settings.opening()
-        while (item := self._source.take(generation)) is not _END and item is not _STALE:
-            req, frames = self._settings.request(item)
-            progress.sent += frames
-            yield req
-
-    def _connect(self) -> None:
-        self._source.generation += 1
-        self._progress = _Progress()
-        self._responses = self._open_call(self._requests(self._source.generation, self._progress))
-        first = next(self._responses)
-        self.delay_samples: int = first.algorithmic_delay_samples
-
-    def _reconnect(self, lost: HushwireClientError) -> BackendLost:
-        t0 = time.monotonic()
-        # What the lost server took is counted once the new call exists: from then on the old
-        # call's request thread hands anything it still takes to the new one (``_Source``).
-        old, old_delay = self._progress, self.delay_samples
-        retry = _Retry(self._budget_s)
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                self._connect()
-                break
-            except grpc.RpcError as err:
-                last = from_rpc_error(err)
-                if self._cancelled or not is_retryable(last):  # e.g. the key was revoked meanwhile
-                    raise last from None
-                try:
-                    wait = retry.wait_after(last)
-                except HushwireClientError:
-                    raise _give_up(self._target, self._budget_s, lost, attempts, last) from None
-                time.sleep(wait)
-        event = BackendLost(lost.status, lost.msg, attempts, time.monotonic() - t0, old.lost(old_delay),
-                            self.delay_samples)
-        self.reconnects.append(event)
-        return event
-
-    def __iter__(self) -> Iterator[StreamOutput]:
-        channels, encoding = self._settings.channels, self._settings.encoding
-        while True:
-            try:
-                for r in self._responses:
-                    audio = pcm.decode(r.audio, encoding, channels)
-                    self._progress.received += audio.shape[0]
-                    yield StreamOutput(audio, r.voice_probability)
-                return
-            except grpc.RpcError as err:
-                lost = from_rpc_error(err)
-                if self._cancelled or not self._resume or not is_retryable(lost):
-                    raise lost from None
-            event = self._reconnect(lost)
-            yield StreamOutput(np.zeros((0, channels), np.float32), 0.0, backend_lost=event)
+    @property
+    def reconnects(self) -> list[BackendLost]:
+        """The :class:`BackendLost` events so far."""
+        return self._core.reconnects
 
     def cancel(self) -> None:
-        """End the stream from the caller's side (never resumed)."""
-        self._cancelled = True
-        self._responses.cancel()
+        """End the stream from the caller's side (never resumed); from any thread (sync) or task."""
+        self._core.cancel()
+        if self._call is not None:
+            self._call.cancel()
+
+
+class LiveStream(_Live):
+    """Responses of one live stream, read in the caller's thread (grpc sends the requests from its own)."""
+
+    def __init__(self, open_call: Callable[[Iterator[Request]], Any], items: Iterable[Any], core: StreamCore,
+                 prepare: Callable[[float], None]) -> None:
+        self._open_call = open_call
+        self._source = _Source(items, core)
+        self._core = core
+        self._prepare = prepare  # the client's readiness check, before each call
+        self._open(0.0)
+
+    def _requests(self, call: Call) -> Iterator[Request]:
+        yield from self._core.opening()
+        while (item := self._source.take(call)) is not _END and item is not _STALE:
+            yield self._core.request(call, item)
+
+    def _connect(self) -> StreamOutput | None:
+        self._prepare(self._core.health_timeout())
+        call = self._core.new_call()
+        self._call = self._open_call(self._requests(call))
+        self._call.add_done_callback(lambda _: self._core.ended(call))
+        try:
+            first = next(self._call)
+        except StopIteration:
+            raise _no_response() from None
+        return self._core.started(call, first)
+
+    def _open(self, wait_s: float) -> StreamOutput | None:
+        """Open a call, as the core decides after each failure; returns the resume's note, if any."""
+        while True:
+            time.sleep(wait_s)
+            try:
+                return self._connect()
+            except (grpc.RpcError, HushwireClientError) as err:
+                wait_s = self._core.open_failed(err)
+
+    def __iter__(self) -> Iterator[StreamOutput]:
+        while True:
+            call = self._core.call
+            assert call is not None
+            try:
+                responses = iter(self._call)
+                while True:
+                    self._core.reading(call)
+                    try:
+                        response = next(responses)
+                    except StopIteration:
+                        return
+                    yield self._core.output(call, response)
+            except grpc.RpcError as err:
+                wait_s = self._core.call_failed(call, err)
+            note = self._open(wait_s)
+            if note is not None:
+                yield note
 
 
 async def _anext(it: AsyncIterator[Any]) -> Any:
@@ -348,17 +243,25 @@ class _AsyncSource:
     waits for the caller's next item: that wait is shielded and handed to the next call, so the
     caller's async generator is neither cancelled nor skips an item."""
 
-    def __init__(self, items: AsyncIterable[Any] | Iterable[Any]) -> None:
+    def __init__(self, items: AsyncIterable[Any] | Iterable[Any], core: StreamCore) -> None:
         self._ait = items.__aiter__() if isinstance(items, AsyncIterable) else None
         self._it = iter(items) if not isinstance(items, AsyncIterable) else None
+        self._core = core
+        self._changed = asyncio.Event()
         self._pending: asyncio.Future[Any] | None = None
         self._carry: list[Any] = []
         self._ended = False
-        self.generation = 0
+        core.wake = self._wake
 
-    async def take(self, generation: int) -> Any:
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def take(self, call: Call) -> Any:
         while True:
-            if generation != self.generation:
+            while (may := self._core.takes_items(call)) is None:
+                await self._changed.wait()
+            if not may:
                 return _STALE
             if self._carry:
                 return self._carry.pop(0)
@@ -382,101 +285,128 @@ class _AsyncSource:
             if self._pending is not pending:  # another call's request task took this item
                 continue
             self._pending = None
-            if generation != self.generation:
+            if not self._core.takes_items(call):
                 self._carry.append(item)
                 return _STALE
             return item
 
 
-class _AsyncLive:
-    """One resumable live stream under asyncio (see :class:`LiveStream`)."""
+def _cancelling() -> bool:
+    """The current task itself is being cancelled (not just a call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
-    def __init__(self, open_call: Callable[[AsyncIterator[enhancer_pb2.StreamEnhanceRequest]], Any],
-                 items: AsyncIterable[Any] | Iterable[Any], settings: _Settings, *, resume: bool, target: str,
-                 budget_s: float) -> None:
+
+class AsyncLiveStream(_Live):
+    """One live stream under asyncio: an async iterator of :class:`StreamOutput`, with the same
+    ``delay_samples``, ``reconnects`` and :meth:`cancel` as :class:`LiveStream`."""
+
+    def __init__(self, open_call: Callable[[AsyncIterator[Request]], Any], items: AsyncIterable[Any] | Iterable[Any],
+                 core: StreamCore, prepare: Callable[[float], Awaitable[None]]) -> None:
         self._open_call = open_call
-        self._source = _AsyncSource(items)
-        self._settings = settings
-        self._resume = resume
-        self._target = target
-        self._budget_s = budget_s
-        self._progress = _Progress()
-        self._call: Any = None
+        self._source = _AsyncSource(items, core)
+        self._core = core
+        self._prepare = prepare
         self._status: CallStatus | None = None
-        self.delay_samples = 0
-        self.reconnects: list[BackendLost] = []
+        self._outputs = self._run()
 
-    async def _requests(self, generation: int, progress: _Progress,
-                        ) -> AsyncIterator[enhancer_pb2.StreamEnhanceRequest]:
-        for req in self._settings.opening():
-            yield req
-        while (item := await self._source.take(generation)) is not _END and item is not _STALE:
-            req, frames = self._settings.request(item)
-            progress.sent += frames
-            yield req
+    def __aiter__(self) -> AsyncLiveStream:
+        return self
 
-    async def connect(self) -> None:
-        self._source.generation += 1
-        self._progress = _Progress()
-        self._call = self._open_call(self._requests(self._source.generation, self._progress))
-        # A request written as the server ends the call makes grpc.aio report a local INTERNAL in
-        # place of the server's status, and INTERNAL without a trailer would look like a lost server.
-        self._status = CallStatus(self._call)
+    async def __anext__(self) -> StreamOutput:
+        return await self._outputs.__anext__()
+
+    async def _requests(self, call: Call) -> AsyncIterator[Request]:
+        for req in self._core.opening():
+            yield req
+        while (item := await self._source.take(call)) is not _END and item is not _STALE:
+            yield self._core.request(call, item)
+
+    async def _read(self) -> Any:
+        """The call's next response; grpc's local INTERNAL after a refused write is replaced by the
+        server's own status (:class:`client.errors.CallStatus`), which may not look like a loss."""
         try:
-            first = await self._call.read()
+            return await self._call.read()
         except grpc.aio.AioRpcError as err:
+            assert self._status is not None
             raise await self._status.error_for(err) from None
-        if first is grpc.aio.EOF:
-            raise HushwireClientError(None, None, "the server ended the stream without a response")
-        self.delay_samples = first.algorithmic_delay_samples
 
-    async def _reconnect(self, lost: HushwireClientError) -> BackendLost:
-        t0 = time.monotonic()
-        # What the lost server took is counted once the new call exists: from then on the old
-        # call's request thread hands anything it still takes to the new one (``_Source``).
-        old, old_delay = self._progress, self.delay_samples
-        retry = _Retry(self._budget_s)
-        attempts = 0
+    async def _connect(self) -> StreamOutput | None:
+        await self._prepare(self._core.health_timeout())
+        call = self._core.new_call()
+        self._call = self._open_call(self._requests(call))
+        self._status = CallStatus(self._call)
+        self._call.add_done_callback(lambda _: self._core.ended(call))
+        if (first := await self._read()) is grpc.aio.EOF:
+            raise _no_response()
+        return self._core.started(call, first)
+
+    async def open(self, wait_s: float = 0.0) -> StreamOutput | None:
+        """Open a call, as the core decides after each failure; returns the resume's note, if any."""
         while True:
-            attempts += 1
+            await asyncio.sleep(wait_s)
             try:
-                await self.connect()
-                break
+                return await self._connect()
             except (grpc.RpcError, HushwireClientError) as err:
-                last = from_rpc_error(err) if isinstance(err, grpc.RpcError) else err
-                if not is_retryable(last):  # e.g. the key was revoked meanwhile
-                    raise last from None
-                try:
-                    wait = retry.wait_after(last)
-                except HushwireClientError:
-                    raise _give_up(self._target, self._budget_s, lost, attempts, last) from None
-                await asyncio.sleep(wait)
-        event = BackendLost(lost.status, lost.msg, attempts, time.monotonic() - t0, old.lost(old_delay),
-                            self.delay_samples)
-        self.reconnects.append(event)
-        return event
+                wait_s = self._core.open_failed(err)
 
-    async def outputs(self) -> AsyncIterator[StreamOutput]:
-        channels, encoding = self._settings.channels, self._settings.encoding
+    async def _run(self) -> AsyncIterator[StreamOutput]:
         while True:
+            call = self._core.call
+            assert call is not None
             try:
-                while (r := await self._call.read()) is not grpc.aio.EOF:
-                    audio = pcm.decode(r.audio, encoding, channels)
-                    self._progress.received += audio.shape[0]
-                    yield StreamOutput(audio, r.voice_probability)
-                return
+                while True:
+                    self._core.reading(call)
+                    if (response := await self._read()) is grpc.aio.EOF:
+                        return
+                    yield self._core.output(call, response)
             except grpc.RpcError as err:
-                real = err
-                if isinstance(err, grpc.aio.AioRpcError) and self._status is not None:
-                    real = await self._status.error_for(err)
-                lost = from_rpc_error(real)
-                if not self._resume or not is_retryable(lost):
-                    raise lost from None
-            event = await self._reconnect(lost)
-            yield StreamOutput(np.zeros((0, channels), np.float32), 0.0, backend_lost=event)
+                wait_s = self._core.call_failed(call, err)
+            except asyncio.CancelledError:  # grpc.aio's answer to cancel(), as for the task's own cancel
+                if _cancelling() or not self._core.cancelled:
+                    raise
+                raise self._core.cancelled_error() from None
+            note = await self.open(wait_s)
+            if note is not None:
+                yield note
 
 
-class EnhancerClient:
+class _Client:
+    """What both clients hold: the target, key and connect budget, the stubs, and how a stream's
+    core and calls are made. Each subclass adds the waiting its I/O needs."""
+
+    def __init__(self, target: str, key: str | None, connect_timeout: float, channel: Any) -> None:
+        self.target = target
+        self.key = key
+        self.connect_timeout = connect_timeout
+        self._channel = channel
+        self._stub = enhancer_pb2_grpc.EnhancerStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._ready = False  # checked before the first stream, and again after a retryable failure
+
+    def _core(self, sample_rate: int, channels: int, encoding: str, attenuation_limit_db: float | None,
+              resume: bool) -> StreamCore:
+        return StreamCore(Settings(sample_rate, channels, ENCODINGS[encoding], attenuation_limit_db),
+                          resume=resume, target=self.target, budget_s=self.connect_timeout)
+
+    def _open_call(self) -> Callable[[Any], Any]:
+        metadata = _metadata(self.key)
+        return lambda requests: self._stub.StreamEnhance(requests, metadata=metadata)
+
+
+def _signal(audio: np.ndarray, sample_rate: int, chunk_ms: float) -> tuple[np.ndarray, int]:
+    """A whole signal for ``enhance()``: as (frames, channels), and its chunk length."""
+    x = np.asarray(audio, dtype=np.float32)
+    return as_frames(x, x.shape[1] if x.ndim == 2 else 1), max(1, int(round(sample_rate * chunk_ms / 1000.0)))
+
+
+def _result(audio: np.ndarray, outputs: list[np.ndarray], delay: int, frames: np.ndarray) -> np.ndarray:
+    """``enhance()``'s answer: the outputs aligned, in the input's shape."""
+    y = _aligned(outputs, delay, frames.shape[0], frames.shape[1])
+    return y if np.ndim(audio) == 2 else y[:, 0]
+
+
+class EnhancerClient(_Client):
     """Blocking client. Use as a context manager, or call :meth:`close`.
 
     ``tls_ca`` (a PEM file) makes it talk TLS to a server whose certificate that CA signed; add
@@ -486,13 +416,8 @@ class EnhancerClient:
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
-        self.target = target
-        self.key = key
-        self.connect_timeout = connect_timeout
-        self._channel = open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key))
-        self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._ready = False  # checked once, and again after a retryable failure
+        super().__init__(target, key, connect_timeout,
+                         open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -512,6 +437,11 @@ class EnhancerClient:
             raise _unreachable(self.target, timeout, err) from None
         _check_serving(resp, self.target)
 
+    def _ensure_ready(self, timeout: float) -> None:
+        if not self._ready:
+            self.wait_ready(min(timeout, self.connect_timeout))
+            self._ready = True
+
     def stream(
         self, items: Iterable[np.ndarray | Update], sample_rate: int, channels: int = 1, *,
         encoding: str = "float32", attenuation_limit_db: float | None = None, resume: bool = True,
@@ -520,51 +450,39 @@ class EnhancerClient:
 
         With ``resume`` (the default) a server lost mid-stream is replaced by a new stream, announced
         by :class:`BackendLost` on the next output (see the module docstring); without, it raises."""
-        if not self._ready:
-            self.wait_ready()
-            self._ready = True
-        settings = _Settings(sample_rate, channels, pcm.ENCODINGS[encoding], attenuation_limit_db)
-        metadata = _metadata(self.key)
-        return LiveStream(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
-                          resume=resume, target=self.target, budget_s=self.connect_timeout)
+        core = self._core(sample_rate, channels, encoding, attenuation_limit_db, resume)
+        return LiveStream(self._open_call(), items, core, self._ensure_ready)
 
     def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0, realtime: bool = False,
         encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> np.ndarray:
         """Denoise a whole signal through the server. Returns float32 of the input's shape, aligned."""
-        x = np.asarray(audio, dtype=np.float32)
-        frames = _as_frames(x, x.shape[1] if x.ndim == 2 else 1)
-        chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
-        retry = _Retry(self.connect_timeout)
+        frames, chunk = _signal(audio, sample_rate, chunk_ms)
+        retry = RetryBudget(self.connect_timeout)
         while True:
             try:
                 live = self.stream(
                     _chunks(frames, chunk, sample_rate if realtime else None), sample_rate, frames.shape[1],
                     encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
-                outs = [o.audio for o in live]
-                y = _aligned(outs, live.delay_samples, frames.shape[0], frames.shape[1])
-                return y if x.ndim == 2 else y[:, 0]
+                return _result(audio, [o.audio for o in live], live.delay_samples, frames)
             except HushwireClientError as err:
+                if (wait := retry.wait_after(err)) is None:
+                    raise
                 self._ready = False
-                time.sleep(retry.wait_after(err))
+            time.sleep(wait)
 
 
-class AsyncEnhancerClient:
+class AsyncEnhancerClient(_Client):
     """asyncio client (grpc.aio) with the same methods as :class:`EnhancerClient`."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
-        self.target = target
-        self.key = key
-        self.connect_timeout = connect_timeout
-        self._channel = open_aio_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key))
-        self._stub = enhancer_pb2_grpc.EnhancerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._ready = False  # checked once, and again after a retryable failure
+        super().__init__(target, key, connect_timeout,
+                         open_aio_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self
@@ -584,48 +502,39 @@ class AsyncEnhancerClient:
             raise _unreachable(self.target, timeout, err) from None
         _check_serving(resp, self.target)
 
+    async def _ensure_ready(self, timeout: float) -> None:
+        if not self._ready:
+            await self.wait_ready(min(timeout, self.connect_timeout))
+            self._ready = True
+
     async def stream(
         self, items: AsyncIterable[np.ndarray | Update] | Iterable[np.ndarray | Update], sample_rate: int,
         channels: int = 1, *, encoding: str = "float32", attenuation_limit_db: float | None = None,
         resume: bool = True,
-    ) -> tuple[int, AsyncIterator[StreamOutput]]:
-        """Start a live stream; returns ``(delay_samples, outputs)``. ``resume`` as in
-        :meth:`EnhancerClient.stream` (a resumed stream's delay is in its :class:`BackendLost`)."""
-        if not self._ready:
-            await self.wait_ready()
-            self._ready = True
-        settings = _Settings(sample_rate, channels, pcm.ENCODINGS[encoding], attenuation_limit_db)
-        metadata = _metadata(self.key)
-        live = _AsyncLive(lambda requests: self._stub.StreamEnhance(requests, metadata=metadata), items, settings,
-                          resume=resume, target=self.target, budget_s=self.connect_timeout)
-        retry = _Retry(self.connect_timeout)
-        while True:  # a replica that is draining, or gone but not yet noticed by the balancer: try again
-            try:
-                await live.connect()
-                return live.delay_samples, live.outputs()
-            except grpc.RpcError as err:
-                first = from_rpc_error(err)
-                if not resume:
-                    raise first from None
-            await asyncio.sleep(retry.wait_after(first))  # raises ``first`` when it must not be retried
+    ) -> tuple[int, AsyncLiveStream]:
+        """Start a live stream; returns ``(delay_samples, outputs)``, ``outputs`` an
+        :class:`AsyncLiveStream`. ``resume`` as in :meth:`EnhancerClient.stream` (a resumed stream's
+        delay is in its :class:`BackendLost`)."""
+        core = self._core(sample_rate, channels, encoding, attenuation_limit_db, resume)
+        live = AsyncLiveStream(self._open_call(), items, core, self._ensure_ready)
+        await live.open()
+        return live.delay_samples, live
 
     async def enhance(
         self, audio: np.ndarray, sample_rate: int, *, chunk_ms: float = 20.0,
         encoding: str = "float32", attenuation_limit_db: float | None = None,
     ) -> np.ndarray:
-        x = np.asarray(audio, dtype=np.float32)
-        frames = _as_frames(x, x.shape[1] if x.ndim == 2 else 1)
-        chunk = max(1, int(round(sample_rate * chunk_ms / 1000.0)))
-        retry = _Retry(self.connect_timeout)
+        frames, chunk = _signal(audio, sample_rate, chunk_ms)
+        retry = RetryBudget(self.connect_timeout)
         while True:
             try:
                 delay, outputs = await self.stream(
                     _chunks(frames, chunk, None), sample_rate, frames.shape[1],
                     encoding=encoding, attenuation_limit_db=attenuation_limit_db, resume=False,
                 )
-                outs = [o.audio async for o in outputs]
-                y = _aligned(outs, delay, frames.shape[0], frames.shape[1])
-                return y if x.ndim == 2 else y[:, 0]
+                return _result(audio, [o.audio async for o in outputs], delay, frames)
             except HushwireClientError as err:
+                if (wait := retry.wait_after(err)) is None:
+                    raise
                 self._ready = False
-                await asyncio.sleep(retry.wait_after(err))
+            await asyncio.sleep(wait)

@@ -31,7 +31,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import grpc
 import swagger_ui_bundle
@@ -48,15 +48,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.channel import ClientTLS, open_aio_channel
 from client.errors import HushwireClientError
-from client.jobs import job_to_dict
 from gateway.config import GatewayConfig
 from gateway.console import ConsoleAssets, console_limits, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, openapi_document, reply
-from gateway.upload import UploadLimits, enhance_upload
-from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
+from gateway.upload import UploadLimits, enhance_upload, finish_cleanups
+from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS, RESULT_TOKEN_KEY
+from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.settings import ConfigError, bind_tcp
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
@@ -65,15 +65,11 @@ __all__ = ["MAX_FILES_PER_REQUEST", "create_app", "public_url_of", "run"]
 log = logging.getLogger("hushwire.gateway")
 
 MAX_FILES_PER_REQUEST = 32
+MAX_TOKEN_CHARS = 256          # a result token is ~75 characters; a longer one is not sent as metadata
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
+CLEANUP_TIMEOUT_S = 5.0      # then the uploads cut short get this long to cancel their held jobs
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-# A restarted server is found again within ~3 s: grpc's default reconnect backoff grows to 120 s.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 3000),
-]
 SWAGGER_ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
 
 def _url_host(host: str) -> str:
@@ -98,7 +94,7 @@ class _Upstream:
     """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
 
     def __init__(self, target: str, tls: ClientTLS | None) -> None:
-        self.channel = open_aio_channel(target, tls, CHANNEL_OPTIONS)
+        self.channel = open_aio_channel(target, tls)  # the client library's channel options
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
         self.account = jobs_pb2_grpc.AccountStub(self.channel)
@@ -114,7 +110,8 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     if auth is None or not auth.strip():
         return []
     auth = auth.strip()
-    if not all(" " <= ch <= "~" for ch in auth):   # not even a possible key, and not valid metadata
+    # Not even a possible key, and not valid (or too large) gRPC metadata: refused here, unsent.
+    if len(auth) > MAX_KEY_CHARS or not all(" " <= ch <= "~" for ch in auth):
         raise GatewayError("API_KEY_NOT_FOUND")
     return [(AUTHORIZATION_KEY, auth)]
 
@@ -181,6 +178,7 @@ class _Gateway:
         try:
             yield
         finally:
+            await finish_cleanups(CLEANUP_TIMEOUT_S)   # cut uploads cancel their held jobs on this channel
             await self._upstream.close()
             self._upstream = None
 
@@ -188,7 +186,8 @@ class _Gateway:
 
     async def enhance(self, request: Request) -> Response:
         """Upload one or more audio files; each becomes a job. The reply maps field names to job ids."""
-        body = await enhance_upload(request, self.upstream.jobs, _metadata(request), self.limits)
+        body = await enhance_upload(request, self.upstream.jobs, self.upstream.account, _metadata(request),
+                                    self.limits)
         return Response(body, media_type="application/json")
 
     async def stat(self, request: Request, job_id: str) -> JSONResponse:
@@ -200,8 +199,7 @@ class _Gateway:
     def _stat(self, job: jobs_pb2.Job) -> dict[str, Any]:
         url = None
         if job.status == jobs_pb2.JOB_STATUS_COMPLETED and job.HasField("result"):
-            query = urlencode({"expires": job.result.expires, "sig": job.result.sig})
-            url = f"{self.public_url}/results/{quote(job.job_id, safe='')}?{query}"
+            url = result_url(self.public_url, job.job_id, job.result.expires, job.result.sig)
         return job_to_dict(job, url)
 
     async def result(
@@ -213,7 +211,7 @@ class _Gateway:
     ) -> StreamingResponse:
         """Download a completed job's result through its signed URL (no API key needed)."""
         token = f"{expires}.{sig}"
-        if not expires or not sig or not all(" " < ch <= "~" for ch in token):
+        if not expires or not sig or len(token) > MAX_TOKEN_CHARS or not all(" " < ch <= "~" for ch in token):
             raise GatewayError("JOB_NOT_FOUND", "this result URL is not valid")
         metadata = [*_metadata(request), (RESULT_TOKEN_KEY, token)]
         call = self.upstream.jobs.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=metadata)
@@ -252,6 +250,20 @@ class _Gateway:
                                                  timeout=self.config.connect_timeout)
         return JSONResponse({"uid": who.uid, "name": who.name})
 
+    async def webhook_secret(self, request: Request) -> JSONResponse:
+        """The key's user's webhook signing secret (created on first use)."""
+        found = await self.upstream.account.GetWebhookSecret(jobs_pb2.WebhookSecretRequest(),
+                                                             metadata=_metadata(request),
+                                                             timeout=self.config.connect_timeout)
+        return JSONResponse(_secret_reply(found))
+
+    async def rotate_webhook_secret(self, request: Request) -> JSONResponse:
+        """A new webhook signing secret; for 24 h deliveries are signed with the previous one as well."""
+        found = await self.upstream.account.RotateWebhookSecret(jobs_pb2.WebhookSecretRequest(),
+                                                                metadata=_metadata(request),
+                                                                timeout=self.config.connect_timeout)
+        return JSONResponse(_secret_reply(found))
+
     async def healthz(self) -> JSONResponse:
         """Liveness: 200 while the process runs."""
         return JSONResponse({"status": "ok"})
@@ -285,6 +297,10 @@ class _Gateway:
             # Swagger UI would otherwise load a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+
+
+def _secret_reply(found: jobs_pb2.WebhookSecret) -> dict[str, Any]:
+    return {"secret": found.secret, "previous_valid_until": found.previous_valid_until or None}
 
 
 def _version() -> str:
@@ -362,6 +378,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
     route("/me", gw.me, methods=["GET"], tags=["account"], summary="Who owns this key",
           response_class=JSONResponse, openapi_extra={"security": secured},
           responses={200: reply("the key's user", "Me"), **ERROR_REPLIES})
+    route("/me/webhook-secret", gw.webhook_secret, methods=["GET"], tags=["account"],
+          summary="Read the webhook signing secret", response_class=JSONResponse, openapi_extra={"security": secured},
+          responses={200: reply("the user's webhook secret", "WebhookSecret"), **ERROR_REPLIES})
+    route("/me/webhook-secret", gw.rotate_webhook_secret, methods=["POST"], tags=["account"],
+          summary="Rotate the webhook signing secret", response_class=JSONResponse,
+          openapi_extra={"security": secured},
+          responses={200: reply("the new secret (the previous one signs too for 24 h)", "WebhookSecret"),
+                     **ERROR_REPLIES})
     route("/healthz", gw.healthz, methods=["GET"], tags=["probes"], summary="Liveness",
           response_class=JSONResponse, responses={200: reply("alive", "Status")})
     route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",

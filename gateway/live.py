@@ -29,8 +29,8 @@ Protocol (version 1; the page's ``console.js`` speaks it, and so can any WebSock
 Errors use the same codes and the same mapping as HTTP (:func:`gateway.errors.from_rpc_error`).
 The close code is 1008 (policy violation) for refusals (a wrong key, a bad config or message,
 RATE_LIMITED, SLOW_CONSUMER, no first message within :data:`HELLO_TIMEOUT_S`: REQUEST_TIMEOUT),
-1013 (try again later) for SERVICE_UNAVAILABLE and 1011 for anything else the server or the
-gateway failed at. Closing the socket without ``{"end": true}`` cancels the gRPC stream.
+1013 (try again later) for SERVICE_UNAVAILABLE and OVERLOADED (a full server), and 1011 for
+anything else the server or the gateway failed at. Closing the socket without ``{"end": true}`` cancels the gRPC stream.
 
 Origin: a browser's handshake must come from the gateway's own origin (its public URL, or the
 scheme and ``Host`` it was reached at); one from another origin is refused with HTTP 403 and
@@ -65,7 +65,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
-from hushwire.contract.metadata import AUTHORIZATION_KEY
+from hushwire.contract.errors import quote_input
+from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
@@ -102,7 +103,7 @@ _Call: TypeAlias = ("grpc.aio.StreamStreamCall[enhancer_pb2.StreamEnhanceRequest
 
 def close_code(err: GatewayError) -> int:
     """The WebSocket close code for an error reply (see the module docstring)."""
-    if err.code == "SERVICE_UNAVAILABLE":
+    if err.code in ("SERVICE_UNAVAILABLE", "OVERLOADED"):
         return CLOSE_TRY_AGAIN
     if err.status >= 500:
         return CLOSE_INTERNAL
@@ -144,6 +145,8 @@ def _json_message(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=no_constants)
     except ValueError:
         raise GatewayError("INVALID_REQUEST", f"the {what} is not valid JSON") from None
+    except RecursionError:   # json's parser recurses once per nesting level
+        raise GatewayError("INVALID_REQUEST", f"the {what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise GatewayError("INVALID_REQUEST", f"the {what} must be a JSON object")
     return value
@@ -168,9 +171,11 @@ def parse_hello(text: str) -> tuple[str, enhancer_pb2.StreamConfig]:
     hello = _json_message(text, "first message")
     unknown = sorted(set(hello) - _HELLO_KEYS)
     if unknown:
-        raise GatewayError("INVALID_REQUEST", f"unknown field(s) in the first message: {', '.join(unknown)}")
+        raise GatewayError("INVALID_REQUEST",
+                           f"unknown field(s) in the first message: {quote_input(', '.join(unknown))}")
     key = hello.get("key")
-    if not isinstance(key, str) or not key.strip() or not all(" " <= ch <= "~" for ch in key):
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS \
+            or not all(" " <= ch <= "~" for ch in key):
         raise GatewayError("API_KEY_NOT_FOUND")
     if "sample_rate_hz" not in hello:
         raise GatewayError("INVALID_REQUEST", "the first message needs sample_rate_hz")
@@ -191,7 +196,7 @@ def parse_control(text: str) -> tuple[enhancer_pb2.StreamUpdate | None, bool]:
     unknown = sorted(set(message) - _UPDATE_KEYS)
     if unknown or not message:
         raise GatewayError("INVALID_REQUEST", "a text message carries attenuation_limit_db, bypass or end"
-                           + (f", not {', '.join(unknown)}" if unknown else ""))
+                           + (f", not {quote_input(', '.join(unknown))}" if unknown else ""))
     end = message.get("end", False)
     if not isinstance(end, bool):
         raise GatewayError("INVALID_REQUEST", "end must be true or false")

@@ -12,9 +12,53 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gateway.upload import IDEMPOTENCY_HEADER, OPTION_FIELD
+from gateway.upload import CALLBACK_FIELD, IDEMPOTENCY_HEADER, OPTION_FIELD
 
-__all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "openapi_document", "reply"]
+__all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "RECEIVER_EXAMPLE",
+           "WEBHOOKS_DOC", "openapi_document", "reply"]
+
+# A complete receiver that checks the signature (tests/test_webhooks.py runs this very text).
+RECEIVER_EXAMPLE = """\
+import hashlib, hmac, json, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+SECRET = b"whsec_..."   # `hushwire keys webhook-secret --user UID`, or GET /me/webhook-secret
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        fields = [f.split("=", 1) for f in self.headers["Hushwire-Signature"].split(",")]
+        t = dict(fields)["t"]
+        mac = hmac.new(SECRET, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+        ok = abs(time.time() - int(t)) < 300 and any(k == "v1" and hmac.compare_digest(v, mac) for k, v in fields)
+        self.send_response(204 if ok else 400); self.end_headers()
+        if ok: print(self.headers["Hushwire-Event-Id"], json.loads(body)["job_status"], flush=True)
+HTTPServer(("127.0.0.1", 8000), Receiver).serve_forever()
+"""
+
+WEBHOOKS_DOC = f"""\
+## Webhooks
+
+Give `{CALLBACK_FIELD}` (an `http://` or `https://` URL) with `POST /enhance`, and when each job of
+the request completes or fails the server POSTs its status to that URL: the same JSON as
+`GET /stat/jobs/{{job_id}}` (`result` is a freshly signed URL when the server knows the public URL).
+
+- `Hushwire-Signature: t=<unix seconds>,v1=<hex>`: the hex HMAC-SHA256 of `"<t>.<raw body>"`, keyed
+  with the UTF-8 bytes of your webhook secret (`GET /me/webhook-secret`; `POST` rotates it). For 24 h
+  after a rotation there are two `v1=` values, by the new and the previous secret: accept either.
+  Check `t` is recent, to refuse replays.
+- `Hushwire-Event-Id`: the same at every attempt of one delivery; deduplicate on it.
+- Delivery is at least once: any answer but a 2xx (or none within 10 s) is retried with exponential
+  backoff for up to 24 h, the first retry within 30 s. Redirects are not followed. Only the first
+  64 KiB of your answer are read.
+- The job's status shows the delivery as `callback` (`state`: `waiting`, `pending`, `delivered` or
+  `failed`, the number of `attempts`, and the last attempt's `last_status_code` or `last_error`).
+- The server calls public addresses only unless its operator allows more (`--webhook-allow`); a URL
+  it will not call is refused at once with 400 `INVALID_REQUEST`.
+
+A receiver in Python, standard library only:
+
+```python
+{RECEIVER_EXAMPLE}```
+"""
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -74,6 +118,35 @@ SCHEMAS: dict[str, Any] = {
                 "description": "present only when job_status is failed",
                 "properties": {"code": {"type": "string"}, "msg": {"type": "string"}},
             },
+            "callback": {**_ref("Callback"), "description": "present only for a job with a callback_url"},
+        },
+    },
+    "Callback": {
+        "type": "object",
+        "description": "A job's webhook delivery (see Webhooks in the API description).",
+        "required": ["url", "state", "attempts"],
+        "properties": {
+            "url": {"type": "string", "format": "uri"},
+            "state": {"type": "string", "enum": ["waiting", "pending", "delivered", "failed"],
+                      "description": "waiting: the job has not finished; pending: due or to be retried; "
+                                     "delivered: a 2xx answer; failed: given up"},
+            "attempts": {"type": "integer"},
+            "event_id": {"type": "string", "description": "the Hushwire-Event-Id header of every attempt"},
+            "last_attempt": {"type": "integer", "description": "unix seconds"},
+            "last_status_code": {"type": "integer", "nullable": True,
+                                 "description": "the receiver's HTTP status; null when it gave none"},
+            "last_error": {"type": "string"},
+            "next_attempt": {"type": "integer", "description": "unix seconds, while pending"},
+        },
+    },
+    "WebhookSecret": {
+        "type": "object",
+        "required": ["secret"],
+        "properties": {
+            "secret": {"type": "string", "description": "the HMAC key of Hushwire-Signature (its UTF-8 bytes)"},
+            "previous_valid_until": {"type": "integer", "nullable": True,
+                                     "description": "unix seconds until which the previous secret signs as "
+                                                    "well (after a rotation)"},
         },
     },
     "Me": {
@@ -96,8 +169,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
 ENHANCE_BODY: dict[str, Any] = {
     "required": True,
     "description": "One or more audio files under any field names (a name used twice gives a list of job "
-                   f"ids), and optionally `{OPTION_FIELD}`. Any other non-file field is refused. The body is "
-                   "parsed and forwarded as a stream.",
+                   f"ids), and optionally `{OPTION_FIELD}` and `{CALLBACK_FIELD}`. Any other non-file field is "
+                   "refused. The body is parsed and forwarded as a stream.",
     "content": {
         "multipart/form-data": {
             "schema": {
@@ -108,6 +181,10 @@ ENHANCE_BODY: dict[str, Any] = {
                     OPTION_FIELD: {"type": "number", "minimum": 0,
                                    "description": "maximum noise attenuation in dB for every file of the request "
                                                   "(absent: no limit; 0: pass-through)"},
+                    CALLBACK_FIELD: {"type": "string", "format": "uri", "maxLength": 2048,
+                                     "description": "POST each job's status here, signed, when it completes or "
+                                                    "fails (see Webhooks in the API description); a URL the "
+                                                    "server will not call is refused with 400 INVALID_REQUEST"},
                 },
                 "additionalProperties": {"type": "string", "format": "binary"},
             },
@@ -154,5 +231,19 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         components = doc.setdefault("components", {})
         components.setdefault("schemas", {}).update(SCHEMAS)
         components["securitySchemes"] = SECURITY_SCHEMES
+        doc["info"]["description"] = f"{doc['info'].get('description', '')}\n\n{WEBHOOKS_DOC}"
+        # OpenAPI 3.1's `webhooks`, as an extension (the document stays 3.0 for the bundled Swagger UI).
+        doc["x-webhooks"] = {"jobFinished": {"post": {
+            "summary": "A job completed or failed",
+            "parameters": [
+                {"name": "Hushwire-Signature", "in": "header", "required": True, "schema": {"type": "string"},
+                 "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>[,v1=<previous secret's>]"},
+                {"name": "Hushwire-Event-Id", "in": "header", "required": True, "schema": {"type": "string"},
+                 "description": "the same at every attempt of one delivery"},
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobStat")}}},
+            "responses": {"2XX": {"description": "delivered"},
+                          "default": {"description": "retried with backoff for up to 24 h"}},
+        }}}
         app.openapi_schema = doc
     return app.openapi_schema

@@ -50,21 +50,27 @@ from starlette.requests import Request
 
 from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_server_code
+from hushwire.contract.errors import quote_input
 from hushwire.contract.limits import check_attenuation_limit
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
-__all__ = ["CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload", "render_reply"]
+__all__ = ["CALLBACK_FIELD", "CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload",
+           "finish_cleanups", "render_reply"]
 
 log = logging.getLogger("hushwire.gateway")
 
 OPTION_FIELD = "attenuation_limit_db"
+CALLBACK_FIELD = "callback_url"   # the server checks the URL (its policy) when the jobs start
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK_BYTES = 256 * 1024          # file bytes per SubmitJob message (the contract allows up to 1 MiB)
 MAX_FIELD_VALUE_BYTES = 64        # the option's value: a number, never more than a few characters
+MAX_CALLBACK_BYTES = 2048         # the callback URL (the server's limit too)
 MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 
 # Clean-ups that must outlive a cancelled request; asyncio keeps only weak references to tasks.
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# The requests running an upload now (finish_cleanups waits for them at shutdown).
+_ACTIVE: set[asyncio.Task[Any]] = set()
 
 Metadata = Sequence[tuple[str, str]]
 _SubmitCall: TypeAlias = "grpc.aio.StreamUnaryCall[jobs_pb2.SubmitJobRequest, jobs_pb2.Job]"
@@ -109,7 +115,7 @@ def _attenuation(raw: bytes) -> float:
         return check_attenuation_limit(float(raw.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
         raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
-                           f"got {raw[:MAX_FIELD_VALUE_BYTES].decode('latin-1')!r}") from None
+                           f"got {quote_input(raw.decode('latin-1'))}") from None
 
 
 def render_reply(reply: Reply) -> bytes:
@@ -136,6 +142,7 @@ class _Upload:
         self._ended = False
         self._files = 0
         self._attenuation: float | None = None
+        self._callback_url: str | None = None
         self._jobs: list[tuple[str, str]] = []   # (field name, job id) in part order
         self._hold_s = reservation[2] if reservation else 0.0   # the server's hold (from its replies)
         self._renewed_at = asyncio.get_running_loop().time()    # the last activity on all of them
@@ -182,7 +189,7 @@ class _Upload:
         try:
             parser = self._parser(boundary)
         except FormParserError as exc:
-            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {exc}") from None
+            raise GatewayError("INVALID_REQUEST", f"bad multipart boundary: {quote_input(exc, 200)}") from None
         accepted = False
         try:
             async with contextlib.aclosing(self._body(request)) as body:
@@ -190,7 +197,8 @@ class _Upload:
                     try:
                         parser.write(chunk)
                     except FormParserError as exc:
-                        raise GatewayError("INVALID_REQUEST", f"malformed multipart body: {exc}") from None
+                        raise GatewayError("INVALID_REQUEST",
+                                           f"malformed multipart body: {quote_input(exc, 200)}") from None
                     await self._replay()
                     await self._renew_if_due()
             parser.finalize()
@@ -261,8 +269,8 @@ class _Upload:
                     await self._send(part, final=False)
             elif part.value is not None:
                 part.value += data
-                if len(part.value) > MAX_FIELD_VALUE_BYTES:
-                    raise GatewayError("INVALID_REQUEST", f"the value of {OPTION_FIELD} is too long")
+                if len(part.value) > (MAX_CALLBACK_BYTES if part.name == CALLBACK_FIELD else MAX_FIELD_VALUE_BYTES):
+                    raise GatewayError("INVALID_REQUEST", f"the value of {part.name} is too long")
         elif kind in ("header_field", "header_value"):
             part.header_bytes += len(data)
             if part.header_bytes > MAX_PART_HEADER_BYTES:
@@ -285,11 +293,12 @@ class _Upload:
                                "header with a name")
         part.name = _text(params[b"name"])
         if b"filename" not in params:
-            if part.name != OPTION_FIELD:
-                raise GatewayError("INVALID_REQUEST", f"unknown form field {part.name!r}: the only field that is "
-                                   f"not a file is {OPTION_FIELD!r}")
-            if self._attenuation is not None:
-                raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} was given twice")
+            if part.name not in (OPTION_FIELD, CALLBACK_FIELD):
+                raise GatewayError("INVALID_REQUEST", f"unknown form field {quote_input(part.name)}: the only "
+                                   f"fields that are not files are {OPTION_FIELD!r} and {CALLBACK_FIELD!r}")
+            given = self._attenuation if part.name == OPTION_FIELD else self._callback_url
+            if given is not None:
+                raise GatewayError("INVALID_REQUEST", f"{part.name} was given twice")
             part.value = bytearray()
             return
         self._files += 1
@@ -308,6 +317,10 @@ class _Upload:
         await self._write(part, jobs_pb2.SubmitJobRequest(spec=spec))
 
     async def _end_part(self, part: _Part) -> None:
+        if part.value is not None and part.name == CALLBACK_FIELD:
+            self._callback_url = _text(bytes(part.value)).strip()
+            self._entries.append(["option", part.name, self._callback_url])
+            return
         if part.value is not None:
             self._attenuation = _attenuation(bytes(part.value))
             self._entries.append(["option", part.name, repr(self._attenuation)])
@@ -388,6 +401,8 @@ class _Upload:
         start = jobs_pb2.StartJobsRequest(job_ids=[job_id for _, job_id in self._jobs])
         if self._attenuation is not None:
             start.options.attenuation_limit_db = self._attenuation
+        if self._callback_url:
+            start.callback_url = self._callback_url
         if self._reservation is not None:
             start.idempotency_key, start.reservation = self._reservation[0], self._reservation[1]
             start.request_sha256, start.reply = self.fingerprint, reply
@@ -435,13 +450,22 @@ class _Upload:
         await asyncio.shield(task)
 
 
-async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadata: Metadata,
-                         limits: UploadLimits) -> bytes:
+async def _enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
+                          metadata: Metadata, limits: UploadLimits) -> bytes:
     """Parse the request's multipart body as a stream into held jobs and start them; the reply (JSON)
     maps each field name to its job id (a list when the field carried several files). With an
-    ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing."""
+    ``Idempotency-Key`` header, a retry of a successful request gets its reply again, creating nothing.
+
+    The key is checked before any of the body is read or forwarded (``Account.WhoAmI``, or the
+    reservation of the idempotency key): a server that refused it at the start of a ``SubmitJob``
+    would reset the stream while the body still flows, which a balancer (HAProxy) reports as
+    CANCELLED without the server's code, so the caller got 502 instead of 401."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
+        try:
+            await account.WhoAmI(jobs_pb2.WhoAmIRequest(), metadata=metadata, timeout=limits.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
         return await _Upload(stub, metadata, limits).run(request)
     try:
         got = await stub.ReserveIdempotencyKey(jobs_pb2.ReserveIdempotencyKeyRequest(idempotency_key=key),
@@ -463,3 +487,28 @@ async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, metadat
         if not upload.outcome_unknown:
             await upload.release()
         raise
+
+
+async def enhance_upload(request: Request, stub: jobs_pb2_grpc.JobsStub, account: jobs_pb2_grpc.AccountStub,
+                         metadata: Metadata, limits: UploadLimits) -> bytes:
+    """:func:`_enhance_upload`, tracked so that a gateway that stops lets cut requests clean up first."""
+    task = asyncio.current_task()
+    if task is not None:
+        _ACTIVE.add(task)
+    try:
+        return await _enhance_upload(request, stub, account, metadata, limits)
+    finally:
+        if task is not None:
+            _ACTIVE.discard(task)
+
+
+async def finish_cleanups(timeout: float) -> None:
+    """Wait up to ``timeout`` for the uploads under way and their clean-ups to end. At shutdown uvicorn
+    cancels the requests still running after its grace time and at once shuts the app down: without
+    this wait the gateway closed its channel while a cut request was cancelling its held jobs, and they
+    stayed behind (until the server's hold sweeper)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for tasks in (_ACTIVE, _BACKGROUND):   # a request's clean-up task exists once the request has ended
+        left = deadline - asyncio.get_running_loop().time()
+        if tasks and left > 0:
+            await asyncio.wait(set(tasks), timeout=left)

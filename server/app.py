@@ -38,6 +38,7 @@ from server.signing import Signer, load_secret
 from server.store import Store
 from server.sweeper import Sweeper
 from server.tls import CertificateReloader, TLSFiles
+from server.webhooks import WebhookDeliverer, WebhookPolicy
 
 __all__ = ["HEALTH_SERVICES", "Server", "create_server", "serve"]
 
@@ -65,6 +66,7 @@ class Server:
     sweeper: Sweeper
     mirror: HealthMirror | None = None
     tls: CertificateReloader | None = None
+    webhooks: WebhookDeliverer | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
@@ -79,6 +81,8 @@ class Server:
                 await self.registry.wait_idle(5.0)
         await self.runner.stop()
         await self.sweeper.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()   # an attempt cut short is retried (its lease runs out, or a restart frees it)
         await self.grpc_server.stop(grace=1.0)
         self.store.close()
         if self.mirror is not None:
@@ -97,11 +101,27 @@ async def create_server(config: ServerConfig) -> Server:
             tls = CertificateReloader(TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    try:
+        policy = WebhookPolicy(config.webhook_allow or (),
+                               own_ports=(config.port, config.metrics_port or 0, config.health_http_port or 0))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     blobs = config.open_blobs()
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
     store = config.open_store()
     log.info("database %s (schema version %d)", store.description, store.schema_version)
-    signer = Signer(load_secret(config.signing_secret, config.signing_secret_file, config.data_dir))
+    if store.pepper_check in ("recorded", "rotated"):
+        log.info("key pepper %s in the database", "recorded" if store.pepper_check == "recorded" else "rotated")
+    secret = load_secret(config.signing_secret, config.signing_secret_file, config.data_dir)
+    previous = config.signing_secret_previous.encode() if config.signing_secret_previous else None
+    try:
+        checked = store.check_secret("signing_secret", secret, previous)
+    except BaseException:
+        store.close()
+        raise
+    if checked in ("recorded", "rotated"):
+        log.info("signing secret %s in the database", checked)
+    signer = Signer(secret, previous=previous)
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
@@ -111,7 +131,7 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
-    registry = StreamRegistry(config.max_streams_per_user)
+    registry = StreamRegistry(config.max_streams_per_user, config.max_streams)
     health_servicer = health.aio.HealthServicer()
     health_state = Health(health_servicer, HEALTH_SERVICES)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
@@ -131,8 +151,9 @@ async def create_server(config: ServerConfig) -> Server:
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    jobs_pb2_grpc.add_JobsServicer_to_server(JobsServicer(store, blobs, runner, signer, limits), grpc_server)
-    jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(), grpc_server)
+    jobs_servicer = JobsServicer(store, blobs, runner, signer, limits, policy)
+    jobs_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, grpc_server)
+    jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(store), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (ENHANCER_SERVICE, JOBS_SERVICE, ACCOUNT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -145,6 +166,9 @@ async def create_server(config: ServerConfig) -> Server:
     port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
         else grpc_server.add_insecure_port(address)
     connections.local_port = port
+    policy.own_ports.add(port)   # with --port 0, the one it got
+    if mirror_sock is not None:
+        policy.own_ports.add(mirror_sock.getsockname()[1])
     await health_state.set(False)  # until the workers are up
     await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
@@ -156,8 +180,15 @@ async def create_server(config: ServerConfig) -> Server:
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
+    if store.dialect == "sqlite":   # as for jobs: an embedded store's delivery leases are this server's own
+        await asyncio.to_thread(store.release_webhook_leases)
+    webhooks = WebhookDeliverer(store, policy, lambda job_id: jobs_servicer.status_json(job_id,
+                                                                                         config.server_public_url),
+                                base_delay_s=config.webhook_base_delay_seconds,
+                                max_age_s=config.webhook_max_age_seconds)
+    webhooks.start()
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls)
+    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls, webhooks)
 
 
 async def serve(config: ServerConfig) -> int:

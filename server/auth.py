@@ -17,7 +17,7 @@ import grpc
 
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from server.connections import Connections
-from server.errors import ERRORS, trailing_metadata
+from server.errors import ERRORS, MAX_KEY_CHARS, trailing_metadata
 from server.metrics import METRICS
 from server.store import Principal, Store, StoreUnavailable
 
@@ -59,6 +59,8 @@ def key_from_metadata(metadata: Any) -> str | None:
             v = v.strip()
             if v[:7].lower() == "bearer ":
                 v = v[7:].strip()
+            if len(v) > MAX_KEY_CHARS:   # not a key: refused without hashing it
+                return None
             return v or None
     return None
 

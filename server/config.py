@@ -41,9 +41,12 @@ class ServerConfig:
     signing_secret_file: str | None = None
     signing_secret: str | None = None
     key_pepper: str | None = None
+    signing_secret_previous: str | None = None
+    key_pepper_previous: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     max_streams_per_user: int = 256
+    max_streams: int | None = None
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_audio_seconds_per_day_per_user: float = 360000.0
@@ -61,8 +64,14 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    server_public_url: str | None = None
+    webhook_allow: tuple[str, ...] | None = None
+    webhook_base_delay_seconds: float = 10.0
+    webhook_max_age_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
+        if self.server_public_url is not None and not self.server_public_url.startswith(("http://", "https://")):
+            raise ConfigError("--public-url must start with http:// or https://")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -75,7 +84,8 @@ class ServerConfig:
         from server.signing import load_secret
         from server.store import Store
 
-        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"))
+        previous = self.key_pepper_previous.encode() if self.key_pepper_previous else None
+        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"), previous)
 
     @property
     def store_url(self) -> str:

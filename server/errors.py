@@ -4,16 +4,19 @@ The codes and their gRPC/HTTP mapping are the contract's (:mod:`hushwire.contrac
 table for every side); this module is how the server's domain code refuses with one. A
 ``HushwireError`` carries a code and a human message; :func:`abort_with` ends the RPC with the
 code's gRPC status and puts the code in the trailing metadata key ``hushwire-error-code``.
+The contract's :func:`quote_input` (client input in a message, quoted and cut) and
+:data:`MAX_KEY_CHARS` are re-exported for the server's modules.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from hushwire.contract.errors import ERRORS, ErrorSpec
-from hushwire.contract.metadata import ERROR_CODE_KEY
+from hushwire.contract.errors import ERRORS, MAX_QUOTED_CHARS, ErrorSpec, quote_input
+from hushwire.contract.metadata import ERROR_CODE_KEY, MAX_KEY_CHARS
 
-__all__ = ["ERRORS", "ERROR_CODE_KEY", "ErrorSpec", "HushwireError", "abort_with", "trailing_metadata"]
+__all__ = ["ERRORS", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_QUOTED_CHARS", "ErrorSpec", "HushwireError", "abort_with",
+           "quote_input", "trailing_metadata"]
 
 
 class HushwireError(Exception):

@@ -41,6 +41,9 @@ class _StoreCollector(Collector):
         age = time.time() - oldest if oldest is not None else 0.0
         yield GaugeMetricFamily("hushwire_oldest_pending_job_age_seconds",
                                 "Age of the oldest pending job (0 when none).", value=age)
+        yield GaugeMetricFamily("hushwire_webhooks_pending",
+                                "Job webhooks not delivered yet (due, or waiting to be retried).",
+                                value=self._store.webhooks_pending())
 
 
 class Metrics:
@@ -68,6 +71,15 @@ class Metrics:
                                       ["uid"], registry=r)
         self.key_billed_seconds = Counter("hushwire_key_billed_seconds", "Billed seconds per key.", ["key_id"],
                                           registry=r)
+        self.webhook_attempts = Counter("hushwire_webhook_attempts", "Job webhook delivery attempts by outcome "
+                                        "(delivered: a 2xx answer; failed: anything else).", ["outcome"],
+                                        registry=r)
+        self.webhooks_delivered = Counter("hushwire_webhooks_delivered", "Job webhooks delivered.", registry=r)
+        self.webhooks_given_up = Counter("hushwire_webhooks_given_up",
+                                         "Job webhooks given up (too old, or their job deleted).", registry=r)
+        self.webhook_attempt_seconds = Histogram("hushwire_webhook_attempt_seconds",
+                                                 "Time of one webhook delivery attempt.",
+                                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self._store_collector: _StoreCollector | None = None
 
     def bind_store(self, store: Store) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
 from hushwire.contract.job_status import STATUS_PROTO
 from hushwire.contract.limits import check_attenuation_limit
 from hushwire.contract.metadata import RESULT_TOKEN_KEY
+from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import current_principal, maybe_principal
@@ -32,14 +34,16 @@ from server.blobs import (
     is_storage_full,
 )
 from server.connections import Connections
-from server.errors import HushwireError, abort_with
+from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
 from server.logs import event
 from server.metrics import METRICS
 from server.signing import Signer
 from server.store import JobRow, Store
+from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
+from server.webhooks import ROTATION_GRACE_S, WebhookPolicy, WebhookRefused
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
@@ -65,18 +69,23 @@ class StreamTimeouts:
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
-    def __init__(self, max_per_user: int = 256) -> None:
+    def __init__(self, max_per_user: int = 256, max_streams: int | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
+        self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
         self.shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     def add(self, task: asyncio.Task[object], uid: int) -> None:
-        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open."""
+        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
+        not worth retrying), OVERLOADED when the server has ``max_streams`` (retry, ideally elsewhere)."""
         if self.per_user[uid] >= self.max_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+        if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+            raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
+                                              f"({self.max_streams}); retry, ideally on another replica")
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
@@ -101,6 +110,23 @@ class StreamRegistry:
         self.shutting_down = True
         for task in list(self.tasks):
             task.cancel()
+
+
+# grpc's error for a failed batch of core operations (not exported by grpc.aio): a write fails with it
+# when the client cancelled the call while the write was under way.
+_BATCH_FAILED: type[Exception] = cygrpc.ExecuteBatchError
+
+
+async def _send(context: grpc.aio.ServicerContext, message: object, what: str) -> None:
+    """``context.write`` on a call whose client may cancel it at any moment. A write under way when the
+    client cancels fails before grpc cancels the handler, and grpc would log that failure as an ERROR
+    with a traceback (162 in one red-team session): log one INFO line instead and end the handler as
+    cancelled, which grpc takes quietly, as the client's doing."""
+    try:
+        await context.write(message)
+    except _BATCH_FAILED:
+        event(log, "client went away during a write", what=what, peer=context.peer())
+        raise asyncio.CancelledError from None
 
 
 @dataclass
@@ -246,7 +272,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         seconds = self._timeouts.slow_consumer_s
         try:
             async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
-                await context.write(response)
+                await _send(context, response, "stream")
         except TimeoutError:
             raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
 
@@ -261,11 +287,6 @@ MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request ho
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600   # how long a successful reply is kept under its idempotency key
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
-MAX_QUOTED_CHARS = 64   # client input quoted in an error message is cut to this
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "...")
 
 
 def _check_idempotency_key(key: str) -> None:
@@ -275,8 +296,11 @@ def _check_idempotency_key(key: str) -> None:
 
 
 def _submit_fingerprint(spec: jobs_pb2.JobSpec, limit_db: float | None, content_sha256: str) -> str:
-    """What makes two SubmitJob calls the same upload: names, bytes, options and hold (not the size hint)."""
+    """What makes two SubmitJob calls the same upload: names, bytes, options, hold and the callback URL
+    (not the size hint)."""
     canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
+    if spec.callback_url:   # appended only when set: fingerprints stored before it existed stay valid
+        canonical.append(spec.callback_url)
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
@@ -314,15 +338,38 @@ class JobLimits:
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits,
+                 webhooks: WebhookPolicy | None = None) -> None:
         self._store = store
         self._blobs = blobs
         self._cleanups: set[asyncio.Future[None]] = set()
         self._runner = runner
         self._signer = signer
         self._limits = limits
+        self._webhooks = webhooks or WebhookPolicy()
 
-    def _to_proto(self, job: JobRow) -> jobs_pb2.Job:
+    async def _callback_url(self, url: str) -> str | None:
+        """A callback URL the policy allows (checked with DNS now; again at each delivery), or None."""
+        if not url:
+            return None
+        try:
+            await self._webhooks.check(url)
+        except WebhookRefused as exc:
+            raise HushwireError("INVALID_REQUEST", str(exc)) from None
+        return url
+
+    def status_json(self, job_id: str, public_url: str | None) -> dict[str, object] | None:
+        """The job's ``/stat/jobs`` JSON, ``result`` signed now under ``public_url`` (webhook bodies);
+        None when the job is gone."""
+        job = self._store.get_job(job_id)
+        if job is None:
+            return None
+        msg = self._to_proto(job, with_callback=False)
+        url = result_url(public_url, job.job_id, msg.result.expires, msg.result.sig) \
+            if public_url and msg.HasField("result") else None
+        return job_to_dict(msg, url)
+
+    def _to_proto(self, job: JobRow, with_callback: bool = True) -> jobs_pb2.Job:
         msg = jobs_pb2.Job(
             job_id=job.job_id, status=STATUS_PROTO[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
@@ -339,12 +386,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if job.status == store_mod.COMPLETED:
             expires, sig = self._signer.sign(job.job_id)
             msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
+        if job.callback_url and with_callback:
+            msg.callback.CopyFrom(_callback(job.callback_url, self._store.webhook_of(job.job_id)))
         return msg
 
     def _own_job(self, job_id: str) -> JobRow:
         job = self._store.get_job(job_id) if len(job_id) <= 64 else None
         if job is None or job.uid != current_principal().uid:
-            raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+            raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         return job
 
     async def SubmitJob(  # noqa: N802
@@ -426,6 +475,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
         if seconds_left <= 0:
             raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
+        callback_url = await self._callback_url(spec.callback_url)
         job_id = new_job_id()
         upload_blob = f"uploads/{job_id}"
         tmp = self._blobs.temp_path(upload_blob)
@@ -472,7 +522,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
             created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
             channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
-            hold_expires=now + self._limits.hold_seconds if spec.hold else None,
+            hold_expires=now + self._limits.hold_seconds if spec.hold else None, callback_url=callback_url,
         )
         idempotent = None
         if reserved is not None:
@@ -539,7 +589,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             job = self._own_job(request.job_id)
             set_options = request.HasField("options")
             limit_db = _options_limit(request.options) if set_options else None
-            self._store.start_job(job.job_id, limit_db, set_options)
+            callback_url = await self._callback_url(request.callback_url)
+            self._store.start_job(job.job_id, limit_db, set_options, callback_url)
         except HushwireError as err:
             await abort_with(context, err)
             raise AssertionError("unreachable") from None
@@ -584,13 +635,15 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
                           time.time() + IDEMPOTENCY_TTL_SECONDS)
         ids = list(request.job_ids)
+        callback_url = await self._callback_url(request.callback_url)
         try:
-            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent)
+            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent,
+                                              callback_url)
         except store_mod.IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
         if missing:
-            raise HushwireError("JOB_NOT_FOUND", f"no held job {_quote(missing[0])}")
+            raise HushwireError("JOB_NOT_FOUND", f"no held job {quote_input(missing[0])}")
 
     async def ReserveIdempotencyKey(  # noqa: N802
         self, request: jobs_pb2.ReserveIdempotencyKeyRequest, context: grpc.aio.ServicerContext
@@ -624,13 +677,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         try:
             reader = await asyncio.to_thread(self._blobs.open, job.result_blob)
             with reader:  # streamed from the store through this server: its URLs are never handed out
-                await context.write(jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+                await _send(context, jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
                     file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
-                    size_bytes=reader.size)))
+                    size_bytes=reader.size)), "download")
                 while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
-                    await context.write(jobs_pb2.DownloadResultResponse(chunk=chunk))
+                    await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
-            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {request.job_id!r}"))
+            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}"))
         except BlobStoreError as exc:
             log.error("download %s: %s", request.job_id, exc)
             await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
@@ -670,19 +723,50 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             self._signer.check(job_id, str(token))
             job = self._store.get_job(job_id)
             if job is None:
-                raise HushwireError("JOB_NOT_FOUND", f"no job {job_id!r}")
+                raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         elif maybe_principal() is None:
             raise HushwireError("API_KEY_NOT_FOUND")
         else:
             job = self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:
-            raise HushwireError("JOB_NOT_FOUND", f"job {job_id!r} has no result yet (status {job.status})")
+            raise HushwireError("JOB_NOT_FOUND", f"job {quote_input(job_id)} has no result yet (status {job.status})")
         return job
 
 
 class AccountServicer(jobs_pb2_grpc.AccountServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
     async def WhoAmI(  # noqa: N802
         self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WhoAmIResponse:
         p = current_principal()
         return jobs_pb2.WhoAmIResponse(uid=p.uid, name=p.name, key_id=p.key_id)
+
+    async def GetWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        found = await asyncio.to_thread(self._store.webhook_secrets, current_principal().uid, ROTATION_GRACE_S)
+        return _secret_proto(found)
+
+    async def RotateWebhookSecret(  # noqa: N802
+        self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        uid = current_principal().uid
+        found = await asyncio.to_thread(self._store.rotate_webhook_secret, uid, ROTATION_GRACE_S)
+        event(log, "webhook secret rotated", uid=uid)
+        return _secret_proto(found)
+
+
+def _secret_proto(found: WebhookSecrets) -> jobs_pb2.WebhookSecret:
+    return jobs_pb2.WebhookSecret(secret=found.current, previous_valid_until=int(found.previous_valid_until or 0))
+
+
+def _callback(url: str, row: OutboxRow | None) -> jobs_pb2.JobCallback:
+    """A job's callback state for its status: waiting until the job ends, then its delivery's."""
+    if row is None:
+        return jobs_pb2.JobCallback(url=url, state="waiting")
+    return jobs_pb2.JobCallback(
+        url=row.url, state=row.state, attempts=row.attempts, last_status_code=row.last_status or 0,
+        last_error=row.last_error or "", last_attempt_at=int(row.last_attempt_at or 0),
+        next_attempt_at=int(row.next_attempt_at) if row.state == OUTBOX_PENDING else 0, event_id=row.event_id)

@@ -40,12 +40,17 @@ def load_secret(secret: str | None, secret_file: str | None, data_dir: Path, nam
 
 
 class Signer:
-    def __init__(self, secret: bytes, ttl_seconds: float = RESULT_URL_TTL_SECONDS) -> None:
+    """Signs with ``secret``; checks with it, or with ``previous`` (the secret a rotation replaces, kept
+    for the lifetime of the URLs it signed)."""
+
+    def __init__(self, secret: bytes, ttl_seconds: float = RESULT_URL_TTL_SECONDS,
+                 previous: bytes | None = None) -> None:
         self._secret = secret
+        self._previous = previous
         self.ttl_seconds = ttl_seconds
 
-    def _sig(self, job_id: str, expires: int) -> str:
-        mac = hmac.new(self._secret, f"{job_id}.{expires}".encode(), hashlib.sha256).digest()
+    def _sig(self, job_id: str, expires: int, secret: bytes | None = None) -> str:
+        mac = hmac.new(secret or self._secret, f"{job_id}.{expires}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def sign(self, job_id: str, now: float | None = None) -> tuple[int, str]:
@@ -58,7 +63,10 @@ class Signer:
         if not expires_s.isdigit() or len(expires_s) > 12 or not sig:
             raise HushwireError("JOB_NOT_FOUND")
         expires = int(expires_s)
-        if not hmac.compare_digest(self._sig(job_id, expires), sig):
+        valid = hmac.compare_digest(self._sig(job_id, expires), sig)
+        if not valid and self._previous:
+            valid = hmac.compare_digest(self._sig(job_id, expires, self._previous), sig)
+        if not valid:
             raise HushwireError("JOB_NOT_FOUND")
         if expires < time.time():
             raise HushwireError("RESULT_URL_EXPIRED", "This result URL has expired; ask for the job status again")

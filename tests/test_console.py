@@ -411,6 +411,27 @@ def test_live_is_held_to_the_per_user_stream_limit(tmp_path: Path) -> None:
         assert srv.stop() == 0, srv.log
 
 
+def test_live_on_a_full_server_is_overloaded_try_again_later(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--max-streams", "1", "--workers", "0")
+    gw = start_gateway(tmp_path, srv.target)
+    try:
+        key = create_key(tmp_path, "--name", "full")
+        with open_live(gw) as first:
+            assert "algorithmic_delay_samples" in hello(first, key, 16000)
+            with open_live(gw) as second:
+                second.send(json.dumps({"key": key, "sample_rate_hz": 16000}))
+                assert "another replica" in expect_error(second, "OVERLOADED", 1013)   # 1013: try again later
+        deadline = time.monotonic() + 10
+        while "stream closed" not in srv.log:  # the server has seen the first socket's call end
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+        with open_live(gw) as third:  # the slot is free again
+            assert "algorithmic_delay_samples" in hello(third, key, 16000)
+    finally:
+        assert gw.stop() == 0, gw.log
+        assert srv.stop() == 0, srv.log
+
+
 def test_live_server_down_is_service_unavailable(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, f"127.0.0.1:{_free_port()}", "--connect-timeout", "3")
     try:

@@ -1,7 +1,7 @@
 """The web console in a real browser: Debian's headless Chromium driven by Selenium.
 
-The live test feeds Chromium's fake microphone from a noisy file of the shared dev corpus (the
-fake device loops it), records through the page, downloads the page's own WAV and scores it
+The live test feeds Chromium's fake microphone from a noisy clip of the committed evaluation set
+(evalset/48k; the fake device loops it), records through the page, downloads the page's own WAV and scores it
 against the clean reference after aligning by cross-correlation. Screenshots are kept in a temp dir
 whose path is printed at the end of the module. Skipped when /usr/bin/chromium or
 /usr/bin/chromedriver is missing (CI installs both: .ci/run).
@@ -61,7 +61,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
 
 
 def chromium(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None) -> Iterator[Driver]:
-    """Headless Chromium with the fake microphone playing the dev corpus's noisy file; ``env`` is
+    """Headless Chromium with the fake microphone playing the evaluation set's noisy clip; ``env`` is
     chromedriver's (and so Chromium's) environment, e.g. a HOME whose NSS database trusts a test CA."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:

@@ -289,7 +289,7 @@ def test_openapi_documents_the_multipart_upload(http: httpx.Client) -> None:
     assert schema["additionalProperties"]["format"] == "binary"   # any field name carries a file
     assert {"get", "post"} <= set(doc["paths"]["/stat/jobs/{job_id}"])
     assert {"/results/{job_id}", "/me", "/healthz", "/readyz"} <= set(doc["paths"])
-    assert set(doc["components"]["schemas"]["JobStat"]["properties"]) == STAT_KEYS | {"result", "error"}
+    assert set(doc["components"]["schemas"]["JobStat"]["properties"]) == STAT_KEYS | {"result", "error", "callback"}
     assert "422" not in json.dumps(doc["paths"])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess
+from conftest import ServerProcess, create_key, start_server
 
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
@@ -53,6 +53,14 @@ def _flac_claiming_huge_length() -> bytes:
     return bytes(b)
 
 
+def _flac_of_unknown_length(seconds: float = 1.0) -> bytes:
+    """STREAMINFO's total samples 0: "unknown", which the FLAC format allows (an encoder writing to a pipe)."""
+    b = bytearray(_encode(_noise(seconds, 48000, 2), 48000, "FLAC"))
+    b[8 + 13] &= 0xF0
+    b[8 + 14 : 8 + 18] = b"\0\0\0\0"
+    return bytes(b)
+
+
 def _truncated(fmt: str, subtype: str) -> Callable[[], bytes]:
     def make() -> bytes:
         data = _encode(_noise(4.0, 48000 if fmt != "MP3" else 44100), 48000 if fmt != "MP3" else 44100, fmt, subtype)
@@ -77,6 +85,7 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("text named .wav", lambda: b"RIFF? no, just text\n" * 40, "refused:INVALID_FILE"),
     ("PNG", lambda: b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + b"\0" * 200, "refused:INVALID_FILE"),
     ("FLAC claiming 68 G frames", _flac_claiming_huge_length, "refused:FILE_TOO_LARGE"),
+    ("FLAC of unknown length", _flac_of_unknown_length, "completed"),
     ("truncated FLAC", _truncated("FLAC", "PCM_16"), "failed:INVALID_FILE"),
     ("truncated OGG", _truncated("OGG", "VORBIS"), "completed"),
     ("truncated MP3", _truncated("MP3", "MPEG_LAYER_III"), "failed:INVALID_FILE"),
@@ -126,3 +135,23 @@ def test_very_long_silence_completes(server: ServerProcess, api_key: str, tmp_pa
         _, out = jobs.download(done.job_id)
     y, _ = sf.read(io.BytesIO(out), dtype="float32")
     assert y.shape[0] == 8000 * 600 and np.max(np.abs(y)) <= 1 / 128
+
+
+def test_flac_of_unknown_length_is_held_to_the_duration_limit_while_decoding(tmp_path: Path) -> None:
+    """It was refused as FILE_TOO_LARGE "576460752303424 s of audio" (libsndfile's largest count); now
+    its length is measured by decoding it, and the limit stops the count as soon as it is passed."""
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--max-upload-seconds", "2")
+    try:
+        with JobsClient(srv.target, key) as jobs:
+            with pytest.raises(HushwireClientError) as info:
+                jobs.submit(io.BytesIO(_flac_of_unknown_length(3.0)), file_name="long.flac")
+            assert info.value.code == "FILE_TOO_LARGE" and "measured while decoding" in info.value.msg
+            job = jobs.submit(io.BytesIO(_flac_of_unknown_length(1.5)), file_name="short.flac")
+            assert job.duration_seconds == 1.5 and job.billed_time == 3.0   # 2 channels
+            done = jobs.wait(job.job_id, timeout=120)
+            assert STATUS_NAMES[done.status] == "completed", done.error.msg
+            _, out = jobs.download(job.job_id)
+        assert sf.info(io.BytesIO(out)).frames == 72000
+    finally:
+        assert srv.stop() == 0

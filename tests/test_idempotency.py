@@ -215,3 +215,28 @@ def test_openapi_documents_the_header_and_the_409(http: httpx.Client) -> None:
     [param] = [p for p in op["parameters"] if p["name"] == "Idempotency-Key"]
     assert param["in"] == "header" and not param["required"] and "24 h" in param["description"]
     assert "IDEMPOTENCY_CONFLICT" in op["responses"]["409"]["description"]
+
+
+def test_a_reply_lost_on_the_way_back_is_not_a_second_set_of_jobs(stack: tuple[ServerProcess, GatewayProcess],
+                                                                  http: httpx.Client, user: str) -> None:
+    """The issue's case: the client sends the whole upload and hangs up before the reply. Its retry with
+    the same key gets the reply of the request that ran, and the user has each file's job once."""
+    import socket
+
+    req = http.build_request("POST", "/enhance", headers={"Authorization": user, "Idempotency-Key": "lost"},
+                             files=FILES, data={"attenuation_limit_db": "6"})
+    body = req.read()
+    host, port = stack[1].url.removeprefix("http://").rsplit(":", 1)
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "host")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"POST /enhance HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + body)
+    # Gone before the reply. The gateway finishes the request (or gives the key up if it was cut short).
+    deadline = time.monotonic() + 30
+    while (r := _post(http, user, "lost", FILES)).status_code == 409:   # the first one still runs
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert _jobs(stack, user) == sorted([*reply["a"], reply["b"]])   # three jobs, not six
+    again = _post(http, user, "lost", FILES)
+    assert again.content == r.content

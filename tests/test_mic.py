@@ -15,7 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import EVALSET, ROOT, ServerProcess, energy_db, run_cli
+from conftest import (
+    EVALSET,
+    ROOT,
+    ServerProcess,
+    create_key,
+    energy_db,
+    free_port,
+    run_cli,
+    scrape_metrics,
+    start_server,
+)
 
 from server.dsp import Denoiser
 
@@ -100,6 +110,26 @@ def test_mic_streams_plays_and_records(server: ServerProcess, api_key: str, tmp_
     # It was also played: the output device received about as much audio as was streamed.
     played = np.fromfile(home / "out.raw", dtype="<f4")
     assert played.shape[0] > 2 * RATE and energy_db(played) > -80
+
+
+def test_mic_retries_a_full_server_within_the_connect_budget(
+        tmp_path: Path, audio_home: tuple[dict[str, str], Path, np.ndarray]) -> None:
+    env, _, _ = audio_home
+    metrics = free_port()
+    srv = start_server(tmp_path, "--max-streams", "0", "--metrics-port", str(metrics), "--workers", "0")
+    try:
+        t0 = time.monotonic()
+        bad = run_cli("mic", "--target", srv.target, "--key", create_key(tmp_path), "--rate", str(RATE),
+                      "--input-device", "filein", "--output-device", "fileout", "--connect-timeout", "1.5",
+                      env=env, check=False, timeout=60)
+        took = time.monotonic() - t0
+        refused = scrape_metrics(metrics).get(("hushwire_errors_total", (("code", "OVERLOADED"),)), 0.0)
+    finally:
+        assert srv.stop() == 0, srv.log
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "is full (OVERLOADED) and stayed so for --connect-timeout 1.5 s" in bad.stderr, bad.stderr
+    assert refused >= 4, refused   # it tried again and again, with the library's jittered backoff
+    assert took < 30, took
 
 
 def test_mic_errors_are_plain(server: ServerProcess, audio_home: tuple[dict[str, str], Path, np.ndarray]) -> None:

@@ -18,7 +18,17 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from replica_fixtures import DEPLOY, DEPLOY_TLS_DIR, HAPROXY, Cluster, Replica, start_gateways, start_nginx
+from conftest import free_port, scrape_metrics
+from replica_fixtures import (
+    DEPLOY,
+    DEPLOY_TLS_DIR,
+    HAPROXY,
+    Cluster,
+    Replica,
+    start_gateways,
+    start_haproxy,
+    start_nginx,
+)
 from s3_fixtures import stored_blobs
 from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 
@@ -225,6 +235,33 @@ def test_a_draining_replica_leaves_rotation_first_and_finishes_its_streams(clust
     cluster.restart(draining)
 
 
+def test_a_stream_refused_by_a_full_replica_is_retried_onto_another(cluster: Cluster, tmp_path: Path) -> None:
+    """A full replica refuses new streams with OVERLOADED; the client tries again through the
+    balancer, which sends the retry to a replica with room. Here the full one is ``--max-streams 0``
+    beside ``b``, behind their own HAProxy (the shipped config, ``leastconn``: measured, 5 of the 6
+    first tries went to the full replica). Once a full replica also leaves rotation (its health
+    check), fewer tries reach it; what must hold is that every stream runs, on ``b``."""
+    metrics = free_port()
+    full = cluster.start_extra("full", "--max-streams", "0", "--metrics-port", str(metrics), workers=0)
+    lb = start_haproxy(DEPLOY / "grpc.cfg", tmp_path, [(r.name, r.port, r.health_port) for r in (full, cluster.b)],
+                       "haproxy-full")
+    try:
+        for rep in (full, cluster.b):
+            lb.wait_status(rep.name, "UP")
+        before = len(cluster.b.events("stream opened"))
+        with EnhancerClient(lb.target, cluster.key, connect_timeout=30) as c:
+            for _ in range(6):
+                live = c.stream([np.full(CHUNK, 0.01, np.float32)] * 3, RATE)
+                assert sum(o.audio.shape[0] for o in live) == 3 * CHUNK + live.delay_samples
+                assert live.reconnects == []
+        refused = scrape_metrics(metrics).get(("hushwire_errors_total", (("code", "OVERLOADED"),)), 0.0)
+        assert refused >= 1, "the balancer never tried the full replica"  # some first tries went there ...
+        assert len(cluster.b.events("stream opened")) == before + 6      # ... and every stream ran on b
+        assert full.events("stream opened") == []
+    finally:
+        lb.stop()
+
+
 def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(cluster: Cluster) -> None:
     lb = start_nginx(cluster)
     try:
@@ -278,3 +315,37 @@ def test_an_idempotent_retry_through_another_replica_gets_the_same_reply(cluster
     finally:
         for gw in gws:
             assert gw.stop() == 0, gw.log
+
+
+def test_an_upload_with_a_bad_key_is_401_through_both_balancers(cluster: Cluster) -> None:
+    """Issue #18: the server refused the key at once and reset the SubmitJob stream while the gateway was
+    still sending the body, which HAProxy turned into CANCELLED without the trailer: 502 UPSTREAM_ERROR.
+    The gateway now checks the key (Account.WhoAmI) before it streams anything."""
+    gws = start_gateways(cluster)
+    try:
+        buf = __import__("io").BytesIO()
+        sf.write(buf, np.zeros(16000 * 60, np.float32), 16000, format="WAV")   # 1.9 MB: many chunks in flight
+        with httpx.Client(base_url=gws.url, timeout=60, trust_env=False) as http:
+            bad = "hw_not-a-key"
+            for headers in ({"Authorization": bad}, {"Authorization": bad, "Idempotency-Key": "x"}, {}):
+                for _ in range(3):
+                    r = http.post("/enhance", headers=headers, files={"f": ("a.wav", buf.getvalue(), "audio/wav")})
+                    assert r.status_code == 401, r.text
+                    assert r.json()["error"]["code"] == "API_KEY_NOT_FOUND"
+    finally:
+        gws.stop()
+
+
+def test_a_grpc_upload_with_a_bad_key_through_haproxy_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    """The same reset reaches a gRPC client that streams SubmitJob through HAProxy as CANCELLED with no
+    trailer; the client library then asks the server about the key and reports API_KEY_NOT_FOUND."""
+    assert cluster.lb is not None
+    src = tmp_path / "long.wav"
+    sf.write(str(src), np.zeros(16000 * 60, np.float32), 16000)
+    from client import HushwireClientError
+
+    for _ in range(3):
+        with JobsClient(cluster.lb.target, "hw_not-a-key") as jobs, pytest.raises(HushwireClientError) as info:
+            jobs.submit(src)
+        assert info.value.code == "API_KEY_NOT_FOUND", info.value
+        assert info.value.status == grpc.StatusCode.UNAUTHENTICATED and "Unregistered API Key" in str(info.value)

@@ -58,7 +58,8 @@ def test_schema_is_created_on_an_empty_database_and_reopening_changes_nothing(da
     assert _tables(database_url) == set()
     store = Store(database_url, PEPPER)
     assert store.schema_version == VERSION
-    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage", "idempotency_keys"}
+    assert _tables(database_url) == {"schema_version", "users", "api_keys", "jobs", "usage", "idempotency_keys",
+                                     "secret_fingerprints", "webhook_outbox"}
     uid = store.create_user("ann")
     key_id, key = store.create_key(uid)
     store.close()

@@ -19,7 +19,8 @@ import pytest
 from conftest import ServerProcess, create_key, free_port, start_server
 
 from client import BackendLost, EnhancerClient, HushwireClientError, StreamOutput
-from client.stream import AsyncEnhancerClient, Update, _Settings
+from client.core import SLOW_CONSUMER_SECONDS, Settings
+from client.stream import AsyncEnhancerClient, Update
 from hushwire.v1 import enhancer_pb2
 
 RATE = 16000
@@ -132,6 +133,40 @@ def test_a_stream_resumes_after_its_server_is_sigkilled(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_stream_whose_caller_stopped_reading_is_not_resumed(tmp_path: Path) -> None:
+    """The server ends a stream whose client reads nothing (SLOW_CONSUMER). Whether that status gets
+    through behind the unread audio or the server has to reset the stream (which looks like a lost
+    server), the library must not open a new stream for a caller that stopped reading."""
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--workers", "0")
+    stop = threading.Event()
+    sent = 0
+
+    def flood() -> Iterator[np.ndarray]:
+        nonlocal sent
+        while not stop.is_set() and sent < 300:  # 1 s chunks at 48 kHz: far more than any flow window
+            sent += 1
+            yield np.zeros(48000, np.float32)
+
+    try:
+        with EnhancerClient(srv.target, key) as c:
+            live = c.stream(flood(), 48000)
+            outputs = iter(live)
+            next(outputs)
+            time.sleep(SLOW_CONSUMER_SECONDS + 8)  # past the server's patience, and a reset's grace
+            with pytest.raises(HushwireClientError) as info:
+                for _ in outputs:
+                    pass
+        assert info.value.code == "SLOW_CONSUMER", info.value
+        assert live.reconnects == []
+        assert srv.log.count("stream opened") == 1, srv.log  # no second stream was opened
+        assert sent < 300  # the server stopped taking input meanwhile
+    finally:
+        stop.set()
+        assert srv.stop() == 0
+
+
+@pytest.mark.slow
 def test_an_async_stream_resumes_after_its_server_is_sigkilled(tmp_path: Path) -> None:
     key = create_key(tmp_path)
     port = str(free_port())
@@ -231,7 +266,7 @@ def test_non_retryable_errors_are_raised_not_resumed(server: ServerProcess, api_
 
 
 def test_a_resumed_stream_restores_the_latest_settings() -> None:
-    s = _Settings(RATE, 1, enhancer_pb2.SAMPLE_ENCODING_FLOAT32, 12.0)
+    s = Settings(RATE, 1, enhancer_pb2.SAMPLE_ENCODING_FLOAT32, 12.0)
     assert [r.WhichOneof("msg") for r in s.opening()] == ["config"]
     s.request(Update(attenuation_limit_db=6.0))
     s.request(Update(bypass=True))
@@ -240,3 +275,30 @@ def test_a_resumed_stream_restores_the_latest_settings() -> None:
     assert update.update.bypass is True
     s.request(Update(bypass=False))
     assert len(s.opening()) == 1
+
+
+def test_an_async_callers_own_cancel_is_never_resumed(server: ServerProcess, api_key: str) -> None:
+    async def run() -> tuple[BaseException | None, list[StreamOutput], list[BackendLost]]:
+        outs: list[StreamOutput] = []
+        q: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+
+        async def items() -> AsyncIterator[np.ndarray]:
+            while (x := await q.get()) is not None:
+                yield x
+
+        for _ in range(5):
+            q.put_nowait(np.full(CHUNK, 0.01, np.float32))
+        async with AsyncEnhancerClient(server.target, api_key) as c:
+            _, live = await c.stream(items(), RATE)
+            try:
+                async for o in live:
+                    outs.append(o)
+                    if sum(x.audio.shape[0] for x in outs) >= 2 * CHUNK:
+                        live.cancel()
+            except HushwireClientError as err:
+                return err, outs, live.reconnects
+        return None, outs, live.reconnects
+
+    err, outs, reconnects = asyncio.run(asyncio.wait_for(run(), 30))
+    assert isinstance(err, HushwireClientError) and err.status == grpc.StatusCode.CANCELLED, err
+    assert reconnects == [] and not any(o.backend_lost for o in outs)

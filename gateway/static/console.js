@@ -39,6 +39,7 @@
   const CODE_WORDS = {
     API_KEY_NOT_FOUND: "The API key was not accepted: it is unknown or has been revoked. Check the key and try again.",
     SERVICE_UNAVAILABLE: "The hushwire server cannot be reached right now (it may be down or restarting). Try again in a moment.",
+    OVERLOADED: "The hushwire server is serving as many live streams as it can. Try again in a moment.",
     UPSTREAM_TIMEOUT: "The hushwire server did not answer in time. Try again in a moment.",
     RATE_LIMITED: "A usage limit of your account was reached",
     SLOW_CONSUMER: "The connection could not keep up with the audio, so the live stream was ended.",

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "SECRET_SETTINGS",
     "SETTINGS",
     "Setting",
     "bind_tcp",
@@ -93,6 +94,12 @@ def _positive(text: str | float) -> float:
     return x
 
 
+def _list(value: str | list[str]) -> tuple[str, ...]:
+    """A list: a TOML array, or text separated by commas or spaces."""
+    items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+    return tuple(str(v).strip() for v in items if str(v).strip())
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -127,7 +134,9 @@ class Setting:
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
                     "workers": "one per core", "metrics_port": "off",
                     "health_http_port": "off", "tls_cert": "off (plaintext)", "gateway_tls_cert": "off (HTTP)",
-                    "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)"}.get(self.name, "none")
+                    "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)",
+                    "server_public_url": "none (no `result` in webhooks)",
+                    "webhook_allow": "public addresses only"}.get(self.name, "none")
         return f"`{self.default}`"
 
 
@@ -135,7 +144,7 @@ class Setting:
 # --tls-cert``) names different settings: their environment and TOML names differ per role.
 _FLAG_NAMES = {
     "gateway_host": "host", "gateway_port": "port",
-    "gateway_tls_cert": "tls_cert", "gateway_tls_key": "tls_key",
+    "gateway_tls_cert": "tls_cert", "gateway_tls_key": "tls_key", "server_public_url": "public_url",
     "client_tls_ca": "tls_ca", "client_tls_cert": "tls_cert", "client_tls_key": "tls_key",
 }
 
@@ -159,7 +168,11 @@ _HELP = {
                            "REQUEST_TIMEOUT",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
+    "signing_secret_previous": "while rotating the signing secret: the old one, still accepted on result URLs "
+                               "(keep it for the URLs' lifetime, 24 h); see docs/security.md",
     "key_pepper": "the secret API-key hashes are keyed with (environment or TOML); replicas share it",
+    "key_pepper_previous": "while rotating the key pepper: the old one; keys hashed with it still work and are "
+                           "re-hashed on first use (`keys list` shows those left); see docs/security.md",
     "database_url": "jobs, keys and usage: `sqlite:///PATH` (built in) or `postgresql://USER@HOST:PORT/DB` "
                     "(shared by replicas; needs `hushwire[scale]`)",
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
@@ -170,6 +183,8 @@ _HELP = {
                     "the hold while it forwards the request, so keep it above the gateway's "
                     "--upload-idle-seconds",
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
+                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
     "max_audio_seconds_per_day_per_user": "seconds of audio x channels per user per UTC day, counted for jobs "
@@ -203,7 +218,18 @@ _HELP = {
     "client_tls_cert": "the client certificate (PEM) for a server that requires mutual TLS (`enhance`, `jobs`, "
                        "`mic`)",
     "client_tls_key": "the private key (PEM) of the client's `--tls-cert`",
+    "server_public_url": "the gateway's public URL, as the server puts it in webhook bodies' `result` (server; "
+                         "absent: webhook bodies carry no `result`)",
+    "webhook_allow": "callback URLs may go to these hosts only: host names, `host:port` and CIDRs, comma-separated "
+                     "(a TOML list too); absent: public addresses only, never loopback, link-local or private ones",
+    "webhook_base_delay_seconds": "job webhooks: the first retry comes after 0.5-1 x this; each next one waits "
+                                  "twice as long (up to an hour)",
+    "webhook_max_age_seconds": "job webhooks: a delivery not made within this long is given up",
 }
+
+
+# Secrets are never flags (a flag shows in `ps`): environment or TOML only.
+SECRET_SETTINGS = ("signing_secret", "signing_secret_previous", "key_pepper", "key_pepper_previous")
 
 
 def reference_table() -> str:
@@ -212,7 +238,7 @@ def reference_table() -> str:
     for s in SETTINGS.values():
         env = f"`{s.env}`" if s.env else "–"
         toml = f"`{s.toml}`" if s.toml else "–"
-        flag = "–" if s.name in ("signing_secret", "key_pepper") else f"`{s.flag}`"
+        flag = "–" if s.name in SECRET_SETTINGS else f"`{s.flag}`"
         rows.append(f"| {s.name} | {flag} | {env} | {toml} | {s.default_text} | {s.help} |")
     return "\n".join(rows) + "\n"
 
@@ -240,13 +266,17 @@ SETTINGS: dict[str, Setting] = {
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
+        Setting("signing_secret_previous", "HUSHWIRE_SIGNING_SECRET_PREVIOUS", "server.signing_secret_previous",
+                None),
         Setting("key_pepper", "HUSHWIRE_KEY_PEPPER", "server.key_pepper", None),
+        Setting("key_pepper_previous", "HUSHWIRE_KEY_PEPPER_PREVIOUS", "server.key_pepper_previous", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
         Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
+        Setting("max_streams", "HUSHWIRE_MAX_STREAMS", "limits.max_streams", None, _count),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
                 "limits.max_queued_jobs_per_user", 100, int),
         Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",
@@ -275,6 +305,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("grpc_tls_ca", "HUSHWIRE_GATEWAY_GRPC_TLS_CA", "gateway.grpc_tls_ca", None),
         Setting("grpc_tls_cert", "HUSHWIRE_GATEWAY_GRPC_TLS_CERT", "gateway.grpc_tls_cert", None),
         Setting("grpc_tls_key", "HUSHWIRE_GATEWAY_GRPC_TLS_KEY", "gateway.grpc_tls_key", None),
+        Setting("server_public_url", "HUSHWIRE_SERVER_PUBLIC_URL", "server.public_url", None),
+        Setting("webhook_allow", "HUSHWIRE_WEBHOOK_ALLOW", "server.webhook_allow", None, _list),
+        Setting("webhook_base_delay_seconds", "HUSHWIRE_WEBHOOK_BASE_DELAY_SECONDS",
+                "server.webhook_base_delay_seconds", 10.0, _positive),
+        Setting("webhook_max_age_seconds", "HUSHWIRE_WEBHOOK_MAX_AGE_SECONDS", "server.webhook_max_age_seconds",
+                86400.0, _positive),
         Setting("client_tls_ca", "HUSHWIRE_CLIENT_TLS_CA", None, None),
         Setting("client_tls_cert", "HUSHWIRE_CLIENT_TLS_CERT", None, None),
         Setting("client_tls_key", "HUSHWIRE_CLIENT_TLS_KEY", None, None),

@@ -19,6 +19,7 @@ from server.store.core import (
     JobRow,
     KeyRecord,
     Principal,
+    SecretMismatch,
     Store,
     TooManyKeys,
 )
@@ -26,6 +27,6 @@ from server.store.engines import StoreError, StoreUnavailable, redact
 
 __all__ = [
     "COMPLETED", "FAILED", "IN_FLIGHT", "KEY_PREFIX", "PENDING", "POST_PROCESSING", "PRE_PROCESSING", "PROCESSING",
-    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "Store", "StoreError",
-    "StoreUnavailable", "TooManyKeys", "redact",
+    "IdempotencyConflict", "IdempotencyRecord", "JobRow", "KeyRecord", "Principal", "SecretMismatch", "Store",
+    "StoreError", "StoreUnavailable", "TooManyKeys", "redact",
 ]

@@ -105,6 +105,43 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
     """,
+    # version 7: fingerprints of the secrets the database was first used with (the key pepper, the
+    # signing secret): one 'current' per secret, and the 'retired' ones a rotation replaced
+    """
+    CREATE TABLE secret_fingerprints (
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (name, fingerprint)
+    );
+    """,
+    # version 8: signed job webhooks: a job's callback URL, each user's webhook secret (and the previous
+    # one, which signs as well for a while after a rotation), and the outbox of deliveries
+    """
+    ALTER TABLE jobs ADD COLUMN callback_url TEXT;
+    ALTER TABLE users ADD COLUMN webhook_secret TEXT;
+    ALTER TABLE users ADD COLUMN webhook_prev_secret TEXT;
+    ALTER TABLE users ADD COLUMN webhook_rotated_at REAL;
+    CREATE TABLE webhook_outbox (
+        event_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        last_attempt_at REAL,
+        done_at REAL,
+        lease_owner TEXT,
+        lease_expires REAL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at);
+    CREATE INDEX webhook_outbox_by_job ON webhook_outbox (job_id);
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["ERRORS", "ErrorSpec"]
+__all__ = ["ERRORS", "MAX_QUOTED_CHARS", "ErrorSpec", "quote_input"]
+
+# Client input quoted in an error message is cut to this many characters: messages travel in gRPC
+# metadata (8 KiB for all of it by default) and logs, and must never carry a hostile value whole.
+MAX_QUOTED_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,13 @@ ERRORS: dict[str, ErrorSpec] = {
     "SERVICE_UNAVAILABLE": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
     "INTERNAL": ErrorSpec(500, grpc.StatusCode.INTERNAL, "Internal error"),
 }
+
+
+def quote_input(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Client input for an error message: quoted like ``repr`` (control characters escaped) and cut to
+    ``limit`` characters, with its full length noted when it was cut. Use it wherever a message echoes
+    what a client sent (a job id, a field name, a key of a JSON message)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["AUTHORIZATION_KEY", "ERROR_CODE_KEY", "RESULT_TOKEN_KEY", "error_code"]
+__all__ = ["AUTHORIZATION_KEY", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "RESULT_TOKEN_KEY", "error_code"]
 
 # ``<key>`` or ``Bearer <key>`` on every RPC but health, reflection and a token-authorised download.
 AUTHORIZATION_KEY = "authorization"
+# An API key is 32 characters; an ``Authorization`` value longer than this is refused unread
+# (API_KEY_NOT_FOUND) by the gateway and the server alike, so it never reaches gRPC metadata limits.
+MAX_KEY_CHARS = 1024
 # The signed result URL's token, which ``Jobs.DownloadResult`` accepts instead of a key.
 RESULT_TOKEN_KEY = "hushwire-result-token"
 # Trailing metadata: the contract code (a key of :data:`hushwire.contract.errors.ERRORS`) of an error

@@ -31,20 +31,22 @@ class JobOptions(_message.Message):
     def __init__(self, attenuation_limit_db: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("file_name", "file_key", "options", "hold", "size_hint_bytes", "idempotency_key")
+    __slots__ = ("file_name", "file_key", "options", "hold", "size_hint_bytes", "idempotency_key", "callback_url")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     FILE_KEY_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
     SIZE_HINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     file_key: str
     options: JobOptions
     hold: bool
     size_hint_bytes: int
     idempotency_key: str
-    def __init__(self, file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., hold: _Optional[bool] = ..., size_hint_bytes: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., hold: _Optional[bool] = ..., size_hint_bytes: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "chunk")
@@ -73,7 +75,7 @@ class ResultLink(_message.Message):
     def __init__(self, expires: _Optional[int] = ..., sig: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "status", "progress", "file_name", "file_key", "uid", "billed_time", "timestamp", "mod_time", "model", "error", "result", "sample_rate_hz", "channels", "duration_seconds", "format", "options", "held", "hold_seconds")
+    __slots__ = ("job_id", "status", "progress", "file_name", "file_key", "uid", "billed_time", "timestamp", "mod_time", "model", "error", "result", "sample_rate_hz", "channels", "duration_seconds", "format", "options", "held", "callback", "hold_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +94,7 @@ class Job(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_FIELD_NUMBER: _ClassVar[int]
     HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: JobStatus
@@ -111,8 +114,29 @@ class Job(_message.Message):
     format: str
     options: JobOptions
     held: bool
+    callback: JobCallback
     hold_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., uid: _Optional[int] = ..., billed_time: _Optional[float] = ..., timestamp: _Optional[int] = ..., mod_time: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[ResultLink, _Mapping]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., format: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., held: _Optional[bool] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., file_name: _Optional[str] = ..., file_key: _Optional[str] = ..., uid: _Optional[int] = ..., billed_time: _Optional[float] = ..., timestamp: _Optional[int] = ..., mod_time: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., result: _Optional[_Union[ResultLink, _Mapping]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., format: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., held: _Optional[bool] = ..., callback: _Optional[_Union[JobCallback, _Mapping]] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
+
+class JobCallback(_message.Message):
+    __slots__ = ("url", "state", "attempts", "last_status_code", "last_error", "last_attempt_at", "next_attempt_at", "event_id")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    state: str
+    attempts: int
+    last_status_code: int
+    last_error: str
+    last_attempt_at: int
+    next_attempt_at: int
+    event_id: str
+    def __init__(self, url: _Optional[str] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[str] = ..., last_attempt_at: _Optional[int] = ..., next_attempt_at: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -147,12 +171,14 @@ class CancelJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "options")
+    __slots__ = ("job_id", "options", "callback_url")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     options: JobOptions
-    def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, job_id: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class RenewHoldsRequest(_message.Message):
     __slots__ = ("job_ids", "idempotency_key", "reservation")
@@ -173,20 +199,22 @@ class RenewHoldsResponse(_message.Message):
     def __init__(self, missing_job_ids: _Optional[_Iterable[str]] = ..., hold_seconds: _Optional[float] = ...) -> None: ...
 
 class StartJobsRequest(_message.Message):
-    __slots__ = ("job_ids", "options", "idempotency_key", "reservation", "request_sha256", "reply")
+    __slots__ = ("job_ids", "options", "idempotency_key", "reservation", "request_sha256", "reply", "callback_url")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     options: JobOptions
     idempotency_key: str
     reservation: str
     request_sha256: str
     reply: bytes
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., reservation: _Optional[str] = ..., request_sha256: _Optional[str] = ..., reply: _Optional[bytes] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., reservation: _Optional[str] = ..., request_sha256: _Optional[str] = ..., reply: _Optional[bytes] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class StartJobsResponse(_message.Message):
     __slots__ = ()
@@ -245,6 +273,18 @@ class DownloadResultResponse(_message.Message):
     info: ResultInfo
     chunk: bytes
     def __init__(self, info: _Optional[_Union[ResultInfo, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class WebhookSecretRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WebhookSecret(_message.Message):
+    __slots__ = ("secret", "previous_valid_until")
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    secret: str
+    previous_valid_until: int
+    def __init__(self, secret: _Optional[str] = ..., previous_valid_until: _Optional[int] = ...) -> None: ...
 
 class WhoAmIRequest(_message.Message):
     __slots__ = ()

@@ -521,6 +521,16 @@ class AccountStub:
                 request_serializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/hushwire.v1.Account/GetWebhookSecret',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/hushwire.v1.Account/RotateWebhookSecret',
+                request_serializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.SerializeToString,
+                response_deserializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.FromString,
+                _registered_method=True)
 
 
 class AccountServicer:
@@ -533,6 +543,20 @@ class AccountServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookSecret(self, request, context):
+        """The user's webhook signing secret (created on first use); Rotate makes a new one, and for
+        24 h deliveries carry a signature by the previous secret as well.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -540,6 +564,16 @@ def add_AccountServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.FromString,
                     response_serializer=hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.FromString,
+                    response_serializer=hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +604,60 @@ class Account:
             '/hushwire.v1.Account/WhoAmI',
             hushwire_dot_v1_dot_jobs__pb2.WhoAmIRequest.SerializeToString,
             hushwire_dot_v1_dot_jobs__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Account/GetWebhookSecret',
+            hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hushwire.v1.Account/RotateWebhookSecret',
+            hushwire_dot_v1_dot_jobs__pb2.WebhookSecretRequest.SerializeToString,
+            hushwire_dot_v1_dot_jobs__pb2.WebhookSecret.FromString,
             options,
             channel_credentials,
             insecure,

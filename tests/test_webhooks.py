@@ -1,0 +1,348 @@
+"""Signed job webhooks (issue #19): real servers, a real gateway, and real HTTP receivers on loopback.
+
+The receivers are ``http.server`` servers in threads, each answering from a script (a status, a
+redirect, or holding the request until told); the servers allow them explicitly with
+``--webhook-allow``. Retries are fast here (``--webhook-base-delay-seconds 0.2``). One test runs the
+receiver example printed in the OpenAPI document, as a user would copy it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server, white_noise_file
+from test_gateway import GatewayProcess, start_gateway
+
+from client import HushwireClientError, JobsClient
+from gateway.openapi import RECEIVER_EXAMPLE
+
+PUBLIC_URL = "https://hushwire.example.org"
+STAT_KEYS = {"model", "app_id", "billed_time", "timestamp", "mod_time", "file_name", "job_id", "uid", "file_key",
+             "job_status", "progress"}
+
+
+# -- a scripted receiver --------------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next scripted reply: an int status, ("redirect", url), or "hold"
+    (keep the request open until :meth:`release`); 200 once the script is used up."""
+
+    server: ThreadingHTTPServer
+    script: list[Any] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_hits(self, n: int, timeout: float = 30) -> list[Hit]:
+        deadline = time.monotonic() + timeout
+        while len(self.hits) < n:
+            assert time.monotonic() < deadline, f"only {len(self.hits)} of {n} deliveries arrived"
+            time.sleep(0.02)
+        return self.hits
+
+
+def _receiver() -> Receiver:
+    rec: Receiver
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            rec.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()))
+            reply = rec.script.pop(0) if rec.script else 200
+            if reply == "hold":
+                rec.released.wait(60)
+                reply = 200
+            if isinstance(reply, tuple):
+                self.send_response(302)
+                self.send_header("Location", reply[1])
+            else:
+                self.send_response(reply)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    rec = Receiver(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+    threading.Thread(target=rec.server.serve_forever, daemon=True).start()
+    return rec
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = _receiver()
+    yield rec
+    rec.release()
+    rec.server.shutdown()
+    rec.server.server_close()
+
+
+def verify(hit: Hit, *secrets: str) -> dict[str, Any]:
+    """Check ``Hushwire-Signature`` as a receiver must, with each of ``secrets``; returns the JSON body."""
+    fields = [f.split("=", 1) for f in hit.headers["hushwire-signature"].split(",")]
+    t = int(dict(fields)["t"])
+    assert abs(time.time() - t) < 60, t
+    sigs = [v for k, v in fields if k == "v1"]
+    assert len(sigs) == len(secrets), (sigs, secrets)
+    for secret in secrets:
+        mac = hmac.new(secret.encode(), f"{t}.".encode() + hit.body, hashlib.sha256).hexdigest()
+        assert mac in sigs, f"no v1= signature by {secret[:10]}..."
+    assert hit.headers["content-type"] == "application/json"
+    body: dict[str, Any] = json.loads(hit.body)
+    return body
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hooked:
+    srv: ServerProcess
+    key: str
+    uid: int
+    metrics_port: int
+
+    def secret(self, *extra: str) -> str:
+        return run_cli("keys", "webhook-secret", "--user", str(self.uid), "--data-dir", str(self.srv.data_dir),
+                       *extra).stdout.strip().splitlines()[-1]
+
+
+def _start(data: Path, *extra: str) -> Hooked:
+    metrics_port = free_port()
+    srv = start_server(data, "--workers", "1", "--webhook-allow", "127.0.0.1/32", "--public-url", PUBLIC_URL,
+                       "--webhook-base-delay-seconds", "0.2", "--metrics-port", str(metrics_port),
+                       "--log-format", "json", *extra)
+    out = run_cli("keys", "create", "--name", "hooks", "--data-dir", str(data))
+    uid = int(re.search(r"uid=(\d+)", out.stderr).group(1))  # type: ignore[union-attr]
+    return Hooked(srv, out.stdout.strip().splitlines()[-1], uid, metrics_port)
+
+
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooked]:
+    h = _start(tmp_path_factory.mktemp("hooks"))
+    yield h
+    assert h.srv.stop() == 0, h.srv.log
+
+
+def _wav(path: Path, seconds: float = 1.0) -> Path:
+    white_noise_file(path, seconds=seconds)
+    return path
+
+
+def _callback(jobs: JobsClient, job_id: str, state: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while (cb := jobs.get(job_id).callback).state != state:
+        assert time.monotonic() < deadline, f"callback state {cb.state!r}, waited for {state!r}: {cb}"
+        time.sleep(0.05)
+    return cb
+
+
+# -- tests -----------------------------------------------------------------------------------------------
+
+
+def test_a_signed_delivery_retried_after_a_500(hooked: Hooked, receiver: Receiver, tmp_path: Path) -> None:
+    secret = hooked.secret()
+    assert secret.startswith("whsec_") and hooked.secret() == secret   # stable once created
+    receiver.script = [500]
+    with JobsClient(hooked.srv.target, hooked.key) as jobs:
+        job = jobs.submit(_wav(tmp_path / "a.wav"), callback_url=receiver.url + "/hooks/hushwire?team=a")
+        assert job.callback.state == "waiting" and job.callback.url.endswith("?team=a")
+        first, second = receiver.wait_hits(2)
+        cb = _callback(jobs, job.job_id, "delivered")
+    assert first.path == second.path == "/hooks/hushwire?team=a"
+    # One event, two attempts: the same id, each signed afresh, the retry within the first delay's range.
+    assert first.headers["hushwire-event-id"] == second.headers["hushwire-event-id"] == cb.event_id
+    assert 0.05 < second.at - first.at < 30
+    for hit in (first, second):
+        body = verify(hit, secret)
+        assert STAT_KEYS <= set(body) and "callback" not in body
+        assert body["job_id"] == job.job_id and body["job_status"] == "completed" and body["uid"] == hooked.uid
+        assert body["result"].startswith(f"{PUBLIC_URL}/results/{job.job_id}?expires=")
+    assert cb.attempts == 2 and cb.last_status_code == 200 and not cb.last_error
+    metrics = scrape_metrics(hooked.metrics_port)
+    assert metrics[("hushwire_webhook_attempts_total", (("outcome", "failed"),))] >= 1
+    assert metrics[("hushwire_webhooks_delivered_total", ())] >= 1
+    assert ("hushwire_webhooks_pending", ()) in metrics
+
+
+def test_a_failed_job_is_delivered_too(hooked: Hooked, receiver: Receiver, tmp_path: Path) -> None:
+    full = tmp_path / "full.flac"
+    sf.write(str(full), np.random.default_rng(1).standard_normal(64000).astype(np.float32) * 0.05, 16000,
+             format="FLAC")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
+    with JobsClient(hooked.srv.target, hooked.key) as jobs:
+        job = jobs.submit(cut, callback_url=receiver.url + "/failed")
+        (hit,) = receiver.wait_hits(1)
+        _callback(jobs, job.job_id, "delivered")
+    body = verify(hit, hooked.secret())
+    assert body["job_status"] == "failed" and body["error"]["code"] == "INVALID_FILE" and "result" not in body
+
+
+def test_a_redirect_is_not_followed(hooked: Hooked, receiver: Receiver, tmp_path: Path) -> None:
+    elsewhere = _receiver()
+    try:
+        receiver.script = [("redirect", elsewhere.url + "/stolen")] * 3
+        with JobsClient(hooked.srv.target, hooked.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "r.wav"), callback_url=receiver.url + "/moved")
+            receiver.wait_hits(2)
+            cb = jobs.get(job.job_id).callback
+        assert cb.state == "pending" and cb.last_status_code == 302 and "redirect" in cb.last_error, cb
+        assert not elsewhere.hits
+    finally:
+        elsewhere.server.shutdown()
+        elsewhere.server.server_close()
+
+
+def test_forbidden_callback_urls_are_refused_at_submit(tmp_path: Path) -> None:
+    """The default policy (no --webhook-allow): public addresses only, checked after DNS."""
+    data = tmp_path / "strict"
+    data.mkdir()
+    srv = start_server(data, "--workers", "0")
+    try:
+        key = create_key(data)
+        src = _wav(tmp_path / "x.wav", 0.2)
+        refused = {
+            "http://169.254.169.254/latest/meta-data/": "link-local",
+            "http://10.0.0.1/hook": "not a public address",
+            f"http://localhost:{free_port()}/hook": "loopback",      # a host name that resolves to loopback
+            "http://[::1]/hook": "loopback",
+            f"http://127.0.0.1:{srv.port}/": "own port",
+            "ftp://example.org/hook": "http:// or https://",
+            "http://user:pw@example.org/": "user info",
+        }
+        with JobsClient(srv.target, key) as jobs:
+            for url, why in refused.items():
+                with pytest.raises(HushwireClientError) as err:
+                    jobs.submit(src, callback_url=url)
+                assert err.value.code == "INVALID_REQUEST", (url, err.value)
+                assert why.split()[0] in err.value.msg or why in err.value.msg, (url, err.value.msg)
+            assert not list(jobs.list())   # nothing was stored
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+def test_delivery_survives_a_sigkill_between_completion_and_delivery(tmp_path: Path, receiver: Receiver) -> None:
+    data = tmp_path / "killed"
+    data.mkdir()
+    h = _start(data)
+    receiver.script = ["hold"]
+    try:
+        with JobsClient(h.srv.target, h.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "k.wav"), callback_url=receiver.url + "/k")
+        receiver.wait_hits(1)            # the job completed; its delivery is in flight
+        h.srv.proc.kill()
+        h.srv.proc.wait(10)
+        receiver.release()
+        srv2 = start_server(data, "--workers", "1", "--webhook-allow", "127.0.0.1/32",
+                            "--webhook-base-delay-seconds", "0.2")
+        try:
+            first, second = receiver.wait_hits(2)
+            with JobsClient(srv2.target, h.key) as jobs:
+                cb = _callback(jobs, job.job_id, "delivered")
+        finally:
+            assert srv2.stop() == 0, srv2.log
+    finally:
+        if h.srv.proc.poll() is None:
+            h.srv.stop()
+    assert first.headers["hushwire-event-id"] == second.headers["hushwire-event-id"] == cb.event_id
+    body = verify(second, h.secret())
+    assert body["job_id"] == job.job_id and body["job_status"] == "completed"
+    assert "result" not in body     # the restarted server was given no --public-url
+
+
+def test_rest_callback_field_secret_rotation_and_the_documented_receiver(hooked: Hooked, tmp_path: Path) -> None:
+    gw: GatewayProcess = start_gateway(hooked.srv.data_dir, hooked.srv.target)
+    port = free_port()
+    example = tmp_path / "receiver.py"
+    try:
+        auth = {"Authorization": hooked.key}
+        with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as http:
+            old = http.get("/me/webhook-secret", headers=auth).json()
+            assert old == {"secret": hooked.secret(), "previous_valid_until": None}
+            new = http.post("/me/webhook-secret", headers=auth).json()
+            assert new["secret"] != old["secret"] and new["secret"] == hooked.secret()
+            assert abs(new["previous_valid_until"] - (time.time() + 86400)) < 120
+            assert http.get("/me/webhook-secret").status_code == 401
+            # The OpenAPI document's receiver, run as printed (with its secret and port filled in).
+            doc = http.get("/openapi.json").json()
+            assert RECEIVER_EXAMPLE in doc["info"]["description"]
+            assert "callback_url" in json.dumps(doc["paths"]["/enhance"]["post"]["requestBody"])
+            example.write_text(RECEIVER_EXAMPLE.replace('b"whsec_..."', repr(old["secret"].encode()))
+                               .replace("8000", str(port)))
+            proc = subprocess.Popen([sys.executable, str(example)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            try:
+                lines: queue.Queue[str] = queue.Queue()
+                threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+                # A refused URL refuses the whole request, and no job is left.
+                bad = http.post("/enhance", headers=auth, data={"callback_url": "http://10.0.0.1/x"},
+                                files={"f": ("a.wav", _wav(tmp_path / "a.wav", 0.2).read_bytes(), "audio/wav")})
+                assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_REQUEST", bad.text
+                r = http.post("/enhance", headers=auth, data={"callback_url": f"http://127.0.0.1:{port}/hook"},
+                              files={"f": ("b.wav", _wav(tmp_path / "b.wav").read_bytes(), "audio/wav")})
+                assert r.status_code == 200, r.text
+                job_id = r.json()["f"]
+                # Signed by the new secret and the previous one: the example (old secret) accepts it.
+                assert lines.get(timeout=60).split() == [lines_event_id(http, job_id, auth), "completed"]
+                stat = http.get(f"/stat/jobs/{job_id}", headers=auth).json()
+                assert stat["callback"]["state"] == "delivered" and stat["callback"]["last_status_code"] == 204
+                # The header carries both signatures: by the new secret and by the previous one.
+                rec = _receiver()
+                try:
+                    with JobsClient(hooked.srv.target, hooked.key) as jobs:
+                        jobs.submit(_wav(tmp_path / "c.wav", 0.2), callback_url=rec.url + "/both")
+                    (hit,) = rec.wait_hits(1)
+                    verify(hit, new["secret"], old["secret"])
+                finally:
+                    rec.server.shutdown()
+                    rec.server.server_close()
+            finally:
+                proc.terminate()
+                proc.wait(10)
+                assert proc.stdout is not None
+                proc.stdout.close()
+    finally:
+        assert gw.stop() == 0, gw.log
+
+
+def lines_event_id(http: httpx.Client, job_id: str, auth: dict[str, str]) -> str:
+    deadline = time.monotonic() + 30
+    while (cb := http.get(f"/stat/jobs/{job_id}", headers=auth).json().get("callback", {})).get("state") != \
+            "delivered":
+        assert time.monotonic() < deadline, cb
+        time.sleep(0.05)
+    return str(cb["event_id"])
