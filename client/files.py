@@ -11,8 +11,8 @@ import soxr
 
 from hushwire.contract.limits import native_rate
 
-__all__ = ["AudioFile", "from_stream_rate", "read_audio", "stream_rate", "to_stream_rate",
-           "write_like"]
+__all__ = ["AudioFile", "from_stream_rate", "read_audio", "stream_rate", "to_stream_rate", "write_like"]
+
 
 @dataclass(frozen=True)
 class AudioFile:
@@ -43,7 +43,7 @@ def stream_rate(rate: int) -> int:
 
 
 def to_stream_rate(samples: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
-    """``samples`` at a rate the live stream supports (:data:`SUPPORTED_RATES`), resampled if needed."""
+    """``samples`` at a rate the live stream supports, resampled (soxr) if needed."""
     target = stream_rate(rate)
     if target == rate:
         return samples, rate
