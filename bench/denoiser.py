@@ -15,6 +15,13 @@ This process pins itself to ``--cpu`` (one core), and numpy's BLAS is kept to on
     python -m bench.denoiser             # about a minute
     python -m bench.denoiser --quick
     python -m bench.denoiser --profile-out /tmp/denoiser.txt   # plus a py-spy profile of the hop loop
+    python -m bench.denoiser --baseline main~3 [--rounds 5]     # this tree against another commit
+
+``--baseline REF`` checks REF out in a temporary git worktree and measures both denoisers in the
+same run, alternating between them round by round (``bench/_dsp_cost.py`` in a child process per
+tree and round, pinned to the same core): the batched live path at 16 and 48 kHz and the job path.
+It prints each side's median and the ratio current / baseline, which is what to quote on a shared
+machine (absolute figures drift with the load; a ratio of interleaved rounds much less).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402 (the thread limits must be set before numpy loads)
+import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -168,7 +177,7 @@ def _wrap(x: np.ndarray, start: int, n: int) -> np.ndarray:
 def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float, float]]:
     """(audio s per wall s, audio s per CPU s) of ``server.jobs.run_job`` on a 16 kHz PCM16 WAV."""
     from server.blobs import LocalBlobs
-    from server.jobs import new_job_id, run_job
+    from server.jobs import Outcome, new_job_id, run_job
     from server.store import PENDING, JobRow, Store
 
     rate = 16000
@@ -194,14 +203,58 @@ def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float,
         claimed = store.claim_next(owner, 60.0, 3)
         assert claimed is not None and claimed.job_id == job_id
         w0, c0 = time.perf_counter(), time.process_time()
-        status = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
+        result = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        if status != "completed":
-            raise RuntimeError(f"run_job returned {status!r}: {store.get_job(job_id)}")
+        if result.outcome is not Outcome.COMPLETED:
+            raise RuntimeError(f"run_job returned {result}: {store.get_job(job_id)}")
         results.append((seconds / wall, seconds / cpu))
         store.delete_job(job_id)
     store.close()
     return results
+
+
+BASELINE_LOADS = "16000:1,16000:10,16000:50,48000:1,48000:10"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def compare_baseline(ref: str, rounds: int, seconds: float, tmp: Path) -> list[list[object]]:
+    """Rows of (load, baseline ms per stream-second, current, ratio) from ``rounds`` interleaved rounds."""
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    tree = tmp / "baseline"
+    _git("worktree", "add", "--detach", str(tree), commit)
+    try:
+        audio = tmp / "audio.npy"
+        np.save(audio, test_audio(20.0, 48000).astype(np.float32))
+        script = Path(__file__).with_name("_dsp_cost.py")
+        results: dict[str, list[dict[str, float]]] = {"baseline": [], "current": []}
+        for r in range(rounds):
+            order = [("baseline", tree), ("current", ROOT)]
+            if r % 2:
+                order.reverse()  # neither side always runs first
+            for side, root in order:
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                out = subprocess.run([sys.executable, str(script), str(audio), BASELINE_LOADS, str(seconds)],
+                                     env=env, check=True, capture_output=True, text=True, timeout=600).stdout
+                results[side].append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        _git("worktree", "remove", "--force", str(tree))
+    rows: list[list[object]] = []
+    for key in results["current"][0]:
+        base = statistics.median(x[key] for x in results["baseline"])
+        cur = statistics.median(x[key] for x in results["current"])
+        ratios = sorted(c[key] / b[key] for b, c in zip(results["baseline"], results["current"], strict=True))
+        if key == "job":
+            label = "job path, 16 kHz mono, 1 s blocks"
+        else:
+            rate, streams = key.split(":")
+            label = f"live, {int(rate) // 1000} kHz, {streams} stream{'s' if streams != '1' else ''} per batch"
+        rows.append([label, f"{base * 1000:.2f}", f"{cur * 1000:.2f}", f"{cur / base:.2f}",
+                     f"{ratios[0]:.2f}-{ratios[-1]:.2f}"])
+    return rows
 
 
 def profile_hops(out: Path, seconds: float) -> None:
@@ -231,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", default=None, help="also profile the 16 kHz hop loop with py-spy")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard bound on the whole run")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="only compare this tree's denoiser cost with the one at git REF (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side for --baseline")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.job_seconds, args.job_repeats = 0.5, 1, 2.0, 1
@@ -240,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu >= 0 and args.cpu in os.sched_getaffinity(0):
         pin_self(args.cpu)
     print_header("bench.denoiser", "Denoiser cost on one core")
+    if args.baseline is not None:
+        seconds = min(args.seconds, 4.0)
+        print(f"pinned to core(s) {sorted(os.sched_getaffinity(0))}; CPU time (process_time) in ms per "
+              f"stream-second, median of {args.rounds} interleaved rounds of {seconds:g} s per load and side; "
+              f"baseline: {args.baseline} ({_git('rev-parse', '--short', args.baseline)})")
+        try:
+            with temp_dir() as tmp:
+                rows = compare_baseline(args.baseline, args.rounds, seconds, tmp)
+        except (BenchTimeout, KeyboardInterrupt) as exc:
+            return stopped(exc)
+        print_table(["load", "baseline ms CPU per s", "this tree ms CPU per s", "ratio", "ratio range over rounds"],
+                    rows)
+        return 0
     print(f"pinned to core(s) {sorted(os.sched_getaffinity(0))}; CPU time (process_time) per hop, "
           f"median of {args.repeats} × {args.seconds:g} s of audio")
     try:

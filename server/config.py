@@ -7,13 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hushwire.settings import ConfigError
-
-if TYPE_CHECKING:
-    from server.blobs import BlobStore
-    from server.store import Store
 
 __all__ = ["ConfigError", "ServerConfig", "one_blas_thread"]
 
@@ -38,6 +33,7 @@ class ServerConfig:
     stream_idle_seconds: float = 30.0
     database_url: str | None = None
     blob_url: str | None = None
+    store_timeout: float = 5.0
     signing_secret_file: str | None = None
     signing_secret: str | None = None
     key_pepper: str | None = None
@@ -77,16 +73,6 @@ class ServerConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
 
-    def open_store(self) -> Store:
-        """The store with its key pepper (configured, or generated into the data dir on first use).
-        Raises :class:`server.store.StoreError` (:class:`~server.store.StoreUnavailable` when the
-        database cannot be reached)."""
-        from server.signing import load_secret
-        from server.store import Store
-
-        previous = self.key_pepper_previous.encode() if self.key_pepper_previous else None
-        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"), previous)
-
     @property
     def store_url(self) -> str:
         """The database URL every process of the server opens (workers included): the configured
@@ -95,12 +81,6 @@ class ServerConfig:
         if url and url.startswith(_POSTGRES_SCHEMES):
             return url
         return f"sqlite://{self.sqlite_path.absolute()}"
-
-    def open_blobs(self) -> BlobStore:
-        """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
-        from server.blobs import open_blobs
-
-        return open_blobs(self.blob_url, self.data_dir)
 
     @property
     def sqlite_path(self) -> Path:

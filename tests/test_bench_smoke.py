@@ -57,6 +57,21 @@ def test_denoiser_quick_prints_hop_costs_and_job_throughput() -> None:
 
 
 @pytest.mark.slow
+def test_denoiser_baseline_measures_both_trees_and_removes_its_worktree() -> None:
+    out = run_bench("bench.denoiser", "--baseline", "HEAD", "--rounds", "1")
+    rows = table_rows(out, "ratio")
+    assert [r["load"] for r in rows][-1] == "job path, 16 kHz mono, 1 s blocks"
+    assert any(r["load"] == "live, 16 kHz, 10 streams per batch" for r in rows)
+    for r in rows:
+        assert float(r["baseline ms CPU per s"]) > 0 and float(r["this tree ms CPU per s"]) > 0
+        base, cur = float(r["baseline ms CPU per s"]), float(r["this tree ms CPU per s"])
+        assert float(r["ratio"]) == pytest.approx(cur / base, abs=0.02)
+    worktrees = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout
+    assert "hushwire-bench-" not in worktrees  # the baseline's temporary worktree is gone
+
+
+@pytest.mark.slow
 def test_memory_quick_prints_rss_per_stream_and_job_peaks() -> None:
     out = run_bench("bench.memory")
     streams = table_rows(out, "server RSS MiB")
@@ -69,6 +84,12 @@ def test_files_quick_prints_the_gateway_table() -> None:
     out = run_bench("bench.files")
     (row,) = table_rows(out, "uploads/s (POST /enhance)")
     assert row["clients"] == "2" and int(row["jobs"]) > 0 and row["errors"] == "0"
+
+
+def test_claims_quick_prints_the_claim_cost() -> None:
+    out = run_bench("bench.claims")
+    (row,) = table_rows(out, "claim p50 ms")
+    assert row["database"] == "SQLite" and row["jobs queued"] == "200" and float(row["claim p50 ms"]) > 0
 
 
 @pytest.mark.slow

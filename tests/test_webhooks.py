@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import queue
 import re
 import subprocess
@@ -346,3 +347,105 @@ def lines_event_id(http: httpx.Client, job_id: str, auth: dict[str, str]) -> str
         assert time.monotonic() < deadline, cb
         time.sleep(0.05)
     return str(cb["event_id"])
+
+
+@pytest.mark.slow
+def test_a_stopping_replica_hands_its_delivery_to_another(request: pytest.FixtureRequest, tmp_path: Path,
+                                                          receiver: Receiver) -> None:
+    """Two replicas on one PostgreSQL database: the one whose attempt is cut short by its drain gives
+    the delivery back, and the other one makes it (any replica delivers)."""
+    from pg_fixtures import fresh_database_url
+
+    url = fresh_database_url(request, "postgresql", tmp_path)
+    env = {**os.environ, "HUSHWIRE_KEY_PEPPER": "pepper-" + "x" * 30, "HUSHWIRE_SIGNING_SECRET": "s" * 40}
+    common = ["--database-url", url, "--webhook-allow", "127.0.0.1/32", "--webhook-base-delay-seconds", "0.2",
+              "--log-format", "json"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_server(tmp_path / "a", "--workers", "1", *common, env=env)
+    b = None
+    try:
+        key = run_cli("keys", "create", "--data-dir", str(tmp_path / "a"), "--database-url", url,
+                      env=env).stdout.strip().splitlines()[-1]
+        receiver.script = ["hold"]
+        with JobsClient(a.target, key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "h.wav"), callback_url=receiver.url + "/handover")
+        receiver.wait_hits(1)                       # a's attempt, held open by the receiver
+        b = start_server(tmp_path / "b", "--workers", "0", *common, env=env)
+        time.sleep(1.5)                             # b polls the outbox, but a holds the delivery's lease
+        assert len(receiver.hits) == 1
+        assert a.stop() == 0, a.log                 # a's drain cuts its attempt short and gives the row back
+        first, second = receiver.wait_hits(2, timeout=15)
+        assert first.headers["hushwire-event-id"] == second.headers["hushwire-event-id"]
+        with JobsClient(b.target, key) as jobs:
+            cb = _callback(jobs, job.job_id, "delivered")
+        assert cb.attempts == 1   # the attempt a never finished is not counted
+        delivered = [json.loads(x) for x in b.log.splitlines() if '"webhook attempt"' in x]
+        assert [(e["job_id"], e["state"]) for e in delivered] == [(job.job_id, "delivered")], b.log
+    finally:
+        receiver.release()
+        if a.proc.poll() is None:
+            a.stop()
+        if b is not None:
+            assert b.stop() == 0, b.log
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooked]:
+    """Gives up a delivery after 1.5 s."""
+    h = _start(tmp_path_factory.mktemp("impatient"), "--webhook-max-age-seconds", "1.5")
+    yield h
+    assert h.srv.stop() == 0, h.srv.log
+
+
+def test_a_delivery_is_given_up_after_the_maximum_age(impatient: Hooked, receiver: Receiver,
+                                                      tmp_path: Path) -> None:
+    receiver.script = [503] * 100
+    with JobsClient(impatient.srv.target, impatient.key) as jobs:
+        job = jobs.submit(_wav(tmp_path / "g.wav", 0.3), callback_url=receiver.url + "/down")
+        cb = _callback(jobs, job.job_id, "failed")
+    assert cb.attempts >= 2 and cb.last_status_code == 503 and "given up" in cb.last_error, cb
+    attempts = len(receiver.hits)
+    time.sleep(1.0)
+    assert len(receiver.hits) == attempts     # no more attempts
+    assert scrape_metrics(impatient.metrics_port)[("hushwire_webhooks_given_up_total", ())] >= 1
+
+
+def test_only_the_start_of_a_long_answer_is_read(impatient: Hooked, tmp_path: Path) -> None:
+    """A receiver answering 200 with 64 MiB: the delivery counts, and the server stops reading early."""
+    pushed: list[int] = []
+
+    class Chatty(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            total = 64 * 2**20
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            sent = 0
+            try:
+                while sent < total:
+                    self.wfile.write(b"x" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            pushed.append(sent)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chatty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with JobsClient(impatient.srv.target, impatient.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "c.wav", 0.3),
+                              callback_url=f"http://127.0.0.1:{server.server_address[1]}/chatty")
+            cb = _callback(jobs, job.job_id, "delivered")
+        deadline = time.monotonic() + 10
+        while not pushed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cb.last_status_code == 200 and cb.attempts == 1
+        assert pushed and pushed[0] < 64 * 2**20, pushed   # the server hung up long before the end
+    finally:
+        server.shutdown()
+        server.server_close()

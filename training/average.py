@@ -25,7 +25,7 @@ from train import GainNet, export_npz  # noqa: E402
 
 def average(paths: list[str]) -> GainNet:
     states = [torch.load(p) for p in paths]
-    model = GainNet()
+    model = GainNet.from_state(states[0])
     model.load_state_dict({k: sum(s[k] for s in states) / len(states) for k in states[0]})
     return model
 

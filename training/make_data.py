@@ -9,9 +9,11 @@ diphone voices), each with random speaking rate and pitch, resampled
 to 16 kHz, half of them also re-pitched by a small resampling factor. Needs
 ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k``.
 
-Noise: per type a bank of clips from ``noises.py`` plus babble made of TTS
-utterances that are kept out of the speech set, all drawn from one generator seeded
-with ``--noise-seed``.
+Noise: per type a bank of clips from ``noises.py`` plus babble (3-8 talkers at
+several levels, sometimes one or two dominant) and one or two interfering talkers
+("talkers"), made of TTS utterances that are kept out of the speech set, and a bank of
+room impulse responses from the image method (``noises.room_impulse_response``, applied
+on the fly in ``train.py``), all drawn from one generator seeded with ``--noise-seed``.
 
 Held out (``heldout.py``): the evaluation set's voices (festival ``cmu_us_slt_arctic_hts``,
 flite ``rms``, espeak-ng ``+f4`` and ``+m7``) are left out of the voice lists below, a
@@ -20,7 +22,8 @@ below ``heldout.NOISE_SEED_MIN`` (the evaluation set's noise seeds start there).
 
 Output (under ``--out``): ``speech.npy`` (float16, all utterances end to end),
 ``speech_index.npy`` (start, length per utterance), ``noise_<type>.npy``
-(float16, clips end to end, unit RMS each) and ``manifest.json``. Mixing
+(float16, clips end to end, unit RMS each), ``rir.npy`` and ``rir_early.npy``
+(float32, ``(N_RIRS, RIR_LEN)``) and ``manifest.json``. Mixing
 (SNR, level, colouration) happens on the fly in ``train.py``.
 """
 
@@ -62,8 +65,10 @@ FESTIVAL_VOICES = tuple(v for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_ar
                         if v not in heldout.FESTIVAL_VOICES)
 # Utterances per engine (1-3 sentences each, about 5 s on average).
 N_ESPEAK, N_FLITE, N_FESTIVAL = 1300, 650, 480
-N_BABBLE_UTTS = 300          # extra espeak/flite utterances used only inside babble
+N_BABBLE_UTTS = 900          # extra espeak/flite/festival utterances used only inside babble and talkers
 NOISE_CLIPS_PER_TYPE = 36
+N_RIRS = 400
+RIR_LEN = 16000  # 1 s: RT60s up to 0.9 s fit
 NOISE_CLIP_S = 12.0
 
 
@@ -103,7 +108,8 @@ def _run(cmd: list[str], stdin: str | None = None) -> None:
 
 def synth_espeak(rng: random.Random, text: str, out: Path) -> str:
     voice = rng.choice(ESPEAK_LANGS) + rng.choice(ESPEAK_VARIANTS)
-    speed, pitch = rng.randint(125, 200), rng.randint(20, 85)
+    assert not heldout.is_heldout_espeak(voice)
+    speed, pitch = rng.randint(110, 220), rng.randint(15, 90)
     _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text])
     return f"espeak-ng:{voice}:s{speed}:p{pitch}"
 
@@ -147,7 +153,8 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
     jobs = ([("espeak", i) for i in range(N_ESPEAK)] + [("flite", i) for i in range(N_FLITE)]
             + [("festival", i) for i in range(N_FESTIVAL)]
             + [("babble_espeak", i) for i in range(N_BABBLE_UTTS * 2 // 3)]
-            + [("babble_flite", i) for i in range(N_BABBLE_UTTS // 3)])
+            + [("babble_flite", i) for i in range(N_BABBLE_UTTS // 4)]
+            + [("babble_festival", i) for i in range(N_BABBLE_UTTS - N_BABBLE_UTTS * 2 // 3 - N_BABBLE_UTTS // 4)])
     wavs: list[tuple[str, Path, str]] = []
     fest_items = []
     t0 = time.time()
@@ -159,9 +166,9 @@ def build_speech(out: Path, seed: int) -> tuple[list[np.ndarray], list[str], lis
         elif kind.endswith("flite"):
             wavs.append((kind, path, synth_flite(rng, text, path)))
         else:
-            fest_items.append((text, path))
-    descs = synth_festival_batch(rng, fest_items)
-    wavs += [("festival", p, d) for (_, p), d in zip(fest_items, descs, strict=True)]
+            fest_items.append((kind, text, path))
+    descs = synth_festival_batch(rng, [(t, p) for _, t, p in fest_items])
+    wavs += [(k, p, d) for (k, _, p), d in zip(fest_items, descs, strict=True)]
     print(f"tts done in {time.time() - t0:.0f} s", flush=True)
 
     nrng = np.random.default_rng(seed)
@@ -192,14 +199,24 @@ def build_noise(out: Path, noise_seed: int, babble_pool: list[np.ndarray]) -> di
     rng = np.random.default_rng(noise_seed)
     n = int(NOISE_CLIP_S * SR)
     counts = {}
-    for name, gen in [*noises.GENERATORS.items(), ("babble", None)]:
+    speech_gens = {"babble": noises.babble, "talkers": noises.talkers}
+    for name, gen in [*noises.GENERATORS.items(), *((k, None) for k in speech_gens)]:
         clips = []
         for _ in range(NOISE_CLIPS_PER_TYPE):
-            x = noises.babble(rng, n, babble_pool) if gen is None else gen(rng, n, SR)
+            x = speech_gens[name](rng, n, babble_pool) if gen is None else gen(rng, n, SR)
             clips.append(x.astype(np.float16))
         np.save(out / f"noise_{name}.npy", np.concatenate(clips))
         counts[name] = len(clips)
         print(f"noise {name}: {len(clips)} x {NOISE_CLIP_S} s", flush=True)
+    rirs, early, rt60 = np.zeros((N_RIRS, RIR_LEN), np.float32), np.zeros((N_RIRS, RIR_LEN), np.float32), []
+    for i in range(N_RIRS):
+        h, e, t = noises.room_impulse_response(rng, SR)
+        rirs[i, : min(RIR_LEN, h.size)] = h[:RIR_LEN]
+        early[i, : min(RIR_LEN, e.size)] = e[:RIR_LEN]
+        rt60.append(t)
+    np.save(out / "rir.npy", rirs)
+    np.save(out / "rir_early.npy", early)
+    print(f"rooms: {N_RIRS} impulse responses, RT60 {min(rt60):.2f}-{max(rt60):.2f} s", flush=True)
     return counts
 
 
@@ -208,7 +225,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
     ap.add_argument("--seed", type=int, default=SEED, help="speech: sentences, voices, settings")
     ap.add_argument("--noise-seed", type=int, default=NOISE_SEED,
-                    help=f"noise clips and babble (below {heldout.NOISE_SEED_MIN}: held out above)")
+                    help=f"noise clips, babble and rooms (below {heldout.NOISE_SEED_MIN}: held out above)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +237,8 @@ def main() -> None:
     np.save(out / "speech_index.npy", idx)
     print(f"speech: {len(speech)} utterances, {lens.sum() / SR / 3600:.2f} h", flush=True)
     counts = build_noise(out, args.noise_seed, babble_pool)
-    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "sample_rate": SR, "utterances": meta,
+    manifest = {"seed": args.seed, "noise_seed": args.noise_seed, "rirs": N_RIRS, "sample_rate": SR,
+                "utterances": meta,
                 "speech_hours": float(lens.sum() / SR / 3600), "noise_clips": counts,
                 "noise_clip_s": NOISE_CLIP_S, "build_seconds": round(time.time() - t0)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

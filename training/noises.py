@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import signal
 
-__all__ = ["GENERATORS", "coloured", "babble"]
+__all__ = ["GENERATORS", "coloured", "babble", "talkers", "room_impulse_response"]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -244,18 +244,100 @@ def rain(rng, n, sr):
     return _unit(signal.lfilter(b, a, imp) + rng.uniform(0.1, 1) * coloured(rng, n, sr, -2.5))
 
 
-def babble(rng: np.random.Generator, n: int, speech_pool: list[np.ndarray]) -> np.ndarray:
-    """3-8 overlapping TTS talkers, each unit level with random gain."""
+def _talker(rng: np.random.Generator, n: int, speech_pool: list[np.ndarray], gap_s: tuple[float, float]) -> np.ndarray:
+    """One talker: utterances of the pool end to end with pauses, unit RMS per utterance."""
     x = np.zeros(n)
-    for _ in range(rng.integers(3, 9)):
-        pos = int(rng.integers(-n // 4, n // 2))
-        while pos < n:
-            u = speech_pool[rng.integers(len(speech_pool))]
-            s0 = max(pos, 0)
-            seg = u[s0 - pos: s0 - pos + (n - s0)]
-            x[s0:s0 + len(seg)] += seg * rng.uniform(0.5, 1.5) / (np.sqrt(np.mean(u**2)) + 1e-9)
-            pos += len(u) + int(rng.uniform(0.05, 0.6) * 16000)
+    pos = int(rng.integers(-n // 4, n // 3))
+    while pos < n:
+        u = speech_pool[rng.integers(len(speech_pool))]
+        s0 = max(pos, 0)
+        seg = u[s0 - pos: s0 - pos + (n - s0)]
+        x[s0:s0 + len(seg)] += seg / (np.sqrt(np.mean(u**2)) + 1e-9)
+        pos += len(u) + int(rng.uniform(*gap_s) * 16000)
+    return x
+
+
+def babble(rng: np.random.Generator, n: int, speech_pool: list[np.ndarray]) -> np.ndarray:
+    """3-8 overlapping TTS talkers at levels spread over +-6 dB; in 40 % one or two of them
+    are 4-12 dB louder than the rest (a near table in a cafe, a colleague across the desk)."""
+    x = np.zeros(n)
+    k = int(rng.integers(3, 9))
+    levels_db = rng.uniform(-6, 6, size=k)
+    if rng.random() < 0.4:
+        levels_db[: int(rng.integers(1, 3))] += rng.uniform(4, 12)
+    for lv in levels_db:
+        x += _talker(rng, n, speech_pool, (0.05, 0.6)) * 10 ** (lv / 20)
     return _unit(x)
+
+
+def talkers(rng: np.random.Generator, n: int, speech_pool: list[np.ndarray]) -> np.ndarray:
+    """One or two interfering voices (a TV, someone on the phone nearby): the hardest case for a
+    band-gain model, since the interferer's harmonics sit between the target's."""
+    x = _talker(rng, n, speech_pool, (0.1, 1.2))
+    if rng.random() < 0.5:
+        x += _talker(rng, n, speech_pool, (0.1, 1.2)) * 10 ** (rng.uniform(-8, 4) / 20)
+    return _unit(x)
+
+
+def room_impulse_response(rng: np.random.Generator, sr: int = 16000, early_ms: float = 50.0,
+                          max_order: int = 12) -> tuple[np.ndarray, np.ndarray, float]:
+    """A shoebox room impulse response by the image method (Allen & Berkley, JASA 65(4), 1979).
+
+    Room 3x3x2.4 .. 12x10x4 m, RT60 0.15 - 0.9 s (Sabine: one absorption for all walls), source
+    0.3 - 4 m from the microphone. Images up to ``max_order`` reflections per axis; past them a
+    Gaussian tail that decays at the room's rate continues the response, so long RT60s keep
+    their late energy. Returns (full response, its direct path + first ``early_ms``, RT60 s),
+    both scaled so the direct path has unit amplitude.
+    """
+    dims = np.array([rng.uniform(3, 12), rng.uniform(3, 10), rng.uniform(2.4, 4.0)])
+    rt60 = rng.uniform(0.15, 0.9)
+    volume, surface = np.prod(dims), 2 * (dims[0] * dims[1] + dims[0] * dims[2] + dims[1] * dims[2])
+    alpha = min(0.95, 0.161 * volume / (rt60 * surface))
+    beta = np.sqrt(1.0 - alpha)  # wall reflection coefficient (amplitude)
+    mic = dims * rng.uniform(0.2, 0.8, size=3)
+    mic[2] = rng.uniform(0.8, 1.8)
+    for _ in range(100):
+        src = dims * rng.uniform(0.1, 0.9, size=3)
+        src[2] = rng.uniform(1.0, 2.0)
+        if 0.3 <= np.linalg.norm(src - mic) <= 4.0:
+            break
+    c = 343.0
+    length = int(rt60 * 1.1 * sr)
+    h = np.zeros(length + 1)
+    r = np.arange(-max_order, max_order + 1)
+    pos, refl = [], []
+    for axis in range(3):
+        # image coordinate for index m and parity q: (1 - 2q) src + 2 m L; reflections |m - q| + |m|
+        coords, counts = [], []
+        for q in (0, 1):
+            coords.append((1 - 2 * q) * src[axis] + 2 * r * dims[axis])
+            counts.append(np.abs(r - q) + np.abs(r))
+        pos.append(np.concatenate(coords) - mic[axis])
+        refl.append(np.concatenate(counts))
+    dx, dy, dz = np.meshgrid(*pos, indexing="ij")
+    nx, ny, nz = np.meshgrid(*refl, indexing="ij")
+    dist = np.sqrt(dx**2 + dy**2 + dz**2).ravel()
+    amp = (beta ** (nx + ny + nz).ravel()) / np.maximum(dist, 0.1)
+    delay = dist / c * sr
+    keep = delay < length
+    np.add.at(h, np.round(delay[keep]).astype(int), amp[keep])
+    d0 = float(np.min(dist)) / c * sr
+    # late tail beyond the images' reach (they thin out after max_order reflections)
+    t_img = (2 * max_order * float(np.min(dims)) / c) * sr
+    if t_img < length:
+        t = np.arange(length + 1)
+        decay = 10 ** (-3.0 * (t - d0) / (rt60 * sr))  # -60 dB at RT60, amplitude
+        tail = rng.standard_normal(length + 1) * decay
+        start = int(t_img)
+        ref = h[max(0, start - sr // 50):start]
+        ref_rms = np.sqrt(np.mean(ref**2)) if ref.size else 0.0
+        tail_rms = np.sqrt(np.mean(tail[max(0, start - sr // 50):start] ** 2)) + 1e-12
+        ramp = np.clip((t - start) / (0.01 * sr), 0.0, 1.0)
+        h = h + tail * ramp * (ref_rms / tail_rms)
+    h /= np.max(np.abs(h[: int(d0) + 2])) + 1e-12
+    early = h.copy()
+    early[int(d0 + early_ms * 1e-3 * sr):] = 0.0
+    return h.astype(np.float32), early.astype(np.float32), float(rt60)
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {

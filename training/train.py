@@ -52,38 +52,107 @@ HOP = 160  # 10 ms
 FRAME_LEN = 512  # 32 ms, as server/dsp/denoiser.py (ANALYSIS_MS)
 N_BINS = FRAME_LEN // 2 + 1
 SEG_S = 3.0
+DF_BINS = 128  # deep-filtered bins: 0 - 3.97 kHz at 31.25 Hz (every rate: the analysis window is 32 ms)
+DF_TAPS = 2  # the current frame and the one before (causal: no added delay)
+LO_DENSE = 48
 WEIGHTS_OUT = ROOT / "server" / "dsp" / "weights" / "gain_model.npz"
 CKPT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DATA_DIR = Path(__file__).resolve().parent / "data"
+REVERB_P = 0.3  # share of examples heard in a synthetic room (when the data has rir.npy)
+TELEPHONE_P = 0.15  # share of examples band-limited like an 8 kHz stream
 
 
 # ----------------------------------------------------------------------------- model
 
 class GainNet(nn.Module):
-    """Dense -> GRU -> GRU; band gains from all three layers, voice probability from the first GRU."""
+    """Dense -> GRU -> GRU; band gains from all three layers, voice probability from the first GRU.
 
-    def __init__(self, n_bands: int = 40, dense: int = 96, hidden: int = 96) -> None:
+    With ``df_bins`` > 0 (the deep-filter model, issue #15) the network also sees the log power
+    of the lowest ``df_bins`` STFT bins (0-4 kHz at 31.25 Hz: the resolved harmonics), through
+    a second dense layer whose output joins the first GRU's input, and it outputs ``df_taps``
+    complex filter taps per low bin from [GRU2, low dense] (tanh, so each part is in [-1, 1]).
+    The low bins of the output are then ``gain * Y(t) + sum_i c_i * Y(t - i)`` (a residual deep
+    filter in the spirit of Schroeter et al., DeepFilterNet, ICASSP 2022: causal taps over the
+    current and past frames, so no delay is added). Zero filter weights give the band-gain model.
+    """
+
+    def __init__(self, n_bands: int = 40, dense: int = 96, hidden: int = 96, df_bins: int = 0,
+                 df_taps: int = DF_TAPS, lo_dense: int = LO_DENSE) -> None:
         super().__init__()
+        self.df_bins, self.df_taps = df_bins, df_taps
         self.dense = nn.Linear(n_bands, dense)
-        self.gru1 = nn.GRU(dense, hidden, batch_first=True)
+        gru_in = dense
+        if df_bins:
+            self.dense_lo = nn.Linear(df_bins, lo_dense)
+            gru_in += lo_dense
+        self.gru1 = nn.GRU(gru_in, hidden, batch_first=True)
         self.gru2 = nn.GRU(hidden, hidden, batch_first=True)
         self.gain = nn.Linear(dense + 2 * hidden, n_bands)
         self.vad = nn.Linear(hidden, 1)
         self.register_buffer("feat_mean", torch.zeros(n_bands))
         self.register_buffer("feat_std", torch.ones(n_bands))
+        if df_bins:
+            self.df = nn.Linear(hidden + lo_dense, df_bins * df_taps * 2)
+            nn.init.zeros_(self.df.weight)
+            nn.init.zeros_(self.df.bias)
+            self.register_buffer("lo_mean", torch.zeros(df_bins))
+            self.register_buffer("lo_std", torch.ones(df_bins))
 
-    def forward(self, logband: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def from_state(state: dict) -> GainNet:
+        """An empty model of the architecture a state dict (or .npz dict) describes."""
+        if "df.weight" not in state:
+            return GainNet()
+        df_bins = int(state["lo_mean"].shape[0])
+        return GainNet(df_bins=df_bins, df_taps=int(state["df.weight"].shape[0]) // (2 * df_bins),
+                       lo_dense=int(state["dense_lo.weight"].shape[0]))
+
+    def forward(self, logband: torch.Tensor, loglo: torch.Tensor | None = None):
+        """-> band gains (B, T, bands), voice (B, T) and, with ``df_bins``, taps (B, T, bins, taps, 2)."""
         x = (logband - self.feat_mean) / self.feat_std
         d = torch.tanh(self.dense(x))
-        h1, _ = self.gru1(d)
+        if self.df_bins:
+            assert loglo is not None
+            dl = torch.tanh(self.dense_lo((loglo - self.lo_mean) / self.lo_std))
+            h1, _ = self.gru1(torch.cat([d, dl], dim=-1))
+        else:
+            h1, _ = self.gru1(d)
         h2, _ = self.gru2(h1)
         g = torch.sigmoid(self.gain(torch.cat([d, h1, h2], dim=-1)))
         v = torch.sigmoid(self.vad(h1))[..., 0]
-        return g, v
+        if not self.df_bins:
+            return g, v, None
+        c = torch.tanh(self.df(torch.cat([h2, dl], dim=-1)))
+        return g, v, c.reshape(*c.shape[:-1], self.df_bins, self.df_taps, 2)
+
+
+def warm_start(model: GainNet, npz: Path) -> list[str]:
+    """Copy the weights of a shipped .npz into ``model``; the first GRU's extra inputs (the low
+    dense layer) start at zero, so the model starts as exactly the shipped one. Returns the
+    names of the tensors that were not in the file (they keep their initialisation)."""
+    with np.load(npz) as z:
+        src = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
+    fresh = []
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k not in src:
+                fresh.append(k)
+                continue
+            w = src[k]
+            if w.shape == v.shape:
+                v.copy_(w)
+            elif k == "gru1.weight_ih_l0" and w.shape[0] == v.shape[0] and w.shape[1] < v.shape[1]:
+                v.zero_()
+                v[:, : w.shape[1]] = w
+            else:
+                raise ValueError(f"{k}: {tuple(w.shape)} in {npz}, {tuple(v.shape)} in the model")
+    return fresh
 
 
 def export_npz(model: GainNet, path: Path, extra: dict | None = None) -> None:
     arrs = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    if model.df_bins:
+        arrs["df_taps"] = np.array(model.df_taps, dtype=np.int32)
     arrs["centres_hz"] = band_centres_hz().astype(np.float32)
     for k, v in (extra or {}).items():
         arrs[k] = np.asarray(v)
@@ -108,6 +177,16 @@ class Mixer:
         # how often each noise type is drawn; None = uniform (draws as the first recipe did)
         self.type_p = w / w.sum() if type_weights else None
         self.clip = int(json.loads((data_dir / "manifest.json").read_text())["noise_clip_s"] * SR)
+        rir = data_dir / "rir.npy"
+        self.rir = np.load(rir) if rir.exists() else None
+        self.rir_early = np.load(data_dir / "rir_early.npy") if rir.exists() else None
+        self.reverb_p = 0.0 if self.rir is None else REVERB_P
+
+    def _reverb(self, x: np.ndarray, k: int, early: bool) -> np.ndarray:
+        from scipy.signal import fftconvolve
+        assert self.rir is not None and self.rir_early is not None
+        h = self.rir_early[k] if early else self.rir[k]
+        return fftconvolve(x, h)[: x.size].astype(np.float32)
 
     def _speech(self, n: int) -> np.ndarray:
         rng = self.rng
@@ -145,12 +224,25 @@ class Mixer:
             x = x * 10 ** ramp
         return x
 
-    def pair(self, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Speech and noise, scaled to a random SNR and level; flag says 'has speech'."""
+    def pair(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Target speech, the speech the microphone hears, and noise, scaled to a random SNR and level.
+
+        In ``reverb_p`` of the examples the speech is heard in a room (an image-method impulse
+        response of ``make_data.py``) and the target is its direct path plus early reflections
+        (50 ms): those colour the voice but do not smear it, a 10 ms-delay model cannot undo them
+        without distortion, and the dev references have none. The late reverberation is what the
+        model learns to remove. The noise is then reverberated too (another position) in 60 %.
+        """
         rng = self.rng
         r = rng.random()
         s = np.zeros(n, np.float32) if r < 0.08 else self._speech(n)
         noise = np.zeros(n, np.float32) if 0.08 <= r < 0.15 else self._noise(n)
+        s_in = s
+        if self.rir is not None and rng.random() < self.reverb_p:
+            k = int(rng.integers(len(self.rir)))
+            s_in, s = self._reverb(s, k, False), self._reverb(s, k, True)
+            if rng.random() < 0.6:
+                noise = self._reverb(noise, int(rng.integers(len(self.rir))), False)
         fr = s[: n // HOP * HOP].reshape(-1, HOP)
         e = np.mean(fr**2, axis=1)
         active = e > e.max() * 10 ** (-3.5) if e.max() > 0 else np.zeros_like(e, bool)
@@ -159,21 +251,22 @@ class Mixer:
         snr_db = rng.uniform(-7, 22)
         if p_s > 0:
             g_s = 10 ** (level_db / 20) / math.sqrt(p_s)
-            s = s * g_s
+            s, s_in = s * g_s, s_in * g_s
             p_n = float(np.mean(noise**2))
             if p_n > 0:
                 noise = noise * math.sqrt(10 ** ((level_db - snr_db) / 10) / p_n)
         else:  # noise only: any level
             p_n = float(np.mean(noise**2))
             noise = noise * (10 ** (rng.uniform(-55, -15) / 20) / math.sqrt(p_n + 1e-20))
-        peak = float(np.max(np.abs(s + noise)))
+        peak = float(np.max(np.abs(s_in + noise)))
         if peak > 0.99:
-            s, noise = s * 0.99 / peak, noise * 0.99 / peak
-        return s, noise, p_s > 0
+            s, s_in, noise = s * 0.99 / peak, s_in * 0.99 / peak, noise * 0.99 / peak
+        return s, s_in, noise
 
-    def batch(self, b: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        ss, nn_ = zip(*[self.pair(n)[:2] for _ in range(b)], strict=True)
-        return np.stack(ss).astype(np.float32), np.stack(nn_).astype(np.float32)
+    def batch(self, b: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(target speech, heard speech, noise), each (b, n)."""
+        ts, hs, ns = zip(*[self.pair(n) for _ in range(b)], strict=True)
+        return np.stack(ts).astype(np.float32), np.stack(hs).astype(np.float32), np.stack(ns).astype(np.float32)
 
 
 class Frontend:
@@ -215,8 +308,14 @@ class Frontend:
                 lp = rng.uniform(3000, 7800)
                 db += 10 * np.log10(1 / (1 + (f / lp) ** rng.choice([4, 8, 16])))
             g = 10 ** (db / 20)
-            if rng.random() < 0.08:  # an 8 kHz stream: nothing above 4 kHz
-                g[self.freqs > 4000] = 0.0
+            if rng.random() < TELEPHONE_P:  # an 8 kHz stream: nothing above 4 kHz
+                # a resampler's anti-alias roll-off (to -60 dB by 4 kHz) and, in half, a
+                # telephone channel's 300-3400 Hz band
+                edge = rng.uniform(3300, 3850) if rng.random() < 0.5 else rng.uniform(3600, 3900)
+                g *= np.clip(1.0 - (self.freqs - edge) / (4000.0 - edge), 1e-3, 1.0)
+                if rng.random() < 0.5:
+                    g *= 1 / np.sqrt(1 + (rng.uniform(200, 350) / f) ** 8)
+                g[self.freqs >= 4000] = 0.0
             out[i] = g
         return torch.tensor(out[:, None, :], dtype=torch.float32)
 
@@ -230,6 +329,10 @@ class Frontend:
     def logband(self, power: torch.Tensor) -> torch.Tensor:
         e = (power @ self.w_ana) * self.psd_scale
         return torch.log10(torch.clamp(e, min=LOG_FLOOR))
+
+    def loglo(self, power: torch.Tensor, bins: int) -> torch.Tensor:
+        """Log PSD of the lowest ``bins`` bins (the deep filter's input), scaled as the bands."""
+        return torch.log10(torch.clamp(power[..., :bins] * self.psd_scale, min=LOG_FLOOR))
 
 
 # ----------------------------------------------------------------------------- training
@@ -257,8 +360,18 @@ def classical_gain(py: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(gain.transpose(1, 0, 2))).float()
 
 
+def deep_filter(spec_lo: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+    """``sum_i c_i(t) * Y(t - i)`` per bin: spec_lo (B, T, K) complex, coefs (B, T, K, taps, 2)."""
+    out = torch.zeros_like(spec_lo)
+    for i in range(coefs.shape[-2]):
+        y = spec_lo if i == 0 else torch.nn.functional.pad(spec_lo, (0, 0, i, 0))[:, : spec_lo.shape[1]]
+        out = out + torch.complex(coefs[..., i, 0], coefs[..., i, 1]) * y
+    return out
+
+
 def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: torch.Tensor,
-           under: float = 0.0, combined: bool = False):
+           under: float = 0.0, combined: bool = False, s_in: torch.Tensor | None = None,
+           complex_weight: float = 0.0):
     """Gain, spectrum and voice losses. ``under`` > 0 weighs errors that remove speech (gain
     below the ideal, output magnitude below the clean one) by 1 + ``under``: a gain that leaves
     some noise costs intelligibility less than one that cuts speech (the ESTOI/PESQ trade-off).
@@ -266,13 +379,17 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
     ``combined``: the losses apply to the gain the denoiser really uses, the model's gain times
     the classical per-bin gain (``classical_gain``) floored at ``FLOOR_DB``, so the network learns
     to complement the classical rule (suppress what it misses, not suppress twice) rather than
-    to be the whole denoiser."""
+    to be the whole denoiser.
+
+    ``s_in``: the speech as heard (reverberant) when it differs from the target ``s``.
+    With a deep-filter model the spectrum losses apply to its output, and ``complex_weight``
+    adds a compressed complex term (magnitude^0.3 with the phase) so the filter taps learn phase."""
     S = fe.stft(s) * col
     N = fe.stft(n) * col
-    Y = S + N
+    Y = (S if s_in is None else fe.stft(s_in) * col) + N
     py, ps = fe.power(Y), fe.power(S)
     feats = fe.logband(py)
-    g, v = model(feats)
+    g, v, coefs = model(feats, fe.loglo(py, model.df_bins) if model.df_bins else None)
     ey = (py @ fe.w_ana) * fe.psd_scale
     es = (ps @ fe.w_ana) * fe.psd_scale
     target = torch.clamp(torch.sqrt(es / (ey + 1e-14)), 0.0, 1.0)
@@ -291,10 +408,26 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
         from server.dsp.denoiser import FLOOR_DB
         gb = torch.clamp(gb * gc, min=10 ** (FLOOR_DB / 20))
     lvl = torch.sqrt(py.mean(dim=(1, 2), keepdim=True) + 1e-12)  # per-example level
-    mag_y = torch.sqrt(py + 1e-12) / lvl
     mag_s = torch.sqrt(ps + 1e-12) / lvl
-    e = (gb * mag_y + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3
+    cplx_loss = torch.zeros(())
+    if coefs is not None:
+        k = model.df_bins
+        fill = torch.sqrt(py / (Y.real**2 + Y.imag**2 + 1e-20))  # the fill correction as an amplitude
+        yn = Y * fill / lvl
+        out = yn * gb
+        out = torch.cat([out[..., :k] + deep_filter(yn[..., :k], coefs), out[..., k:]], dim=-1)
+        mag_out = torch.sqrt(out.real**2 + out.imag**2 + 1e-12)
+        if complex_weight:
+            sn = S * fill / lvl
+            co = out * (mag_out + 1e-6) ** -0.7
+            cs = sn * (mag_s + 1e-6) ** -0.7
+            cplx_loss = complex_weight * ((co - cs).abs() ** 2).mean()
+        e = (mag_out + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3
+    else:
+        mag_y = torch.sqrt(py + 1e-12) / lvl
+        e = (gb * mag_y + 1e-6) ** 0.3 - (mag_s + 1e-6) ** 0.3
     spec_loss = (e.pow(2) * (1.0 + under * (e < 0).float())).mean() if under else e.pow(2).mean()
+    spec_loss = spec_loss + cplx_loss
     es_frame = ps.sum(-1)
     thr = es_frame.amax(dim=1, keepdim=True) * 10 ** (-3.5)
     vad_t = ((es_frame > thr) & (es_frame > 1e-9)).float()
@@ -343,29 +476,44 @@ def main() -> None:
                     help="train the gain the denoiser applies: model gain x classical gain (see losses)")
     ap.add_argument("--noise-weights", default="",
                     help="relative draw weights of noise types, e.g. babble=2.5,music=2 (default: uniform)")
+    ap.add_argument("--data", default=str(DATA_DIR), help="the output of make_data.py")
+    ap.add_argument("--df", action="store_true", help=f"the deep-filter model ({DF_BINS} low bins, {DF_TAPS} taps)")
+    ap.add_argument("--init", default="", help="warm start from a shipped .npz (see warm_start)")
+    ap.add_argument("--complex-weight", type=float, default=0.5, help="weight of the compressed complex loss (--df)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     type_weights = {k: float(v) for k, v in (kv.split("=") for kv in args.noise_weights.split(",") if kv)}
-    mixer = Mixer(DATA_DIR, rng, type_weights or None)
+    mixer = Mixer(Path(args.data), rng, type_weights or None)
     fe = Frontend()
-    model = GainNet()
-    n_params = sum(p.numel() for p in model.parameters())
     seg = int(SEG_S * SR)
     if args.resume:
-        model.load_state_dict(torch.load(args.resume))
-    else:  # feature normalisation from a few batches
+        state = torch.load(args.resume)
+        model = GainNet.from_state(state)
+        model.load_state_dict(state)
+    else:
+        model = GainNet(df_bins=DF_BINS if args.df else 0)
+        fresh = warm_start(model, Path(args.init)) if args.init else list(model.state_dict())
+        # feature normalisation from a few batches (the ones the initial weights do not fix)
         with torch.no_grad():
-            fs = []
+            fs, ls = [], []
             for _ in range(8):
-                s, n = mixer.batch(args.batch, seg)
+                _, s, n = mixer.batch(args.batch, seg)
                 col = fe.colouration(args.batch, rng)
-                y = (fe.stft(torch.from_numpy(s)) + fe.stft(torch.from_numpy(n))) * col
-                fs.append(fe.logband(fe.power(y)).reshape(-1, 40))
-            f = torch.cat(fs)
-            model.feat_mean.copy_(f.mean(0))
-            model.feat_std.copy_(f.std(0).clamp(min=0.5))
+                p = fe.power((fe.stft(torch.from_numpy(s)) + fe.stft(torch.from_numpy(n))) * col)
+                fs.append(fe.logband(p).reshape(-1, 40))
+                if model.df_bins:
+                    ls.append(fe.loglo(p, model.df_bins).reshape(-1, model.df_bins))
+            if "feat_mean" in fresh:
+                f = torch.cat(fs)
+                model.feat_mean.copy_(f.mean(0))
+                model.feat_std.copy_(f.std(0).clamp(min=0.5))
+            if model.df_bins and "lo_mean" in fresh:
+                f = torch.cat(ls)
+                model.lo_mean.copy_(f.mean(0))
+                model.lo_std.copy_(f.std(0).clamp(min=0.5))
+    n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     CKPT_DIR.mkdir(exist_ok=True)
     log = open(CKPT_DIR / "train_log.txt", "a")
@@ -375,6 +523,8 @@ def main() -> None:
         log.write(msg + "\n")
         log.flush()
 
+    say(f"model {'deep filter ' + str(model.df_bins) + ' bins' if model.df_bins else 'band gains'}, "
+        f"init {args.init or '-'}, reverb {mixer.reverb_p}, telephone {TELEPHONE_P}")
     say(f"params {n_params}, batch {args.batch} x {SEG_S} s, {args.minutes} min, seed {args.seed}, "
         f"lr {args.lr}, under {args.under}, combined {args.combined}, "
         f"noise weights {type_weights or 'uniform'}, resume {args.resume or '-'}")
@@ -393,9 +543,10 @@ def main() -> None:
             lr = args.lr * frac / 0.03 + 1e-5
         for gr in opt.param_groups:
             gr["lr"] = lr
-        s, n = mixer.batch(args.batch, seg)
+        s, s_in, n = mixer.batch(args.batch, seg)
         col = fe.colouration(args.batch, rng)
-        gl, sl, vl = losses(fe, model, torch.from_numpy(s), torch.from_numpy(n), col, args.under, args.combined)
+        gl, sl, vl = losses(fe, model, torch.from_numpy(s), torch.from_numpy(n), col, args.under, args.combined,
+                            torch.from_numpy(s_in), args.complex_weight if model.df_bins else 0.0)
         loss = gl + args.spec_weight * sl + 0.05 * vl
         opt.zero_grad()
         loss.backward()
@@ -416,6 +567,7 @@ def main() -> None:
             torch.save(model.state_dict(), CKPT_DIR / f"ckpt_{args.tag}{step:06d}.pt")
             torch.save(model.state_dict(), CKPT_DIR / "last.pt")
             if args.dev is None:  # no dev folder: checkpoints only (score them with tune.py --dev)
+                say(f"checkpoint {ck.name} at {train_s / 60:.1f} min")
                 if done:
                     break
                 continue

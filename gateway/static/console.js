@@ -161,6 +161,10 @@
       status.textContent = `Uploading ${file.name}…`;
       const formdata = new FormData();   // as the DeepHearing seed does: one file under "file_key"
       formdata.append("file_key", file);
+      const callbackUrl = $("callback-url").value.trim();
+      if (callbackUrl) {
+        formdata.append("callback_url", callbackUrl);
+      }
       const resp = await gatewayFetch("enhance", { method: "POST", headers: { Authorization: key }, body: formdata });
       if (!resp.ok) {
         status.textContent = "";
@@ -215,18 +219,50 @@
     const row = job.row;
     row.dataset.status = stat.job_status;
     row.querySelector(".status").textContent = stat.job_status;
+    const hookPending = showCallback(row, stat.callback);
     row.querySelector("progress").value = stat.job_status === "completed" ? 1 : stat.progress || 0;
-    if (stat.job_status === "completed") {
-      showResult(job, stat);
-    } else if (stat.job_status === "failed") {
-      const err = stat.error || {};
-      const p = document.createElement("span");
-      p.className = "job-error";
-      p.textContent = words(err.code, err.msg);
-      row.querySelector(".result").replaceChildren(p);
-    } else {
-      job.timer = setTimeout(() => poll(jobId), POLL_MS);
+    const finished = stat.job_status === "completed" || stat.job_status === "failed";
+    if (finished && !job.shown) {
+      job.shown = true;
+      if (stat.job_status === "completed") {
+        showResult(job, stat);
+      } else {
+        const err = stat.error || {};
+        const p = document.createElement("span");
+        p.className = "job-error";
+        p.textContent = words(err.code, err.msg);
+        row.querySelector(".result").replaceChildren(p);
+      }
     }
+    if (!finished) {
+      job.timer = setTimeout(() => poll(jobId), POLL_MS);
+    } else if (hookPending) {   // the job is done; follow its webhook until it is delivered or given up
+      job.timer = setTimeout(() => poll(jobId), POLL_MS * 4);
+    }
+  }
+
+  // The job's webhook (its `callback` status) under its state; true while the delivery may still change.
+  function showCallback(row, callback) {
+    if (!callback) {
+      return false;
+    }
+    const line = document.createElement("div");   // the status cell was just rewritten: a new line each time
+    line.className = "callback muted";
+    row.querySelector(".status").appendChild(line);
+    line.dataset.state = callback.state;
+    line.dataset.attempts = String(callback.attempts);
+    let text = `webhook: ${callback.state}`;
+    if (callback.attempts) {
+      text += ` after ${callback.attempts} attempt${callback.attempts === 1 ? "" : "s"}`;
+    }
+    if (callback.last_status_code) {
+      text += ` (last answer HTTP ${callback.last_status_code})`;
+    } else if (callback.last_error) {
+      text += ` (${callback.last_error})`;
+    }
+    line.textContent = text;
+    line.title = callback.url;
+    return callback.state === "waiting" || callback.state === "pending";
   }
 
   function figure(caption, media) {

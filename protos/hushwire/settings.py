@@ -177,6 +177,8 @@ _HELP = {
                     "(shared by replicas; needs `hushwire[scale]`)",
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
                 "(shared by replicas; needs `hushwire[scale]`)",
+    "store_timeout": "seconds a request waits for the database (a lock held elsewhere, a slow or unreachable "
+                     "server) before it is answered SERVICE_UNAVAILABLE; live streams never wait for it",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "hold_seconds": "a job submitted with `hold` (each file of a `POST /enhance` until all are accepted) that "
                     "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
@@ -272,6 +274,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("key_pepper_previous", "HUSHWIRE_KEY_PEPPER_PREVIOUS", "server.key_pepper_previous", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
+        Setting("store_timeout", "HUSHWIRE_STORE_TIMEOUT", "store.timeout", 5.0, _positive),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
         Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",

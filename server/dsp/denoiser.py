@@ -120,16 +120,54 @@ class _Engine:
             power *= scale[..., None]
         noise_psd = self.noise.run(state, power)
         gain, xi, gamma = self.gain_rule.run(state, power, noise_psd)
+        taps = None
         if self.model is not None:
-            model_gain, voice = self.model.run(state, power)
+            model_gain, voice, taps = self.model.run_full(state, power)
+            if taps is not None:  # the low bins' filtered part takes the classical gain too
+                filtered = self.model.deep_filter(state, spec, taps)
+                filtered *= gain[..., : filtered.shape[-1]]
             gain *= model_gain
         else:
             voice = self._vad(xi, gamma)
         min_gain = state["min_gain"]
+        if taps is not None:
+            k = filtered.shape[-1]
+            low = spec[..., :k] * gain[..., :k]
+            low += filtered
+            self._limit(spec[..., :k], low, min_gain)
         np.maximum(gain, min_gain[:, None], out=gain)  # ufuncs: np.clip's Python wrapper costs more
         np.minimum(gain, 1.0, out=gain)
         spec *= gain
+        if taps is not None:
+            spec[..., :k] = low
         return self.stft.synthesize(state, spec), voice
+
+    @staticmethod
+    def _limit(spec: npt.NDArray[np.complexfloating[Any, Any]], out: npt.NDArray[np.complexfloating[Any, Any]],
+               min_gain: Array) -> None:
+        """Hold the filtered bins' magnitude within [min_gain, 1] x the input's, as the gain is (in
+        place): the floor and the attenuation limit apply to the deep filter too, and a bypassed
+        row (min_gain 1) gets the input exactly."""
+        p_in = np.empty(spec.shape, ESTIMATOR_DTYPE)
+        np.multiply(spec.real, spec.real, out=p_in)
+        p_in += spec.imag * spec.imag
+        p_out = np.empty(out.shape, ESTIMATOR_DTYPE)
+        np.multiply(out.real, out.real, out=p_out)
+        p_out += out.imag * out.imag
+        lo = (min_gain * min_gain)[:, None]
+        low = p_out < p_in * lo
+        high = p_out > p_in
+        if low.any() or high.any():
+            # target ratio / current ratio as an amplitude scale; 0/0 (silence) leaves out at 0
+            target = np.where(low, p_in * lo, p_in)
+            scale = np.sqrt(np.divide(target, p_out, out=np.ones_like(p_out), where=(low | high) & (p_out > 0.0)))
+            out *= scale
+            zero = low & (p_out <= 0.0)  # an output of exactly 0 where the input is not: the floor
+            if zero.any():
+                out[...] = np.where(zero, spec * min_gain[None, :, None], out)
+        bypass = min_gain >= 1.0
+        if bypass.any():
+            out[:, bypass] = spec[:, bypass]
 
     def _vad(self, xi: Array, gamma: Array) -> Array:
         """Speech probability per hop and row from the mean log likelihood ratio (Sohn et al. 1999)."""

@@ -13,6 +13,8 @@ Interface (constants in the object, the recurrent state in a row state, see ``st
     model.init_state(state, rows)
     gains, voice = model.run(state, power)   # power: |Y|^2, (hops, rows, frame_len // 2 + 1)
     gains, voice = model.step(power)         # one hop on the object's own state, (channels, bins)
+    gains, voice, taps = model.run_full(state, power)   # taps: deep-filter models, else None
+    filtered = model.deep_filter(state, spec, taps)     # sum_i taps_i * spec(t - i) on the low bins
 
 ``power`` is the periodogram of each analysis frame (after any fill correction), exactly
 as the denoiser computes it; ``analysis_window_energy`` is ``sum(window**2)`` of the
@@ -26,6 +28,14 @@ about 31 Hz (a 32 ms analysis window) or finer. Bins above 8 kHz take the mean
 gain of the top ``HIGH_BAND_SPAN`` bands (fricatives and noise above 8 kHz follow the
 6-8 kHz region); at 8 kHz input the bands above 4 kHz hold no bins and read as
 silence, a case the training data includes.
+
+Deep filter (weights with ``df.weight``, issue #15): the network also reads the log PSD of the
+lowest ``df_bins`` bins (0-4 kHz: 31.25 Hz bins at every rate, since the analysis window is
+32 ms) through a second dense layer that feeds the first GRU, and outputs ``df_taps`` complex
+taps per low bin. The denoiser's low bins become ``gain * Y(t) + sum_i c_i * Y(t - i)``: a
+residual filter over the current and past frames (DeepFilterNet's idea, Schroeter et al.,
+ICASSP 2022), so no delay is added. Band gains alone cannot keep a voice's harmonics and cut
+another's between them; per-bin complex taps can.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import numpy.typing as npt
 
 from .stft import RowState
 
-__all__ = ["GainModel", "band_centres_hz", "band_weights", "load_weights", "DEFAULT_WEIGHTS"]
+__all__ = ["GainModel", "band_centres_hz", "band_weights", "load_weights", "DEFAULT_WEIGHTS", "CArray"]
 
 N_BANDS = 40
 BAND_TOP_HZ = 8000.0
@@ -55,6 +65,7 @@ FEATURE_ROLLOFF_HZ = (7500.0, 8000.0)
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "gain_model.npz"
 
 Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
+CArray = npt.NDArray[np.complexfloating[Any, Any]]
 
 
 def _erb_width_hz(f: float) -> float:
@@ -104,6 +115,13 @@ def band_weights(bin_freqs_hz: Array, centres_hz: Array) -> Array:
 def load_weights(path: str | Path = DEFAULT_WEIGHTS) -> dict[str, Array]:
     with np.load(str(path)) as z:
         return {k: np.asarray(z[k], dtype=np.float64) for k in z.files}
+
+
+def _check_df(p: dict[str, Array]) -> None:
+    """Deep-filter weights come with their low dense layer and its feature normalisation."""
+    for k in ("dense_lo.weight", "df.weight", "lo_mean", "lo_std"):
+        if k not in p:
+            raise ValueError(f"deep-filter weights lack {k}")
 
 
 # Read-only arrays derived from a weights dict (transposed matrices) and from a (weights, rate,
@@ -262,12 +280,31 @@ class GainModel:
         self._gru1 = _Gru(p, "gru1", dtype)
         self._gru2 = _Gru(p, "gru2", dtype)
         self._dense_n = self._dense_b.size
+        self.df_bins = 0
+        self.df_taps = 0
+        if "df.weight" in p:
+            _check_df(p)
+            self.df_bins = int(p["lo_mean"].size)
+            self.df_taps = int(p["df.weight"].shape[0]) // (2 * self.df_bins)
+            if self.df_bins > self.n_bins:
+                raise ValueError(f"the deep filter needs {self.df_bins} bins; this rate and frame have {self.n_bins}")
+            self._lo_scale = (1.0 / p["lo_std"]).astype(dtype)
+            self._lo_offset = ((np.log10(psd_scale) - p["lo_mean"]) / p["lo_std"]).astype(dtype)
+            self._lo_w_t, self._df_w_t, self._lo_b, self._df_b = _shared(
+                (id(p["dense_lo.weight"]), id(p["df.weight"]), key),
+                lambda: (np.ascontiguousarray(p["dense_lo.weight"].T, dtype),
+                         np.ascontiguousarray(p["df.weight"].T, dtype),
+                         p["dense_lo.bias"].astype(dtype), p["df.bias"].astype(dtype),
+                         p["dense_lo.weight"], p["df.weight"]),
+            )[:4]
         self._own: RowState = {}
         self.init_state(self._own, self.channels)
 
     def init_state(self, state: RowState, rows: int) -> None:
         state["model.h1"] = np.zeros((rows, self._gru1.hidden), self.dtype)
         state["model.h2"] = np.zeros((rows, self._gru2.hidden), self.dtype)
+        if self.df_taps > 1:  # the low bins of the last df_taps - 1 frames, newest last
+            state["model.past_lo"] = np.zeros((rows, self.df_taps - 1, self.df_bins), np.complex128)
 
     def reset(self) -> None:
         self.init_state(self._own, self.channels)
@@ -283,11 +320,29 @@ class GainModel:
 
     def run(self, state: RowState, power: Array) -> tuple[Array, Array]:
         """``power`` ``(hops, rows, n_bins)`` -> (bin gains, same shape; voice ``(hops, rows)``)."""
+        g, v, _ = self.run_full(state, power)
+        return g, v
+
+    def run_full(self, state: RowState, power: Array) -> tuple[Array, Array, CArray | None]:
+        """As :meth:`run`, plus the deep-filter taps ``(hops, rows, df_bins, df_taps)`` (complex64),
+        None for a band-gain model. Tap ``i`` multiplies the spectrum ``i`` frames back."""
         nd = self._dense_n
         d = _matmul(self.features(power), self._dense_w_t)
         d += self._dense_b
         np.tanh(d, out=d)
-        h1 = self._gru1.run(state["model.h1"], d)
+        dl = None
+        if self.df_bins:
+            lo = np.asarray(power[..., : self.df_bins], dtype=self.dtype)
+            lo = np.maximum(lo, self._log_floor)
+            np.log10(lo, out=lo)
+            lo *= self._lo_scale
+            lo += self._lo_offset
+            dl = _matmul(lo, self._lo_w_t)
+            dl += self._lo_b
+            np.tanh(dl, out=dl)
+            h1 = self._gru1.run(state["model.h1"], np.concatenate([d, dl], axis=-1))
+        else:
+            h1 = self._gru1.run(state["model.h1"], d)
         h2 = self._gru2.run(state["model.h2"], h1)
         n1 = h1.shape[-1]
         w = self._gain_w_t  # rows: [dense, gru1, gru2]
@@ -304,7 +359,30 @@ class GainModel:
         g = _matmul(bg, self._synth_w)
         if self._any_high:
             g[..., self._high_bins] = bg[..., -HIGH_BAND_SPAN:].mean(axis=-1, keepdims=True)
-        return g, vad[..., 0]
+        taps = None
+        if dl is not None:
+            c = _matmul(np.concatenate([h2, dl], axis=-1), self._df_w_t)
+            c += self._df_b
+            np.tanh(c, out=c)
+            # (hops, rows, bins * taps * 2) real/imaginary pairs -> (hops, rows, bins, taps) complex
+            taps = c.astype(np.float32, copy=False).reshape(c.shape[:-1] + (self.df_bins, self.df_taps, 2)) \
+                .view(np.complex64)[..., 0]
+        return g, vad[..., 0], taps
+
+    def deep_filter(self, state: RowState, spec: CArray, taps: CArray) -> CArray:
+        """``sum_i taps[..., i] * spec(t - i)`` on the low bins, ``(hops, rows, df_bins)``; keeps the
+        last frames' low bins in ``state`` for the next call (so chunking does not matter)."""
+        k, n = self.df_bins, self.df_taps
+        lo = spec[..., :k]
+        out: CArray = taps[..., 0] * lo
+        if n > 1:
+            past = state["model.past_lo"]  # (rows, n - 1, k), newest last
+            hist = np.concatenate([past.transpose(1, 0, 2), lo], axis=0)  # (n - 1 + hops, rows, k)
+            hops = lo.shape[0]
+            for i in range(1, n):
+                out += taps[..., i] * hist[n - 1 - i : n - 1 - i + hops]
+            past[...] = hist[hist.shape[0] - (n - 1) :].transpose(1, 0, 2)
+        return out
 
     def step(self, power: npt.NDArray[np.floating]) -> tuple[Array, Array]:
         """One hop on the object's own state: ``power`` (channels, n_bins) -> (gains, voice (channels,))."""

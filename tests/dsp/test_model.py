@@ -16,18 +16,28 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 RATES_FRAMES = [(8000, 256), (16000, 512), (24000, 768), (44100, 1411), (48000, 1536)]
 
 
-def _random_weights(seed: int = 0, n_bands: int = 40, dense: int = 24, hidden: int = 16) -> dict:
-    """Small random weights with the layout train.py exports (no torch needed)."""
+def _random_weights(seed: int = 0, n_bands: int = 40, dense: int = 24, hidden: int = 16, df_bins: int = 0,
+                    df_taps: int = 2, lo_dense: int = 8) -> dict:
+    """Small random weights with the layout train.py exports (no torch needed); ``df_bins`` > 0
+    adds the deep-filter layers."""
     rng = np.random.default_rng(seed)
 
     def r(*shape: int) -> np.ndarray:
         return rng.normal(0.0, 0.3, shape)
 
+    df = {}
+    if df_bins:
+        df = {"dense_lo.weight": r(lo_dense, df_bins), "dense_lo.bias": r(lo_dense),
+              "lo_mean": r(df_bins) - 6.0, "lo_std": np.abs(r(df_bins)) + 1.0,
+              "df.weight": r(df_bins * df_taps * 2, hidden + lo_dense), "df.bias": r(df_bins * df_taps * 2),
+              "df_taps": np.array(df_taps)}
+    gru_in = dense + (lo_dense if df_bins else 0)
     return {
+        **df,
         "centres_hz": band_centres_hz(n_bands),
         "feat_mean": r(n_bands) - 6.0, "feat_std": np.abs(r(n_bands)) + 1.0,
         "dense.weight": r(dense, n_bands), "dense.bias": r(dense),
-        "gru1.weight_ih_l0": r(3 * hidden, dense), "gru1.weight_hh_l0": r(3 * hidden, hidden),
+        "gru1.weight_ih_l0": r(3 * hidden, gru_in), "gru1.weight_hh_l0": r(3 * hidden, hidden),
         "gru1.bias_ih_l0": r(3 * hidden), "gru1.bias_hh_l0": r(3 * hidden),
         "gru2.weight_ih_l0": r(3 * hidden, hidden), "gru2.weight_hh_l0": r(3 * hidden, hidden),
         "gru2.bias_ih_l0": r(3 * hidden), "gru2.bias_hh_l0": r(3 * hidden),
@@ -115,7 +125,7 @@ def test_matches_torch() -> None:
     fe = Frontend()
     with torch.no_grad():
         power = fe.power(fe.stft(torch.from_numpy(x)))
-        g_t, v_t = net(fe.logband(power))
+        g_t, v_t, _ = net(fe.logband(power))
         gb_t = (g_t @ fe.w_synth).numpy()
     import tempfile
 
@@ -128,3 +138,103 @@ def test_matches_torch() -> None:
         g, v = m.step(pw[:, t])
         np.testing.assert_allclose(g, gb_t[:, t], atol=2e-5)
         np.testing.assert_allclose(v, v_t[:, t].numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize(("rate", "frame_len"), RATES_FRAMES)
+def test_deep_filter_shapes_and_bounds(rate: int, frame_len: int) -> None:
+    m = GainModel(rate, frame_len, 200.0, 3, weights=_random_weights(df_bins=128, df_taps=3))
+    assert (m.df_bins, m.df_taps) == (128, 3)
+    state: dict[str, np.ndarray] = {}
+    m.init_state(state, 3)
+    p = _power(np.random.default_rng(7), 3, frame_len, 6)
+    g, v, taps = m.run_full(state, p)
+    assert g.shape == p.shape and v.shape == (6, 3)
+    assert taps is not None and taps.shape == (6, 3, 128, 3) and np.iscomplexobj(taps)
+    assert np.all(np.abs(taps.real) <= 1.0) and np.all(np.abs(taps.imag) <= 1.0)  # tanh
+    assert np.all(np.isfinite(g)) and g.min() >= 0.0 and g.max() <= 1.0
+
+
+def test_deep_filter_carries_past_frames_across_calls() -> None:
+    """Hop by hop or all at once, the filter sees the same past frames; and a reset clears them."""
+    w = _random_weights(df_bins=128, df_taps=3)
+    m = GainModel(16000, 512, 200.0, 2, weights=w)
+    rng = np.random.default_rng(8)
+    spec = rng.normal(size=(12, 2, 257)) + 1j * rng.normal(size=(12, 2, 257))
+    power = np.abs(spec) ** 2
+    whole: dict[str, np.ndarray] = {}
+    m.init_state(whole, 2)
+    _, _, taps = m.run_full(whole, power)
+    assert taps is not None
+    out_whole = m.deep_filter(whole, spec, taps)
+    steps: dict[str, np.ndarray] = {}
+    m.init_state(steps, 2)
+    out_steps = np.concatenate([m.deep_filter(steps, spec[t : t + 1], taps[t : t + 1]) for t in range(12)])
+    np.testing.assert_allclose(out_steps, out_whole, rtol=0, atol=1e-12)
+    # by hand: tap i multiplies the spectrum i frames back (zeros before the first)
+    t = 5
+    expect = sum(taps[t, :, :, i] * spec[t - i, :, :128] for i in range(3))
+    np.testing.assert_allclose(out_whole[t], expect, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(out_whole[0], taps[0, :, :, 0] * spec[0, :, :128], rtol=1e-6, atol=1e-9)
+    m.init_state(steps, 2)
+    np.testing.assert_array_equal(steps["model.past_lo"], 0.0)
+
+
+def test_deep_filter_weights_need_their_low_layers() -> None:
+    w = _random_weights(df_bins=128)
+    del w["dense_lo.weight"]
+    with pytest.raises(ValueError, match="dense_lo.weight"):
+        GainModel(16000, 512, 200.0, weights=w)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (training-only dependency)")
+def test_deep_filter_matches_torch() -> None:
+    """The deep-filter model: band gains, voice and filtered low bins as training computes them,
+    fed in two chunks (the filter's past frames carry over in the row state)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from train import FRAME_LEN, Frontend, GainNet, deep_filter, export_npz
+
+    torch.manual_seed(1)
+    net = GainNet(df_bins=128)
+    with torch.no_grad():
+        net.feat_mean.uniform_(-8, -4)
+        net.feat_std.uniform_(1, 2)
+        net.lo_mean.uniform_(-8, -4)
+        net.lo_std.uniform_(1, 2)
+        net.df.weight.normal_(0.0, 0.3)
+        net.df.bias.normal_(0.0, 0.3)
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(2, 16000)) * np.linspace(0.001, 0.3, 16000)).astype(np.float32)
+    fe = Frontend()
+    with torch.no_grad():
+        spec = fe.stft(torch.from_numpy(x))
+        power = fe.power(spec)
+        g_t, v_t, c_t = net(fe.logband(power), fe.loglo(power, 128))
+        assert c_t is not None
+        filt_t = deep_filter(spec[..., :128], c_t).numpy()  # (rows, hops, 128)
+        gb_t = (g_t @ fe.w_synth).numpy()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.npz"
+        export_npz(net, path)
+        m = GainModel(16000, FRAME_LEN, float(np.sum(fe.window.numpy().astype(np.float64) ** 2)), 2, path)
+    assert (m.df_bins, m.df_taps) == (128, 2)
+    pw = power.numpy().astype(np.float64).transpose(1, 0, 2)  # (hops, rows, bins)
+    sp = spec.numpy().astype(np.complex128).transpose(1, 0, 2)
+    state: dict[str, np.ndarray] = {}
+    m.init_state(state, 2)
+    outs = []
+    for part in (slice(0, 37), slice(37, None)):
+        g, v, taps = m.run_full(state, pw[part])
+        assert taps is not None
+        outs.append((g, v, m.deep_filter(state, sp[part], taps)))
+    g = np.concatenate([o[0] for o in outs])
+    v = np.concatenate([o[1] for o in outs])
+    filt = np.concatenate([o[2] for o in outs])
+    np.testing.assert_allclose(g, gb_t.transpose(1, 0, 2), atol=2e-5)
+    np.testing.assert_allclose(v, v_t.numpy().T, atol=2e-5)
+    scale = np.abs(filt_t).max()
+    assert scale > 0.1  # the taps are far from zero: the comparison tests the filter
+    np.testing.assert_allclose(filt, filt_t.transpose(1, 0, 2), atol=2e-5 * scale)

@@ -1,0 +1,90 @@
+"""The streaming denoiser's guarantees with a deep-filter model (issue #15), torch-free.
+
+Random deep-filter weights (taps far from zero) replace the shipped ones for these tests, so the
+filter really changes the low bins: chunking invariance, exact pass-through, the attenuation limit
+and the floor must hold through it, at every rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from dsp_signals import energy_db, run, speech_like, white
+from test_model import _random_weights
+
+from server.dsp import SUPPORTED_RATES, Denoiser
+from server.dsp import denoiser as denoiser_mod
+
+
+@pytest.fixture
+def df_weights() -> Iterator[dict[str, np.ndarray]]:
+    w = _random_weights(seed=11, df_bins=128, df_taps=2)
+    saved_weights = dict(denoiser_mod._WEIGHTS_CACHE)
+    saved_engines = dict(denoiser_mod._ENGINES)
+    denoiser_mod._WEIGHTS_CACHE["default"] = w
+    denoiser_mod._ENGINES.clear()
+    try:
+        yield w
+    finally:
+        denoiser_mod._WEIGHTS_CACHE.clear()
+        denoiser_mod._WEIGHTS_CACHE.update(saved_weights)
+        denoiser_mod._ENGINES.clear()
+        denoiser_mod._ENGINES.update(saved_engines)
+
+
+def _mix(sr: int, seconds: float) -> np.ndarray:
+    return (speech_like(sr, seconds) + white(sr, seconds, level_dbfs=-30.0)).astype(np.float32)[:, None]
+
+
+def test_the_engine_runs_the_deep_filter(df_weights: dict[str, np.ndarray]) -> None:
+    den = Denoiser(16000)
+    model = den._pool._engine.model
+    assert model is not None and model.df_bins == 128
+    x = _mix(16000, 1.0)
+    y = run(den, x)[den.latency_samples :]
+    # the same weights with the filter's output layer zeroed: a different output
+    denoiser_mod._WEIGHTS_CACHE["default"] = {**df_weights, "df.weight": df_weights["df.weight"] * 0.0,
+                                              "df.bias": df_weights["df.bias"] * 0.0}
+    denoiser_mod._ENGINES.clear()
+    plain = Denoiser(16000)
+    z = run(plain, x)[plain.latency_samples :]
+    assert np.max(np.abs(y - z)) > 1e-3
+
+
+@pytest.mark.parametrize("rate", SUPPORTED_RATES)
+def test_chunking_does_not_change_the_output(df_weights: dict[str, np.ndarray], rate: int) -> None:
+    x = _mix(rate, 0.6)
+    whole = run(Denoiser(rate), x)
+    for chunk in (1 + rate // 100, round(rate * 0.037)):
+        np.testing.assert_allclose(run(Denoiser(rate), x, chunk=chunk), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+@pytest.mark.parametrize("mode", ["limit0", "bypass"])
+def test_pass_through_is_exact(df_weights: dict[str, np.ndarray], rate: int, mode: str) -> None:
+    x = _mix(rate, 0.5)
+    den = Denoiser(rate, attenuation_limit_db=0 if mode == "limit0" else None)
+    den.bypass = mode == "bypass"
+    y = run(den, x, chunk=rate // 30)
+    np.testing.assert_allclose(y[den.latency_samples :], x, atol=1e-5)
+
+
+@pytest.mark.parametrize("limit_db", [6.0, 20.0])
+def test_attenuation_limit_holds_through_the_filter(df_weights: dict[str, np.ndarray], limit_db: float) -> None:
+    sr = 16000
+    x = white(sr, 2.0, -30.0)[:, None].astype(np.float32)
+    den = Denoiser(sr, attenuation_limit_db=limit_db)
+    y = run(den, x)[den.latency_samples :]
+    assert energy_db(x[sr // 2 :]) - energy_db(y[sr // 2 :]) <= limit_db + 0.5
+
+
+def test_output_never_louder_per_bin_and_finite(df_weights: dict[str, np.ndarray]) -> None:
+    """Loud input, silence and a full-scale square wave give finite output within [-1, 1]."""
+    sr = 16000
+    t = np.arange(sr) / sr
+    x = np.concatenate([np.zeros(sr // 2), np.sign(np.sin(2 * np.pi * 220 * t)), 0.5 * white(sr, 1.0, -3.0)])
+    y = run(Denoiser(sr), x[:, None].astype(np.float32))
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= 1.0
+    assert energy_db(y) <= energy_db(x) + 0.5
