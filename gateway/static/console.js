@@ -537,7 +537,8 @@
     const session = {
       ws: null, ctx: null, node: null, stream: null, rate: 0, delay: 0, sent: [], rtts: [],
       recorded: [], recordedSamples: 0, truncated: false, ending: false, done: null, lastUi: 0,
-      levelIn: -120, levelOut: -120, vp: 0, error: null, framesSent: 0, repliesReceived: 0,
+      levelIn: -120, levelOut: -120, vp: 0, error: null, framesSent: 0, repliesReceived: 0, inputGaps: 0,
+      source: null,
     };
     live = session;
     try {
@@ -577,7 +578,10 @@
         session.ws.send(JSON.stringify({ bypass: true }));
       }
       wireSession(session);
-      ctx.createMediaStreamSource(session.stream).connect(session.node);
+      // Held by the session: the graph alone is not a reference the page can count on to keep the
+      // microphone's node (and so the input) alive for the whole session.
+      session.source = ctx.createMediaStreamSource(session.stream);
+      session.source.connect(session.node);
       session.node.connect(ctx.destination);
       await ctx.resume();
       $("live-rate").textContent = `${session.rate} Hz, ${((1000 * session.delay) / session.rate).toFixed(0)} ms algorithmic delay`;
@@ -633,6 +637,7 @@
       ws.send(msg.samples.buffer);
       session.sent.push(performance.now());
       session.framesSent += 1;
+      session.inputGaps = msg.gaps;
       session.levelIn = levelDb(msg.samples);
       refreshUi(session);
     };
@@ -685,6 +690,7 @@
     const state = $("live-state");   // counters for scripts and tests: frames sent, replies received
     state.dataset.sent = session.framesSent;
     state.dataset.received = session.repliesReceived;
+    state.dataset.inputGaps = session.inputGaps;   // render quanta the microphone delivered nothing for
     showMeter("level-in", session.levelIn);
     showMeter("level-out", session.levelOut);
     const vad = $("vad");
@@ -735,6 +741,9 @@
   function teardown(session) {
     if (session.stream) {
       session.stream.getTracks().forEach((t) => t.stop());
+    }
+    if (session.source) {
+      session.source.disconnect();
     }
     if (session.node) {
       session.node.port.postMessage({ type: "close" });
