@@ -177,7 +177,7 @@ def _wrap(x: np.ndarray, start: int, n: int) -> np.ndarray:
 def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float, float]]:
     """(audio s per wall s, audio s per CPU s) of ``server.jobs.run_job`` on a 16 kHz PCM16 WAV."""
     from server.blobs import LocalBlobs
-    from server.jobs import new_job_id, run_job
+    from server.jobs import Outcome, new_job_id, run_job
     from server.store import PENDING, JobRow, Store
 
     rate = 16000
@@ -203,10 +203,10 @@ def job_throughput(seconds: float, repeats: int, tmp: Path) -> list[tuple[float,
         claimed = store.claim_next(owner, 60.0, 3)
         assert claimed is not None and claimed.job_id == job_id
         w0, c0 = time.perf_counter(), time.process_time()
-        status = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
+        result = run_job(str(store_path), blobs.url, str(tmp), job_id, owner, 60.0)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        if status != "completed":
-            raise RuntimeError(f"run_job returned {status!r}: {store.get_job(job_id)}")
+        if result.outcome is not Outcome.COMPLETED:
+            raise RuntimeError(f"run_job returned {result}: {store.get_job(job_id)}")
         results.append((seconds / wall, seconds / cpu))
         store.delete_job(job_id)
     store.close()

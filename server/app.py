@@ -20,22 +20,15 @@ from prometheus_client import start_http_server
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http, keepalive
 from server.auth import AuthInterceptor
+from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
 from server.connections import Connections
 from server.health_http import Health, HealthMirror
-from server.jobs import JobRunner
+from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
-from server.servicers import (
-    AccountServicer,
-    EnhancerServicer,
-    JobLimits,
-    JobsServicer,
-    StreamRegistry,
-    StreamTimeouts,
-)
+from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry, StreamTimeouts
 from server.signing import Signer, load_secret
-from server.store import Store
-from server.sweeper import Sweeper
+from server.store import AsyncStore
 from server.tls import CertificateReloader, TLSFiles
 from server.webhooks import WebhookDeliverer, WebhookPolicy
 
@@ -60,8 +53,9 @@ class Server:
     port: int
     health: Health
     registry: StreamRegistry
-    store: Store
+    store: AsyncStore
     runner: JobRunner
+    submitter: Submitter
     sweeper: Sweeper
     mirror: HealthMirror | None = None
     tls: CertificateReloader | None = None
@@ -83,7 +77,9 @@ class Server:
         if self.webhooks is not None:
             await self.webhooks.stop()   # an attempt cut short is retried (its lease runs out, or a restart frees it)
         await self.grpc_server.stop(grace=1.0)
-        self.store.close()
+        await self.store.settled()  # each call is bounded by the store timeout
+        await self.submitter.cleanups()
+        await asyncio.to_thread(self.store.close)
         if self.mirror is not None:
             await self.mirror.stop()
 
@@ -105,18 +101,19 @@ async def create_server(config: ServerConfig) -> Server:
                                own_ports=(config.port, config.metrics_port or 0, config.health_http_port or 0))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    blobs = config.open_blobs()
+    blobs = open_blobs(config)
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
-    store = config.open_store()
-    log.info("database %s (schema version %d)", store.description, store.schema_version)
-    if store.pepper_check in ("recorded", "rotated"):
-        log.info("key pepper %s in the database", "recorded" if store.pepper_check == "recorded" else "rotated")
+    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout),
+                       config.store_timeout)
+    log.info("database %s (schema version %d)", store.sync.description, store.sync.schema_version)
+    if store.sync.pepper_check in ("recorded", "rotated"):
+        log.info("key pepper %s in the database", "recorded" if store.sync.pepper_check == "recorded" else "rotated")
     secret = load_secret(config.signing_secret, config.signing_secret_file, config.data_dir)
     previous = config.signing_secret_previous.encode() if config.signing_secret_previous else None
     try:
-        checked = store.check_secret("signing_secret", secret, previous)
+        checked = await store.run(store.sync.check_secret, "signing_secret", secret, previous)
     except BaseException:
-        store.close()
+        await asyncio.to_thread(store.close)
         raise
     if checked in ("recorded", "rotated"):
         log.info("signing secret %s in the database", checked)
@@ -124,9 +121,9 @@ async def create_server(config: ServerConfig) -> Server:
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
-                       requeue_on_start=store.dialect == "sqlite", log_level=config.log_level,
+                       requeue_on_start=store.sync.dialect == "sqlite", log_level=config.log_level,
                        log_format=config.log_format)
-    METRICS.bind_store(store)
+    METRICS.bind_store(store.sync)  # read at scrape time, in the metrics server's thread
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
@@ -150,7 +147,8 @@ async def create_server(config: ServerConfig) -> Server:
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    jobs_servicer = JobsServicer(store, blobs, runner, signer, limits, policy)
+    submitter = Submitter(store, blobs, limits, policy)
+    jobs_servicer = JobsServicer(store, blobs, runner, signer, submitter)
     jobs_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(store), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -179,15 +177,16 @@ async def create_server(config: ServerConfig) -> Server:
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
-    if store.dialect == "sqlite":   # as for jobs: an embedded store's delivery leases are this server's own
-        await asyncio.to_thread(store.release_webhook_leases)
-    webhooks = WebhookDeliverer(store, policy, lambda job_id: jobs_servicer.status_json(job_id,
+    if store.sync.dialect == "sqlite":   # as for jobs: an embedded store's delivery leases are this server's own
+        await store.run(store.sync.release_webhook_leases)
+    webhooks = WebhookDeliverer(store.sync, policy, lambda job_id: jobs_servicer.status_json(job_id,
                                                                                          config.server_public_url),
                                 base_delay_s=config.webhook_base_delay_seconds,
                                 max_age_s=config.webhook_max_age_seconds)
     webhooks.start()
     await health_state.set(True)
-    return Server(grpc_server, port, health_state, registry, store, runner, sweeper, mirror, tls, webhooks)
+    return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls,
+                  webhooks)
 
 
 async def serve(config: ServerConfig) -> int:

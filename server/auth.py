@@ -18,7 +18,8 @@ import grpc
 from server.connections import Connections
 from server.errors import ERRORS, MAX_KEY_CHARS, trailing_metadata
 from server.metrics import METRICS
-from server.store import Principal, Store, StoreUnavailable
+from server.rpc import DATABASE_DOWN_MSG
+from server.store import AsyncStore, Principal, StoreUnavailable
 
 __all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
            "maybe_principal"]
@@ -32,7 +33,6 @@ OPEN_SERVICES = (
 # DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
 TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
 RESULT_TOKEN_KEY = "hushwire-result-token"
-DATABASE_DOWN_MSG = "the server's database is unavailable; try again later"
 
 log = logging.getLogger("hushwire.auth")
 
@@ -94,7 +94,7 @@ def _same_kind(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> 
 
 def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None) -> grpc.RpcMethodHandler:
     """Wrap the handler's behaviour so it runs with ``principal`` set in its own task (None: a call
-    authorised by a result token), and a database outage ends it with SERVICE_UNAVAILABLE."""
+    authorised by a result token). Errors are the servicer's to map (:func:`server.rpc.rpc_errors`)."""
     behavior = (
         handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
     )
@@ -102,20 +102,14 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None)
 
         async def gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _principal.set(principal)
-            try:
-                async for item in behavior(request, context):
-                    yield item
-            except StoreUnavailable as exc:
-                await _database_down(context, exc)
+            async for item in behavior(request, context):
+                yield item
 
         return _same_kind(handler, gen)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _principal.set(principal)
-        try:
-            return await behavior(request, context)
-        except StoreUnavailable as exc:
-            await _database_down(context, exc)
+        return await behavior(request, context)
 
     return _same_kind(handler, call)
 
@@ -150,19 +144,12 @@ def _counted(handler: grpc.RpcMethodHandler, connections: Connections, uid: int 
     return _same_kind(handler, call)
 
 
-async def _database_down(context: grpc.aio.ServicerContext, exc: StoreUnavailable) -> None:
-    """A call that met a database outage ends with SERVICE_UNAVAILABLE (retryable), never a bare UNKNOWN."""
-    log.warning("%s", exc)
-    METRICS.errors.labels("SERVICE_UNAVAILABLE").inc()
-    await context.abort(ERRORS["SERVICE_UNAVAILABLE"].grpc_status, DATABASE_DOWN_MSG,
-                        trailing_metadata=trailing_metadata("SERVICE_UNAVAILABLE"))
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid key (UNAUTHENTICATED) and, while starting or draining, new calls
-    (UNAVAILABLE)."""
+    (UNAVAILABLE). The key lookup is awaited (:class:`~server.store.AsyncStore`): a slow database
+    delays the calls that need it, never the event loop."""
 
-    def __init__(self, store: Store, is_draining: Callable[[], bool] = lambda: False,
+    def __init__(self, store: AsyncStore, is_draining: Callable[[], bool] = lambda: False,
                  connections: Connections | None = None) -> None:
         self._store = store
         self._is_draining = is_draining
@@ -193,8 +180,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         key = key_from_metadata(metadata)
         try:
-            principal = self._store.authenticate(key) if key else None
-        except StoreUnavailable as exc:
+            principal = await self._store.authenticate(key) if key else None
+        except StoreUnavailable as exc:  # down, or no answer within the store timeout
             log.warning("%s", exc)
             return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG), None
         if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):

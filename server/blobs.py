@@ -1,7 +1,7 @@
 """Blob storage for uploads and results: one small interface, a local directory or an S3 bucket.
 
 :class:`BlobStore` is what the servicers, the workers and the app use. Two stores implement it,
-chosen by the blob URL (``--blob-url``, :func:`open_blobs`):
+chosen by the blob URL (``--blob-url``, :func:`server.backends.open_blob_url`):
 
 - ``file:///PATH`` (the default, a folder in the data dir): :class:`LocalBlobs`. Writes go to a
   temporary name beside the final one and are renamed into place only when complete.
@@ -31,13 +31,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import urlsplit
 
 from server.config import ConfigError
 
 __all__ = [
     "BLOB_UNAVAILABLE_MSG", "STORAGE_FULL_MSG", "BlobNotFound", "BlobReader", "BlobStore", "BlobStoreError",
-    "LocalBlobs", "is_storage_full", "open_blobs",
+    "LocalBlobs", "is_storage_full",
 ]
 
 STORAGE_FULL_MSG = "the server's storage is full; try again later"
@@ -108,7 +107,7 @@ class BlobStore(Protocol):
 
     @property
     def url(self) -> str:
-        """The store's URL; ``open_blobs(url, data_dir)`` opens the same store in another process."""
+        """The store's URL; ``open_blob_url(url, data_dir)`` opens the same store in another process."""
         ...
 
     @property
@@ -152,18 +151,6 @@ class BlobStore(Protocol):
     def delete(self, name: str) -> None:
         """Remove the blob; removing a missing one is not an error."""
         ...
-
-
-def open_blobs(url: str | None, data_dir: Path) -> BlobStore:
-    """The store a blob URL names (``None``: a folder in the data dir). Touches no network: call
-    :meth:`BlobStore.check` to find out whether it works. A URL that cannot work is a ConfigError."""
-    if not url or url.startswith("file://"):
-        return LocalBlobs.from_url(url, data_dir)
-    if urlsplit(url).scheme == "s3":
-        from server.s3 import S3Blobs  # boto3 is an optional dependency (the `scale` extra)
-
-        return S3Blobs.from_url(url, data_dir / "spool")
-    raise ConfigError(f"unsupported blob URL {url!r}: use file:///PATH or s3://BUCKET?endpoint=URL")
 
 
 class LocalBlobs:

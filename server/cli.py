@@ -33,7 +33,8 @@ _SERVER_SETTINGS = [
     "log_format",
     "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
-    "max_upload_seconds", "lease_seconds", "hold_seconds", "metrics_port", "workers", "stream_batch_ms",
+    "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
+    "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
     "server_public_url", "webhook_allow", "webhook_base_delay_seconds", "webhook_max_age_seconds",
     "slow_consumer_seconds", "stream_idle_seconds",
@@ -125,7 +126,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> Any:
-    return ServerConfig(**_settings(args, _STORE_SETTINGS)).open_store()
+    from server.backends import open_store
+
+    return open_store(ServerConfig(**_settings(args, _STORE_SETTINGS)))
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

@@ -13,11 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from server.blobs import BlobStore
-    from server.store import Store
+from typing import Any
 
 __all__ = [
     "ClientConfig",
@@ -186,6 +182,8 @@ _HELP = {
                     "(shared by replicas; needs `hushwire[scale]`)",
     "blob_url": "uploads and results: `file:///PATH` (built in) or `s3://BUCKET[/PREFIX]?endpoint=URL[&region=R]` "
                 "(shared by replicas; needs `hushwire[scale]`)",
+    "store_timeout": "seconds a request waits for the database (a lock held elsewhere, a slow or unreachable "
+                     "server) before it is answered SERVICE_UNAVAILABLE; live streams never wait for it",
     "lease_seconds": "a worker's hold on a job; a job whose lease expires is run again",
     "hold_seconds": "a job submitted with `hold` (each file of a `POST /enhance` until all are accepted) that "
                     "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
@@ -281,6 +279,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("key_pepper_previous", "HUSHWIRE_KEY_PEPPER_PREVIOUS", "server.key_pepper_previous", None),
         Setting("database_url", "HUSHWIRE_DATABASE_URL", "store.database_url", None),
         Setting("blob_url", "HUSHWIRE_BLOB_URL", "store.blob_url", None),
+        Setting("store_timeout", "HUSHWIRE_STORE_TIMEOUT", "store.timeout", 5.0, _positive),
         Setting("lease_seconds", "HUSHWIRE_LEASE_SECONDS", "jobs.lease_seconds", 30.0, float),
         Setting("hold_seconds", "HUSHWIRE_HOLD_SECONDS", "jobs.hold_seconds", 120.0, _positive),
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
@@ -410,6 +409,7 @@ class ServerConfig:
     stream_idle_seconds: float = 30.0
     database_url: str | None = None
     blob_url: str | None = None
+    store_timeout: float = 5.0
     signing_secret_file: str | None = None
     signing_secret: str | None = None
     key_pepper: str | None = None
@@ -449,16 +449,6 @@ class ServerConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
 
-    def open_store(self) -> Store:
-        """The store with its key pepper (configured, or generated into the data dir on first use).
-        Raises :class:`server.store.StoreError` (:class:`~server.store.StoreUnavailable` when the
-        database cannot be reached)."""
-        from server.signing import load_secret
-        from server.store import Store
-
-        previous = self.key_pepper_previous.encode() if self.key_pepper_previous else None
-        return Store(self.store_url, load_secret(self.key_pepper, None, self.data_dir, "key_pepper"), previous)
-
     @property
     def store_url(self) -> str:
         """The database URL every process of the server opens (workers included): the configured
@@ -467,12 +457,6 @@ class ServerConfig:
         if url and url.startswith(_POSTGRES_SCHEMES):
             return url
         return f"sqlite://{self.sqlite_path.absolute()}"
-
-    def open_blobs(self) -> BlobStore:
-        """The blob store the blob URL names (a folder in the data dir by default); no network yet."""
-        from server.blobs import open_blobs
-
-        return open_blobs(self.blob_url, self.data_dir)
 
     @property
     def sqlite_path(self) -> Path:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,27 +18,30 @@ from client.jobs import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
-from server.blobs import (
-    BLOB_UNAVAILABLE_MSG,
-    STORAGE_FULL_MSG,
-    BlobNotFound,
-    BlobStore,
-    BlobStoreError,
-    is_storage_full,
-)
+from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections
 from server.errors import HushwireError, abort_with, quote_input
-from server.jobs import JobRunner, content_type, new_job_id, probe, result_name
+from server.jobs import (
+    IDEMPOTENCY_TTL_SECONDS,
+    JobRunner,
+    Submitter,
+    UploadSpec,
+    audio_quota_msg,
+    check_attenuation_limit,
+    content_type,
+    result_name,
+)
 from server.logs import event
 from server.metrics import METRICS
+from server.rpc import rpc_errors
 from server.signing import Signer
-from server.store import JobRow, Store
+from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
 from server.streams import StreamBatcher, StreamSession
 from server.tls import peer_subject
-from server.webhooks import ROTATION_GRACE_S, WebhookPolicy, WebhookRefused
+from server.webhooks import ROTATION_GRACE_S
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobLimits", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -133,12 +132,8 @@ class _StreamStats:
     max_processing_s: float = 0.0
 
 
-def audio_quota_msg(limit_s: float) -> str:
-    return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
-
-
 class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
-    def __init__(self, registry: StreamRegistry, store: Store, batch_window_s: float = 0.0,
+    def __init__(self, registry: StreamRegistry, store: AsyncStore, batch_window_s: float = 0.0,
                  max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
                  connections: Connections | None = None) -> None:
         self._registry = registry
@@ -148,6 +143,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         self._timeouts = timeouts or StreamTimeouts()
         self._connections = connections
 
+    @rpc_errors
     async def StreamEnhance(  # noqa: N802 (gRPC method name)
         self,
         request_iterator: AsyncIterator[enhancer_pb2.StreamEnhanceRequest],
@@ -163,7 +159,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             self._registry.add(task, principal.uid)
             # The daily audio quota is checked when a stream opens; an open stream is never cut (its
             # seconds count when it closes).
-            if (await asyncio.to_thread(self._store.usage_today, principal.uid))[1] >= self._max_audio_s:
+            if (await self._store.usage_today(principal.uid))[1] >= self._max_audio_s:
                 raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
@@ -183,7 +179,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             self._registry.discard(task)
             if session is not None:
                 session.close()
-                self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
+                await self._closed(session, stats, principal.uid, principal.key_id, time.monotonic() - started)
 
     async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
         """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
@@ -199,16 +195,24 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                   connection_closed=closed,
                   why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
-    def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float) -> None:
+    async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float
+                      ) -> None:
         METRICS.streams_open.dec()
         billed = session.frames_in / session.sample_rate_hz * session.channels
         METRICS.billed(uid, key_id, billed, "stream")
-        self._store.record_stream(key_id, uid, billed)
         event(log, "stream closed", uid=uid, key_id=key_id, rate=session.sample_rate_hz,
               channels=session.channels, duration_s=round(seconds, 3), audio_s=round(billed / session.channels, 3),
               chunks=stats.chunks, frames_in=session.frames_in, frames_out=session.frames_out,
               mean_processing_ms=round(1000 * stats.processing_s / max(stats.chunks, 1), 3),
               max_processing_ms=round(1000 * stats.max_processing_s, 3))
+        # Before the call's status goes out, so the stream's seconds count against the daily audio
+        # quota before its client can open the next one. Awaited: a slow database delays this
+        # stream's last status (at most the store timeout), never the event loop.
+        try:
+            await self._store.record_stream(key_id, uid, billed)
+        except StoreUnavailable as exc:  # the metrics counted it; the database's usage table misses it
+            event(log, "stream usage not recorded", level=logging.ERROR, uid=uid, key_id=key_id,
+                  billed_seconds=round(billed, 3), error=str(exc))
 
     async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
         try:
@@ -284,29 +288,10 @@ _STATUS = {
     store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
     store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
 }
-MAX_FILE_NAME_CHARS = 255
-MAX_FILE_KEY_CHARS = 256
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600   # how long a successful reply is kept under its idempotency key
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_IDEMPOTENT_REPLY_BYTES = 64 * 1024   # 32 job ids under long field names fit many times over
-
-
-def _check_idempotency_key(key: str) -> None:
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(" " < ch <= "~" for ch in key):
-        raise HushwireError("INVALID_REQUEST", f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible "
-                            "ASCII characters")
-
-
-def _submit_fingerprint(spec: jobs_pb2.JobSpec, limit_db: float | None, content_sha256: str) -> str:
-    """What makes two SubmitJob calls the same upload: names, bytes, options, hold and the callback URL
-    (not the size hint)."""
-    canonical = ["SubmitJob", spec.file_name, spec.file_key, repr(limit_db), spec.hold, content_sha256]
-    if spec.callback_url:   # appended only when set: fingerprints stored before it existed stay valid
-        canonical.append(spec.callback_url)
-    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
 def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -315,58 +300,31 @@ def _client_subject(context: grpc.aio.ServicerContext) -> dict[str, Any]:
     return {} if subject is None else {"client_subject": subject}
 
 
-def _clean_name(name: str, limit: int) -> str:
-    """Keep a display name harmless: no path, no control characters, bounded length."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable())
-    return name[:limit]
-
-
 def _options_limit(options: jobs_pb2.JobOptions) -> float | None:
-    if not options.HasField("attenuation_limit_db"):
-        return None
-    db = options.attenuation_limit_db
-    if not math.isfinite(db) or db < 0:
-        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
-    return float(db)
+    return check_attenuation_limit(options.attenuation_limit_db if options.HasField("attenuation_limit_db") else None)
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    max_upload_bytes: int
-    max_upload_seconds: float
-    max_queued_jobs_per_user: int
-    max_bytes_per_day_per_user: int
-    max_audio_seconds_per_day_per_user: float = math.inf
-    hold_seconds: float = 120.0
-    max_idempotency_keys_per_user: int = 10000
+async def _upload_chunks(context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """The chunks that follow the JobSpec."""
+    while (req := await context.read()) is not grpc.aio.EOF:
+        if req.WhichOneof("msg") != "chunk":
+            raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
+        yield req.chunk
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, blobs: BlobStore, runner: JobRunner, signer: Signer, limits: JobLimits,
-                 webhooks: WebhookPolicy | None = None) -> None:
+    def __init__(self, store: AsyncStore, blobs: BlobStore, runner: JobRunner, signer: Signer,
+                 submitter: Submitter) -> None:
         self._store = store
         self._blobs = blobs
-        self._cleanups: set[asyncio.Future[None]] = set()
         self._runner = runner
         self._signer = signer
-        self._limits = limits
-        self._webhooks = webhooks or WebhookPolicy()
-
-    async def _callback_url(self, url: str) -> str | None:
-        """A callback URL the policy allows (checked with DNS now; again at each delivery), or None."""
-        if not url:
-            return None
-        try:
-            await self._webhooks.check(url)
-        except WebhookRefused as exc:
-            raise HushwireError("INVALID_REQUEST", str(exc)) from None
-        return url
+        self._submitter = submitter
 
     def status_json(self, job_id: str, public_url: str | None) -> dict[str, object] | None:
         """The job's ``/stat/jobs`` JSON, ``result`` signed now under ``public_url`` (webhook bodies);
-        None when the job is gone."""
-        job = self._store.get_job(job_id)
+        None when the job is gone. Blocks: the webhook deliverer calls it in a thread."""
+        job = self._store.sync.get_job(job_id)
         if job is None:
             return None
         msg = self._to_proto(job, with_callback=False)
@@ -374,14 +332,20 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             if public_url and msg.HasField("result") else None
         return job_to_dict(msg, url)
 
-    def _to_proto(self, job: JobRow, with_callback: bool = True) -> jobs_pb2.Job:
+    async def _job_proto(self, job: JobRow) -> jobs_pb2.Job:
+        """The job as the client sees it, with its callback's delivery state read from the store."""
+        outbox = await self._store.run(self._store.sync.webhook_of, job.job_id) if job.callback_url else None
+        return self._to_proto(job, outbox)
+
+    def _to_proto(self, job: JobRow, outbox: OutboxRow | None = None, with_callback: bool = True) -> jobs_pb2.Job:
+        """The job as the client sees it; ``outbox`` is its callback's delivery (None: not due yet)."""
         msg = jobs_pb2.Job(
             job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,
             duration_seconds=job.frames / job.sample_rate, format=job.format,
-            hold_seconds=self._limits.hold_seconds if job.held else 0.0,
+            hold_seconds=self._submitter.limits.hold_seconds if job.held else 0.0,
         )
         if job.attenuation_limit_db is not None:
             msg.options.attenuation_limit_db = job.attenuation_limit_db
@@ -392,171 +356,42 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             expires, sig = self._signer.sign(job.job_id)
             msg.result.expires, msg.result.sig, msg.result.token = expires, sig, f"{expires}.{sig}"
         if job.callback_url and with_callback:
-            msg.callback.CopyFrom(_callback(job.callback_url, self._store.webhook_of(job.job_id)))
+            msg.callback.CopyFrom(_callback(job.callback_url, outbox))
         return msg
 
-    def _own_job(self, job_id: str) -> JobRow:
-        job = self._store.get_job(job_id) if len(job_id) <= 64 else None
+    async def _own_job(self, job_id: str) -> JobRow:
+        job = await self._store.get_job(job_id) if len(job_id) <= 64 else None
         if job is None or job.uid != current_principal().uid:
             raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         return job
 
+    @rpc_errors
     async def SubmitJob(  # noqa: N802
         self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobRequest], context: grpc.aio.ServicerContext,
     ) -> jobs_pb2.Job:
-        try:
-            return await self._submit(context)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
-
-    async def _submit(self, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        principal = current_principal()
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "spec":
             raise HushwireError("INVALID_REQUEST", "the first message must be the JobSpec")
         spec = first.spec
-        limit_db = _options_limit(spec.options)
-        key = spec.idempotency_key
-        if not key:
-            return await self._upload(context, spec, limit_db, None)
-        record = await self._reserve(principal.uid, key)
-        if record.reply is not None:   # a retry of an earlier success, or another upload under its key
-            digest = await self._hash_upload(context)
-            if _submit_fingerprint(spec, limit_db, digest) != record.request_sha256:
-                raise HushwireError("IDEMPOTENCY_CONFLICT", "this idempotency key was used with a different upload")
-            row = await asyncio.to_thread(self._store.get_job, record.job_ids[0]) if record.job_ids else None
-            if row is not None and row.uid == principal.uid:
-                return self._to_proto(row)
-            return jobs_pb2.Job.FromString(record.reply)   # the job is gone since: its reply as it was
-        try:
-            return await self._upload(context, spec, limit_db, (key, record.token))
-        except BaseException:
-            with contextlib.suppress(Exception):   # else the reservation lapses after the hold
-                await asyncio.to_thread(self._store.release_key, principal.uid, key, record.token)
-            raise
-
-    async def _reserve(self, uid: int, key: str) -> store_mod.IdempotencyRecord:
-        _check_idempotency_key(key)
-        try:
-            return await asyncio.to_thread(self._store.reserve_key, uid, key, time.time(), self._limits.hold_seconds,
-                                           self._limits.max_idempotency_keys_per_user)
-        except store_mod.IdempotencyConflict:
-            raise HushwireError("IDEMPOTENCY_CONFLICT", "the first request with this idempotency key is still "
-                                "running") from None
-        except store_mod.TooManyKeys as exc:
-            raise HushwireError("RATE_LIMITED", str(exc)) from None
-
-    async def _hash_upload(self, context: grpc.aio.ServicerContext) -> str:
-        """The SHA-256 of the rest of an upload, read and dropped (a retry's bytes are never stored)."""
-        digest = hashlib.sha256()
-        size = 0
-        while (req := await context.read()) is not grpc.aio.EOF:
-            if req.WhichOneof("msg") != "chunk":
-                raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
-            size += len(req.chunk)
-            if size > self._limits.max_upload_bytes:
-                raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
-                                    f"{self._limits.max_upload_bytes} bytes")
-            digest.update(req.chunk)
-        return digest.hexdigest()
-
-    async def _upload(self, context: grpc.aio.ServicerContext, spec: jobs_pb2.JobSpec, limit_db: float | None,
-                      reserved: tuple[str, str] | None) -> jobs_pb2.Job:
-        """Store the upload that follows ``spec`` as a new job; with ``reserved`` (idempotency key and
-        reservation token), its reply is stored under the key with it."""
-        principal = current_principal()
-        if spec.size_hint_bytes > self._limits.max_upload_bytes:
-            raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
-                                f"{self._limits.max_upload_bytes} bytes")
-        if self._store.count_queued(principal.uid) >= self._limits.max_queued_jobs_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {self._limits.max_queued_jobs_per_user} unfinished jobs "
-                                "per user; wait for some to finish")
-        bytes_today, seconds_today = self._store.usage_today(principal.uid)
-        quota_left = self._limits.max_bytes_per_day_per_user - bytes_today
-        quota_msg = f"the daily upload quota of {self._limits.max_bytes_per_day_per_user} bytes per user is used up"
-        if quota_left <= 0 or spec.size_hint_bytes > quota_left:
-            raise HushwireError("RATE_LIMITED", quota_msg)
-        seconds_left = self._limits.max_audio_seconds_per_day_per_user - seconds_today
-        if seconds_left <= 0:
-            raise HushwireError("RATE_LIMITED", audio_quota_msg(self._limits.max_audio_seconds_per_day_per_user))
-        callback_url = await self._callback_url(spec.callback_url)
-        job_id = new_job_id()
-        upload_blob = f"uploads/{job_id}"
-        tmp = self._blobs.temp_path(upload_blob)
-        digest = hashlib.sha256()
-        renewed = time.monotonic()
-        try:
-            size = 0
-            with open(tmp, "wb") as f:
-                while (req := await context.read()) is not grpc.aio.EOF:
-                    if req.WhichOneof("msg") != "chunk":
-                        raise HushwireError("INVALID_REQUEST", "after the JobSpec, send only chunks")
-                    if reserved is not None and time.monotonic() - renewed > self._limits.hold_seconds / 3:
-                        renewed = time.monotonic()
-                        await asyncio.to_thread(self._store.renew_key, principal.uid, reserved[0], reserved[1],
-                                                time.time() + self._limits.hold_seconds)
-                    digest.update(req.chunk)
-                    size += len(req.chunk)
-                    if size > self._limits.max_upload_bytes:
-                        raise HushwireError("FILE_TOO_LARGE", f"the upload is over the limit of "
-                                            f"{self._limits.max_upload_bytes} bytes")
-                    if size > quota_left:
-                        raise HushwireError("RATE_LIMITED", quota_msg)
-                    f.write(req.chunk)
-            info = await asyncio.to_thread(probe, tmp, self._limits.max_upload_seconds)
-            billed = info.frames / info.sample_rate * info.channels
-            if billed > seconds_left:
-                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
-                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
-                                    f"{self._limits.max_audio_seconds_per_day_per_user:g} s per user)")
-            await self._commit(tmp, upload_blob)
-        except OSError as exc:
-            if not is_storage_full(exc):
-                raise
-            raise HushwireError("SERVICE_UNAVAILABLE", STORAGE_FULL_MSG) from None
-        except BlobStoreError as exc:
-            log.error("job upload %s: %s", job_id, exc)
-            raise HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        now = time.time()
-        job = JobRow(
-            job_id=job_id, uid=principal.uid, key_id=principal.key_id, status=store_mod.PENDING, progress=0.0,
-            held=spec.hold, file_name=_clean_name(spec.file_name, MAX_FILE_NAME_CHARS) or "audio",
-            file_key=_clean_name(spec.file_key, MAX_FILE_KEY_CHARS), attenuation_limit_db=limit_db,
-            created_at=now, mod_time=now, format=info.format, subtype=info.subtype, sample_rate=info.sample_rate,
-            channels=info.channels, frames=info.frames, upload_bytes=size, upload_blob=upload_blob,
-            hold_expires=now + self._limits.hold_seconds if spec.hold else None, callback_url=callback_url,
-        )
-        idempotent = None
-        if reserved is not None:
-            idempotent = (reserved[0], reserved[1], _submit_fingerprint(spec, limit_db, digest.hexdigest()),
-                          self._to_proto(job).SerializeToString(), now + IDEMPOTENCY_TTL_SECONDS)
-        try:
-            await asyncio.to_thread(self._store.create_job, job, idempotent)
-        except store_mod.IdempotencyConflict:
-            await self._delete_blobs(upload_blob)
-            raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
-                                "another request took it") from None
-        except BaseException:
-            await self._delete_blobs(upload_blob)
-            raise
-        self._store.record_upload(principal.key_id, principal.uid, size, job.billed_seconds)
-        event(log, "job submitted", job_id=job_id, uid=principal.uid, key_id=principal.key_id,
-              file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
-              **_client_subject(context))
+        upload = UploadSpec(file_name=spec.file_name, file_key=spec.file_key, hold=spec.hold,
+                            size_hint_bytes=spec.size_hint_bytes, attenuation_limit_db=_options_limit(spec.options),
+                            idempotency_key=spec.idempotency_key, callback_url=spec.callback_url)
+        submitted = await self._submitter.submit(current_principal(), upload, _upload_chunks(context),
+                                                 reply=lambda job: self._to_proto(job).SerializeToString(),
+                                                 log_fields=_client_subject(context))
+        if submitted.job is None:
+            assert submitted.stored_reply is not None
+            return jobs_pb2.Job.FromString(submitted.stored_reply)   # the job is gone since: its reply as it was
+        job = submitted.job
         if not job.held:
             self._runner.poke()
-        return self._to_proto(job)
+        return await self._job_proto(job)
 
+    @rpc_errors
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
-        try:
-            return self._to_proto(self._own_job(request.job_id))
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
+        return await self._job_proto(await self._own_job(request.job_id))
 
+    @rpc_errors
     async def ListJobs(  # noqa: N802
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
@@ -567,66 +402,61 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             try:
                 before = (float(created), job_id)
             except ValueError:
-                await abort_with(context, HushwireError("INVALID_REQUEST", "bad page_token"))
-        rows = self._store.list_jobs(current_principal().uid, size + 1, before)
-        resp = jobs_pb2.ListJobsResponse(jobs=[self._to_proto(j) for j in rows[:size]])
+                raise HushwireError("INVALID_REQUEST", "bad page_token") from None
+        rows = await self._store.list_jobs(current_principal().uid, size + 1, before)
+        resp = jobs_pb2.ListJobsResponse(jobs=[await self._job_proto(j) for j in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
             resp.next_page_token = f"{last.created_at!r}:{last.job_id}"
         return resp
 
+    @rpc_errors
     async def CancelJob(  # noqa: N802
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        try:
-            job = self._own_job(request.job_id)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
-        deleted = self._store.delete_job(job.job_id)
+        job = await self._own_job(request.job_id)
+
+        def late(settled: store_mod.Settled[JobRow | None]) -> None:  # deleted after the client gave up
+            if settled.ran and settled.value is not None:
+                self._submitter.delete_blobs_soon(settled.value.upload_blob, settled.value.result_blob)
+
+        deleted = await self._store.run_or_undo(late, self._store.sync.delete_job, job.job_id)
         if deleted is not None:  # a running worker sees its lease gone and stops
-            await self._delete_blobs(deleted.upload_blob, deleted.result_blob)
+            await self._submitter.delete_blobs(deleted.upload_blob, deleted.result_blob)
             event(log, "job cancelled", job_id=job.job_id, uid=job.uid, file_name=job.file_name)
         return jobs_pb2.CancelJobResponse()
 
+    @rpc_errors
     async def StartJob(self, request: jobs_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:  # noqa: N802
-        try:
-            job = self._own_job(request.job_id)
-            set_options = request.HasField("options")
-            limit_db = _options_limit(request.options) if set_options else None
-            callback_url = await self._callback_url(request.callback_url)
-            self._store.start_job(job.job_id, limit_db, set_options, callback_url)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
+        job = await self._own_job(request.job_id)
+        set_options = request.HasField("options")
+        limit_db = _options_limit(request.options) if set_options else None
+        callback_url = await self._submitter.callback_url(request.callback_url)
+        await self._store.run(self._store.sync.start_job, job.job_id, limit_db, set_options, callback_url)
         self._runner.poke()
-        return self._to_proto(self._own_job(job.job_id))
+        return await self._job_proto(await self._own_job(job.job_id))
 
+    @rpc_errors
     async def RenewHolds(  # noqa: N802
         self, request: jobs_pb2.RenewHoldsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RenewHoldsResponse:
         if len(request.job_ids) > MAX_RENEW_JOBS:
-            await abort_with(context, HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids"))
-        until = time.time() + self._limits.hold_seconds
+            raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
+        hold_seconds = self._submitter.limits.hold_seconds
+        until = time.time() + hold_seconds
         uid = current_principal().uid
         if request.idempotency_key:
-            await asyncio.to_thread(self._store.renew_key, uid, request.idempotency_key, request.reservation, until)
+            await self._store.run(self._store.sync.renew_key, uid, request.idempotency_key, request.reservation,
+                                  until)
         ids = [job_id for job_id in request.job_ids if len(job_id) <= 64]
-        missing = await asyncio.to_thread(self._store.renew_holds, uid, ids, until)
+        missing = await self._store.run(self._store.sync.renew_holds, uid, ids, until)
         missing += [job_id[:64] for job_id in request.job_ids if len(job_id) > 64]
-        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=self._limits.hold_seconds)
+        return jobs_pb2.RenewHoldsResponse(missing_job_ids=missing, hold_seconds=hold_seconds)
 
+    @rpc_errors
     async def StartJobs(  # noqa: N802
         self, request: jobs_pb2.StartJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.StartJobsResponse:
-        try:
-            await self._start_jobs(request)
-        except HushwireError as err:
-            await abort_with(context, err)
-        self._runner.poke()
-        return jobs_pb2.StartJobsResponse()
-
-    async def _start_jobs(self, request: jobs_pb2.StartJobsRequest) -> None:
         uid = current_principal().uid
         if len(request.job_ids) > MAX_RENEW_JOBS:
             raise HushwireError("INVALID_REQUEST", f"at most {MAX_RENEW_JOBS} job ids")
@@ -640,43 +470,41 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             idempotent = (request.idempotency_key, request.reservation, request.request_sha256, request.reply,
                           time.time() + IDEMPOTENCY_TTL_SECONDS)
         ids = list(request.job_ids)
-        callback_url = await self._callback_url(request.callback_url)
+        callback_url = await self._submitter.callback_url(request.callback_url)
         try:
-            missing = await asyncio.to_thread(self._store.start_jobs, uid, ids, limit_db, set_options, idempotent,
-                                              callback_url)
+            missing = await self._store.run(self._store.sync.start_jobs, uid, ids, limit_db, set_options, idempotent,
+                                            callback_url)
         except store_mod.IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
         if missing:
             raise HushwireError("JOB_NOT_FOUND", f"no held job {quote_input(missing[0])}")
+        self._runner.poke()
+        return jobs_pb2.StartJobsResponse()
 
+    @rpc_errors
     async def ReserveIdempotencyKey(  # noqa: N802
         self, request: jobs_pb2.ReserveIdempotencyKeyRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ReserveIdempotencyKeyResponse:
-        try:
-            record = await self._reserve(current_principal().uid, request.idempotency_key)
-        except HushwireError as err:
-            await abort_with(context, err)
-            raise AssertionError("unreachable") from None
+        record = await self._submitter.reserve(current_principal().uid, request.idempotency_key)
         if record.reply is not None:
             return jobs_pb2.ReserveIdempotencyKeyResponse(request_sha256=record.request_sha256, reply=record.reply)
-        return jobs_pb2.ReserveIdempotencyKeyResponse(reservation=record.token, hold_seconds=self._limits.hold_seconds)
+        return jobs_pb2.ReserveIdempotencyKeyResponse(reservation=record.token,
+                                                      hold_seconds=self._submitter.limits.hold_seconds)
 
+    @rpc_errors
     async def ReleaseIdempotencyKey(  # noqa: N802
         self, request: jobs_pb2.ReleaseIdempotencyKeyRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ReleaseIdempotencyKeyResponse:
-        await asyncio.to_thread(self._store.release_key, current_principal().uid, request.idempotency_key,
-                                request.reservation)
+        await self._store.run(self._store.sync.release_key, current_principal().uid, request.idempotency_key,
+                              request.reservation)
         return jobs_pb2.ReleaseIdempotencyKeyResponse()
 
+    @rpc_errors
     async def DownloadResult(  # noqa: N802
         self, request: jobs_pb2.DownloadResultRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        try:
-            job = self._downloadable(request.job_id, context)
-        except HushwireError as err:
-            await abort_with(context, err)
-            return
+        job = await self._downloadable(request.job_id, context)
         assert job.result_blob is not None
         fmt = job.result_format or job.format
         try:
@@ -688,77 +516,50 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
                     await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
-            await abort_with(context, HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}"))
-        except BlobStoreError as exc:
-            log.error("download %s: %s", request.job_id, exc)
-            await abort_with(context, HushwireError("SERVICE_UNAVAILABLE", BLOB_UNAVAILABLE_MSG))
+            raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}") from None
 
-    async def _commit(self, tmp: Path, name: str) -> None:
-        """Store an upload. If the call is cancelled (the client went away) while the store is still
-        writing, the write finishes in its thread: remove the blob then, as no job will own it."""
-        task = asyncio.ensure_future(asyncio.to_thread(self._blobs.commit, tmp, name))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            def _orphaned(t: asyncio.Future[None]) -> None:
-                if not t.cancelled() and t.exception() is None:
-                    self._track(asyncio.ensure_future(self._delete_blobs(name)))
-            task.add_done_callback(_orphaned)
-            raise
-
-    def _track(self, fut: asyncio.Future[None]) -> None:
-        self._cleanups.add(fut)
-        fut.add_done_callback(self._cleanups.discard)
-
-    async def _delete_blobs(self, *names: str | None) -> None:
-        """Delete blobs off the event loop. A store that fails leaves an orphan, which is logged with
-        its name for the operator: the job row is gone already, so nothing will point at it."""
-        for name in names:
-            if name:
-                try:
-                    await asyncio.to_thread(self._blobs.delete, name)
-                except (BlobStoreError, OSError) as exc:
-                    log.error("could not delete blob %s: %s", name, exc)
-
-    def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
+    async def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
         """The job if the caller may download it: a valid signed token (whoever presents it, with or
         without a key: a shared result URL works for anyone), else the owner's key."""
         token = dict(context.invocation_metadata() or ()).get(RESULT_TOKEN_KEY)
         if token is not None:
             self._signer.check(job_id, str(token))
-            job = self._store.get_job(job_id)
+            job = await self._store.get_job(job_id)
             if job is None:
                 raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(job_id)}")
         elif maybe_principal() is None:
             raise HushwireError("API_KEY_NOT_FOUND")
         else:
-            job = self._own_job(job_id)
+            job = await self._own_job(job_id)
         if job.status != store_mod.COMPLETED or not job.result_blob:
             raise HushwireError("JOB_NOT_FOUND", f"job {quote_input(job_id)} has no result yet (status {job.status})")
         return job
 
 
 class AccountServicer(jobs_pb2_grpc.AccountServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AsyncStore) -> None:
         self._store = store
 
+    @rpc_errors
     async def WhoAmI(  # noqa: N802
         self, request: jobs_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WhoAmIResponse:
         p = current_principal()
         return jobs_pb2.WhoAmIResponse(uid=p.uid, name=p.name, key_id=p.key_id)
 
+    @rpc_errors
     async def GetWebhookSecret(  # noqa: N802
         self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WebhookSecret:
-        found = await asyncio.to_thread(self._store.webhook_secrets, current_principal().uid, ROTATION_GRACE_S)
+        found = await self._store.run(self._store.sync.webhook_secrets, current_principal().uid, ROTATION_GRACE_S)
         return _secret_proto(found)
 
+    @rpc_errors
     async def RotateWebhookSecret(  # noqa: N802
         self, request: jobs_pb2.WebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.WebhookSecret:
         uid = current_principal().uid
-        found = await asyncio.to_thread(self._store.rotate_webhook_secret, uid, ROTATION_GRACE_S)
+        found = await self._store.run(self._store.sync.rotate_webhook_secret, uid, ROTATION_GRACE_S)
         event(log, "webhook secret rotated", uid=uid)
         return _secret_proto(found)
 

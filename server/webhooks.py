@@ -231,6 +231,9 @@ class WebhookDeliverer:
             task.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            # The attempts cut short are due again at once, for another replica or the next start.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._store.release_webhook_leases, self._owner)
         await self._client.aclose()
 
     async def _run(self) -> None:

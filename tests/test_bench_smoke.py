@@ -86,6 +86,12 @@ def test_files_quick_prints_the_gateway_table() -> None:
     assert row["clients"] == "2" and int(row["jobs"]) > 0 and row["errors"] == "0"
 
 
+def test_claims_quick_prints_the_claim_cost() -> None:
+    out = run_bench("bench.claims")
+    (row,) = table_rows(out, "claim p50 ms")
+    assert row["database"] == "SQLite" and row["jobs queued"] == "200" and float(row["claim p50 ms"]) > 0
+
+
 @pytest.mark.slow
 def test_replicas_quick_prints_the_scaling_table() -> None:
     import shutil

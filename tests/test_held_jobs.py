@@ -63,6 +63,7 @@ def test_a_gateway_killed_mid_multipart_leaves_a_held_job_that_is_swept(tmp_path
         sent = len(_part_head("a", "one.wav") + first + b"\r\n" + _part_head("b", "two.wav")) + 1000
         host, port = gw.url.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=10) as conn:
+            sent_at = time.monotonic()   # the job is submitted after this, so swept no sooner than HOLD_S later
             conn.sendall((f"POST /enhance HTTP/1.1\r\nHost: {host}\r\nAuthorization: {key}\r\n"
                           f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:sent])
@@ -70,9 +71,9 @@ def test_a_gateway_killed_mid_multipart_leaves_a_held_job_that_is_swept(tmp_path
             _wait("the first file's held job", lambda: "job submitted" in srv.log and "held=True" in srv.log, 30)
             assert _rows_and_uploads(tmp_path)[0] == 1
             gw.stop(sig=signal.SIGKILL)   # ...and the gateway dies before it could start or cancel it.
-            killed = time.monotonic()
             took = _wait("the sweep", lambda: "held job swept" in srv.log, 30)
-        assert time.monotonic() - killed >= HOLD_S * 0.5, "swept before its hold could have run out"
+        swept_at = time.monotonic()
+        assert swept_at - sent_at >= HOLD_S, "swept before its hold could have run out"
         assert took < HOLD_S + 10
         assert _rows_and_uploads(tmp_path) == (0, [])
         assert "file_name='one.wav'" in srv.log.split("held job swept", 1)[1].splitlines()[0]

@@ -35,6 +35,7 @@ from test_stream_resume import CHUNK, RATE, Feed, Reader, check_accounting
 from client import EnhancerClient, JobsClient
 from client.jobs import STATUS_NAMES
 from hushwire.v1 import jobs_pb2
+from server.backends import open_store
 from server.config import ServerConfig
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,7 @@ def _usage_jobs(c: Cluster) -> int:
     """Completed jobs billed in the shared store (whatever its engine), summed over the day rows."""
     cfg = ServerConfig(data_dir=c.work / "a", database_url=c.stores.database_url, blob_url=c.stores.blob_url,
                        key_pepper=c.env["HUSHWIRE_KEY_PEPPER"])
-    store = cfg.open_store()
+    store = open_store(cfg)
     try:
         return sum(row[3] for key in store.list_keys() for row in store.usage(key.key_id))
     finally:

@@ -29,7 +29,8 @@ from s3_fixtures import S3Server, fresh_blob_url, start_seaweedfs, stored_blobs
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
 from hushwire.v1 import jobs_pb2
-from server.blobs import BlobNotFound, BlobStore, BlobStoreError, LocalBlobs, open_blobs
+from server.backends import open_blob_url
+from server.blobs import BlobNotFound, BlobStore, BlobStoreError, LocalBlobs
 from server.config import ConfigError
 
 pytest.importorskip("boto3", reason="boto3 is not installed: pip install -e '.[test]'")
@@ -53,10 +54,10 @@ def _files(d: Path) -> list[Path]:
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "file":
-        blobs = open_blobs(f"file://{tmp_path / 'blobs'}", tmp_path)
+        blobs = open_blob_url(f"file://{tmp_path / 'blobs'}", tmp_path)
     else:
         s3: S3Server = request.getfixturevalue("s3_server")
-        blobs = open_blobs(s3.url(prefix="some/prefix"), tmp_path)
+        blobs = open_blob_url(s3.url(prefix="some/prefix"), tmp_path)
     blobs.check()
     return blobs
 
@@ -100,7 +101,7 @@ def test_blob_store_write_read_size_exists_delete(store: BlobStore, tmp_path: Pa
             pass
         store.delete(name)  # deleting a missing blob is fine
     assert not [p for p in _files(store.scratch_dir) if p.name.endswith(".tmp")], "temporary files left behind"
-    assert open_blobs(store.url, tmp_path).url == store.url  # what the worker processes reopen
+    assert open_blob_url(store.url, tmp_path).url == store.url  # what the worker processes reopen
 
 
 def test_s3_objects_live_under_the_prefix(s3_server: S3Server, tmp_path: Path) -> None:
@@ -188,7 +189,7 @@ def test_unreachable_store_is_a_store_error(tmp_path: Path) -> None:
 )
 def test_bad_blob_urls_are_config_errors(url: str, needle: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        open_blobs(url, tmp_path)
+        open_blob_url(url, tmp_path)
     assert needle in str(info.value)
     assert "secret" not in str(info.value).replace("AWS_SECRET_ACCESS_KEY", "")  # never echo a credential
 
@@ -198,7 +199,7 @@ def test_s3_url_forms(tmp_path: Path) -> None:
     assert parse_s3_url("s3://b.c-d/p/q/?endpoint=https://h&region=eu-west-1") == (
         "b.c-d", "p/q/", "https://h", "eu-west-1")
     assert parse_s3_url("s3://bucket") == ("bucket", "", None, None)  # AWS itself
-    assert isinstance(open_blobs(None, tmp_path), LocalBlobs)
+    assert isinstance(open_blob_url(None, tmp_path), LocalBlobs)
 
 
 # -- a real hushwire server on S3 ------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def mtls_stack(tmp_path_factory: pytest.TempPathFactory, pki: PKI,  # noqa: F811
                ) -> Iterator[tuple[ServerProcess, GatewayProcess, str]]:
     data = tmp_path_factory.mktemp("console-tls")
     srv = start_server(data, "--workers", "1", "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
-                       "--tls-client-ca", str(pki.ca.path))
+                       "--tls-client-ca", str(pki.ca.path), "--webhook-allow", "127.0.0.1/32",
+                       "--webhook-base-delay-seconds", "0.2")
     gw = None
     try:
         gw = start_gateway(data, srv.target, "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
@@ -76,3 +77,30 @@ def test_the_console_over_https(https_browser: Driver, mtls_stack: tuple[ServerP
     problems = [e["message"] for e in https_browser.get_log("browser")
                 if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
     assert not problems, problems
+
+
+def test_the_console_shows_a_jobs_webhook(https_browser: Driver,
+                                          mtls_stack: tuple[ServerProcess, GatewayProcess, str]) -> None:
+    """A job uploaded with the page's webhook field: its row follows the delivery (a 500, then a 200)."""
+    from test_webhooks import _receiver
+
+    _, gw, key = mtls_stack
+    rec = _receiver()
+    rec.script = [500]
+    try:
+        open_console(https_browser, gw, key)
+        field = https_browser.find_element(By.ID, "callback-url")
+        field.clear()
+        field.send_keys(rec.url + "/console-hook")
+        noisy, _ = eval_pair("white_p05")
+        https_browser.find_element(By.ID, "upload-input").send_keys(str(noisy))
+        text = wait_for(https_browser, "the delivered webhook", lambda d: d.execute_script(
+            "const e = document.querySelector('#jobs tr[data-job-id] .callback[data-state=delivered]');"
+            "return e && e.textContent;"))
+        assert text == "webhook: delivered after 2 attempts (last answer HTTP 200)", text
+        assert len(rec.hits) == 2 and rec.hits[0].path == "/console-hook"
+        assert not error_text(https_browser), error_text(https_browser)
+    finally:
+        https_browser.find_element(By.ID, "callback-url").clear()
+        rec.server.shutdown()
+        rec.server.server_close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import queue
 import re
 import subprocess
@@ -346,3 +347,180 @@ def lines_event_id(http: httpx.Client, job_id: str, auth: dict[str, str]) -> str
         assert time.monotonic() < deadline, cb
         time.sleep(0.05)
     return str(cb["event_id"])
+
+
+@pytest.mark.slow
+def test_a_stopping_replica_hands_its_delivery_to_another(request: pytest.FixtureRequest, tmp_path: Path,
+                                                          receiver: Receiver) -> None:
+    """Two replicas on one PostgreSQL database: the one whose attempt is cut short by its drain gives
+    the delivery back, and the other one makes it (any replica delivers)."""
+    from pg_fixtures import fresh_database_url
+
+    url = fresh_database_url(request, "postgresql", tmp_path)
+    env = {**os.environ, "HUSHWIRE_KEY_PEPPER": "pepper-" + "x" * 30, "HUSHWIRE_SIGNING_SECRET": "s" * 40}
+    common = ["--database-url", url, "--webhook-allow", "127.0.0.1/32", "--webhook-base-delay-seconds", "0.2",
+              "--log-format", "json"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_server(tmp_path / "a", "--workers", "1", *common, env=env)
+    b = None
+    try:
+        key = run_cli("keys", "create", "--data-dir", str(tmp_path / "a"), "--database-url", url,
+                      env=env).stdout.strip().splitlines()[-1]
+        receiver.script = ["hold"]
+        with JobsClient(a.target, key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "h.wav"), callback_url=receiver.url + "/handover")
+        receiver.wait_hits(1)                       # a's attempt, held open by the receiver
+        b = start_server(tmp_path / "b", "--workers", "0", *common, env=env)
+        time.sleep(1.5)                             # b polls the outbox, but a holds the delivery's lease
+        assert len(receiver.hits) == 1
+        assert a.stop() == 0, a.log                 # a's drain cuts its attempt short and gives the row back
+        first, second = receiver.wait_hits(2, timeout=15)
+        assert first.headers["hushwire-event-id"] == second.headers["hushwire-event-id"]
+        with JobsClient(b.target, key) as jobs:
+            cb = _callback(jobs, job.job_id, "delivered")
+        assert cb.attempts == 1   # the attempt a never finished is not counted
+        delivered = [json.loads(x) for x in b.log.splitlines() if '"webhook attempt"' in x]
+        assert [(e["job_id"], e["state"]) for e in delivered] == [(job.job_id, "delivered")], b.log
+    finally:
+        receiver.release()
+        if a.proc.poll() is None:
+            a.stop()
+        if b is not None:
+            assert b.stop() == 0, b.log
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooked]:
+    """Gives up a delivery after 1.5 s."""
+    h = _start(tmp_path_factory.mktemp("impatient"), "--webhook-max-age-seconds", "1.5")
+    yield h
+    assert h.srv.stop() == 0, h.srv.log
+
+
+def test_a_delivery_is_given_up_after_the_maximum_age(impatient: Hooked, receiver: Receiver,
+                                                      tmp_path: Path) -> None:
+    receiver.script = [503] * 100
+    with JobsClient(impatient.srv.target, impatient.key) as jobs:
+        job = jobs.submit(_wav(tmp_path / "g.wav", 0.3), callback_url=receiver.url + "/down")
+        cb = _callback(jobs, job.job_id, "failed")
+    assert cb.attempts >= 2 and cb.last_status_code == 503 and "given up" in cb.last_error, cb
+    attempts = len(receiver.hits)
+    time.sleep(1.0)
+    assert len(receiver.hits) == attempts     # no more attempts
+    assert scrape_metrics(impatient.metrics_port)[("hushwire_webhooks_given_up_total", ())] >= 1
+
+
+def test_only_the_start_of_a_long_answer_is_read(impatient: Hooked, tmp_path: Path) -> None:
+    """A receiver answering 200 with 64 MiB: the delivery counts, and the server stops reading early."""
+    pushed: list[int] = []
+
+    class Chatty(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            total = 64 * 2**20
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            sent = 0
+            try:
+                while sent < total:
+                    self.wfile.write(b"x" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            pushed.append(sent)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chatty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with JobsClient(impatient.srv.target, impatient.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "c.wav", 0.3),
+                              callback_url=f"http://127.0.0.1:{server.server_address[1]}/chatty")
+            cb = _callback(jobs, job.job_id, "delivered")
+        deadline = time.monotonic() + 10
+        while not pushed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cb.last_status_code == 200 and cb.attempts == 1
+        assert pushed and pushed[0] < 64 * 2**20, pushed   # the server hung up long before the end
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_an_attempt_without_an_answer_ends_after_ten_seconds(impatient: Hooked, receiver: Receiver,
+                                                            tmp_path: Path) -> None:
+    receiver.script = ["hold"]       # the receiver takes the request and never answers (until teardown)
+    with JobsClient(impatient.srv.target, impatient.key) as jobs:
+        job = jobs.submit(_wav(tmp_path / "t.wav", 0.3), callback_url=receiver.url + "/silent")
+        receiver.wait_hits(1)
+        t0 = time.monotonic()
+        cb = _callback(jobs, job.job_id, "failed", timeout=30)   # too old by then: given up at once
+    took = time.monotonic() - t0
+    assert 9.0 < took < 15.0, took
+    assert cb.last_error.startswith("no answer within 10 s") and cb.last_status_code == 0, cb
+
+
+def test_finished_deliveries_are_purged_and_pending_ones_kept(tmp_path: Path) -> None:
+    """The store side of "outbox rows are kept 7 days" (the deliverer purges what is older, hourly)."""
+    from server.store import Store
+    from server.store.webhooks import enqueue_webhook
+
+    store = Store(tmp_path / "hw.db", b"pepper")
+    try:
+        uid = store.create_user("u")
+        with store._tx() as db:   # as finish_job does, in the transaction that ends a job
+            enqueue_webhook(db, "job-a", uid, "http://198.51.100.7/a", time.time())
+            enqueue_webhook(db, "job-b", uid, "http://198.51.100.7/b", time.time())
+        claimed = store.claim_webhooks("me", 30, 10)
+        assert {r.job_id for r in claimed} == {"job-a", "job-b"}
+        assert store.claim_webhooks("other", 30, 10) == []          # leased: nobody else takes them
+        done = next(r for r in claimed if r.job_id == "job-a")
+        assert store.webhook_attempted(done.event_id, "me", state="delivered", status=200, error=None,
+                                       next_attempt_at=None)
+        assert not store.webhook_attempted(done.event_id, "other", state="failed", status=None, error="x",
+                                           next_attempt_at=None)   # not its lease
+        assert store.release_webhook_leases("me") == 1              # job-b's, cut short
+        assert [r.job_id for r in store.claim_webhooks("other", 30, 10)] == ["job-b"]
+        assert store.purge_webhooks(time.time() - 7 * 86400) == 0    # delivered just now: kept
+        assert store.purge_webhooks(time.time() + 1) == 1            # a week later: gone
+        assert store.webhook_of("job-a") is None and store.webhook_of("job-b") is not None
+        assert store.webhooks_pending() == 1
+    finally:
+        store.close()
+
+
+def test_the_allow_list_forms_and_the_rotation_grace() -> None:
+    """--webhook-allow's three forms, checked after resolution (IP literals here: no DNS needed)."""
+    import asyncio
+
+    from server.store.webhooks import WebhookSecrets
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    def allowed(policy: WebhookPolicy, url: str) -> bool:
+        try:
+            asyncio.run(policy.check(url))
+            return True
+        except WebhookRefused:
+            return False
+
+    default = WebhookPolicy()
+    assert allowed(default, "https://198.51.100.20/hook") is False      # TEST-NET-2: reserved, not global
+    assert allowed(default, "https://8.8.8.8/hook") is True
+    assert not allowed(default, "http://[fe80::1]/") and not allowed(default, "http://100.64.0.1/")
+    assert not allowed(default, "http://[::ffff:127.0.0.1]/")           # loopback, IPv4-mapped
+    listed = WebhookPolicy(["10.20.0.0/16", "127.0.0.1:9999", "[::1]:8443"], own_ports=[50051])
+    assert allowed(listed, "http://10.20.3.4/x") and not allowed(listed, "http://10.21.0.1/x")
+    assert allowed(listed, "http://127.0.0.1:9999/") and not allowed(listed, "http://127.0.0.1:9998/")
+    assert allowed(listed, "https://[::1]:8443/") and not allowed(listed, "https://[::1]:8444/")
+    assert not allowed(listed, "https://8.8.8.8/")                      # a list replaces the public rule
+    assert not allowed(WebhookPolicy(["127.0.0.0/8"], own_ports=[50051]), "http://127.0.0.1:50051/")
+    with pytest.raises(ValueError):
+        WebhookPolicy(["10.0.0.0/33"])
+    # Two signing keys during the grace after a rotation, one after it.
+    s = WebhookSecrets("new", "old", previous_valid_until=1000.0)
+    assert s.signing_keys(999.0) == ["new", "old"] and s.signing_keys(1000.0) == ["new"]

@@ -140,6 +140,10 @@
       status.textContent = `Uploading ${file.name}…`;
       const formdata = new FormData();   // as the DeepHearing seed does: one file under "file_key"
       formdata.append("file_key", file);
+      const callbackUrl = $("callback-url").value.trim();
+      if (callbackUrl) {
+        formdata.append("callback_url", callbackUrl);
+      }
       const resp = await gatewayFetch("enhance", { method: "POST", headers: { Authorization: key }, body: formdata });
       if (!resp.ok) {
         status.textContent = "";
@@ -194,18 +198,50 @@
     const row = job.row;
     row.dataset.status = stat.job_status;
     row.querySelector(".status").textContent = stat.job_status;
+    const hookPending = showCallback(row, stat.callback);
     row.querySelector("progress").value = stat.job_status === "completed" ? 1 : stat.progress || 0;
-    if (stat.job_status === "completed") {
-      showResult(job, stat);
-    } else if (stat.job_status === "failed") {
-      const err = stat.error || {};
-      const p = document.createElement("span");
-      p.className = "job-error";
-      p.textContent = words(err.code, err.msg);
-      row.querySelector(".result").replaceChildren(p);
-    } else {
-      job.timer = setTimeout(() => poll(jobId), POLL_MS);
+    const finished = stat.job_status === "completed" || stat.job_status === "failed";
+    if (finished && !job.shown) {
+      job.shown = true;
+      if (stat.job_status === "completed") {
+        showResult(job, stat);
+      } else {
+        const err = stat.error || {};
+        const p = document.createElement("span");
+        p.className = "job-error";
+        p.textContent = words(err.code, err.msg);
+        row.querySelector(".result").replaceChildren(p);
+      }
     }
+    if (!finished) {
+      job.timer = setTimeout(() => poll(jobId), POLL_MS);
+    } else if (hookPending) {   // the job is done; follow its webhook until it is delivered or given up
+      job.timer = setTimeout(() => poll(jobId), POLL_MS * 4);
+    }
+  }
+
+  // The job's webhook (its `callback` status) under its state; true while the delivery may still change.
+  function showCallback(row, callback) {
+    if (!callback) {
+      return false;
+    }
+    const line = document.createElement("div");   // the status cell was just rewritten: a new line each time
+    line.className = "callback muted";
+    row.querySelector(".status").appendChild(line);
+    line.dataset.state = callback.state;
+    line.dataset.attempts = String(callback.attempts);
+    let text = `webhook: ${callback.state}`;
+    if (callback.attempts) {
+      text += ` after ${callback.attempts} attempt${callback.attempts === 1 ? "" : "s"}`;
+    }
+    if (callback.last_status_code) {
+      text += ` (last answer HTTP ${callback.last_status_code})`;
+    } else if (callback.last_error) {
+      text += ` (${callback.last_error})`;
+    }
+    line.textContent = text;
+    line.title = callback.url;
+    return callback.state === "waiting" || callback.state === "pending";
   }
 
   function figure(caption, media) {
@@ -480,7 +516,8 @@
     const session = {
       ws: null, ctx: null, node: null, stream: null, rate: 0, delay: 0, sent: [], rtts: [],
       recorded: [], recordedSamples: 0, truncated: false, ending: false, done: null, lastUi: 0,
-      levelIn: -120, levelOut: -120, vp: 0, error: null, framesSent: 0, repliesReceived: 0,
+      levelIn: -120, levelOut: -120, vp: 0, error: null, framesSent: 0, repliesReceived: 0, inputGaps: 0,
+      source: null,
     };
     live = session;
     try {
@@ -519,7 +556,10 @@
         session.ws.send(JSON.stringify({ bypass: true }));
       }
       wireSession(session);
-      ctx.createMediaStreamSource(session.stream).connect(session.node);
+      // Held by the session: the graph alone is not a reference the page can count on to keep the
+      // microphone's node (and so the input) alive for the whole session.
+      session.source = ctx.createMediaStreamSource(session.stream);
+      session.source.connect(session.node);
       session.node.connect(ctx.destination);
       await ctx.resume();
       $("live-rate").textContent = `${session.rate} Hz, ${((1000 * session.delay) / session.rate).toFixed(0)} ms algorithmic delay`;
@@ -575,6 +615,7 @@
       ws.send(msg.samples.buffer);
       session.sent.push(performance.now());
       session.framesSent += 1;
+      session.inputGaps = msg.gaps;
       session.levelIn = levelDb(msg.samples);
       refreshUi(session);
     };
@@ -627,6 +668,7 @@
     const state = $("live-state");   // counters for scripts and tests: frames sent, replies received
     state.dataset.sent = session.framesSent;
     state.dataset.received = session.repliesReceived;
+    state.dataset.inputGaps = session.inputGaps;   // render quanta the microphone delivered nothing for
     showMeter("level-in", session.levelIn);
     showMeter("level-out", session.levelOut);
     const vad = $("vad");
@@ -677,6 +719,9 @@
   function teardown(session) {
     if (session.stream) {
       session.stream.getTracks().forEach((t) => t.stop());
+    }
+    if (session.source) {
+      session.source.disconnect();
     }
     if (session.node) {
       session.node.port.postMessage({ type: "close" });

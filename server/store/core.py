@@ -197,24 +197,34 @@ class Store(WebhookStore):
     """
 
     def __init__(self, database: str | Path, key_pepper: bytes | None = None,
-                 previous_key_pepper: bytes | None = None) -> None:
+                 previous_key_pepper: bytes | None = None, *, timeout: float | None = None) -> None:
         """``key_pepper`` is needed only to create or check keys (job workers open the store without it);
         it is checked against the database's record (:class:`SecretMismatch`). ``previous_key_pepper``
-        is the pepper a rotation replaces: keys hashed with it still work, and are re-hashed."""
+        is the pepper a rotation replaces: keys hashed with it still work, and are re-hashed.
+
+        ``timeout`` bounds, in seconds, how long one operation waits for a lock: the store's own (the
+        calls of other threads) and the database's (another connection's write lock on SQLite, a
+        table lock or a slow statement on PostgreSQL); past it the operation raises
+        :class:`StoreUnavailable` and its transaction rolls back. None: wait as long as the engine's
+        default (SQLite's busy timeout, 30 s; PostgreSQL: no limit). The server sets it (``--store-timeout``)."""
         self._pepper = key_pepper
         self._previous_pepper = previous_key_pepper
         self._lock = threading.Lock()
+        self._timeout = timeout
         self._db = open_engine(database)
         #: ``sqlite`` or ``postgresql``
         self.dialect = self._db.dialect
         #: the SQLite file, or None for a database server
         self.path: Path | None = getattr(self._db, "path", None)
         try:
-            with self._lock:
-                self.schema_version = self._db.migrate()
+            with self._locked() as db:
+                self.schema_version = db.migrate()
             #: what the pepper check found: "recorded", "matched" or "rotated" (None without a pepper)
             self.pepper_check = (self.check_secret("key_pepper", key_pepper, previous_key_pepper)
                                  if key_pepper else None)
+            if timeout is not None:  # after the start-up work, which may wait for another process's
+                with self._locked() as db:
+                    db.set_timeout(timeout)
         except BaseException:
             self._db.close()
             raise
@@ -225,14 +235,25 @@ class Store(WebhookStore):
         return self._db.description
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # no timeout: closing waits for the call in progress
             self._db.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Engine]:
+        """``with self._locked() as db``: the connection, for this thread alone; waits at most the
+        store's timeout for the calls of other threads."""
+        if not self._lock.acquire(timeout=-1 if self._timeout is None else self._timeout):
+            raise StoreUnavailable(f"the database {self.description} is busy: no turn within {self._timeout:g} s")
+        try:
+            yield self._db
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Engine]:
         """``with self._tx() as db``: one transaction under the store's lock."""
-        with self._lock, self._db.transaction():
-            yield self._db
+        with self._locked() as db, db.transaction():
+            yield db
 
     # -- secrets ---------------------------------------------------------------------------
 
@@ -281,14 +302,14 @@ class Store(WebhookStore):
         return hmac.new(self._pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def create_user(self, name: str) -> int:
-        with self._lock:
-            row = self._db.execute("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING uid",
+        with self._locked() as db:
+            row = db.execute("INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING uid",
                                    (name, time.time())).fetchone()
         return int(row[0])
 
     def user_name(self, uid: int) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT name FROM users WHERE uid = ?", (uid,)).fetchone()
+        with self._locked() as db:
+            row = db.execute("SELECT name FROM users WHERE uid = ?", (uid,)).fetchone()
         return row[0] if row else None
 
     def create_key(self, uid: int) -> tuple[int, str]:
@@ -305,21 +326,21 @@ class Store(WebhookStore):
         return int(row[0]), key
 
     def list_keys(self) -> list[KeyRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._locked() as db:
+            rows = db.execute(
                 "SELECT k.key_id, k.uid, u.name, k.created_at, k.revoked_at, k.scheme "
                 "FROM api_keys k JOIN users u ON u.uid = k.uid ORDER BY k.key_id"
             ).fetchall()
         return [KeyRecord(*r) for r in rows]
 
     def revoke_key(self, key_id: int) -> None:
-        with self._lock:
-            cur = self._db.execute(
+        with self._locked() as db:
+            cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
                 (time.time(), key_id),
             )
             if cur.rowcount == 0:
-                exists = self._db.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+                exists = db.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
                 if exists is None:
                     raise StoreError(f"no key with id {key_id}")
 
@@ -330,25 +351,25 @@ class Store(WebhookStore):
         digest = self._hash_key(key)
         query = ("SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
                  "WHERE k.key_hash = ? AND k.scheme IN (?, ?) AND k.revoked_at IS NULL")
-        with self._lock:
-            row = self._db.execute(query, (digest, "hmac", "hmac-previous")).fetchone()
+        with self._locked() as db:
+            row = db.execute(query, (digest, "hmac", "hmac-previous")).fetchone()
             if row is None and self._previous_pepper:  # hashed with the pepper a rotation replaces
                 old = hmac.new(self._previous_pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
-                row = self._db.execute(query, (old, "hmac", "hmac-previous")).fetchone()
+                row = db.execute(query, (old, "hmac", "hmac-previous")).fetchone()
                 if row is not None and hmac.compare_digest(bytes(row[3]), old):
                     # Re-hash it only once this pepper is the recorded one (a process still on the old
                     # pepper as its current, mid-rotation, must not hash it back).
-                    if self._db.execute("SELECT 1 FROM secret_fingerprints WHERE name = 'key_pepper' AND "
+                    if db.execute("SELECT 1 FROM secret_fingerprints WHERE name = 'key_pepper' AND "
                                         "fingerprint = ? AND status = 'current'",
                                         (secret_fingerprint("key_pepper", self._pepper or b""),)).fetchone():
-                        self._db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
+                        db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
                                          (digest, row[0]))
                     row = (*row[:3], digest)
             if row is None:  # a key created before peppering: check, then upgrade it in place
                 legacy = _sha256_key(key)
-                row = self._db.execute(query, (legacy, "sha256", "sha256")).fetchone()
+                row = db.execute(query, (legacy, "sha256", "sha256")).fetchone()
                 if row is not None and hmac.compare_digest(bytes(row[3]), legacy):
-                    self._db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
+                    db.execute("UPDATE api_keys SET key_hash = ?, scheme = 'hmac' WHERE key_id = ?",
                                      (digest, row[0]))
                     row = (*row[:3], digest)
         if row is None or not hmac.compare_digest(bytes(row[3]), digest):
@@ -357,15 +378,34 @@ class Store(WebhookStore):
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, job: JobRow, idempotent: tuple[str, str, str, bytes, float] | None = None) -> None:
+    def create_job(self, job: JobRow, idempotent: tuple[str, str, str, bytes, float] | None = None, *,
+                   count_upload: bool = False) -> None:
         """Insert the job. With ``idempotent`` = (key, reservation token, request fingerprint, reply,
         expires_at), the reply is stored under the reserved key in the same transaction (raises
-        :class:`IdempotencyConflict`, creating nothing, if the reservation was lost)."""
+        :class:`IdempotencyConflict`, creating nothing, if the reservation was lost). With
+        ``count_upload``, the upload's bytes and billed seconds count against its key's daily quotas
+        in the same transaction (undone by :meth:`withdraw_job`)."""
         values = [getattr(job, f) for f in JobRow.__dataclass_fields__]
         with self._tx() as db:
             db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values)
             if idempotent is not None:
                 _fill_key(db, job.uid, idempotent, [job.job_id])
+            if count_upload:
+                _add_usage(db, job.key_id, job.uid, job.created_at, upload_bytes=job.upload_bytes,
+                           admitted_seconds=job.billed_seconds)
+
+    def withdraw_job(self, job: JobRow) -> bool:
+        """Undo ``create_job(job, count_upload=True)`` (its caller gave up): delete the row unless a
+        worker has claimed it already, and take its bytes off the usage. False if it was not there or
+        claimed (then the job stands: it runs and is billed like any other)."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM jobs WHERE job_id = ? AND lease_owner IS NULL AND status = ?",
+                             (job.job_id, PENDING))
+            if cur.rowcount != 1:
+                return False
+            _add_usage(db, job.key_id, job.uid, job.created_at, upload_bytes=-job.upload_bytes,
+                       admitted_seconds=-job.billed_seconds)
+        return True
 
     def start_jobs(self, uid: int, job_ids: list[str], attenuation_limit_db: float | None, set_options: bool,
                    idempotent: tuple[str, str, str, bytes, float] | None = None,
@@ -425,25 +465,25 @@ class Store(WebhookStore):
         return IdempotencyRecord(token, "", None, [], now + hold_seconds)
 
     def renew_key(self, uid: int, key: str, token: str, until: float) -> bool:
-        with self._lock:
-            cur = self._db.execute("UPDATE idempotency_keys SET expires_at = ? WHERE uid = ? AND idem_key = ? "
+        with self._locked() as db:
+            cur = db.execute("UPDATE idempotency_keys SET expires_at = ? WHERE uid = ? AND idem_key = ? "
                                    "AND token = ? AND reply IS NULL", (until, uid, key, token))
             return bool(cur.rowcount == 1)
 
     def release_key(self, uid: int, key: str, token: str) -> None:
         """Drop a reservation (its request failed); a stored reply stays."""
-        with self._lock:
-            self._db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ? AND token = ? "
+        with self._locked() as db:
+            db.execute("DELETE FROM idempotency_keys WHERE uid = ? AND idem_key = ? AND token = ? "
                              "AND reply IS NULL", (uid, key, token))
 
     def sweep_keys(self, now: float) -> int:
         """Forget idempotency keys (replies and lapsed reservations) whose time ran out before ``now``."""
-        with self._lock:
-            return int(self._db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)).rowcount)
+        with self._locked() as db:
+            return int(db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)).rowcount)
 
     def get_job(self, job_id: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self._locked() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return JobRow(*row) if row else None
 
     def list_jobs(self, uid: int, limit: int, before: tuple[float, str] | None = None) -> list[JobRow]:
@@ -455,13 +495,13 @@ class Store(WebhookStore):
             args += [before[0], before[0], before[1]]
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         args.append(limit)
-        with self._lock:
-            return [JobRow(*r) for r in self._db.execute(sql, args).fetchall()]
+        with self._locked() as db:
+            return [JobRow(*r) for r in db.execute(sql, args).fetchall()]
 
     def count_queued(self, uid: int) -> int:
         """Jobs of the user that are not finished yet (for the queued-jobs limit)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._locked() as db:
+            row = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE uid = ? AND status NOT IN (?, ?)", (uid, COMPLETED, FAILED)
             ).fetchone()
         return int(row[0])
@@ -469,15 +509,15 @@ class Store(WebhookStore):
     def start_job(self, job_id: str, attenuation_limit_db: float | None, set_options: bool,
                   callback_url: str | None = None) -> bool:
         """Let a held job run (setting its options, and its callback URL when one is given)."""
-        with self._lock:
+        with self._locked() as db:
             if callback_url is not None:
-                self._db.execute("UPDATE jobs SET callback_url = ? WHERE job_id = ?", (callback_url, job_id))
+                db.execute("UPDATE jobs SET callback_url = ? WHERE job_id = ?", (callback_url, job_id))
             if set_options:
-                cur = self._db.execute(
+                cur = db.execute(
                     "UPDATE jobs SET held = 0, hold_expires = NULL, attenuation_limit_db = ? WHERE job_id = ?",
                     (attenuation_limit_db, job_id))
             else:
-                cur = self._db.execute("UPDATE jobs SET held = 0, hold_expires = NULL WHERE job_id = ?", (job_id,))
+                cur = db.execute("UPDATE jobs SET held = 0, hold_expires = NULL WHERE job_id = ?", (job_id,))
             return bool(cur.rowcount == 1)
 
     def renew_holds(self, uid: int, job_ids: list[str], until: float) -> list[str]:
@@ -577,8 +617,8 @@ class Store(WebhookStore):
             sets.append("progress = ?")
             args.append(progress)
         held, held_args = _lease_held(owner, attempt)
-        with self._lock:
-            cur = self._db.execute(
+        with self._locked() as db:
+            cur = db.execute(
                 f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND {held}", [*args, job_id, *held_args])
             return bool(cur.rowcount == 1)
 
@@ -617,23 +657,23 @@ class Store(WebhookStore):
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
-        with self._lock:
-            return int(self._db.execute(sql, args).rowcount)
+        with self._locked() as db:
+            return int(db.execute(sql, args).rowcount)
 
     def job_stats(self) -> tuple[dict[str, int], int, float | None]:
         """Jobs per state; runnable pending jobs (not held); the creation time of the oldest of those."""
-        with self._lock:
-            counts = {s: int(n) for s, n in self._db.execute(
+        with self._locked() as db:
+            counts = {s: int(n) for s, n in db.execute(
                 "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()}
-            queued, oldest = self._db.execute(
+            queued, oldest = db.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE status = ? AND held = 0", (PENDING,)).fetchone()
         return counts, int(queued), oldest
 
     def usage_today(self, uid: int) -> tuple[int, float]:
         """What the user was admitted today (UTC), over all their keys: upload bytes, and seconds of
         audio (x channels: jobs count when submitted, streams when they close)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._locked() as db:
+            row = db.execute(
                 "SELECT COALESCE(SUM(upload_bytes), 0), COALESCE(SUM(admitted_seconds), 0) FROM usage "
                 "WHERE uid = ? AND day = ?", (uid, _day(time.time()))).fetchone()
         return int(row[0]), float(row[1])
@@ -644,18 +684,18 @@ class Store(WebhookStore):
 
     def record_upload(self, key_id: int, uid: int, nbytes: int, seconds: float = 0.0) -> None:
         """An accepted upload: its bytes, and its billed seconds against the daily audio quota."""
-        with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), upload_bytes=nbytes, admitted_seconds=seconds)
+        with self._locked() as db:
+            _add_usage(db, key_id, uid, time.time(), upload_bytes=nbytes, admitted_seconds=seconds)
 
     def record_stream(self, key_id: int, uid: int, billed_seconds: float) -> None:
         """Usage of a finished live stream (seconds of audio x channels)."""
-        with self._lock:
-            _add_usage(self._db, key_id, uid, time.time(), billed_seconds=billed_seconds,
+        with self._locked() as db:
+            _add_usage(db, key_id, uid, time.time(), billed_seconds=billed_seconds,
                        admitted_seconds=billed_seconds)
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
-        with self._lock:
-            return [(str(d), float(b), int(u), int(j)) for d, b, u, j in self._db.execute(
+        with self._locked() as db:
+            return [(str(d), float(b), int(u), int(j)) for d, b, u, j in db.execute(
                 "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
                 (key_id,)).fetchall()]

@@ -75,6 +75,11 @@ class Engine:
     def close(self) -> None:
         raise NotImplementedError
 
+    def set_timeout(self, seconds: float) -> None:
+        """From now on a statement that waits longer than ``seconds`` for a lock (or, on PostgreSQL,
+        runs longer) fails with :class:`StoreUnavailable`, and its transaction rolls back."""
+        raise NotImplementedError
+
     def _lock_schema(self) -> None:
         """Inside the migration transaction: keep other processes from migrating at the same time."""
 
@@ -142,7 +147,13 @@ class SQLiteEngine(Engine):
                 time.sleep(0.01)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._db.execute(sql, args)
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            raise _busy(exc, self.description) from exc
+
+    def set_timeout(self, seconds: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
 
     def _has_version_table(self) -> bool:
         return self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
@@ -150,16 +161,28 @@ class SQLiteEngine(Engine):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")  # the write lock up front: no upgrade deadlock, no lost claim
+        self.execute("BEGIN IMMEDIATE")  # the write lock up front: no upgrade deadlock, no lost claim
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self.execute("COMMIT")
+        except StoreUnavailable:
+            self._db.execute("ROLLBACK")  # a COMMIT that could not get its lock leaves the transaction open
+            raise
 
     def close(self) -> None:
         self._db.close()
+
+
+def _busy(exc: sqlite3.OperationalError, description: str) -> Exception:
+    """SQLite's "database is locked" (another connection held the write lock past the busy timeout)
+    as :class:`StoreUnavailable`; any other error unchanged."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return StoreUnavailable(f"the database {description} is locked by another connection: {exc}")
+    return exc
 
 
 class PostgresEngine(Engine):
@@ -177,6 +200,7 @@ class PostgresEngine(Engine):
         self._url = url
         self.description = redact(url)
         self._in_transaction = False
+        self._timeout_ms: int | None = None
         self._conn = self._connect()
 
     def _unavailable(self, exc: BaseException, doing: str) -> StoreUnavailable:
@@ -186,9 +210,24 @@ class PostgresEngine(Engine):
     def _connect(self) -> Any:
         kwargs: dict[str, Any] = {} if "connect_timeout" in self._url else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         try:
-            return self._psycopg.connect(self._url, autocommit=True, **kwargs)
+            conn = self._psycopg.connect(self._url, autocommit=True, **kwargs)
+            if self._timeout_ms is not None:
+                self._apply_timeout(conn)
+            return conn
         except self._psycopg.Error as exc:
             raise self._unavailable(exc, "cannot connect to the database") from None
+
+    def _apply_timeout(self, conn: Any) -> None:
+        # statement_timeout bounds the wait for a table or row lock (LOCK TABLE, a long transaction)
+        # as well as a slow statement; the server cancels the statement and the transaction rolls back.
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [f"{self._timeout_ms}ms"])
+
+    def set_timeout(self, seconds: float) -> None:
+        self._timeout_ms = max(1, round(seconds * 1000))
+        try:
+            self._apply_timeout(self._live())
+        except self._psycopg.OperationalError as exc:
+            raise self._unavailable(exc, "lost the database") from exc
 
     def _live(self) -> Any:
         """The connection, opened again if the server restarted or the network broke since the last call

@@ -15,8 +15,8 @@ receivers (not call hushwire): keep backups as private as the database.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -78,37 +78,41 @@ def enqueue_webhook(db: Engine, job_id: str, uid: int, url: str, now: float) -> 
 
 
 class WebhookStore:
-    """Mixed into :class:`server.store.Store` (which supplies the engine, its lock and the pepper)."""
+    """Mixed into :class:`server.store.Store`, which supplies the connection through ``_locked`` (one
+    statement) and ``_tx`` (a transaction), both bounded by the store's timeout."""
 
-    _db: Engine
-    _lock: threading.Lock
+    def _locked(self) -> contextlib.AbstractContextManager[Engine]:
+        raise NotImplementedError
+
+    def _tx(self) -> contextlib.AbstractContextManager[Engine]:
+        raise NotImplementedError
 
     # -- secrets ------------------------------------------------------------------------------
 
     def webhook_secrets(self, uid: int, grace_seconds: float) -> WebhookSecrets:
         """The user's secrets, creating the first one on first use. StoreError for an unknown user."""
-        with self._lock, self._db.transaction():
-            row = self._db.execute(
+        with self._tx() as db:
+            row = db.execute(
                 "SELECT webhook_secret, webhook_prev_secret, webhook_rotated_at FROM users WHERE uid = ?"
-                f"{self._db.for_update}", (uid,)).fetchone()
+                f"{db.for_update}", (uid,)).fetchone()
             if row is None:
                 raise StoreError(f"no user with uid {uid}")
             current, prev, rotated = row
             if current is None:
                 current = _new_secret()
-                self._db.execute("UPDATE users SET webhook_secret = ? WHERE uid = ?", (current, uid))
+                db.execute("UPDATE users SET webhook_secret = ? WHERE uid = ?", (current, uid))
         until = rotated + grace_seconds if prev is not None and rotated is not None else None
         return WebhookSecrets(current, prev, until)
 
     def rotate_webhook_secret(self, uid: int, grace_seconds: float) -> WebhookSecrets:
         """A new secret; the current one keeps signing (as well) for ``grace_seconds``."""
         now = time.time()
-        with self._lock, self._db.transaction():
-            row = self._db.execute(f"SELECT webhook_secret FROM users WHERE uid = ?{self._db.for_update}",
+        with self._tx() as db:
+            row = db.execute(f"SELECT webhook_secret FROM users WHERE uid = ?{db.for_update}",
                                    (uid,)).fetchone()
             if row is None:
                 raise StoreError(f"no user with uid {uid}")
-            self._db.execute(
+            db.execute(
                 "UPDATE users SET webhook_secret = ?, webhook_prev_secret = ?, webhook_rotated_at = ? WHERE uid = ?",
                 (_new_secret(), row[0], now, uid))
         return self.webhook_secrets(uid, grace_seconds)
@@ -116,21 +120,21 @@ class WebhookStore:
     # -- the outbox ---------------------------------------------------------------------------
 
     def webhook_of(self, job_id: str) -> OutboxRow | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE job_id = ? "
+        with self._locked() as db:
+            row = db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE job_id = ? "
                                    "ORDER BY created_at DESC LIMIT 1", (job_id,)).fetchone()
         return OutboxRow(*row) if row else None
 
     def claim_webhooks(self, owner: str, lease_seconds: float, limit: int) -> list[OutboxRow]:
         """Lease up to ``limit`` due deliveries (pending, due, and not leased by a live deliverer)."""
         now = time.time()
-        with self._lock, self._db.transaction():
-            rows = [OutboxRow(*r) for r in self._db.execute(
+        with self._tx() as db:
+            rows = [OutboxRow(*r) for r in db.execute(
                 f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE state = ? AND next_attempt_at <= ? AND "
                 "(lease_expires IS NULL OR lease_expires < ?) ORDER BY next_attempt_at "
-                f"LIMIT ?{self._db.skip_locked}", (OUTBOX_PENDING, now, now, limit)).fetchall()]
+                f"LIMIT ?{db.skip_locked}", (OUTBOX_PENDING, now, now, limit)).fetchall()]
             for r in rows:
-                self._db.execute("UPDATE webhook_outbox SET lease_owner = ?, lease_expires = ? WHERE event_id = ?",
+                db.execute("UPDATE webhook_outbox SET lease_owner = ?, lease_expires = ? WHERE event_id = ?",
                                  (owner, now + lease_seconds, r.event_id))
         return rows
 
@@ -138,8 +142,8 @@ class WebhookStore:
                           next_attempt_at: float | None) -> bool:
         """Record one attempt's outcome (and release the lease). False if another deliverer took the row."""
         now = time.time()
-        with self._lock:
-            cur = self._db.execute(
+        with self._locked() as db:
+            cur = db.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, state = ?, last_status = ?, last_error = ?, "
                 "last_attempt_at = ?, next_attempt_at = COALESCE(?, next_attempt_at), done_at = ?, "
                 "lease_owner = NULL, lease_expires = NULL WHERE event_id = ? AND lease_owner = ?",
@@ -147,19 +151,24 @@ class WebhookStore:
                  owner))
             return bool(cur.rowcount == 1)
 
-    def release_webhook_leases(self) -> int:
-        """Forget every delivery lease (an embedded store at start-up: no other deliverer exists)."""
-        with self._lock:
-            return int(self._db.execute("UPDATE webhook_outbox SET lease_owner = NULL, lease_expires = NULL "
-                                        "WHERE lease_owner IS NOT NULL").rowcount)
+    def release_webhook_leases(self, owner: str | None = None) -> int:
+        """Give up delivery leases: ``owner``'s (a deliverer stopping with attempts unfinished), or every
+        one (an embedded store at start-up: no other deliverer exists)."""
+        sql = "UPDATE webhook_outbox SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner IS NOT NULL"
+        args: list[object] = []
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args.append(owner)
+        with self._locked() as db:
+            return int(db.execute(sql, args).rowcount)
 
     def purge_webhooks(self, finished_before: float) -> int:
         """Delete finished deliveries (delivered or given up) older than ``finished_before``."""
-        with self._lock:
-            return int(self._db.execute("DELETE FROM webhook_outbox WHERE state <> ? AND done_at < ?",
+        with self._locked() as db:
+            return int(db.execute("DELETE FROM webhook_outbox WHERE state <> ? AND done_at < ?",
                                         (OUTBOX_PENDING, finished_before)).rowcount)
 
     def webhooks_pending(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM webhook_outbox WHERE state = ?",
+        with self._locked() as db:
+            return int(db.execute("SELECT COUNT(*) FROM webhook_outbox WHERE state = ?",
                                         (OUTBOX_PENDING,)).fetchone()[0])

@@ -18,7 +18,7 @@ import time
 
 from server.blobs import BlobStore, BlobStoreError
 from server.logs import event
-from server.store import Store, StoreUnavailable
+from server.store import AsyncStore, JobRow, Settled, StoreUnavailable
 
 __all__ = ["Sweeper"]
 
@@ -28,17 +28,30 @@ MAX_INTERVAL_S = 5.0   # a sweep at least this often (more often for short holds
 
 
 class Sweeper:
-    def __init__(self, store: Store, blobs: BlobStore, hold_seconds: float) -> None:
+    def __init__(self, store: AsyncStore, blobs: BlobStore, hold_seconds: float) -> None:
         self._store = store
         self._blobs = blobs
         self.hold_seconds = hold_seconds
         self.interval = min(MAX_INTERVAL_S, max(0.05, hold_seconds / 4))
         self._task: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
 
     async def sweep_once(self) -> int:
         """One pass; returns how many held jobs it removed."""
         now = time.time()
-        rows = await asyncio.to_thread(self._store.sweep_held, now)
+        rows = await self._store.run_or_undo(lambda settled: self._late_sweep(settled, now),
+                                             self._store.sync.sweep_held, now)
+        await self._remove(rows, now)
+        return len(rows)
+
+    def _late_sweep(self, settled: Settled[list[JobRow]], now: float) -> None:
+        """A sweep that committed after its call timed out: its rows are gone, so remove their blobs."""
+        if settled.ran and settled.value:
+            task = asyncio.ensure_future(self._remove(settled.value, now))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _remove(self, rows: list[JobRow], now: float) -> None:
         for job in rows:
             try:
                 await asyncio.to_thread(self._blobs.delete, job.upload_blob)
@@ -47,7 +60,6 @@ class Sweeper:
             idle = now - (job.hold_expires or now) + self.hold_seconds
             event(log, "held job swept", job_id=job.job_id, uid=job.uid, key_id=job.key_id,
                   file_name=job.file_name, idle_s=round(idle, 1))
-        return len(rows)
 
     async def _loop(self) -> None:
         down = False
@@ -55,7 +67,7 @@ class Sweeper:
             try:
                 while await self.sweep_once():  # a full batch: there may be more
                     pass
-                forgotten = await asyncio.to_thread(self._store.sweep_keys, time.time())
+                forgotten = await self._store.run(self._store.sync.sweep_keys, time.time())
                 if forgotten:
                     event(log, "idempotency keys swept", count=forgotten)
                 down = False
