@@ -22,7 +22,7 @@ from s3_fixtures import s3_blob_url, s3_server  # noqa: F401  (a real S3-compati
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALSET = ROOT / "evalset"  # the committed evaluation set (evalset/README.md)
-HUSHWIRE = [sys.executable, "-m", "server.cli"]
+HUSHWIRE = [sys.executable, "-m", "cli"]
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
