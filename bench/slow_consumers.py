@@ -13,8 +13,9 @@ second after every call ended (or ``--wait`` passed) while the clients are still
     python -m bench.slow_consumers --server-root ../old-checkout   # the server of another checkout
     python -m bench.slow_consumers --quick                      # 3 clients, 1 round, 2 s slow-consumer
 
-Arguments after ``--`` go to ``hushwire serve``. ``--server-root`` runs ``python -m server.cli serve``
-in another checkout of the repository (e.g. a ``git worktree`` of an older commit), to compare.
+Arguments after ``--`` go to ``hushwire serve``. ``--server-root`` runs ``python -m cli serve``
+(``python -m server.cli serve`` in checkouts from before the CLI left the server) in another checkout
+of the repository (e.g. a ``git worktree`` of an older commit), to compare.
 """
 
 from __future__ import annotations
@@ -135,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     install_watchdog(args.rounds * (args.wait + 30) + 120)
     print_header("bench.slow_consumers", f"{args.clients} clients that never read, {args.rounds} round(s)")
     root = (args.server_root or ROOT).resolve()
+    hushwire = HUSHWIRE if (root / "cli" / "main.py").is_file() else [sys.executable, "-m", "server.cli"]
     try:
         with temp_dir() as tmp:
             metrics_port = free_port()
-            key = subprocess.run([*HUSHWIRE, "keys", "create", "--data-dir", str(tmp)], cwd=root, check=True,
+            key = subprocess.run([*hushwire, "keys", "create", "--data-dir", str(tmp)], cwd=root, check=True,
                                  capture_output=True, text=True, env=child_env()).stdout.strip().splitlines()[-1]
-            argv_ = [*HUSHWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp),
+            argv_ = [*hushwire, "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp),
                      "--workers", "1", "--metrics-port", str(metrics_port),
                      "--max-streams-per-user", str(args.clients + 1), *serve_args]
             log_path = tmp / "server.log"
