@@ -44,6 +44,7 @@ class ServerConfig:
     log_format: str = "text"
     max_streams_per_user: int = 256
     max_streams: int | None = None
+    live_cpu_budget: float = 0.9
     max_queued_jobs_per_user: int = 100
     max_bytes_per_day_per_user: int = 10 * 1000**3
     max_audio_seconds_per_day_per_user: float = 360000.0
