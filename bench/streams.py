@@ -64,8 +64,8 @@ from bench._common import (
     test_audio,
     usable_cpus,
 )
+from hushwire.contract import pcm
 from hushwire.v1 import enhancer_pb2
-from server import pcm
 
 METHOD = "/hushwire.v1.Enhancer/StreamEnhance"
 RATE_HZ = 16000

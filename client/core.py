@@ -48,13 +48,13 @@ import grpc
 import numpy as np
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
+from hushwire.contract import pcm
+from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2
-from server import pcm
 
 __all__ = ["ENCODINGS", "SLOW_CONSUMER_SECONDS", "BackendLost", "Call", "Request", "RetryBudget", "Settings",
            "StreamCore", "StreamOutput", "Update", "as_frames"]
 
-ENCODINGS = {"pcm16": pcm.PCM16, "float32": pcm.FLOAT32}
 # The server ends a stream whose client has taken no response for this long (SLOW_CONSUMER).
 SLOW_CONSUMER_SECONDS = 10.0
 # Jittered exponential backoff: the n-th wait is drawn from [cap/2, cap], cap = min(MAX, FIRST * 2**n).

@@ -29,10 +29,10 @@ import numpy as np
 from client.core import RetryBudget
 from client.errors import HushwireClientError
 from client.stream import BackendLost, EnhancerClient
+from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES
 
 __all__ = ["MicError", "MicOptions", "run_mic"]
 
-SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 CAPTURE_QUEUE_BLOCKS = 50        # ~1 s at 20 ms blocks: beyond that, capture blocks are dropped
 JITTER_TARGET_BLOCKS = 1         # playback starts once this much denoised audio is buffered
 JITTER_MAX_SECONDS = 0.5         # older audio is dropped beyond this, so latency cannot creep up
@@ -191,7 +191,7 @@ def _choose_rate(sd: Any, opts: MicOptions, device: int) -> int:
             raise MicError(f"--rate {opts.rate} is not supported; use one of {', '.join(map(str, SUPPORTED_RATES))}")
         return opts.rate
     native = int(sd.query_devices(device)["default_samplerate"])
-    return native if native in SUPPORTED_RATES else 48000
+    return native if native in SUPPORTED_RATES else max(SUPPORTED_RATES)
 
 
 class MicSession:
@@ -400,8 +400,8 @@ def _connect(opts: MicOptions) -> None:
 
 def run_mic(opts: MicOptions) -> int:
     sd = _import_sounddevice()
-    if not 1 <= opts.channels <= 8:
-        raise MicError("--channels must be 1..8")
+    if not 1 <= opts.channels <= MAX_CHANNELS:
+        raise MicError(f"--channels must be 1..{MAX_CHANNELS}")
     in_dev = _find_device(sd, opts.input_device, "input")
     out_dev = _find_device(sd, opts.output_device, "output") if opts.playback else None
     rate = _choose_rate(sd, opts, in_dev)

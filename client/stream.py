@@ -55,6 +55,7 @@ from client.core import (
     as_frames,
 )
 from client.errors import CallStatus, HushwireClientError, from_rpc_error
+from hushwire.contract.metadata import AUTHORIZATION_KEY
 from hushwire.v1 import enhancer_pb2_grpc
 
 __all__ = ["AsyncEnhancerClient", "AsyncLiveStream", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput",
@@ -98,7 +99,7 @@ def _check_serving(resp: health_pb2.HealthCheckResponse, target: str) -> None:
 
 
 def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", key),) if key else ()
+    return ((AUTHORIZATION_KEY, key),) if key else ()
 
 
 def _no_response() -> HushwireClientError:

@@ -17,8 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from hushwire.contract import keepalive
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http, keepalive
+from server import health_http
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig

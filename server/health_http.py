@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from server.config import bind_tcp
+from hushwire.settings import bind_tcp
 
 __all__ = ["Health", "HealthMirror", "bind"]
 

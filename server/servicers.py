@@ -14,10 +14,12 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
-from client.jobs import job_to_dict, result_url
+from hushwire.contract.job_status import STATUS_PROTO
+from hushwire.contract.metadata import RESULT_TOKEN_KEY
+from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
-from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
+from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections
 from server.errors import HushwireError, abort_with, quote_input
@@ -280,14 +282,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
 # -- jobs ------------------------------------------------------------------------------------------
 
-_STATUS = {
-    store_mod.PENDING: jobs_pb2.JOB_STATUS_PENDING,
-    store_mod.PRE_PROCESSING: jobs_pb2.JOB_STATUS_PRE_PROCESSING,
-    store_mod.PROCESSING: jobs_pb2.JOB_STATUS_PROCESSING,
-    store_mod.POST_PROCESSING: jobs_pb2.JOB_STATUS_POST_PROCESSING,
-    store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
-    store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
-}
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
@@ -340,7 +334,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def _to_proto(self, job: JobRow, outbox: OutboxRow | None = None, with_callback: bool = True) -> jobs_pb2.Job:
         """The job as the client sees it; ``outbox`` is its callback's delivery (None: not due yet)."""
         msg = jobs_pb2.Job(
-            job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
+            job_id=job.job_id, status=STATUS_PROTO[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,

@@ -81,7 +81,8 @@ def chromium(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | Non
                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,860",
                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                 f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-                "--proxy-server=direct://", "--proxy-bypass-list=*"):
+                "--proxy-server=direct://", "--proxy-bypass-list=*",
+                "--js-flags=--expose-gc"):   # window.gc(): the live tests collect garbage mid-session
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     downloads = tmp_path_factory.mktemp("downloads")
@@ -154,12 +155,20 @@ def read_loop(path: Path, rate: int) -> np.ndarray:
     return x if file_rate == rate else soxr.resample(x, file_rate, rate).astype(np.float32)
 
 
+def collect_garbage(driver: Driver) -> None:
+    """A full garbage collection in the page, as happens now and then in a long session: whatever the
+    live session does not hold a reference to goes. (A microphone source node nobody referenced did, and
+    the capture stopped mid-session: the stall once blamed on the fake microphone.)"""
+    driver.execute_script("window.gc(); window.gc();")
+
+
 def run_live(driver: Driver, seconds: float, shots: Path | None = None) -> tuple[np.ndarray, int]:
     """Start, stream ``seconds``, stop; returns the page's recording (the download) and its rate."""
     driver.find_element(By.ID, "live-start").click()
     wait_for(driver, "the live stream to start",
              lambda d: d.find_element(By.ID, "live-state").text == "live" or error_text(d))
     assert not error_text(driver), error_text(driver)
+    collect_garbage(driver)
     time.sleep(seconds / 2)
     level_in = float(driver.find_element(By.ID, "level-in").get_attribute("data-db"))
     assert level_in > -50, f"the input meter shows {level_in} dB"
@@ -174,7 +183,11 @@ def run_live(driver: Driver, seconds: float, shots: Path | None = None) -> tuple
     time.sleep(seconds / 2)
     state = driver.find_element(By.ID, "live-state")
     sent, received = int(state.get_attribute("data-sent")), int(state.get_attribute("data-received"))
-    assert sent > seconds * 80 and sent - received < 50, (sent, received)   # 10 ms frames, answered as they go
+    gaps = int(state.get_attribute("data-input-gaps"))
+    # 10 ms frames on the audio clock, answered as they go. (The page's capture used to stop when the
+    # browser handed the worklet an empty input, which read as a stalled microphone: now such render
+    # quanta are silence, counted in data-input-gaps.)
+    assert sent > seconds * 80 and sent - received < 50, (sent, received, f"input gaps {gaps}")
     driver.find_element(By.ID, "live-stop").click()
     link = wait_for(driver, "the recording's download link",
                     lambda d: (d.find_element(By.ID, "live-download").get_attribute("href") or "").startswith("blob:")
@@ -262,15 +275,7 @@ def test_live_through_the_page_denoises_the_microphone(browser: Driver, console_
         print(report)
         return after - before, report
 
-    # Headless Chromium's fake microphone now and then stalls mid-session (about one run in ten, with
-    # bypass on as well, so not the server's doing); a second session tells that apart from a denoiser
-    # that does not denoise, which fails both.
-    try:
-        gain, report = session()
-        assert gain > MIN_SI_SDR_GAIN_DB, report
-    except AssertionError as first:
-        print(f"live: first session failed ({first}); one more")
-        gain, report = session()
+    gain, report = session()
     (shots / "live-si-sdr.txt").write_text(report + "\n")
     assert gain > MIN_SI_SDR_GAIN_DB, report
 
@@ -309,14 +314,7 @@ def test_live_bypass_and_limit_controls(browser: Driver, console_gateway: Gatewa
         print(f"bypass: recording vs noisy input {similarity:.2f} dB ({len(audio) / rate:.1f} s recorded)")
         return similarity
 
-    # Headless Chromium's fake microphone now and then stalls mid-session (about one run in ten); one
-    # more session tells that apart from a bypass that does not pass the input through (fails both).
-    try:
-        similarity = bypassed_session()
-        assert similarity > 10, similarity
-    except AssertionError as first:
-        print(f"bypass: first session failed ({first}); one more")
-        similarity = bypassed_session()
+    similarity = bypassed_session()
     # The raw input, only delayed (Chromium resampled the file to the mic rate, soxr did for the
     # reference: broadband white noise keeps the two from matching to better than ~15 dB).
     assert similarity > 10, similarity

@@ -138,7 +138,7 @@ def test_a_postgresql_url_without_the_driver_says_what_to_install(tmp_path: Path
 
     from conftest import ROOT
 
-    hide_psycopg = ("import sys; sys.modules['psycopg'] = None; from server.cli import main; "
+    hide_psycopg = ("import sys; sys.modules['psycopg'] = None; from cli.main import main; "
                     f"sys.exit(main(['keys', 'list', '--data-dir', {str(tmp_path)!r}, "
                     "'--database-url', 'postgresql://u@127.0.0.1:5432/db']))")
     out = subprocess.run([sys.executable, "-c", hide_psycopg], capture_output=True, text=True, cwd=ROOT, timeout=60)

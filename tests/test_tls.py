@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 from conftest import ServerProcess, create_key, run_cli, start_server, white_noise_file
 from test_gateway import GatewayProcess, start_gateway
+from test_mic import audio_home  # noqa: F401  (fixture: JACK's dummy driver behind ALSA file devices)
 from test_stream_resume import CHUNK, RATE, Feed, Reader
 from tls_fixtures import PKI, Leaf, pki  # noqa: F401  (fixture)
 from websockets.sync.client import connect as ws_connect
@@ -308,7 +309,7 @@ def test_the_gateway_serves_https_and_calls_the_server_over_mutual_tls(
 
 
 def test_metrics_and_the_health_mirror_listen_where_told_and_on_loopback_by_default(tmp_path: Path) -> None:
-    from server.config import resolve
+    from hushwire.settings import resolve
 
     assert resolve(["metrics_host", "health_http_host"], {}, env={}) == {"metrics_host": "127.0.0.1",
                                                                          "health_http_host": "127.0.0.1"}
@@ -333,3 +334,20 @@ def test_metrics_and_the_health_mirror_listen_where_told_and_on_loopback_by_defa
                     http.get(f"http://127.0.0.1:{port}/")
     finally:
         assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_the_mic_command_over_mutual_tls(mtls_server: ServerProcess, mtls_key: str, pki: PKI,  # noqa: F811
+                                         tmp_path: Path,
+                                         audio_home: tuple[dict[str, str], Path, Any]) -> None:  # noqa: F811
+    env, _, _ = audio_home
+    rec = tmp_path / "mic.wav"
+    opened = len(events(mtls_server, "stream opened"))
+    proc = run_cli("mic", "--target", mtls_server.target, "--key", mtls_key, "--input-device", "filein",
+                   "--output-device", "fileout", "--rate", "48000", "--record", str(rec), "--duration", "1",
+                   "--tls-ca", str(pki.ca.path), "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key),
+                   env=env, timeout=60)
+    assert "streamed 1.0 s at 48000 Hz" in proc.stderr.replace("\r", "\n"), proc.stderr
+    assert sf.info(str(rec)).frames >= 48000
+    new = events(mtls_server, "stream opened")[opened:]
+    assert [e["client_subject"] for e in new] == [pki.client.subject]

@@ -449,3 +449,78 @@ def test_only_the_start_of_a_long_answer_is_read(impatient: Hooked, tmp_path: Pa
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_an_attempt_without_an_answer_ends_after_ten_seconds(impatient: Hooked, receiver: Receiver,
+                                                            tmp_path: Path) -> None:
+    receiver.script = ["hold"]       # the receiver takes the request and never answers (until teardown)
+    with JobsClient(impatient.srv.target, impatient.key) as jobs:
+        job = jobs.submit(_wav(tmp_path / "t.wav", 0.3), callback_url=receiver.url + "/silent")
+        receiver.wait_hits(1)
+        t0 = time.monotonic()
+        cb = _callback(jobs, job.job_id, "failed", timeout=30)   # too old by then: given up at once
+    took = time.monotonic() - t0
+    assert 9.0 < took < 15.0, took
+    assert cb.last_error.startswith("no answer within 10 s") and cb.last_status_code == 0, cb
+
+
+def test_finished_deliveries_are_purged_and_pending_ones_kept(tmp_path: Path) -> None:
+    """The store side of "outbox rows are kept 7 days" (the deliverer purges what is older, hourly)."""
+    from server.store import Store
+    from server.store.webhooks import enqueue_webhook
+
+    store = Store(tmp_path / "hw.db", b"pepper")
+    try:
+        uid = store.create_user("u")
+        with store._tx() as db:   # as finish_job does, in the transaction that ends a job
+            enqueue_webhook(db, "job-a", uid, "http://198.51.100.7/a", time.time())
+            enqueue_webhook(db, "job-b", uid, "http://198.51.100.7/b", time.time())
+        claimed = store.claim_webhooks("me", 30, 10)
+        assert {r.job_id for r in claimed} == {"job-a", "job-b"}
+        assert store.claim_webhooks("other", 30, 10) == []          # leased: nobody else takes them
+        done = next(r for r in claimed if r.job_id == "job-a")
+        assert store.webhook_attempted(done.event_id, "me", state="delivered", status=200, error=None,
+                                       next_attempt_at=None)
+        assert not store.webhook_attempted(done.event_id, "other", state="failed", status=None, error="x",
+                                           next_attempt_at=None)   # not its lease
+        assert store.release_webhook_leases("me") == 1              # job-b's, cut short
+        assert [r.job_id for r in store.claim_webhooks("other", 30, 10)] == ["job-b"]
+        assert store.purge_webhooks(time.time() - 7 * 86400) == 0    # delivered just now: kept
+        assert store.purge_webhooks(time.time() + 1) == 1            # a week later: gone
+        assert store.webhook_of("job-a") is None and store.webhook_of("job-b") is not None
+        assert store.webhooks_pending() == 1
+    finally:
+        store.close()
+
+
+def test_the_allow_list_forms_and_the_rotation_grace() -> None:
+    """--webhook-allow's three forms, checked after resolution (IP literals here: no DNS needed)."""
+    import asyncio
+
+    from server.store.webhooks import WebhookSecrets
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    def allowed(policy: WebhookPolicy, url: str) -> bool:
+        try:
+            asyncio.run(policy.check(url))
+            return True
+        except WebhookRefused:
+            return False
+
+    default = WebhookPolicy()
+    assert allowed(default, "https://198.51.100.20/hook") is False      # TEST-NET-2: reserved, not global
+    assert allowed(default, "https://8.8.8.8/hook") is True
+    assert not allowed(default, "http://[fe80::1]/") and not allowed(default, "http://100.64.0.1/")
+    assert not allowed(default, "http://[::ffff:127.0.0.1]/")           # loopback, IPv4-mapped
+    listed = WebhookPolicy(["10.20.0.0/16", "127.0.0.1:9999", "[::1]:8443"], own_ports=[50051])
+    assert allowed(listed, "http://10.20.3.4/x") and not allowed(listed, "http://10.21.0.1/x")
+    assert allowed(listed, "http://127.0.0.1:9999/") and not allowed(listed, "http://127.0.0.1:9998/")
+    assert allowed(listed, "https://[::1]:8443/") and not allowed(listed, "https://[::1]:8444/")
+    assert not allowed(listed, "https://8.8.8.8/")                      # a list replaces the public rule
+    assert not allowed(WebhookPolicy(["127.0.0.0/8"], own_ports=[50051]), "http://127.0.0.1:50051/")
+    with pytest.raises(ValueError):
+        WebhookPolicy(["10.0.0.0/33"])
+    # Two signing keys during the grace after a rotation, one after it.
+    s = WebhookSecrets("new", "old", previous_valid_until=1000.0)
+    assert s.signing_keys(999.0) == ["new", "old"] and s.signing_keys(1000.0) == ["new"]

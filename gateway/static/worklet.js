@@ -2,7 +2,11 @@
 //
 // Input: the microphone (any channel count, mixed down to mono), cut into frames of
 // `processorOptions.frameSamples` samples (10 ms at the context's rate) and posted to the page as
-// {type: "frame", samples: Float32Array} (the buffer is transferred, not copied).
+// {type: "frame", samples: Float32Array, gaps: n} (the buffer is transferred, not copied).
+// The render clock is the stream's clock: a render quantum with no input at all (the browser hands
+// the processor an empty input while its source delivers nothing) is captured as silence and counted
+// in `gaps`, so a microphone that falters leaves a silent stretch of the right length instead of
+// stopping the stream (which the page and the server would take for a stall, or an idle stream).
 // Output: the denoised audio the page posts back as {type: "play", samples: Float32Array}, played
 // from a small jitter buffer: playback starts once PREBUFFER_S is queued, a gap (underrun) plays
 // silence and waits for the buffer to fill again, and at most MAX_QUEUE_S stays queued (the oldest
@@ -11,6 +15,7 @@
 "use strict";
 
 const PREBUFFER_S = 0.04;
+const RENDER_QUANTUM = 128;   // samples per process() call (Web Audio's render quantum)
 const MAX_QUEUE_S = 0.5;
 
 class HushwireLive extends AudioWorkletProcessor {
@@ -19,6 +24,7 @@ class HushwireLive extends AudioWorkletProcessor {
     this.frameSamples = options.processorOptions.frameSamples;
     this.frame = new Float32Array(this.frameSamples);
     this.filled = 0;
+    this.gaps = 0;          // render quanta that had no input (captured as silence)
     this.capturing = true;
     this.alive = true;
     this.queue = [];        // Float32Arrays waiting to be played
@@ -45,12 +51,15 @@ class HushwireLive extends AudioWorkletProcessor {
     }
   }
 
-  capture(input) {
-    if (!this.capturing || input.length === 0) {
+  capture(input, quantum) {
+    if (!this.capturing) {
       return;
     }
-    const n = input[0].length;
-    const gain = 1 / input.length;
+    if (input.length === 0) {
+      this.gaps += 1;
+    }
+    const n = input.length ? input[0].length : quantum;
+    const gain = input.length ? 1 / input.length : 0;
     for (let i = 0; i < n; i++) {
       let s = 0;
       for (let c = 0; c < input.length; c++) {
@@ -58,7 +67,7 @@ class HushwireLive extends AudioWorkletProcessor {
       }
       this.frame[this.filled++] = s * gain;
       if (this.filled === this.frameSamples) {
-        this.port.postMessage({ type: "frame", samples: this.frame }, [this.frame.buffer]);
+        this.port.postMessage({ type: "frame", samples: this.frame, gaps: this.gaps }, [this.frame.buffer]);
         this.frame = new Float32Array(this.frameSamples);
         this.filled = 0;
       }
@@ -97,8 +106,9 @@ class HushwireLive extends AudioWorkletProcessor {
   }
 
   process(inputs, outputs) {
-    this.capture(inputs[0] || []);
-    this.play(outputs[0] || []);
+    const out = outputs[0] || [];
+    this.capture(inputs[0] || [], out.length ? out[0].length : RENDER_QUANTUM);
+    this.play(out);
     return this.alive;
   }
 }

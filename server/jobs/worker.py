@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from hushwire.contract.limits import native_rate
 from server.backends import open_blob_url
 from server.blobs import (
     BLOB_UNAVAILABLE_MSG,
@@ -36,7 +37,7 @@ from server.blobs import (
     BlobStoreError,
     is_storage_full,
 )
-from server.dsp import SUPPORTED_RATES, Denoiser
+from server.dsp import Denoiser
 from server.errors import HushwireError
 from server.jobs.names import result_blob as result_blob_name
 from server.jobs.probe import open_audio
@@ -65,10 +66,6 @@ class JobOutcome:
     outcome: Outcome
     error_code: str | None = None   # for FAILED: the contract code stored in the job
     error_msg: str | None = None
-
-
-def _native_rate(rate: int) -> int:
-    return rate if rate in SUPPORTED_RATES else next((r for r in SUPPORTED_RATES if r >= rate), SUPPORTED_RATES[-1])
 
 
 class _Resampler:
@@ -135,7 +132,7 @@ def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str
                                     attempt=attempt):
                 raise _Cancelled
 
-        rate = _native_rate(job.sample_rate)
+        rate = native_rate(job.sample_rate)
         denoiser = Denoiser(rate, job.channels, job.attenuation_limit_db)
         to_native = _Resampler(job.sample_rate, rate, job.channels)
         from_native = _Resampler(rate, job.sample_rate, job.channels)

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hushwire.contract.job_status import COMPLETED, FAILED, PENDING, POST_PROCESSING, PRE_PROCESSING, PROCESSING
 from server.store.engines import Engine, StoreError, StoreUnavailable, open_engine
 from server.store.webhooks import WebhookStore, enqueue_webhook
 
@@ -50,9 +51,7 @@ __all__ = [
 
 KEY_PREFIX = "hw_"
 
-# Job states, as the REST contract spells them.
-PENDING, PRE_PROCESSING, PROCESSING, POST_PROCESSING = "pending", "pre-processing", "processing", "post-processing"
-COMPLETED, FAILED = "completed", "failed"
+# Job states: the store keeps the REST contract's spelling.
 IN_FLIGHT = (PRE_PROCESSING, PROCESSING, POST_PROCESSING)
 
 
