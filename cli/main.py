@@ -26,7 +26,8 @@ _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret",
     "signing_secret_previous", "log_level",
     "log_format",
-    "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_streams_per_user", "max_streams", "live_cpu_budget", "max_queued_jobs_per_user",
+    "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
     "stream_batch_ms",
@@ -243,7 +244,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from server.evaluate import EvalError, main
+    from cli.evaluate import EvalError, main
 
     def progress(line: str) -> None:
         print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)

@@ -15,10 +15,12 @@ import grpc
 from grpc._cython import cygrpc
 
 from hushwire.contract.job_status import STATUS_PROTO
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.contract.metadata import RESULT_TOKEN_KEY
 from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
+from server.admission import Admission
 from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections
@@ -58,17 +60,23 @@ STATUS_FLUSH_SECONDS = 5.0
 class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
-    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    slow_consumer_s: float = SLOW_CONSUMER_SECONDS   # no response taken for this long: SLOW_CONSUMER
     idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
 
 
+_FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
+
+
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
-    def __init__(self, max_per_user: int = 256, max_streams: int | None = None) -> None:
+    def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
+                 admission: Admission | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
+        self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
+        self.admission = admission
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
         self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
@@ -78,17 +86,43 @@ class StreamRegistry:
 
     def add(self, task: asyncio.Task[object], uid: int) -> None:
         """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
-        not worth retrying), OVERLOADED when the server has ``max_streams`` (retry, ideally elsewhere)."""
+        not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
+        in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
+        reserves the cost of one 16 kHz mono stream."""
         if self.per_user[uid] >= self.max_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
         if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+            METRICS.streams_refused.labels("cap").inc()
             raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
                                               f"({self.max_streams}); retry, ideally on another replica")
+        if self.admission is not None:
+            if not self.admission.try_reserve(1.0):
+                METRICS.streams_refused.labels("load").inc()
+                raise HushwireError("OVERLOADED", _FULL_MSG)
+            self.weights[task] = 1.0
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
 
+    def weigh(self, task: asyncio.Task[object], weight: float) -> None:
+        """Set a stream's reservation from its config (rate and channels); OVERLOADED when the larger
+        one does not fit. A server's only stream always fits."""
+        if self.admission is None or task not in self.weights:
+            return
+        old = self.weights[task]
+        if weight <= old:
+            self.admission.release(old - weight)
+        elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
+            METRICS.streams_refused.labels("load").inc()
+            raise HushwireError("OVERLOADED", _FULL_MSG)
+        elif len(self.weights) <= 1:
+            self.admission.reserved_weight += weight - old
+        self.weights[task] = weight
+
     def discard(self, task: asyncio.Task[object]) -> None:
+        weight = self.weights.pop(task, None)
+        if weight is not None and self.admission is not None:
+            self.admission.release(weight)
         uid = self.tasks.pop(task, None)
         if uid is not None:
             self.per_user[uid] -= 1
@@ -139,6 +173,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                  max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
                  connections: Connections | None = None) -> None:
         self._registry = registry
+        self._admission = registry.admission
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
@@ -233,6 +268,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
             self._batcher,
         )
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            self._registry.weigh(task, session.weight)   # its reservation, now that its rate is known
+        except HushwireError:
+            session.close()
+            raise
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
         return session
@@ -256,6 +298,8 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 stats.max_processing_s = max(stats.max_processing_s, dt)
                 METRICS.chunk_seconds.observe(dt)
                 chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
+                if self._admission is not None:
+                    self._admission.audio(chunk_s * session.weight)
                 if chunk_s > 0:
                     METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from hushwire.contract import pcm
 from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
+from server.admission import stream_weight
 from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
 from server.metrics import METRICS
@@ -52,6 +53,7 @@ class StreamSession:
         self.channels = channels
         self.encoding = encoding
         self.frame_bytes = pcm.BYTES_PER_SAMPLE[encoding] * channels
+        self.weight = stream_weight(sample_rate_hz, channels)  # its cost against 16 kHz mono
         self.max_chunk_bytes = int(MAX_CHUNK_SECONDS * sample_rate_hz) * self.frame_bytes
         pool = batcher.pool(sample_rate_hz) if batcher is not None else None
         self.denoiser = Denoiser(sample_rate_hz, channels, _check_limit(attenuation_limit_db), pool=pool)

@@ -148,6 +148,7 @@ async def _never_reading_stream(target: str, key: str, opened: asyncio.Event) ->
         return code, time.monotonic() - last_write
 
 
+@pytest.mark.slow
 def test_clients_that_never_read_are_ended_and_their_memory_freed(tmp_path: Path) -> None:
     """Issue #18: SLOW_CONSUMER queues behind the unread responses, so a client that never reads would
     never receive it, and each such stream kept 5-7 MiB for as long as its client lived. The server

@@ -30,6 +30,7 @@ import pytest
 import soundfile as sf
 from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server, white_noise_file
 from test_gateway import GatewayProcess, start_gateway
+from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
 
 from client import HushwireClientError, JobsClient
 from gateway.openapi import RECEIVER_EXAMPLE
@@ -524,3 +525,35 @@ def test_the_allow_list_forms_and_the_rotation_grace() -> None:
     # Two signing keys during the grace after a rotation, one after it.
     s = WebhookSecrets("new", "old", previous_valid_until=1000.0)
     assert s.signing_keys(999.0) == ["new", "old"] and s.signing_keys(1000.0) == ["new"]
+
+
+def test_an_https_receiver_is_verified(impatient: Hooked, tmp_path: Path, pki: PKI) -> None:  # noqa: F811
+    """The connection goes to the checked address, but TLS still checks the URL's host against a trusted
+    CA: a receiver whose certificate the server does not trust gets nothing (and the job says why)."""
+    import ssl
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with JobsClient(impatient.srv.target, impatient.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "s.wav", 0.3),
+                              callback_url=f"https://127.0.0.1:{server.server_address[1]}/tls")
+            cb = _callback(jobs, job.job_id, "failed")
+        assert "CERTIFICATE_VERIFY_FAILED" in cb.last_error and not hits, cb
+    finally:
+        server.shutdown()
+        server.server_close()

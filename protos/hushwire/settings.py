@@ -78,6 +78,14 @@ def _port(text: str | int) -> int:
     return port
 
 
+def _fraction(text: str | float) -> float:
+    """A share of one core: 0 (off) to 64."""
+    x = float(text)
+    if not 0 <= x <= 64:
+        raise ValueError("must be 0 (off) to 64")
+    return x
+
+
 def _count(text: str | int) -> int:
     """A count that may be 0 but not negative."""
     n = int(text)
@@ -187,6 +195,10 @@ _HELP = {
     "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
     "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
                    "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
+    "live_cpu_budget": "admission control: the CPU (fraction of one core) a server process lets live streams "
+                       "use, against their measured cost; a new stream that would not fit in real time is "
+                       "refused with OVERLOADED and health `hushwire.v1.Enhancer` goes NOT_SERVING; 0 turns "
+                       "it off (see docs/performance.md)",
     "max_queued_jobs_per_user": "unfinished jobs per user (RATE_LIMITED beyond)",
     "max_bytes_per_day_per_user": "upload bytes per user per UTC day (RATE_LIMITED beyond)",
     "max_audio_seconds_per_day_per_user": "seconds of audio x channels per user per UTC day, counted for jobs "
@@ -261,6 +273,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
+        # 10.0 is hushwire.contract.limits.SLOW_CONSUMER_SECONDS, which the client library also reads
+        # (this table imports nothing first-party; tests/test_client_core.py keeps the two equal).
         Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
                 10.0, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
@@ -280,6 +294,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("max_streams_per_user", "HUSHWIRE_MAX_STREAMS_PER_USER",
                 "limits.max_streams_per_user", 256, int),
         Setting("max_streams", "HUSHWIRE_MAX_STREAMS", "limits.max_streams", None, _count),
+        Setting("live_cpu_budget", "HUSHWIRE_LIVE_CPU_BUDGET", "limits.live_cpu_budget", 0.9, _fraction),
         Setting("max_queued_jobs_per_user", "HUSHWIRE_MAX_QUEUED_JOBS_PER_USER",
                 "limits.max_queued_jobs_per_user", 100, int),
         Setting("max_bytes_per_day_per_user", "HUSHWIRE_MAX_BYTES_PER_DAY_PER_USER",

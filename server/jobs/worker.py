@@ -44,7 +44,7 @@ from server.jobs.probe import open_audio
 from server.logs import event, setup_logging
 from server.store import POST_PROCESSING, PROCESSING, JobRow, Store
 
-__all__ = ["BLOCK_SECONDS", "JobOutcome", "Outcome", "ready", "run_job", "worker_init"]
+__all__ = ["BLOCK_SECONDS", "JOB_NICE", "JobOutcome", "Outcome", "ready", "run_job", "worker_init"]
 
 log = logging.getLogger("hushwire.jobs")
 
@@ -219,9 +219,18 @@ def ready() -> bool:
     return True
 
 
+# Job workers' niceness (relative to the server): when both want the core, the scheduler gives a
+# nice-10 process about a tenth of what a nice-0 one gets, so live streams keep the CPU they need.
+JOB_NICE = 10
+
+
 def worker_init(log_level: str = "info", log_format: str = "text", parent_pid: int | None = None) -> None:
-    """Worker processes log like the server, die with it (Linux), and leave signals to it."""
+    """Worker processes log like the server, die with it (Linux), leave signals to it, and run at a
+    lower CPU priority (``JOB_NICE``): file jobs yield to live streams, which must stay real time,
+    yet still get whatever CPU the streams leave (a saturated server still finishes its jobs)."""
     setup_logging(log_level, log_format)
+    with contextlib.suppress(OSError):
+        os.nice(JOB_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
