@@ -149,6 +149,9 @@ class JitterBuffer:
 def _import_sounddevice() -> Any:
     try:
         import sounddevice as sd
+    except ImportError:   # the light client install leaves it to the `mic` extra
+        raise MicError("the microphone needs sounddevice: pip install 'hushwire-client[mic]' "
+                       "(or the full install)") from None
     except OSError as exc:
         raise MicError(
             "the PortAudio library was not found, so no audio device can be opened. Install it: "
