@@ -244,7 +244,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from server.evaluate import EvalError, main
+    from cli.evaluate import EvalError, main
 
     def progress(line: str) -> None:
         print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)

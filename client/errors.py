@@ -8,6 +8,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from hushwire.contract.errors import RETRYABLE
 from hushwire.contract.metadata import ERROR_CODE_KEY, error_code
 
 __all__ = ["ERROR_CODE_KEY", "RETRYABLE_CODES", "CallStatus", "HushwireClientError", "from_rpc_error",
@@ -44,9 +45,8 @@ def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
     return HushwireClientError(status, _trailer_code(err), details or "")
 
 
-# Contract codes that mean "try again, perhaps elsewhere": the server is draining, or it refused a
-# new live stream it could not serve in real time (docs/design.md's error table; both are UNAVAILABLE).
-RETRYABLE_CODES = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
+# Contract codes that mean "try again, perhaps elsewhere" (draining, or full).
+RETRYABLE_CODES = RETRYABLE
 
 
 def is_retryable(err: HushwireClientError) -> bool:

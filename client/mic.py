@@ -149,6 +149,9 @@ class JitterBuffer:
 def _import_sounddevice() -> Any:
     try:
         import sounddevice as sd
+    except ImportError:   # the light client install leaves it to the `mic` extra
+        raise MicError("the microphone needs sounddevice: pip install 'hushwire-client[mic]' "
+                       "(or the full install)") from None
     except OSError as exc:
         raise MicError(
             "the PortAudio library was not found, so no audio device can be opened. Install it: "
@@ -391,10 +394,12 @@ def _connect(opts: MicOptions) -> None:
                 return
             except HushwireClientError as err:
                 if (wait := retry.wait_after(err)) is None:
-                    raise MicError(f"the hushwire server at {opts.target} is unreachable; gave up after "
-                                   f"{opts.connect_timeout:g} s (is `hushwire serve` running? --target?)") from None
+                    raise MicError(f"the hushwire server at {opts.target} is unreachable or not serving; gave up "
+                                   f"after {opts.connect_timeout:g} s ({err.msg}; is `hushwire serve` running? "
+                                   f"--target?)") from None
+                reason = err.msg
             attempt += 1
-            _say(f"server at {opts.target} unreachable; retrying ({attempt})...")
+            _say(f"server at {opts.target} not ready ({reason}); retrying ({attempt})...")
             time.sleep(wait)
 
 

@@ -107,7 +107,7 @@ async def create_server(config: ServerConfig) -> Server:
         raise ConfigError(str(exc)) from None
     blobs = open_blobs(config)
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
-    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout),
+    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout, separate_reads=True),
                        config.store_timeout)
     log.info("database %s (schema version %d)", store.sync.description, store.sync.schema_version)
     if store.sync.pepper_check in ("recorded", "rotated"):

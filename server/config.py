@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.settings import ConfigError
 
 __all__ = ["ConfigError", "ServerConfig", "one_blas_thread"]
@@ -29,7 +30,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     drain_seconds: float = 10.0
-    slow_consumer_seconds: float = 10.0
+    slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS
     stream_idle_seconds: float = 30.0
     database_url: str | None = None
     blob_url: str | None = None

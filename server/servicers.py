@@ -15,6 +15,7 @@ import grpc
 from grpc._cython import cygrpc
 
 from hushwire.contract.job_status import STATUS_PROTO
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.contract.metadata import RESULT_TOKEN_KEY
 from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -59,7 +60,7 @@ STATUS_FLUSH_SECONDS = 5.0
 class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
-    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    slow_consumer_s: float = SLOW_CONSUMER_SECONDS   # no response taken for this long: SLOW_CONSUMER
     idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS

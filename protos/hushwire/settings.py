@@ -273,6 +273,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
+        # 10.0 is hushwire.contract.limits.SLOW_CONSUMER_SECONDS, which the client library also reads
+        # (this table imports nothing first-party; tests/test_client_core.py keeps the two equal).
         Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
                 10.0, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,

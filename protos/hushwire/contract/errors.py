@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["ERRORS", "MAX_QUOTED_CHARS", "ErrorSpec", "quote_input"]
+__all__ = ["ERRORS", "MAX_QUOTED_CHARS", "RETRYABLE", "ErrorSpec", "quote_input"]
 
 # Client input quoted in an error message is cut to this many characters: messages travel in gRPC
 # metadata (8 KiB for all of it by default) and logs, and must never carry a hostile value whole.
@@ -62,6 +62,10 @@ ERRORS: dict[str, ErrorSpec] = {
     "SERVICE_UNAVAILABLE": ErrorSpec(503, grpc.StatusCode.UNAVAILABLE, "Service unavailable"),
     "INTERNAL": ErrorSpec(500, grpc.StatusCode.INTERNAL, "Internal error"),
 }
+# The codes that refuse a request for now rather than for what it is: the server is draining, or it
+# cannot take another live stream in real time. A client tries again (with backoff; through a balancer
+# the retry lands on another replica); both are UNAVAILABLE, which standard gRPC clients retry too.
+RETRYABLE: frozenset[str] = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
 
 
 def quote_input(value: object, limit: int = MAX_QUOTED_CHARS) -> str:

@@ -9,7 +9,7 @@ import math
 from typing import overload
 
 __all__ = ["MAX_CHANNELS", "MAX_CHUNK_SECONDS", "MAX_FILE_RATE_HZ", "MIN_ATTENUATION_LIMIT_DB", "MIN_FILE_RATE_HZ",
-     "SUPPORTED_RATES", "check_attenuation_limit", "native_rate"]
+     "SLOW_CONSUMER_SECONDS", "SUPPORTED_RATES", "check_attenuation_limit", "native_rate"]
 
 # The stream's native rates; a file at another rate is resampled to one of these (soxr).
 SUPPORTED_RATES: tuple[int, ...] = (8000, 16000, 24000, 32000, 44100, 48000)
@@ -21,6 +21,10 @@ MIN_FILE_RATE_HZ, MAX_FILE_RATE_HZ = 8000, 192000
 MAX_CHUNK_SECONDS = 1.0
 # The smallest attenuation limit (0 dB: pass-through); there is no largest (absent: no limit).
 MIN_ATTENUATION_LIMIT_DB = 0.0
+# A live stream whose client takes no response for this long is ended with SLOW_CONSUMER (the
+# server's default, ``--slow-consumer-seconds``). The client library reads it the other way round:
+# a stream that ended while its caller had read nothing for this long is not resumed.
+SLOW_CONSUMER_SECONDS = 10.0
 
 
 def native_rate(rate: int) -> int:
