@@ -394,10 +394,12 @@ def _connect(opts: MicOptions) -> None:
                 return
             except HushwireClientError as err:
                 if (wait := retry.wait_after(err)) is None:
-                    raise MicError(f"the hushwire server at {opts.target} is unreachable; gave up after "
-                                   f"{opts.connect_timeout:g} s (is `hushwire serve` running? --target?)") from None
+                    raise MicError(f"the hushwire server at {opts.target} is unreachable or not serving; gave up "
+                                   f"after {opts.connect_timeout:g} s ({err.msg}; is `hushwire serve` running? "
+                                   f"--target?)") from None
+                reason = err.msg
             attempt += 1
-            _say(f"server at {opts.target} unreachable; retrying ({attempt})...")
+            _say(f"server at {opts.target} not ready ({reason}); retrying ({attempt})...")
             time.sleep(wait)
 
 

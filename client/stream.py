@@ -94,7 +94,8 @@ def _unreachable(target: str, timeout: float, err: grpc.RpcError) -> HushwireCli
 def _check_serving(resp: health_pb2.HealthCheckResponse, target: str) -> None:
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
         raise HushwireClientError(
-            grpc.StatusCode.UNAVAILABLE, None, f"the hushwire server at {target} is not serving (shutting down?)"
+            grpc.StatusCode.UNAVAILABLE, None,
+            f"the hushwire server at {target} is not serving live streams (draining, or full)"
         )
 
 
