@@ -293,9 +293,13 @@ def test_rest_callback_field_secret_rotation_and_the_documented_receiver(hooked:
     try:
         auth = {"Authorization": hooked.key}
         with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as http:
-            old = http.get("/me/webhook-secret", headers=auth).json()
+            got = http.get("/me/webhook-secret", headers=auth)
+            old = got.json()
             assert old == {"secret": hooked.secret(), "previous_valid_until": None}
-            new = http.post("/me/webhook-secret", headers=auth).json()
+            assert got.headers["cache-control"] == "no-store"   # a secret: no cache may keep it
+            rotated = http.post("/me/webhook-secret", headers=auth)
+            assert rotated.headers["cache-control"] == "no-store"
+            new = rotated.json()
             assert new["secret"] != old["secret"] and new["secret"] == hooked.secret()
             assert abs(new["previous_valid_until"] - (time.time() + 86400)) < 120
             assert http.get("/me/webhook-secret").status_code == 401
