@@ -28,7 +28,9 @@ and the connection), and checks the connected peer once more.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -68,6 +70,14 @@ MAX_BACKOFF_S = 3600.0               # retries are at least this frequent howeve
 LEASE_S = ATTEMPT_TIMEOUT_S + 20.0   # a deliverer's hold on a row; a dead deliverer's rows come back after it
 CLAIM_BATCH = 16
 IDLE_POLL_S = 1.0                    # how often the outbox is read when nothing pokes the deliverer
+RESOLVE_TIMEOUT_S = 5.0              # a callback host's DNS answer; slower is "does not resolve"
+DNS_THREADS = 4                      # callback host lookups at once
+
+# Callback hosts are resolved in threads of their own, never in the event loop's default executor,
+# which moves upload, download and probe I/O: a client's callback_url on a DNS server that never
+# answers holds its thread for the system resolver's own timeout (up to 30 s), well past
+# RESOLVE_TIMEOUT_S, and a few such submissions must not stall every other user's files.
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="hushwire-dns")
 
 
 class WebhookRefused(ValueError):
@@ -162,7 +172,8 @@ class WebhookPolicy:
         scheme, host, port = self.parse(url)
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 5.0)
+            lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(loop.run_in_executor(_DNS_POOL, lookup), RESOLVE_TIMEOUT_S)
         except (OSError, TimeoutError):
             raise WebhookRefused("callback_url's host does not resolve") from None
         addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))

@@ -116,6 +116,8 @@ def test_the_light_client_install_streams_and_runs_jobs_without_the_server(
     assert light_tops == {"client", "hushwire"}
     assert "hushwire/contract/pcm.py" in light.namelist() and "hushwire/v1/enhancer_pb2.py" in light.namelist()
     assert not any(n.endswith("entry_points.txt") for n in light.namelist())   # no `hushwire` command
+    entry_points = next(n for n in full.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    assert "hushwire = cli.main:main" in full.read(entry_points).decode()
 
     key = create_key(dist_server.data_dir, "--name", "light")
     rng = np.random.default_rng(7)

@@ -293,9 +293,13 @@ def test_rest_callback_field_secret_rotation_and_the_documented_receiver(hooked:
     try:
         auth = {"Authorization": hooked.key}
         with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as http:
-            old = http.get("/me/webhook-secret", headers=auth).json()
+            got = http.get("/me/webhook-secret", headers=auth)
+            old = got.json()
             assert old == {"secret": hooked.secret(), "previous_valid_until": None}
-            new = http.post("/me/webhook-secret", headers=auth).json()
+            assert got.headers["cache-control"] == "no-store"   # a secret: no cache may keep it
+            rotated = http.post("/me/webhook-secret", headers=auth)
+            assert rotated.headers["cache-control"] == "no-store"
+            new = rotated.json()
             assert new["secret"] != old["secret"] and new["secret"] == hooked.secret()
             assert abs(new["previous_valid_until"] - (time.time() + 86400)) < 120
             assert http.get("/me/webhook-secret").status_code == 401
@@ -543,6 +547,31 @@ def test_ipv6_forms_of_a_forbidden_ipv4_address_are_refused() -> None:
     asyncio.run(listed.check("http://[64:ff9b::a14:304]/"))          # 10.20.3.4, listed
     with pytest.raises(WebhookRefused, match="not in --webhook-allow"):
         asyncio.run(listed.check("http://[64:ff9b::a15:1]/"))       # 10.21.0.1
+
+
+def test_callback_hosts_resolve_outside_the_default_executor() -> None:
+    """A lookup that hangs (a DNS server that never answers) must not hold the loop's default executor,
+    which carries the uploads' and downloads' file I/O; nor may a busy default executor stall lookups."""
+    import asyncio
+    import concurrent.futures
+
+    from server.webhooks import WebhookPolicy
+
+    async def main() -> float:
+        busy = threading.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        blocker = loop.run_in_executor(None, busy.wait, 30)   # the default executor's only thread, held
+        try:
+            t0 = time.monotonic()
+            target = await WebhookPolicy(["::1/128"]).check("http://[::1]:9/")
+            assert target.addresses == ("::1",)
+            return time.monotonic() - t0
+        finally:
+            busy.set()
+            await blocker
+
+    assert asyncio.run(main()) < 2.0
 
 
 def test_an_https_receiver_is_verified(impatient: Hooked, tmp_path: Path, pki: PKI) -> None:  # noqa: F811

@@ -94,6 +94,9 @@ SECRET_LABELS = {"key_pepper": "key pepper (HUSHWIRE_KEY_PEPPER)",
                  "signing_secret": "signing secret (HUSHWIRE_SIGNING_SECRET)"}
 
 
+_SECRETS_LOCK_ID = 0x6877736563726574   # PostgreSQL advisory lock around the secret checks ("hwsecret")
+
+
 def secret_fingerprint(name: str, secret: bytes) -> str:
     """A fingerprint that names a secret without revealing it: HMAC-SHA256 keyed by the secret."""
     return hmac.new(secret, f"hushwire secret fingerprint: {name}".encode(), hashlib.sha256).hexdigest()
@@ -298,6 +301,9 @@ class Store(WebhookStore):
         mine = secret_fingerprint(name, secret)
         now = time.time()
         with self._tx() as db:
+            # Replicas first started together on a fresh database find no row to lock: without this
+            # lock each would record its own secret as 'current' and start, disagreeing silently.
+            db.serialize(_SECRETS_LOCK_ID)
             rows = dict(db.execute(f"SELECT fingerprint, status FROM secret_fingerprints WHERE name = ?"
                                    f"{db.for_update}", (name,)).fetchall())
             current = next((fp for fp, status in rows.items() if status == "current"), None)
