@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-HUSHWIRE = [sys.executable, "-m", "server.cli"]
+HUSHWIRE = [sys.executable, "-m", "cli"]
 EVAL_NOISY = ROOT / "evalset" / "16k" / "noisy"  # the committed evaluation set (evalset/README.md)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LISTENING = re.compile(r"listening on (?:http://)?(\S+):(\d+)")

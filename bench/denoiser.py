@@ -54,7 +54,7 @@ from bench._common import (  # noqa: E402
     temp_dir,
     test_audio,
 )
-from server import pcm  # noqa: E402
+from hushwire.contract import pcm  # noqa: E402
 from server.dsp import Denoiser, DenoiserPool  # noqa: E402
 from server.streams import StreamSession  # noqa: E402
 

@@ -78,7 +78,8 @@ from bench._common import (
     worker_pids,
 )
 from bench.streams import CHANNEL_OPTIONS, CHUNK_MS, METHOD, RATE_HZ, audio_requests, config_request
-from client.errors import ERROR_CODE_KEY, CallStatus
+from client.errors import CallStatus
+from hushwire.contract.metadata import ERROR_CODE_KEY
 from hushwire.v1 import enhancer_pb2
 
 OPEN_TIMEOUT_S = 60.0     # the config's answer; an overloaded server may take long, but not this long

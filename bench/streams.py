@@ -64,8 +64,8 @@ from bench._common import (
     test_audio,
     usable_cpus,
 )
+from hushwire.contract import pcm
 from hushwire.v1 import enhancer_pb2
-from server import pcm
 
 METHOD = "/hushwire.v1.Enhancer/StreamEnhance"
 RATE_HZ = 16000
@@ -361,7 +361,8 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
         for label in labels:
             if label == "hushwire":
                 data = tmp / "hushwire"
-                srv = start_hushwire(children, data, "--max-streams-per-user", "100000",
+                # Admission control off: the search offers more than the knee on purpose.
+                srv = start_hushwire(children, data, "--max-streams-per-user", "100000", "--live-cpu-budget", "0",
                                      "--metrics-port", str(metrics_port), cpu=server_cpu)
                 servers[label] = (srv, create_key(data))
             else:

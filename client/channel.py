@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 
 from client.errors import HushwireClientError
-from server.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
+from hushwire.contract.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
 
 __all__ = ["CHANNEL_OPTIONS", "ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
 
-# Every channel's options: the server's keepalive contract (server/keepalive.py), and a reconnect
+# Every channel's options: the server's keepalive contract (hushwire.contract.keepalive), and a reconnect
 # backoff that finds a restarted or replaced server within ~3 s (grpc's default grows to 120 s, far
 # past any connect budget: ``connect_timeout``, 10 s by default).
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (

@@ -48,15 +48,14 @@ import grpc
 import numpy as np
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
+from hushwire.contract import pcm
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
+from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2
-from server import pcm
 
 __all__ = ["ENCODINGS", "SLOW_CONSUMER_SECONDS", "BackendLost", "Call", "Request", "RetryBudget", "Settings",
            "StreamCore", "StreamOutput", "Update", "as_frames"]
 
-ENCODINGS = {"pcm16": pcm.PCM16, "float32": pcm.FLOAT32}
-# The server ends a stream whose client has taken no response for this long (SLOW_CONSUMER).
-SLOW_CONSUMER_SECONDS = 10.0
 # Jittered exponential backoff: the n-th wait is drawn from [cap/2, cap], cap = min(MAX, FIRST * 2**n).
 # Half the cap is fixed so waits still grow; the random half spreads clients that were refused together
 # (a replica's clients all reconnect within a second when it dies) over the next attempts.

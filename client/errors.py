@@ -8,10 +8,12 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from hushwire.contract.errors import RETRYABLE
+from hushwire.contract.metadata import ERROR_CODE_KEY, error_code
+
 __all__ = ["ERROR_CODE_KEY", "RETRYABLE_CODES", "CallStatus", "HushwireClientError", "from_rpc_error",
            "is_retryable"]
 
-ERROR_CODE_KEY = "hushwire-error-code"
 # After grpc's local INTERNAL for a failed write, how long to wait for the server's own status.
 STATUS_WAIT_S = 2.0
 _LOCAL_INTERNAL_DETAILS = "Internal error from Core"   # grpc.aio's details for it (cygrpc set_internal_error)
@@ -34,10 +36,7 @@ def _trailer_code(err: grpc.RpcError) -> str | None:
         trailers = err.trailing_metadata()
     except Exception:  # an error raised before any call was made has no trailers
         return None
-    for k, v in trailers or ():
-        if k == ERROR_CODE_KEY:
-            return v.decode() if isinstance(v, bytes) else str(v)
-    return None
+    return error_code(trailers)
 
 
 def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
@@ -46,9 +45,8 @@ def from_rpc_error(err: grpc.RpcError) -> HushwireClientError:
     return HushwireClientError(status, _trailer_code(err), details or "")
 
 
-# Contract codes that mean "try again, perhaps elsewhere": the server is draining, or it refused a
-# new live stream it could not serve in real time (docs/design.md's error table; both are UNAVAILABLE).
-RETRYABLE_CODES = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
+# Contract codes that mean "try again, perhaps elsewhere" (draining, or full).
+RETRYABLE_CODES = RETRYABLE
 
 
 def is_retryable(err: HushwireClientError) -> bool:

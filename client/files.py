@@ -9,11 +9,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioFile", "STREAM_RATES", "from_stream_rate", "read_audio", "stream_rate", "to_stream_rate",
-           "write_like"]
+from hushwire.contract.limits import native_rate
 
-# The live stream's native rates (docs/design.md); anything else is resampled on the way in and out.
-STREAM_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
+__all__ = ["AudioFile", "from_stream_rate", "read_audio", "stream_rate", "to_stream_rate", "write_like"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +38,12 @@ def write_like(path: str | Path, samples: np.ndarray, like: AudioFile) -> None:
 
 
 def stream_rate(rate: int) -> int:
-    """The native rate to process ``rate`` at: itself if supported, else the next one up (max 48 kHz)."""
-    if rate in STREAM_RATES:
-        return rate
-    return next((r for r in STREAM_RATES if r >= rate), STREAM_RATES[-1])
+    """The live stream's rate for audio at ``rate`` (:func:`hushwire.contract.limits.native_rate`)."""
+    return native_rate(rate)
 
 
 def to_stream_rate(samples: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+    """``samples`` at a rate the live stream supports, resampled (soxr) if needed."""
     target = stream_rate(rate)
     if target == rate:
         return samples, rate

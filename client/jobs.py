@@ -7,71 +7,23 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote, urlencode
 
 import grpc
 
 from client.channel import ClientTLS, open_channel
 from client.errors import HushwireClientError, from_rpc_error
+from hushwire.contract import job_status
+from hushwire.contract.job_status import STATUS_NAMES
+from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
+from hushwire.contract.rest import callback_to_dict, job_to_dict, result_url
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["STATUS_NAMES", "JobsClient", "callback_to_dict", "job_to_dict", "result_url"]
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
-# The REST contract's spelling of each state.
-STATUS_NAMES = {
-    jobs_pb2.JOB_STATUS_PENDING: "pending",
-    jobs_pb2.JOB_STATUS_PRE_PROCESSING: "pre-processing",
-    jobs_pb2.JOB_STATUS_PROCESSING: "processing",
-    jobs_pb2.JOB_STATUS_POST_PROCESSING: "post-processing",
-    jobs_pb2.JOB_STATUS_COMPLETED: "completed",
-    jobs_pb2.JOB_STATUS_FAILED: "failed",
-}
-FINISHED = (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED)
-
-
-def result_url(public_url: str, job_id: str, expires: int, sig: str) -> str:
-    """The signed download URL of a completed job (DESIGN.md, "Result URL")."""
-    return f"{public_url.rstrip('/')}/results/{quote(job_id, safe='')}?{urlencode({'expires': expires, 'sig': sig})}"
-
-
-def job_to_dict(job: jobs_pb2.Job, result_url: str | None = None) -> dict[str, object]:
-    """A job in the shape of the REST status reply (docs/design.md, ``/stat/jobs/<id>``)."""
-    out: dict[str, object] = {
-        "model": job.model,
-        "app_id": 1,
-        "billed_time": round(job.billed_time, 6),
-        "timestamp": job.timestamp,
-        "mod_time": job.mod_time,
-        "file_name": job.file_name,
-        "job_id": job.job_id,
-        "uid": job.uid,
-        "file_key": job.file_key,
-        "job_status": STATUS_NAMES.get(job.status, "pending"),
-        "progress": round(job.progress, 4),
-    }
-    if job.status == jobs_pb2.JOB_STATUS_COMPLETED and result_url:
-        out["result"] = result_url
-    if job.status == jobs_pb2.JOB_STATUS_FAILED:
-        out["error"] = {"code": job.error.code or "INTERNAL", "msg": job.error.msg}
-    if job.HasField("callback"):
-        out["callback"] = callback_to_dict(job.callback)
-    return out
-
-
-def callback_to_dict(cb: jobs_pb2.JobCallback) -> dict[str, object]:
-    """A job's webhook state (``callback`` in its status): where, how far, and the last attempt's outcome."""
-    out: dict[str, object] = {"url": cb.url, "state": cb.state, "attempts": cb.attempts}
-    if cb.event_id:
-        out["event_id"] = cb.event_id
-    if cb.last_attempt_at:
-        out["last_attempt"] = cb.last_attempt_at
-        out["last_status_code"] = cb.last_status_code or None
-        if cb.last_error:
-            out["last_error"] = cb.last_error
-    if cb.next_attempt_at:
-        out["next_attempt"] = cb.next_attempt_at
-    return out
+# STATUS_NAMES (proto value -> the REST spelling) and the REST shapes (job_to_dict, result_url,
+# callback_to_dict) are the contract's (hushwire.contract), re-exported here.
+FINISHED = tuple(job_status.STATUS_PROTO[name] for name in job_status.FINISHED)
 
 
 class JobsClient:
@@ -97,7 +49,7 @@ class JobsClient:
         self._channel.close()
 
     def _md(self, extra: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
-        return ((("authorization", self.key),) if self.key else ()) + extra
+        return (((AUTHORIZATION_KEY, self.key),) if self.key else ()) + extra
 
     def _unary(self, method: Callable[..., object], request: object) -> object:
         try:
@@ -197,7 +149,7 @@ class JobsClient:
                  ) -> tuple[jobs_pb2.ResultInfo, Path | bytes]:
         """Download the result into ``dest`` (a file path or a directory), or return its bytes.
         With ``token`` (a result URL's ``expires.sig``) no key is needed."""
-        md = self._md((("hushwire-result-token", token),) if token else ())
+        md = self._md(((RESULT_TOKEN_KEY, token),) if token else ())
         try:
             stream = self._stub.DownloadResult(jobs_pb2.DownloadResultRequest(job_id=job_id), metadata=md,
                                                timeout=self.timeout * 10)

@@ -29,10 +29,10 @@ import numpy as np
 from client.core import RetryBudget
 from client.errors import HushwireClientError
 from client.stream import BackendLost, EnhancerClient
+from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES
 
 __all__ = ["MicError", "MicOptions", "run_mic"]
 
-SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 CAPTURE_QUEUE_BLOCKS = 50        # ~1 s at 20 ms blocks: beyond that, capture blocks are dropped
 JITTER_TARGET_BLOCKS = 1         # playback starts once this much denoised audio is buffered
 JITTER_MAX_SECONDS = 0.5         # older audio is dropped beyond this, so latency cannot creep up
@@ -149,6 +149,9 @@ class JitterBuffer:
 def _import_sounddevice() -> Any:
     try:
         import sounddevice as sd
+    except ImportError:   # the light client install leaves it to the `mic` extra
+        raise MicError("the microphone needs sounddevice: pip install 'hushwire-client[mic]' "
+                       "(or the full install)") from None
     except OSError as exc:
         raise MicError(
             "the PortAudio library was not found, so no audio device can be opened. Install it: "
@@ -191,7 +194,7 @@ def _choose_rate(sd: Any, opts: MicOptions, device: int) -> int:
             raise MicError(f"--rate {opts.rate} is not supported; use one of {', '.join(map(str, SUPPORTED_RATES))}")
         return opts.rate
     native = int(sd.query_devices(device)["default_samplerate"])
-    return native if native in SUPPORTED_RATES else 48000
+    return native if native in SUPPORTED_RATES else max(SUPPORTED_RATES)
 
 
 class MicSession:
@@ -391,17 +394,19 @@ def _connect(opts: MicOptions) -> None:
                 return
             except HushwireClientError as err:
                 if (wait := retry.wait_after(err)) is None:
-                    raise MicError(f"the hushwire server at {opts.target} is unreachable; gave up after "
-                                   f"{opts.connect_timeout:g} s (is `hushwire serve` running? --target?)") from None
+                    raise MicError(f"the hushwire server at {opts.target} is unreachable or not serving; gave up "
+                                   f"after {opts.connect_timeout:g} s ({err.msg}; is `hushwire serve` running? "
+                                   f"--target?)") from None
+                reason = err.msg
             attempt += 1
-            _say(f"server at {opts.target} unreachable; retrying ({attempt})...")
+            _say(f"server at {opts.target} not ready ({reason}); retrying ({attempt})...")
             time.sleep(wait)
 
 
 def run_mic(opts: MicOptions) -> int:
     sd = _import_sounddevice()
-    if not 1 <= opts.channels <= 8:
-        raise MicError("--channels must be 1..8")
+    if not 1 <= opts.channels <= MAX_CHANNELS:
+        raise MicError(f"--channels must be 1..{MAX_CHANNELS}")
     in_dev = _find_device(sd, opts.input_device, "input")
     out_dev = _find_device(sd, opts.output_device, "output") if opts.playback else None
     rate = _choose_rate(sd, opts, in_dev)

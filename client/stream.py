@@ -55,6 +55,7 @@ from client.core import (
     as_frames,
 )
 from client.errors import CallStatus, HushwireClientError, from_rpc_error
+from hushwire.contract.metadata import AUTHORIZATION_KEY
 from hushwire.v1 import enhancer_pb2_grpc
 
 __all__ = ["AsyncEnhancerClient", "AsyncLiveStream", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput",
@@ -93,12 +94,13 @@ def _unreachable(target: str, timeout: float, err: grpc.RpcError) -> HushwireCli
 def _check_serving(resp: health_pb2.HealthCheckResponse, target: str) -> None:
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
         raise HushwireClientError(
-            grpc.StatusCode.UNAVAILABLE, None, f"the hushwire server at {target} is not serving (shutting down?)"
+            grpc.StatusCode.UNAVAILABLE, None,
+            f"the hushwire server at {target} is not serving live streams (draining, or full)"
         )
 
 
 def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", key),) if key else ()
+    return ((AUTHORIZATION_KEY, key),) if key else ()
 
 
 def _no_response() -> HushwireClientError:

@@ -11,7 +11,8 @@ Routes (docs/design.md, "Files over REST"):
 - ``GET|POST /stat/jobs/{job_id}``: ``Jobs.GetJob`` → the DeepHearing status keys
 - ``GET /results/{job_id}?expires=&sig=``: ``Jobs.DownloadResult`` with the signed token, streamed
 - ``GET /me``: ``Account.WhoAmI``; ``GET /healthz``, ``GET /readyz``; ``/docs``, ``/openapi.json``
-- ``GET /`` and ``/console/*``: the web console (gateway.console), with a strict Content-Security-Policy
+- ``GET /`` and ``/console/*``: the web console (gateway.console), with a strict Content-Security-Policy;
+  ``GET /console/limits.json``: the stream limits the console uses (the contract's values)
 - ``WS /live``: one WebSocket bridged to one ``Enhancer.StreamEnhance`` call (gateway.live, protocol there)
 """
 
@@ -47,23 +48,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.channel import ClientTLS, open_aio_channel
 from client.errors import HushwireClientError
-from client.jobs import job_to_dict, result_url
-from gateway.console import ConsoleAssets, console_page
+from gateway.config import GatewayConfig
+from gateway.console import ConsoleAssets, console_limits, console_page
 from gateway.errors import GatewayError, error_response, from_rpc_error
 from gateway.live import MAX_MESSAGE_BYTES, LiveBridge
 from gateway.metrics import MetricsMiddleware, metrics_response
 from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, openapi_document, reply
 from gateway.upload import UploadLimits, enhance_upload, finish_cleanups
+from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS, RESULT_TOKEN_KEY
+from hushwire.contract.rest import job_to_dict, result_url
+from hushwire.settings import ConfigError, bind_tcp
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server.config import ConfigError, GatewayConfig, bind_tcp
-from server.errors import MAX_KEY_CHARS
 
-__all__ = ["MAX_FILES_PER_REQUEST", "RESULT_TOKEN_KEY", "create_app", "public_url_of", "run"]
+__all__ = ["MAX_FILES_PER_REQUEST", "create_app", "public_url_of", "run"]
 
 log = logging.getLogger("hushwire.gateway")
 
 MAX_FILES_PER_REQUEST = 32
-RESULT_TOKEN_KEY = "hushwire-result-token"
 MAX_TOKEN_CHARS = 256          # a result token is ~75 characters; a longer one is not sent as metadata
 READY_TIMEOUT_S = 2.0          # a readiness probe must answer quickly, whatever the RPC deadline
 GRACEFUL_SHUTDOWN_S = 10     # open requests get this long after SIGTERM
@@ -112,7 +113,7 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     # Not even a possible key, and not valid (or too large) gRPC metadata: refused here, unsent.
     if len(auth) > MAX_KEY_CHARS or not all(" " <= ch <= "~" for ch in auth):
         raise GatewayError("API_KEY_NOT_FOUND")
-    return [("authorization", auth)]
+    return [(AUTHORIZATION_KEY, auth)]
 
 
 def _content_disposition(file_name: str) -> str:
@@ -390,6 +391,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     route("/readyz", gw.readyz, methods=["GET"], tags=["probes"], summary="Readiness",
           response_class=JSONResponse, responses={200: reply("ready", "Status"), **ERROR_REPLIES})
     route("/", gw.console, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    route("/console/limits.json", console_limits, methods=["GET"], include_in_schema=False)
     app.mount("/console", ConsoleAssets(), name="console-assets")
     app.add_api_websocket_route("/live", gw.live)
     route("/docs", gw.docs, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)

@@ -4,6 +4,9 @@
 files under ``/console/`` (no inline script or style, no CDN: the page works offline). The page
 talks to the same routes as every other client: ``GET /me``, ``POST /enhance``,
 ``GET /stat/jobs/<id>``, the signed result URLs, and the ``/live`` WebSocket (:mod:`gateway.live`).
+The stream's limits (rates, channels, the attenuation limit's range) come from ``GET
+/console/limits.json``, which serves the contract's values (:mod:`hushwire.contract.limits`), so the
+page copies none of them.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.live import allowed_origins
+from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, MIN_ATTENUATION_LIMIT_DB, SUPPORTED_RATES
+from hushwire.contract.pcm import ENCODINGS
 
-__all__ = ["ASSET_HEADERS", "STATIC_DIR", "ConsoleAssets", "content_security_policy", "console_page"]
+__all__ = ["ASSET_HEADERS", "LIMITS", "STATIC_DIR", "ConsoleAssets", "console_limits", "console_page",
+           "content_security_policy"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -26,6 +32,16 @@ ASSET_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
+}
+
+
+# What the page needs to know of the live stream's contract (``GET /console/limits.json``).
+LIMITS: dict[str, object] = {
+    "sample_rates_hz": list(SUPPORTED_RATES),
+    "max_channels": MAX_CHANNELS,
+    "encodings": sorted(ENCODINGS),
+    "max_chunk_seconds": MAX_CHUNK_SECONDS,
+    "min_attenuation_limit_db": MIN_ATTENUATION_LIMIT_DB,
 }
 
 
@@ -59,6 +75,11 @@ def console_page(request: Request, public_url: str) -> Response:
     csp = content_security_policy(public_url, request.headers.get("host"), request.url.scheme == "https")
     headers = {**ASSET_HEADERS, "Content-Security-Policy": csp, "X-Frame-Options": "DENY"}
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=headers)
+
+
+def console_limits() -> Response:
+    """The live stream's limits for the page, from the contract."""
+    return JSONResponse(LIMITS, headers=ASSET_HEADERS)
 
 
 class ConsoleAssets:

@@ -5,7 +5,7 @@ Every error reply is ``{"error": {"code": "...", "msg": "..."}}`` (docs/design.m
 Tree::
 
     GatewayError                     an HTTP error reply: status, contract code, message
-    ├── from a hushwire server       trailer ``hushwire-error-code`` → server.errors.ERRORS[code].http_status
+    ├── from a hushwire server       trailer ``hushwire-error-code`` → hushwire.contract.errors.ERRORS[code]
     ├── from anything else (no trailer), by gRPC status:
     │     UNAVAILABLE        503 SERVICE_UNAVAILABLE
     │     DEADLINE_EXCEEDED  504 UPSTREAM_TIMEOUT
@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse
 
 from client.errors import CallStatus
 from gateway.metrics import METRICS
-from server.errors import ERROR_CODE_KEY, ERRORS
+from hushwire.contract.errors import ERRORS
+from hushwire.contract.metadata import error_code
 
 __all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error", "has_server_code"]
 
@@ -63,21 +64,14 @@ def error_response(status: int, code: str, msg: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status)
 
 
-def _trailer_code(exc: grpc.aio.AioRpcError) -> str | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == ERROR_CODE_KEY:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
-
-
 def has_server_code(exc: grpc.aio.AioRpcError) -> bool:
     """Whether a hushwire server sent this error (a definite answer), rather than the transport or a proxy."""
-    return _trailer_code(exc) is not None
+    return error_code(exc.trailing_metadata()) is not None
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> GatewayError:
     """The HTTP error for a failed RPC: the server's contract code when it sent one, else by status."""
-    code = _trailer_code(exc)
+    code = error_code(exc.trailing_metadata())
     if code is not None:
         spec = ERRORS.get(code)
         if spec is not None:

@@ -65,8 +65,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
+from hushwire.contract.errors import quote_input
+from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS
+from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server.errors import MAX_KEY_CHARS, quote_input
 
 __all__ = [
     "ENCODINGS", "HELLO_TIMEOUT_S", "MAX_AHEAD_BYTES", "MAX_MESSAGE_BYTES", "SEND_TIMEOUT_S", "VP_HEADER",
@@ -75,7 +77,6 @@ __all__ = [
 
 log = logging.getLogger("hushwire.gateway")
 
-ENCODINGS = {"pcm16": enhancer_pb2.SAMPLE_ENCODING_PCM16, "float32": enhancer_pb2.SAMPLE_ENCODING_FLOAT32}
 HELLO_TIMEOUT_S = 10.0     # a socket that sends no first message for this long is closed (REQUEST_TIMEOUT)
 SEND_TIMEOUT_S = 10.0      # as the server's SLOW_CONSUMER_SECONDS: a client that takes nothing this long is ended
 # Audio in flight through the server (sent, not yet answered), beyond which the client is not read.
@@ -261,7 +262,7 @@ class LiveBridge:
         status: CallStatus | None = None
         try:
             key, config = parse_hello(await self._receive_hello(ws))
-            call = self._stub.StreamEnhance(metadata=[("authorization", key)])
+            call = self._stub.StreamEnhance(metadata=[(AUTHORIZATION_KEY, key)])
             status = CallStatus(call)
             first = await self._open(call, enhancer_pb2.StreamEnhanceRequest(config=config))
             await self._send(ws, text=json.dumps({"algorithmic_delay_samples": first.algorithmic_delay_samples}))

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.upload import CALLBACK_FIELD, IDEMPOTENCY_HEADER, OPTION_FIELD
+from hushwire.contract import job_status
+from hushwire.contract.limits import MIN_ATTENUATION_LIMIT_DB
 
 __all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "RECEIVER_EXAMPLE",
            "WEBHOOKS_DOC", "openapi_document", "reply"]
@@ -110,8 +112,7 @@ SCHEMAS: dict[str, Any] = {
             "job_id": {"type": "string"},
             "uid": {"type": "integer"},
             "file_key": {"type": "string", "description": "the form field name the file came under"},
-            "job_status": {"type": "string", "enum": ["pending", "pre-processing", "processing",
-                                                      "post-processing", "completed", "failed"]},
+            "job_status": {"type": "string", "enum": list(job_status.NAMES)},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "error": {
                 "type": "object",
@@ -178,7 +179,7 @@ ENHANCE_BODY: dict[str, Any] = {
                 "properties": {
                     "file_key": {"type": "string", "format": "binary",
                                  "description": "an audio file (WAV, FLAC, OGG, MP3, ...); any field name works"},
-                    OPTION_FIELD: {"type": "number", "minimum": 0,
+                    OPTION_FIELD: {"type": "number", "minimum": MIN_ATTENUATION_LIMIT_DB,
                                    "description": "maximum noise attenuation in dB for every file of the request "
                                                   "(absent: no limit; 0: pass-through)"},
                     CALLBACK_FIELD: {"type": "string", "format": "uri", "maxLength": 2048,

@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -51,8 +50,9 @@ from starlette.requests import Request
 
 from client.errors import CallStatus
 from gateway.errors import GatewayError, from_call_error, from_rpc_error, has_server_code
+from hushwire.contract.errors import quote_input
+from hushwire.contract.limits import check_attenuation_limit
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
-from server.errors import quote_input
 
 __all__ = ["CALLBACK_FIELD", "CHUNK_BYTES", "IDEMPOTENCY_HEADER", "OPTION_FIELD", "UploadLimits", "enhance_upload",
            "finish_cleanups", "render_reply"]
@@ -112,13 +112,10 @@ def _text(raw: bytes) -> str:
 
 def _attenuation(raw: bytes) -> float:
     try:
-        value = float(raw.decode("ascii").strip())
+        return check_attenuation_limit(float(raw.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
         raise GatewayError("INVALID_REQUEST", f"{OPTION_FIELD} must be a number >= 0 (dB), "
-                           f"got {quote_input(raw.decode('latin-1'))}")
-    return value
+                           f"got {quote_input(raw.decode('latin-1'))}") from None
 
 
 def render_reply(reply: Reply) -> bytes:

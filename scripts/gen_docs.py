@@ -1,5 +1,5 @@
-"""Regenerate the config reference in docs/operations.md and docs/design.md from the settings schema
-(server/config.py).
+"""Regenerate the config reference in docs/operations.md and docs/design.md from the settings table
+(hushwire.settings, protos/hushwire/settings.py).
 
     python scripts/gen_docs.py           # rewrite the sections in place
     python scripts/gen_docs.py --check   # exit 1 if a file is out of date (the test suite does this)
@@ -17,8 +17,8 @@ START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->
 
 
 def render(text: str) -> str:
-    sys.path.insert(0, str(ROOT))
-    from server.config import reference_table
+    sys.path.insert(0, str(ROOT / "protos"))
+    from hushwire.settings import reference_table
 
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)

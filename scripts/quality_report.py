@@ -4,7 +4,7 @@
     .venv/bin/python scripts/quality_report.py [--evalset DIR] [--json FILE] [--no-images]
 
 It scores hushwire's denoiser on the evaluation set's 16, 8 and 48 kHz folders with ``hushwire
-eval``'s code (server/evaluate.py), replaces the section between the ``quality-report`` markers of
+eval``'s code (cli/evaluate.py), replaces the section between the ``quality-report`` markers of
 docs/quality.md, and writes docs/images/spectrogram-*.png (noisy / hushwire / clean) for two clips.
 Every figure it writes comes from the repository alone.
 """
@@ -113,7 +113,7 @@ def spectrograms(evalset: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.evaluate import find_pairs, hushwire_system, score
+    from cli.evaluate import find_pairs, hushwire_system, score
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--evalset", type=Path, default=ROOT / "evalset", help="the set (default: evalset/)")

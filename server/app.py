@@ -17,8 +17,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from hushwire.contract import keepalive
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http, keepalive
+from server import health_http
+from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
@@ -72,6 +74,8 @@ class Server:
                 log.info("drain time over: ending %d stream(s)", len(self.registry.tasks))
                 self.registry.end_all()
                 await self.registry.wait_idle(5.0)
+        if self.registry.admission is not None:
+            await self.registry.admission.stop()
         await self.runner.stop()
         await self.sweeper.stop()
         if self.webhooks is not None:
@@ -103,7 +107,7 @@ async def create_server(config: ServerConfig) -> Server:
         raise ConfigError(str(exc)) from None
     blobs = open_blobs(config)
     await asyncio.to_thread(blobs.check)  # creates a missing bucket; BlobStoreError before anything starts
-    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout),
+    store = AsyncStore(await asyncio.to_thread(open_store, config, timeout=config.store_timeout, separate_reads=True),
                        config.store_timeout)
     log.info("database %s (schema version %d)", store.sync.description, store.sync.schema_version)
     if store.sync.pepper_check in ("recorded", "rotated"):
@@ -127,9 +131,10 @@ async def create_server(config: ServerConfig) -> Server:
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
-    registry = StreamRegistry(config.max_streams_per_user, config.max_streams)
     health_servicer = health.aio.HealthServicer()
-    health_state = Health(health_servicer, HEALTH_SERVICES)
+    health_state = Health(health_servicer, HEALTH_SERVICES, live_name=ENHANCER_SERVICE)
+    admission = Admission(config.live_cpu_budget or None, health_state.set_live_full)
+    registry = StreamRegistry(config.max_streams_per_user, config.max_streams, admission)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
     # start (a client that resumes a stream may reach a replica that is still starting) and while
     # draining.
@@ -184,6 +189,7 @@ async def create_server(config: ServerConfig) -> Server:
                                 base_delay_s=config.webhook_base_delay_seconds,
                                 max_age_s=config.webhook_max_age_seconds)
     webhooks.start()
+    admission.start()
     await health_state.set(True)
     return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls,
                   webhooks)

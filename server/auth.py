@@ -15,13 +15,14 @@ from typing import Any
 
 import grpc
 
+from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from server.connections import Connections
 from server.errors import ERRORS, MAX_KEY_CHARS, trailing_metadata
 from server.metrics import METRICS
 from server.rpc import DATABASE_DOWN_MSG
 from server.store import AsyncStore, Principal, StoreUnavailable
 
-__all__ = ["OPEN_SERVICES", "RESULT_TOKEN_KEY", "AuthInterceptor", "current_principal", "key_from_metadata",
+__all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal", "key_from_metadata",
            "maybe_principal"]
 
 OPEN_SERVICES = (
@@ -32,7 +33,6 @@ OPEN_SERVICES = (
 
 # DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
 TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
-RESULT_TOKEN_KEY = "hushwire-result-token"
 
 log = logging.getLogger("hushwire.auth")
 
@@ -54,7 +54,7 @@ def maybe_principal() -> Principal | None:
 
 def key_from_metadata(metadata: Any) -> str | None:
     for k, v in metadata or ():
-        if k == "authorization":
+        if k == AUTHORIZATION_KEY:
             v = v.decode() if isinstance(v, bytes) else v
             v = v.strip()
             if v[:7].lower() == "bearer ":

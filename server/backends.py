@@ -19,15 +19,16 @@ from server.store import Store
 __all__ = ["open_blob_url", "open_blobs", "open_store"]
 
 
-def open_store(config: ServerConfig, *, timeout: float | None = None) -> Store:
+def open_store(config: ServerConfig, *, timeout: float | None = None, separate_reads: bool = False) -> Store:
     """The store with its key pepper (configured, or generated into the data dir on first use), and the
     previous pepper of a rotation if one is configured.
     ``timeout`` bounds each operation's wait for a lock (the server passes ``--store-timeout``;
-    ``hushwire keys`` waits as long as the engine does). Raises :class:`server.store.StoreError`
+    ``hushwire keys`` waits as long as the engine does); the server also gives reads a connection of
+    their own (``separate_reads``, see :class:`~server.store.Store`). Raises :class:`server.store.StoreError`
     (:class:`~server.store.StoreUnavailable` when the database cannot be reached)."""
     previous = config.key_pepper_previous.encode() if config.key_pepper_previous else None
     return Store(config.store_url, load_secret(config.key_pepper, None, config.data_dir, "key_pepper"), previous,
-                 timeout=timeout)
+                 timeout=timeout, separate_reads=separate_reads)
 
 
 def open_blobs(config: ServerConfig) -> BlobStore:

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from server.config import ConfigError
+from hushwire.settings import ConfigError
 
 __all__ = [
     "BLOB_UNAVAILABLE_MSG", "STORAGE_FULL_MSG", "BlobNotFound", "BlobReader", "BlobStore", "BlobStoreError",

@@ -6,6 +6,9 @@ over plain HTTP (``--health-http-port``) for ``option httpchk``:
 - ``GET /readyz`` (or ``HEAD``): 200 ``SERVING`` while the server is SERVING; 503 ``NOT_SERVING``
   while it starts its job workers and from the moment a drain begins (SIGTERM), so the balancer
   stops sending it new streams before it refuses them;
+- ``GET /readyz/live``: the same for new live streams (health ``hushwire.v1.Enhancer``): also 503
+  while admission control finds the server full (server/admission.py), so a balancer sends new
+  ``/hushwire.v1.Enhancer/`` calls elsewhere while jobs still come here;
 - ``GET /healthz``: 200 while the process runs (liveness);
 - anything else: 404.
 
@@ -26,7 +29,7 @@ from typing import Any
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from server.config import bind_tcp
+from hushwire.settings import bind_tcp
 
 __all__ = ["Health", "HealthMirror", "bind"]
 
@@ -38,17 +41,35 @@ _HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", 
 
 
 class Health:
-    """Sets every gRPC health service name at once and remembers the status for the HTTP mirror."""
+    """Sets the gRPC health service names and remembers the status for the HTTP mirror.
 
-    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
+    ``serving`` is the whole server's (every name); ``live_full`` (admission control, see
+    server/admission.py) turns only ``live_name`` NOT_SERVING while the server is up.
+    """
+
+    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str], live_name: str | None = None) -> None:
         self.servicer = servicer
         self.names = tuple(names)
+        self.live_name = live_name
         self.serving = False
+        self.live_full = False
+
+    @property
+    def live_serving(self) -> bool:
+        return self.serving and not self.live_full
 
     async def set(self, serving: bool) -> None:
         self.serving = serving
+        await self._publish()
+
+    async def set_live_full(self, full: bool) -> None:
+        self.live_full = full
+        await self._publish()
+
+    async def _publish(self) -> None:
         for name in self.names:
-            await self.servicer.set(name, _SERVING if serving else _NOT_SERVING)
+            up = self.live_serving if name == self.live_name else self.serving
+            await self.servicer.set(name, _SERVING if up else _NOT_SERVING)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -83,10 +104,12 @@ class HealthMirror:
             status, body = 405, b"method not allowed\n"
         elif scope["path"] == "/readyz":
             status, body = (200, b"SERVING\n") if self._health.serving else (503, b"NOT_SERVING\n")
+        elif scope["path"] == "/readyz/live":
+            status, body = (200, b"SERVING\n") if self._health.live_serving else (503, b"NOT_SERVING\n")
         elif scope["path"] == "/healthz":
             status, body = 200, b"alive\n"
         else:
-            status, body = 404, b"not found: try /readyz or /healthz\n"
+            status, body = 404, b"not found: try /readyz, /readyz/live or /healthz\n"
         headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -80,6 +80,17 @@ class Metrics:
         self.webhook_attempt_seconds = Histogram("hushwire_webhook_attempt_seconds",
                                                  "Time of one webhook delivery attempt.",
                                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.streams_refused = Counter("hushwire_streams_refused", "New live streams refused with OVERLOADED, by "
+                                       "reason (load: admission control; cap: --max-streams).", ["reason"],
+                                       registry=r)
+        self.live_headroom = Gauge("hushwire_live_headroom_streams", "16 kHz mono streams admission would still "
+                                   "take now (-1: measured admission off).", registry=r)
+        self.live_cost = Gauge("hushwire_live_cost_seconds", "Measured server CPU seconds per second of 16 kHz "
+                               "mono live audio (EWMA; the admission's per-stream reservation).", registry=r)
+        self.live_full = Gauge("hushwire_live_full", "1 while new live streams are refused for load "
+                               "(health hushwire.v1.Enhancer NOT_SERVING), else 0.", registry=r)
+        self.loop_lag = Gauge("hushwire_event_loop_lag_seconds", "The event loop's mean lag over the last "
+                              "half second.", registry=r)
         self._store_collector: _StoreCollector | None = None
 
     def bind_store(self, store: Store) -> None:

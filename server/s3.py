@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from hushwire.settings import ConfigError
 from server.blobs import BlobNotFound, BlobReader, BlobStoreError
-from server.config import ConfigError
 
 try:
     import boto3

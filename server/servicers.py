@@ -14,10 +14,14 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
-from client.jobs import job_to_dict, result_url
+from hushwire.contract.job_status import STATUS_PROTO
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
+from hushwire.contract.metadata import RESULT_TOKEN_KEY
+from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
-from server.auth import RESULT_TOKEN_KEY, current_principal, maybe_principal
+from server.admission import Admission
+from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections
 from server.errors import HushwireError, abort_with, quote_input
@@ -56,17 +60,23 @@ STATUS_FLUSH_SECONDS = 5.0
 class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
-    slow_consumer_s: float = 10.0   # no response taken for this long: SLOW_CONSUMER
+    slow_consumer_s: float = SLOW_CONSUMER_SECONDS   # no response taken for this long: SLOW_CONSUMER
     idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
 
 
+_FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
+
+
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
-    def __init__(self, max_per_user: int = 256, max_streams: int | None = None) -> None:
+    def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
+                 admission: Admission | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
+        self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
+        self.admission = admission
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
         self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
@@ -76,17 +86,43 @@ class StreamRegistry:
 
     def add(self, task: asyncio.Task[object], uid: int) -> None:
         """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
-        not worth retrying), OVERLOADED when the server has ``max_streams`` (retry, ideally elsewhere)."""
+        not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
+        in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
+        reserves the cost of one 16 kHz mono stream."""
         if self.per_user[uid] >= self.max_per_user:
             raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
         if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+            METRICS.streams_refused.labels("cap").inc()
             raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
                                               f"({self.max_streams}); retry, ideally on another replica")
+        if self.admission is not None:
+            if not self.admission.try_reserve(1.0):
+                METRICS.streams_refused.labels("load").inc()
+                raise HushwireError("OVERLOADED", _FULL_MSG)
+            self.weights[task] = 1.0
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
 
+    def weigh(self, task: asyncio.Task[object], weight: float) -> None:
+        """Set a stream's reservation from its config (rate and channels); OVERLOADED when the larger
+        one does not fit. A server's only stream always fits."""
+        if self.admission is None or task not in self.weights:
+            return
+        old = self.weights[task]
+        if weight <= old:
+            self.admission.release(old - weight)
+        elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
+            METRICS.streams_refused.labels("load").inc()
+            raise HushwireError("OVERLOADED", _FULL_MSG)
+        elif len(self.weights) <= 1:
+            self.admission.reserved_weight += weight - old
+        self.weights[task] = weight
+
     def discard(self, task: asyncio.Task[object]) -> None:
+        weight = self.weights.pop(task, None)
+        if weight is not None and self.admission is not None:
+            self.admission.release(weight)
         uid = self.tasks.pop(task, None)
         if uid is not None:
             self.per_user[uid] -= 1
@@ -137,6 +173,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                  max_audio_seconds_per_day: float = math.inf, timeouts: StreamTimeouts | None = None,
                  connections: Connections | None = None) -> None:
         self._registry = registry
+        self._admission = registry.admission
         self._store = store
         self._batcher = StreamBatcher(batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
@@ -231,6 +268,13 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
             self._batcher,
         )
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            self._registry.weigh(task, session.weight)   # its reservation, now that its rate is known
+        except HushwireError:
+            session.close()
+            raise
         await self._write(context, enhancer_pb2.StreamEnhanceResponse(
             algorithmic_delay_samples=session.delay_samples))
         return session
@@ -254,6 +298,8 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 stats.max_processing_s = max(stats.max_processing_s, dt)
                 METRICS.chunk_seconds.observe(dt)
                 chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
+                if self._admission is not None:
+                    self._admission.audio(chunk_s * session.weight)
                 if chunk_s > 0:
                     METRICS.realtime_factor.observe(dt / chunk_s)
                 await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
@@ -280,14 +326,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
 # -- jobs ------------------------------------------------------------------------------------------
 
-_STATUS = {
-    store_mod.PENDING: jobs_pb2.JOB_STATUS_PENDING,
-    store_mod.PRE_PROCESSING: jobs_pb2.JOB_STATUS_PRE_PROCESSING,
-    store_mod.PROCESSING: jobs_pb2.JOB_STATUS_PROCESSING,
-    store_mod.POST_PROCESSING: jobs_pb2.JOB_STATUS_POST_PROCESSING,
-    store_mod.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
-    store_mod.FAILED: jobs_pb2.JOB_STATUS_FAILED,
-}
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_RENEW_JOBS = 1000   # job ids per RenewHolds or StartJobs call (a request holds at most 32 files)
@@ -340,7 +378,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def _to_proto(self, job: JobRow, outbox: OutboxRow | None = None, with_callback: bool = True) -> jobs_pb2.Job:
         """The job as the client sees it; ``outbox`` is its callback's delivery (None: not due yet)."""
         msg = jobs_pb2.Job(
-            job_id=job.job_id, status=_STATUS[job.status], progress=job.progress, file_name=job.file_name,
+            job_id=job.job_id, status=STATUS_PROTO[job.status], progress=job.progress, file_name=job.file_name,
             file_key=job.file_key, uid=job.uid, billed_time=job.billed_seconds, timestamp=int(job.created_at),
             mod_time=int(job.mod_time), model="model_16k" if job.sample_rate <= 16000 else "model_48k",
             sample_rate_hz=job.sample_rate, channels=job.channels, held=job.held,

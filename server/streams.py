@@ -9,21 +9,19 @@ of numpy is shared by many streams, which is what lets one core serve many of th
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import numpy as np
 import numpy.typing as npt
 
-from server import pcm
-from server.dsp import SUPPORTED_RATES, Denoiser, DenoiserPool
+from hushwire.contract import pcm
+from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
+from server.admission import stream_weight
+from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
 from server.metrics import METRICS
 
-__all__ = ["MAX_CHANNELS", "MAX_CHUNK_SECONDS", "StreamBatcher", "StreamSession"]
-
-MAX_CHANNELS = 8
-MAX_CHUNK_SECONDS = 1.0
+__all__ = ["StreamBatcher", "StreamSession"]
 
 
 def _invalid(msg: str) -> HushwireError:
@@ -31,11 +29,10 @@ def _invalid(msg: str) -> HushwireError:
 
 
 def _check_limit(db: float | None) -> float | None:
-    if db is None:
-        return None
-    if not math.isfinite(db) or db < 0:
-        raise _invalid(f"attenuation_limit_db must be a finite number >= 0, got {db}")
-    return float(db)
+    try:
+        return check_attenuation_limit(db)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
 
 
 class StreamSession:
@@ -56,6 +53,7 @@ class StreamSession:
         self.channels = channels
         self.encoding = encoding
         self.frame_bytes = pcm.BYTES_PER_SAMPLE[encoding] * channels
+        self.weight = stream_weight(sample_rate_hz, channels)  # its cost against 16 kHz mono
         self.max_chunk_bytes = int(MAX_CHUNK_SECONDS * sample_rate_hz) * self.frame_bytes
         pool = batcher.pool(sample_rate_hz) if batcher is not None else None
         self.denoiser = Denoiser(sample_rate_hz, channels, _check_limit(attenuation_limit_db), pool=pool)

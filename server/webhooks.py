@@ -17,7 +17,8 @@ writes a row in the store's outbox (:mod:`server.store.webhooks`). Every server 
 SSRF (:class:`WebhookPolicy`): a URL must be ``http`` or ``https`` with a host and no user info.
 Its host is resolved, and every address it resolves to must be allowed: by an entry of
 ``--webhook-allow`` (a host name, ``host:port``, or a CIDR), or, by default, by being a public
-(globally routable) address. Loopback, link-local (cloud metadata at 169.254.169.254), private,
+(globally routable) address; an IPv6 address that carries an IPv4 one (IPv4-mapped, NAT64's
+64:ff9b::/96, 6to4) is judged by that IPv4 address. Loopback, link-local (cloud metadata at 169.254.169.254), private,
 shared, multicast and reserved ranges are refused unless allowed, and the server's own ports on
 this machine always are. The check runs at submit (400 ``INVALID_REQUEST``) and again at every
 attempt, which then connects to the address it checked (so DNS cannot change between the check
@@ -27,7 +28,9 @@ and the connection), and checks the connected peer once more.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -67,6 +70,14 @@ MAX_BACKOFF_S = 3600.0               # retries are at least this frequent howeve
 LEASE_S = ATTEMPT_TIMEOUT_S + 20.0   # a deliverer's hold on a row; a dead deliverer's rows come back after it
 CLAIM_BATCH = 16
 IDLE_POLL_S = 1.0                    # how often the outbox is read when nothing pokes the deliverer
+RESOLVE_TIMEOUT_S = 5.0              # a callback host's DNS answer; slower is "does not resolve"
+DNS_THREADS = 4                      # callback host lookups at once
+
+# Callback hosts are resolved in threads of their own, never in the event loop's default executor,
+# which moves upload, download and probe I/O: a client's callback_url on a DNS server that never
+# answers holds its thread for the system resolver's own timeout (up to 30 s), well past
+# RESOLVE_TIMEOUT_S, and a few such submissions must not stall every other user's files.
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="hushwire-dns")
 
 
 class WebhookRefused(ValueError):
@@ -139,9 +150,7 @@ class WebhookPolicy:
 
     def _address_allowed(self, host: str, port: int, address: str) -> str | None:
         """None when ``address`` (that ``host`` resolved to) may be called on ``port``; else why not."""
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = _embedded_ipv4(ipaddress.ip_address(address.split("%", 1)[0]))
         if port in self.own_ports and _is_local(str(ip)):
             return "it is this server's own port"
         if host in self.hosts or (host, port) in self.host_ports or (str(ip), port) in self.host_ports:
@@ -163,7 +172,8 @@ class WebhookPolicy:
         scheme, host, port = self.parse(url)
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 5.0)
+            lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(loop.run_in_executor(_DNS_POOL, lookup), RESOLVE_TIMEOUT_S)
         except (OSError, TimeoutError):
             raise WebhookRefused("callback_url's host does not resolve") from None
         addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -177,6 +187,24 @@ class WebhookPolicy:
 
     def peer_allowed(self, target: Target, peer: str) -> bool:
         return self._address_allowed(target.host, target.port, peer) is None
+
+
+# RFC 6052's well-known NAT64 prefix: a NAT64 gateway (IPv6-only clouds have one) forwards
+# 64:ff9b::a.b.c.d to the IPv4 address a.b.c.d, private ones included, yet Python calls it global.
+_NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address an IPv6 one reaches (IPv4-mapped, NAT64, 6to4), which the policy then judges; else ``ip``."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return ip
 
 
 def _is_local(address: str) -> bool:

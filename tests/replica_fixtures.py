@@ -84,15 +84,20 @@ def _deploy_lines(src: Path, tls_dir: Path | None) -> list[str]:
 
 def render_haproxy(src: Path, bind_port: int, servers: list[tuple[str, int, int | None]], stats_socket: Path,
                    tls_dir: Path | None = None) -> str:
-    """``src`` with loopback addresses: the ``bind`` address, one ``server`` line per ``(name, port,
-    check port)`` built from the file's first ``server`` line's options, and the stats socket; with
-    ``tls_dir``, the certificates are read from there instead of ``/etc/hushwire/tls/``."""
+    """``src`` with loopback addresses: the ``bind`` address, in each backend one ``server`` line per
+    ``(name, port, check port)`` built from that backend's first ``server`` line's options, and the
+    stats socket; with ``tls_dir``, the certificates are read from there instead of ``/etc/hushwire/tls/``."""
     out: list[str] = []
     template: list[str] | None = None
+    seen_backend = False
     for line in _deploy_lines(src, tls_dir):
         words = line.split()
         indent = line[: len(line) - len(line.lstrip())]
-        if words[:1] == ["bind"]:
+        if words[:1] == ["backend"]:
+            template = None   # each backend's first server line is its own template
+            seen_backend = True
+            out.append(line)
+        elif words[:1] == ["bind"]:
             out.append(f"{indent}bind 127.0.0.1:{bind_port} {' '.join(words[2:])}".rstrip())
         elif words[:2] == ["stats", "socket"]:
             out.append(f"{indent}stats socket {stats_socket} {' '.join(words[3:])}".rstrip())
@@ -106,7 +111,7 @@ def render_haproxy(src: Path, bind_port: int, servers: list[tuple[str, int, int 
                     out.append(f"{indent}server {name} 127.0.0.1:{port} {' '.join(opts)}")
         else:
             out.append(line)
-    if template is None:
+    if template is None or not seen_backend:
         raise ValueError(f"{src} has no server line")
     return "\n".join(out) + "\n"
 
@@ -140,24 +145,28 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
-    def server_status(self) -> dict[str, str]:
-        """``{server name: "UP" | "DOWN" | "MAINT" | ...}`` from ``show stat``."""
+    def server_status(self, backend: str | None = None) -> dict[str, str]:
+        """``{server name: "UP" | "DOWN" | "MAINT" | ...}`` from ``show stat``: in ``backend``, or by
+        default in the first backend that has the server (the one for every call)."""
         lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         status = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(","), strict=False))
-            if row.get("svname") not in (None, "", "FRONTEND", "BACKEND"):
-                status[row["svname"]] = row["status"].split()[0]  # "UP 1/2" while rising
+            if row.get("svname") in (None, "", "FRONTEND", "BACKEND"):
+                continue
+            if backend is not None and row.get("pxname") != backend:
+                continue
+            status.setdefault(row["svname"], row["status"].split()[0])  # "UP 1/2" while rising
         return status
 
-    def wait_status(self, name: str, status: str, timeout: float = 15.0) -> float:
+    def wait_status(self, name: str, status: str, timeout: float = 15.0, backend: str | None = None) -> float:
         """Wait until HAProxy sees ``name`` as ``status``; returns the seconds it took."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         seen = None
         while time.monotonic() < deadline:
-            seen = self.server_status().get(name)
+            seen = self.server_status(backend).get(name)
             if seen == status:
                 return time.monotonic() - t0
             time.sleep(0.1)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from server import pcm
+from hushwire.contract import pcm
 from server.streams import StreamBatcher, StreamSession
 
 

@@ -134,3 +134,10 @@ def test_soak_quick_reports_refusals_with_their_codes() -> None:
     (jobs,) = table_rows(out, "lost (accepted, no row)")
     assert jobs["orphans (a row, upload not accepted)"] == jobs["lost (accepted, no row)"] == "0", jobs
     assert jobs["accepted"] == jobs["rows in the DB"] == uploads["accepted"], jobs
+
+
+@pytest.mark.slow
+def test_slow_consumers_quick_ends_every_call() -> None:
+    out = run_bench("bench.slow_consumers")
+    (row,) = table_rows(out, "calls ended")
+    assert row["calls ended"] == "3/3" and row["streams_open then"] == "0", row

@@ -21,6 +21,7 @@ from client.core import (
     Update,
 )
 from client.errors import HushwireClientError
+from hushwire.settings import SETTINGS
 from hushwire.v1 import enhancer_pb2
 
 RATE = 16000
@@ -172,6 +173,10 @@ def test_a_caller_that_stopped_reading_is_not_resumed(err: HushwireClientError) 
     assert info.value.code == "SLOW_CONSUMER" and info.value.status == err.status
     assert "read no output for 15.0 s" in info.value.msg and "not resumed" in info.value.msg
     assert core.reconnects == []
+
+
+def test_the_client_reads_the_servers_default_patience() -> None:
+    assert SETTINGS["slow_consumer_seconds"].default == SLOW_CONSUMER_SECONDS
 
 
 def test_a_caller_that_paused_briefly_is_resumed() -> None:

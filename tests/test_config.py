@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, ServerConfig, default_data_dir, resolve
+from hushwire.settings import ConfigError, default_data_dir, resolve
+from server.config import ServerConfig
 
 
 def test_precedence_flag_env_file_default(tmp_path: Path) -> None:

@@ -190,6 +190,26 @@ def test_page_has_the_hooks_and_no_inline_code(console_gateway: GatewayProcess) 
         assert "sessionStorage" in script and "localStorage" not in script
 
 
+def test_the_page_takes_the_stream_limits_from_the_gateway(console_gateway: GatewayProcess) -> None:
+    """The console copies no rate or limit: it fetches the contract's values from the gateway."""
+    from hushwire.contract import limits
+
+    with httpx.Client(base_url=console_gateway.url, timeout=30, trust_env=False) as http:
+        resp = http.get("/console/limits.json")
+        script = http.get("/console/console.js").text
+        page = http.get("/").text
+    assert resp.status_code == 200 and resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.json() == {
+        "sample_rates_hz": list(limits.SUPPORTED_RATES), "max_channels": limits.MAX_CHANNELS,
+        "encodings": ["float32", "pcm16"], "max_chunk_seconds": limits.MAX_CHUNK_SECONDS,
+        "min_attenuation_limit_db": limits.MIN_ATTENUATION_LIMIT_DB,
+    }
+    assert "console/limits.json" in script
+    # No copy of the rate list or of its top (16 kHz also names the spectrogram's own analysis rate).
+    for rate in (24000, 32000, 44100, 48000):
+        assert str(rate) not in script and str(rate) not in page, rate
+
+
 def test_page_sets_a_strict_content_security_policy(console_gateway: GatewayProcess) -> None:
     with httpx.Client(base_url=console_gateway.url, timeout=30, trust_env=False) as http:
         resp = http.get("/")

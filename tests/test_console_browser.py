@@ -310,13 +310,19 @@ def test_live_bypass_and_limit_controls(browser: Driver, console_gateway: Gatewa
                 browser.find_element(By.ID, "bypass").click()
         noisy = read_loop(LIVE_NOISY, rate)[: int(SEGMENT_SECONDS * rate)]
         start = loop_start(audio, noisy, rate // 2)
-        similarity = si_sdr_db(audio[start:start + len(noisy)], noisy)
-        print(f"bypass: recording vs noisy input {similarity:.2f} dB ({len(audio) / rate:.1f} s recorded)")
+        # Below 16 kHz: Chromium resampled the file to the mic rate and soxr did for the reference, and
+        # the two resamplers' band edges differ; the clip's white noise puts a tenth of its energy above
+        # 20 kHz, which alone held the full-band match near 10 dB.
+        band = signal.butter(8, 16000, fs=rate, output="sos")
+        similarity = si_sdr_db(signal.sosfiltfilt(band, audio[start:start + len(noisy)]),
+                               signal.sosfiltfilt(band, noisy))
+        print(f"bypass: recording vs noisy input below 16 kHz {similarity:.2f} dB ({len(audio) / rate:.1f} s recorded)")
         return similarity
 
     similarity = bypassed_session()
-    # The raw input, only delayed (Chromium resampled the file to the mic rate, soxr did for the
-    # reference: broadband white noise keeps the two from matching to better than ~15 dB).
+    # The raw input, only delayed (measured 13.9 dB below 16 kHz, 10.5 dB full-band: the two
+    # resamplers' different band edges and sub-sample phase keep broadband white noise from matching
+    # better; a denoised or silent recording scores near or below 0 dB).
     assert similarity > 10, similarity
 
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from conftest import EVALSET, ROOT, run_cli
 
-from server.evaluate import estimate_delay, si_sdr
+from cli.evaluate import estimate_delay, si_sdr
 
 DELAY_5MS = (f"{sys.executable} -c \"import sys, numpy as np, soundfile as sf; x, sr = sf.read(sys.argv[1]); "
              "sf.write(sys.argv[2], np.concatenate([np.zeros(sr // 200), x]), sr)\" {in} {out}")

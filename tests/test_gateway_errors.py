@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 import gateway
+from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error
-from server.config import GatewayConfig
-from server.errors import ERROR_CODE_KEY, ERRORS
+from hushwire.contract.errors import ERRORS
+from hushwire.contract.metadata import ERROR_CODE_KEY
 
 
 def _rpc_error(status: grpc.StatusCode, details: str, code: str | None = None) -> grpc.aio.AioRpcError:

@@ -16,8 +16,8 @@ import pytest
 from conftest import ServerProcess, create_key, free_port, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from hushwire.contract import pcm
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server import pcm
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,7 @@ async def _never_reading_stream(target: str, key: str, opened: asyncio.Event) ->
         return code, time.monotonic() - last_write
 
 
+@pytest.mark.slow
 def test_clients_that_never_read_are_ended_and_their_memory_freed(tmp_path: Path) -> None:
     """Issue #18: SLOW_CONSUMER queues behind the unread responses, so a client that never reads would
     never receive it, and each such stream kept 5-7 MiB for as long as its client lived. The server
@@ -255,7 +256,7 @@ def test_client_keepalive_matches_what_the_server_allows() -> None:
     than the server's minimum gets GOAWAY too_many_pings after two strikes) and ping at least as often
     itself, with a timeout that finds a dead peer well before the idle or slow-consumer clocks would."""
     from client.channel import channel_options
-    from server.keepalive import SERVER_OPTIONS
+    from hushwire.contract.keepalive import SERVER_OPTIONS
 
     client = dict(channel_options([("grpc.max_reconnect_backoff_ms", 3000)]))
     server = dict(SERVER_OPTIONS)

@@ -22,6 +22,8 @@ INTEROP = ROOT / "tests" / "interop"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 CHUNKS, CHUNK = 50, 320
 
+pytestmark = pytest.mark.slow   # an npm install and a Node process
+
 
 @pytest.fixture(scope="module")
 def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:

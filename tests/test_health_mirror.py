@@ -114,7 +114,7 @@ def test_a_bad_health_port_is_refused(tmp_path: Path, value: str) -> None:
 
 
 def test_health_port_from_environment_and_toml(tmp_path: Path) -> None:
-    from server.config import resolve
+    from hushwire.settings import resolve
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("[server]\nhealth_http_port = 8081\n[jobs]\nworkers = 0\n")

@@ -47,6 +47,37 @@ def test_store_keeps_only_peppered_hashes(database_url: str) -> None:
         Store(database_url, b"another pepper")   # keys hashed with one pepper are not checked with another
 
 
+def test_replicas_first_started_at_once_with_different_secrets_do_not_both_record(database_url: str) -> None:
+    """Replicas started together on a fresh database: one secret is recorded, every other one is refused."""
+    import threading
+
+    replicas = 6
+    stores = [Store(database_url, PEPPER) for _ in range(replicas)]
+    try:
+        for round_ in range(5):   # a fresh secret name per round: each is a first start
+            name = f"race-{round_}"
+            barrier = threading.Barrier(replicas)
+            outcomes: list[str] = []
+
+            def start(i: int, name: str = name, barrier: threading.Barrier = barrier,
+                      outcomes: list[str] = outcomes) -> None:
+                barrier.wait()
+                try:
+                    outcomes.append(stores[i].check_secret(name, f"secret {i}".encode()))
+                except SecretMismatch:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=start, args=(i,)) for i in range(replicas)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(outcomes) == ["recorded"] + ["refused"] * (replicas - 1), (round_, outcomes)
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_legacy_sha256_keys_still_work_and_are_upgraded(tmp_path: Path) -> None:
     # SQLite only: unpeppered keys date from schema 1-2, before PostgreSQL was supported.
     store = Store(tmp_path / "db.sqlite", PEPPER)
@@ -138,7 +169,7 @@ def test_a_postgresql_url_without_the_driver_says_what_to_install(tmp_path: Path
 
     from conftest import ROOT
 
-    hide_psycopg = ("import sys; sys.modules['psycopg'] = None; from server.cli import main; "
+    hide_psycopg = ("import sys; sys.modules['psycopg'] = None; from cli.main import main; "
                     f"sys.exit(main(['keys', 'list', '--data-dir', {str(tmp_path)!r}, "
                     "'--database-url', 'postgresql://u@127.0.0.1:5432/db']))")
     out = subprocess.run([sys.executable, "-c", hide_psycopg], capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -156,7 +156,7 @@ def test_mic_without_devices_says_so(tmp_path: Path) -> None:
 def test_missing_portaudio_says_how_to_install(tmp_path: Path) -> None:
     # Hide the PortAudio library from sounddevice's loader, as on a machine without libportaudio2.
     code = ("import ctypes.util, sys; ctypes.util.find_library = lambda name: None; "
-            "from server.cli import main; sys.exit(main(['mic', '--list-devices']))")
+            "from cli.main import main; sys.exit(main(['mic', '--list-devices']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, HOME=str(tmp_path)), timeout=60)
     assert proc.returncode == 2, proc.stderr

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from server import pcm
+from hushwire.contract import pcm
 from server.dsp import SUPPORTED_RATES, Denoiser
 from server.errors import HushwireError
 from server.streams import StreamSession

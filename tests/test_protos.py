@@ -40,6 +40,7 @@ def test_contract_names() -> None:
 
 
 def test_dsp_imports_without_grpc() -> None:
-    code = "import sys; sys.modules['grpc'] = None; import server.dsp, server.pcm; print('ok')"
+    code = ("import sys; sys.modules['grpc'] = None; "
+            "import server.dsp, hushwire.contract.pcm, hushwire.contract.limits; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from conftest import EVALSET
 
+from cli.evaluate import find_pairs, hushwire_system, score
 from server.dsp import SUPPORTED_RATES, Denoiser, enhance
-from server.evaluate import find_pairs, hushwire_system, score
 
 
 def _score(rate: str) -> dict[str, Any]:

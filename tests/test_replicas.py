@@ -263,6 +263,44 @@ def test_a_stream_refused_by_a_full_replica_is_retried_onto_another(cluster: Clu
         lb.stop()
 
 
+def test_a_full_replica_leaves_live_rotation_only(cluster: Cluster, tmp_path: Path) -> None:
+    """Admission control (server/admission.py) behind the shipped HAProxy config: a replica that cannot
+    take one more live stream turns /readyz/live 503, so HAProxy's ``hushwire_live`` backend (every
+    ``/hushwire.v1.Enhancer/`` call) takes it out while ``hushwire_grpc`` (jobs and the rest) keeps it;
+    new streams all run on ``b`` without a single OVERLOADED try, and the full replica returns to
+    live rotation once its stream ends. Its budget, a hundredth of a core, fits one stream only."""
+    metrics = free_port()
+    full = cluster.start_extra("livefull", "--live-cpu-budget", "0.01", "--metrics-port", str(metrics), workers=0)
+    lb = start_haproxy(DEPLOY / "grpc.cfg", tmp_path, [(r.name, r.port, r.health_port) for r in (full, cluster.b)],
+                       "haproxy-live")
+    try:
+        for rep in (full, cluster.b):
+            lb.wait_status(rep.name, "UP", backend="hushwire_live")
+        feed = Feed()
+        with EnhancerClient(full.target, cluster.key, connect_timeout=30) as holder:
+            feed.put_chunks(5)
+            reader = Reader(holder.stream(feed, RATE))
+            reader.wait_frames(CHUNK)
+            lb.wait_status(full.name, "DOWN", backend="hushwire_live")
+            assert lb.server_status("hushwire_grpc")[full.name] == "UP"   # still takes jobs
+            before = len(cluster.b.events("stream opened"))
+            with EnhancerClient(lb.target, cluster.key, connect_timeout=30) as c:
+                for _ in range(6):
+                    live = c.stream([np.full(CHUNK, 0.01, np.float32)] * 3, RATE)
+                    assert sum(o.audio.shape[0] for o in live) == 3 * CHUNK + live.delay_samples
+            assert len(cluster.b.events("stream opened")) == before + 6
+            m = scrape_metrics(metrics)
+            assert m.get(("hushwire_streams_refused_total", (("reason", "load"),)), 0.0) == 0   # none was tried there
+            assert m[("hushwire_live_full", ())] == 1
+            feed.put_chunks(2, seed=1)
+            feed.end()
+            reader.thread.join(30)
+        assert reader.error is None, reader.error   # the admitted stream ran to its end
+        lb.wait_status(full.name, "UP", backend="hushwire_live")
+    finally:
+        lb.stop()
+
+
 def test_through_nginx_a_lost_replica_shows_as_internal_and_the_stream_resumes(cluster: Cluster) -> None:
     lb = start_nginx(cluster)
     try:

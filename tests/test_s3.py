@@ -28,10 +28,10 @@ from s3_fixtures import S3Server, fresh_blob_url, start_seaweedfs, stored_blobs
 
 from client import HushwireClientError, JobsClient
 from client.jobs import STATUS_NAMES
+from hushwire.settings import ConfigError
 from hushwire.v1 import jobs_pb2
 from server.backends import open_blob_url
 from server.blobs import BlobNotFound, BlobStore, BlobStoreError, LocalBlobs
-from server.config import ConfigError
 
 pytest.importorskip("boto3", reason="boto3 is not installed: pip install -e '.[test]'")
 
@@ -394,7 +394,7 @@ def test_store_problems_stop_the_server_with_one_line(case: str, s3_server: S3Se
 
 def test_s3_url_without_boto3_says_which_extra(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['boto3'] = None\n"  # as if the `scale` extra were not installed
-            "from server.cli import main\n"
+            "from cli.main import main\n"
             f"sys.exit(main(['serve', '--port', '0', '--data-dir', {str(tmp_path)!r}, "
             "'--blob-url', 's3://bucket?endpoint=http://127.0.0.1:9']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)

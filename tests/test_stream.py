@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AsyncEnhancerClient, EnhancerClient, HushwireClientError
 from client.stream import Update
+from hushwire.contract import pcm
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server import pcm
 from server.dsp import Denoiser
 
 PCM16 = enhancer_pb2.SAMPLE_ENCODING_PCM16

@@ -309,7 +309,7 @@ def test_the_gateway_serves_https_and_calls_the_server_over_mutual_tls(
 
 
 def test_metrics_and_the_health_mirror_listen_where_told_and_on_loopback_by_default(tmp_path: Path) -> None:
-    from server.config import resolve
+    from hushwire.settings import resolve
 
     assert resolve(["metrics_host", "health_http_host"], {}, env={}) == {"metrics_host": "127.0.0.1",
                                                                          "health_http_host": "127.0.0.1"}

@@ -22,6 +22,8 @@ from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
 
 CERTUTIL = shutil.which("certutil")
 
+pytestmark = pytest.mark.slow   # a browser, or an npm install: tens of seconds
+
 from selenium.webdriver.common.by import By  # noqa: E402
 
 

@@ -30,6 +30,7 @@ import pytest
 import soundfile as sf
 from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server, white_noise_file
 from test_gateway import GatewayProcess, start_gateway
+from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
 
 from client import HushwireClientError, JobsClient
 from gateway.openapi import RECEIVER_EXAMPLE
@@ -524,3 +525,78 @@ def test_the_allow_list_forms_and_the_rotation_grace() -> None:
     # Two signing keys during the grace after a rotation, one after it.
     s = WebhookSecrets("new", "old", previous_valid_until=1000.0)
     assert s.signing_keys(999.0) == ["new", "old"] and s.signing_keys(1000.0) == ["new"]
+
+
+def test_ipv6_forms_of_a_forbidden_ipv4_address_are_refused() -> None:
+    """NAT64 (64:ff9b::/96) and 6to4 (2002::/16) addresses reach the IPv4 address they carry."""
+    import asyncio
+
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    policy = WebhookPolicy()
+    for url in ("http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b::a00:1]/", "http://[64:ff9b::7f00:1]/",
+                "http://[2002:a00:1::1]/", "http://[2002:7f00:1::1]/"):
+        with pytest.raises(WebhookRefused, match="not a public address|link-local|loopback"):
+            asyncio.run(policy.check(url))
+    assert asyncio.run(policy.check("http://[64:ff9b::808:808]/")).addresses == ("64:ff9b::808:808",)
+    listed = WebhookPolicy(["10.20.0.0/16"])
+    asyncio.run(listed.check("http://[64:ff9b::a14:304]/"))          # 10.20.3.4, listed
+    with pytest.raises(WebhookRefused, match="not in --webhook-allow"):
+        asyncio.run(listed.check("http://[64:ff9b::a15:1]/"))       # 10.21.0.1
+
+
+def test_callback_hosts_resolve_outside_the_default_executor() -> None:
+    """A lookup that hangs (a DNS server that never answers) must not hold the loop's default executor,
+    which carries the uploads' and downloads' file I/O; nor may a busy default executor stall lookups."""
+    import asyncio
+    import concurrent.futures
+
+    from server.webhooks import WebhookPolicy
+
+    async def main() -> float:
+        busy = threading.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        blocker = loop.run_in_executor(None, busy.wait, 30)   # the default executor's only thread, held
+        try:
+            t0 = time.monotonic()
+            target = await WebhookPolicy(["::1/128"]).check("http://[::1]:9/")
+            assert target.addresses == ("::1",)
+            return time.monotonic() - t0
+        finally:
+            busy.set()
+            await blocker
+
+    assert asyncio.run(main()) < 2.0
+
+
+def test_an_https_receiver_is_verified(impatient: Hooked, tmp_path: Path, pki: PKI) -> None:  # noqa: F811
+    """The connection goes to the checked address, but TLS still checks the URL's host against a trusted
+    CA: a receiver whose certificate the server does not trust gets nothing (and the job says why)."""
+    import ssl
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with JobsClient(impatient.srv.target, impatient.key) as jobs:
+            job = jobs.submit(_wav(tmp_path / "s.wav", 0.3),
+                              callback_url=f"https://127.0.0.1:{server.server_address[1]}/tls")
+            cb = _callback(jobs, job.job_id, "failed")
+        assert "CERTIFICATE_VERIFY_FAILED" in cb.last_error and not hits, cb
+    finally:
+        server.shutdown()
+        server.server_close()

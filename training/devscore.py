@@ -1,4 +1,4 @@
-"""Dev scoring for the training scripts, with the repository's own scorer (``server/evaluate.py``).
+"""Dev scoring for the training scripts, with the repository's own scorer (``cli/evaluate.py``).
 
 The dev folder is always given explicitly (``--dev DIR``): ``DIR/noisy`` and ``DIR/clean`` matched
 by file name, a ``manifest.csv`` in ``DIR`` or ``DIR/noisy`` for the per-noise and per-SNR rows
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from server.evaluate import find_pairs, function_system, score  # noqa: E402
+from cli.evaluate import find_pairs, function_system, score  # noqa: E402
 
 __all__ = ["add_dev_argument", "score_dev"]
 
@@ -35,7 +35,7 @@ def add_dev_argument(ap: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _legacy(a: dict[str, Any]) -> dict[str, Any]:
-    """server.evaluate's aggregate in the keys the training scripts print (d_X = X's change)."""
+    """cli.evaluate's aggregate in the keys the training scripts print (d_X = X's change)."""
     return {"n": a["n"], "pesq": a["pesq"], "d_pesq": a["pesq_delta"], "estoi": a["estoi"],
             "d_estoi": a["estoi_delta"], "si_sdr": a["si_sdr"], "d_si_sdr": a["si_sdr_delta"]}
 

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python training/sweep.py --dev DIR CKPT.npz [...] \
         [--exponents 1 1.25 1.5] [--modes model combined] [--lsa-powers 0.5]
 
-``--dev DIR``: a dev folder as ``devscore.py`` describes, scored by ``server/evaluate.py``.
+``--dev DIR``: a dev folder as ``devscore.py`` describes, scored by ``cli/evaluate.py``.
 """
 
 from __future__ import annotations

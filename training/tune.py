@@ -4,7 +4,7 @@
         [--set denoiser.MODEL_GAIN_EXPONENT=1.0,1.2] [--set gain.DD_ALPHA=0.95] [--48k]
 
 ``--dev DIR`` is a dev folder as ``devscore.py`` describes (an external dev corpus, say); it is
-scored with the repository's own scorer (``server/evaluate.py``).
+scored with the repository's own scorer (``cli/evaluate.py``).
 
 Every combination of the ``--set`` values is scored in-process (about 25 s each at 16 kHz)
 with the same signal path as ``hushwire denoise``. One line per run gives the issue #4

@@ -20,13 +20,14 @@
 
 (() => {
   const KEY_STORAGE = "hushwire.apiKey";
-  const SUPPORTED_RATES = [8000, 16000, 24000, 32000, 44100, 48000];
   const FRAME_MS = 10;                 // audio per WebSocket message
   const POLL_MS = 700;                 // job status polling
   const MAX_RECORD_S = 600;            // the live recording keeps at most this much (PCM16 in memory)
   const LATENCY_WINDOW = 50;           // round trips in the median shown
   const UI_INTERVAL_MS = 60;           // meters and readouts refresh at most this often
   const NO_LIMIT_DB = 100;             // the slider's top: no attenuation limit
+  // The stream's limits (rates, channels, the attenuation limit's range) are the gateway's to say:
+  // GET console/limits.json serves the contract's values, so none is copied here.
   const SPECTRO = { rate: 16000, fft: 512, width: 480, height: 160, floorDb: -100, topDb: -20 };
 
   const $ = (id) => document.getElementById(id);
@@ -92,6 +93,26 @@
     } catch (_) {
       throw new UserError("The hushwire gateway cannot be reached. Check the network, or whether the gateway is running.");
     }
+  }
+
+  // -- the stream's limits -------------------------------------------------------------------------
+
+  let limitsPromise = null;
+
+  // {sample_rates_hz, max_channels, encodings, max_chunk_seconds, min_attenuation_limit_db}; fetched
+  // once (again after a failure).
+  function streamLimits() {
+    if (!limitsPromise) {
+      limitsPromise = (async () => {
+        const resp = await gatewayFetch("console/limits.json");
+        if (!resp.ok) {
+          throw await replyError(resp);
+        }
+        return resp.json();
+      })();
+      limitsPromise.catch(() => { limitsPromise = null; });
+    }
+    return limitsPromise;
   }
 
   // -- the key --------------------------------------------------------------------------------------
@@ -533,10 +554,11 @@
       } catch (err) {
         throw new UserError(micWords(err));
       }
+      const rates = (await streamLimits()).sample_rates_hz;
       let ctx = new AudioContext({ latencyHint: "interactive" });
-      if (!SUPPORTED_RATES.includes(ctx.sampleRate)) {
+      if (!rates.includes(ctx.sampleRate)) {
         await ctx.close();
-        ctx = new AudioContext({ latencyHint: "interactive", sampleRate: 48000 });
+        ctx = new AudioContext({ latencyHint: "interactive", sampleRate: Math.max(...rates) });
       }
       session.ctx = ctx;
       session.rate = ctx.sampleRate;
@@ -834,6 +856,7 @@
     $("live-start").addEventListener("click", () => action(startLive));
     $("live-stop").addEventListener("click", () => action(stopLive));
     const slider = $("attenuation-limit");
+    streamLimits().then((limits) => { slider.min = String(limits.min_attenuation_limit_db); }, () => {});
     let lastSent = 0;
     let pending = 0;
     const sendLimit = () => {

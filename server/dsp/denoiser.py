@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES, check_attenuation_limit
+
 from .gain import OmLsaGain
 from .model import DEFAULT_WEIGHTS, GainModel, load_weights
 from .noise import NoiseTracker
 from .stft import Rechunker, RowState, Stft
 
-SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
-MAX_CHANNELS = 8
 HOP_MS = 10.0  # hop, and algorithmic delay
 ANALYSIS_MS = 32.0  # analysis window length
 FLOOR_DB = -40.0  # lowest gain; the learned gain keeps the residual from sounding musical down to here
@@ -377,9 +377,7 @@ class Denoiser:
             self._limit_db = None
             self._min_gain = self._floor
         else:
-            value = float(value)
-            if not math.isfinite(value) or value < 0.0:
-                raise ValueError(f"attenuation_limit_db must be a finite number >= 0 or None, got {value!r}")
+            value = check_attenuation_limit(value)  # ValueError unless finite and >= 0
             self._limit_db = value
             self._min_gain = max(self._floor, 10.0 ** (-value / 20.0))
         self._apply_settings()

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import soundfile as sf
 
+from hushwire.contract.limits import MAX_CHANNELS
+from hushwire.contract.limits import MAX_FILE_RATE_HZ as MAX_RATE_HZ
+from hushwire.contract.limits import MIN_FILE_RATE_HZ as MIN_RATE_HZ
 from server.errors import HushwireError
 
 __all__ = ["ACCEPTED_SUBTYPES", "MAX_CHANNELS", "MAX_RATE_HZ", "MIN_RATE_HZ", "UNKNOWN_FRAMES", "Probe", "open_audio",
            "probe"]
 
-MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
-MAX_CHANNELS = 8
 # Sample formats accepted: 8/16/24/32-bit integer, 32/64-bit float, and compressed codecs.
 ACCEPTED_SUBTYPES = {
     "PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",

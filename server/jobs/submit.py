@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from hushwire.contract import limits
 from server.blobs import BlobStore, BlobStoreError
 from server.errors import HushwireError
 from server.jobs.names import MAX_FILE_KEY_CHARS, MAX_FILE_NAME_CHARS, clean_name, new_job_id, upload_blob
@@ -113,12 +114,11 @@ def audio_quota_msg(limit_s: float) -> str:
 
 
 def check_attenuation_limit(db: float | None) -> float | None:
-    """A job's attenuation limit: None (no limit) or a finite number of dB >= 0."""
-    if db is None:
-        return None
-    if not math.isfinite(db) or db < 0:
-        raise HushwireError("INVALID_REQUEST", f"attenuation_limit_db must be a finite number >= 0, got {db}")
-    return float(db)
+    """A job's attenuation limit: the contract's rule (None: no limit), refused as INVALID_REQUEST."""
+    try:
+        return limits.check_attenuation_limit(db)
+    except ValueError as exc:
+        raise HushwireError("INVALID_REQUEST", str(exc)) from None
 
 
 class Submitter:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from hushwire.contract.limits import native_rate
 from server.backends import open_blob_url
 from server.blobs import (
     BLOB_UNAVAILABLE_MSG,
@@ -36,14 +37,14 @@ from server.blobs import (
     BlobStoreError,
     is_storage_full,
 )
-from server.dsp import SUPPORTED_RATES, Denoiser
+from server.dsp import Denoiser
 from server.errors import HushwireError
 from server.jobs.names import result_blob as result_blob_name
 from server.jobs.probe import open_audio
 from server.logs import event, setup_logging
 from server.store import POST_PROCESSING, PROCESSING, JobRow, Store
 
-__all__ = ["BLOCK_SECONDS", "JobOutcome", "Outcome", "ready", "run_job", "worker_init"]
+__all__ = ["BLOCK_SECONDS", "JOB_NICE", "JobOutcome", "Outcome", "ready", "run_job", "worker_init"]
 
 log = logging.getLogger("hushwire.jobs")
 
@@ -65,10 +66,6 @@ class JobOutcome:
     outcome: Outcome
     error_code: str | None = None   # for FAILED: the contract code stored in the job
     error_msg: str | None = None
-
-
-def _native_rate(rate: int) -> int:
-    return rate if rate in SUPPORTED_RATES else next((r for r in SUPPORTED_RATES if r >= rate), SUPPORTED_RATES[-1])
 
 
 class _Resampler:
@@ -135,7 +132,7 @@ def run_job(database: str, blob_url: str, data_dir: str, job_id: str, owner: str
                                     attempt=attempt):
                 raise _Cancelled
 
-        rate = _native_rate(job.sample_rate)
+        rate = native_rate(job.sample_rate)
         denoiser = Denoiser(rate, job.channels, job.attenuation_limit_db)
         to_native = _Resampler(job.sample_rate, rate, job.channels)
         from_native = _Resampler(rate, job.sample_rate, job.channels)
@@ -222,9 +219,18 @@ def ready() -> bool:
     return True
 
 
+# Job workers' niceness (relative to the server): when both want the core, the scheduler gives a
+# nice-10 process about a tenth of what a nice-0 one gets, so live streams keep the CPU they need.
+JOB_NICE = 10
+
+
 def worker_init(log_level: str = "info", log_format: str = "text", parent_pid: int | None = None) -> None:
-    """Worker processes log like the server, die with it (Linux), and leave signals to it."""
+    """Worker processes log like the server, die with it (Linux), leave signals to it, and run at a
+    lower CPU priority (``JOB_NICE``): file jobs yield to live streams, which must stay real time,
+    yet still get whatever CPU the streams leave (a saturated server still finishes its jobs)."""
     setup_logging(log_level, log_format)
+    with contextlib.suppress(OSError):
+        os.nice(JOB_NICE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:

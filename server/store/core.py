@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hushwire.contract.job_status import COMPLETED, FAILED, PENDING, POST_PROCESSING, PRE_PROCESSING, PROCESSING
 from server.store.engines import Engine, StoreError, StoreUnavailable, open_engine
 from server.store.webhooks import WebhookStore, enqueue_webhook
 
@@ -50,9 +51,7 @@ __all__ = [
 
 KEY_PREFIX = "hw_"
 
-# Job states, as the REST contract spells them.
-PENDING, PRE_PROCESSING, PROCESSING, POST_PROCESSING = "pending", "pre-processing", "processing", "post-processing"
-COMPLETED, FAILED = "completed", "failed"
+# Job states: the store keeps the REST contract's spelling.
 IN_FLIGHT = (PRE_PROCESSING, PROCESSING, POST_PROCESSING)
 
 
@@ -93,6 +92,9 @@ class SecretMismatch(StoreError):
 
 SECRET_LABELS = {"key_pepper": "key pepper (HUSHWIRE_KEY_PEPPER)",
                  "signing_secret": "signing secret (HUSHWIRE_SIGNING_SECRET)"}
+
+
+_SECRETS_LOCK_ID = 0x6877736563726574   # PostgreSQL advisory lock around the secret checks ("hwsecret")
 
 
 def secret_fingerprint(name: str, secret: bytes) -> str:
@@ -197,7 +199,8 @@ class Store(WebhookStore):
     """
 
     def __init__(self, database: str | Path, key_pepper: bytes | None = None,
-                 previous_key_pepper: bytes | None = None, *, timeout: float | None = None) -> None:
+                 previous_key_pepper: bytes | None = None, *, timeout: float | None = None,
+                 separate_reads: bool = False) -> None:
         """``key_pepper`` is needed only to create or check keys (job workers open the store without it);
         it is checked against the database's record (:class:`SecretMismatch`). ``previous_key_pepper``
         is the pepper a rotation replaces: keys hashed with it still work, and are re-hashed.
@@ -206,11 +209,20 @@ class Store(WebhookStore):
         calls of other threads) and the database's (another connection's write lock on SQLite, a
         table lock or a slow statement on PostgreSQL); past it the operation raises
         :class:`StoreUnavailable` and its transaction rolls back. None: wait as long as the engine's
-        default (SQLite's busy timeout, 30 s; PostgreSQL: no limit). The server sets it (``--store-timeout``)."""
+        default (SQLite's busy timeout, 30 s; PostgreSQL: no limit). The server sets it (``--store-timeout``).
+
+        ``separate_reads``: reads (key lookups, job and usage queries) use a second connection of their
+        own, so they never wait behind this store's writes: while another process holds SQLite's write
+        lock (or a PostgreSQL row lock) and a write here waits for it, reads still answer. The server
+        sets it; a job worker or ``hushwire keys`` needs one connection only."""
         self._pepper = key_pepper
         self._previous_pepper = previous_key_pepper
         self._lock = threading.Lock()
         self._timeout = timeout
+        self._database = database
+        self._separate_reads = separate_reads
+        self._read_lock = threading.Lock()
+        self._reader: Engine | None = None   # opened on the first read (with separate_reads)
         self._db = open_engine(database)
         #: ``sqlite`` or ``postgresql``
         self.dialect = self._db.dialect
@@ -237,6 +249,9 @@ class Store(WebhookStore):
     def close(self) -> None:
         with self._lock:  # no timeout: closing waits for the call in progress
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Engine]:
@@ -248,6 +263,26 @@ class Store(WebhookStore):
             yield self._db
         finally:
             self._lock.release()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Engine]:
+        """``with self._reading() as db``: a connection for one or more reads (see ``separate_reads``;
+        without it, the one connection). Waits at most the store's timeout for other threads' reads."""
+        if not self._separate_reads:
+            with self._locked() as db:
+                yield db
+            return
+        if not self._read_lock.acquire(timeout=-1 if self._timeout is None else self._timeout):
+            raise StoreUnavailable(f"the database {self.description} is busy: no turn within {self._timeout:g} s")
+        try:
+            if self._reader is None:
+                reader = open_engine(self._database)
+                if self._timeout is not None:
+                    reader.set_timeout(self._timeout)
+                self._reader = reader
+            yield self._reader
+        finally:
+            self._read_lock.release()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Engine]:
@@ -266,6 +301,9 @@ class Store(WebhookStore):
         mine = secret_fingerprint(name, secret)
         now = time.time()
         with self._tx() as db:
+            # Replicas first started together on a fresh database find no row to lock: without this
+            # lock each would record its own secret as 'current' and start, disagreeing silently.
+            db.serialize(_SECRETS_LOCK_ID)
             rows = dict(db.execute(f"SELECT fingerprint, status FROM secret_fingerprints WHERE name = ?"
                                    f"{db.for_update}", (name,)).fetchall())
             current = next((fp for fp, status in rows.items() if status == "current"), None)
@@ -308,7 +346,7 @@ class Store(WebhookStore):
         return int(row[0])
 
     def user_name(self, uid: int) -> str | None:
-        with self._locked() as db:
+        with self._reading() as db:
             row = db.execute("SELECT name FROM users WHERE uid = ?", (uid,)).fetchone()
         return row[0] if row else None
 
@@ -326,7 +364,7 @@ class Store(WebhookStore):
         return int(row[0]), key
 
     def list_keys(self) -> list[KeyRecord]:
-        with self._locked() as db:
+        with self._reading() as db:
             rows = db.execute(
                 "SELECT k.key_id, k.uid, u.name, k.created_at, k.revoked_at, k.scheme "
                 "FROM api_keys k JOIN users u ON u.uid = k.uid ORDER BY k.key_id"
@@ -351,8 +389,12 @@ class Store(WebhookStore):
         digest = self._hash_key(key)
         query = ("SELECT k.key_id, k.uid, u.name, k.key_hash FROM api_keys k JOIN users u ON u.uid = k.uid "
                  "WHERE k.key_hash = ? AND k.scheme IN (?, ?) AND k.revoked_at IS NULL")
-        with self._locked() as db:
+        with self._reading() as db:  # the usual case: a key hashed with the current pepper
             row = db.execute(query, (digest, "hmac", "hmac-previous")).fetchone()
+        if row is not None:
+            return Principal(uid=row[1], key_id=row[0], name=row[2]) if hmac.compare_digest(bytes(row[3]), digest) \
+                else None
+        with self._locked() as db:  # an older hash, upgraded in place: a write
             if row is None and self._previous_pepper:  # hashed with the pepper a rotation replaces
                 old = hmac.new(self._previous_pepper, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
                 row = db.execute(query, (old, "hmac", "hmac-previous")).fetchone()
@@ -482,7 +524,7 @@ class Store(WebhookStore):
             return int(db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)).rowcount)
 
     def get_job(self, job_id: str) -> JobRow | None:
-        with self._locked() as db:
+        with self._reading() as db:
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return JobRow(*row) if row else None
 
@@ -495,12 +537,12 @@ class Store(WebhookStore):
             args += [before[0], before[0], before[1]]
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         args.append(limit)
-        with self._locked() as db:
+        with self._reading() as db:
             return [JobRow(*r) for r in db.execute(sql, args).fetchall()]
 
     def count_queued(self, uid: int) -> int:
         """Jobs of the user that are not finished yet (for the queued-jobs limit)."""
-        with self._locked() as db:
+        with self._reading() as db:
             row = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE uid = ? AND status NOT IN (?, ?)", (uid, COMPLETED, FAILED)
             ).fetchone()
@@ -662,7 +704,7 @@ class Store(WebhookStore):
 
     def job_stats(self) -> tuple[dict[str, int], int, float | None]:
         """Jobs per state; runnable pending jobs (not held); the creation time of the oldest of those."""
-        with self._locked() as db:
+        with self._reading() as db:
             counts = {s: int(n) for s, n in db.execute(
                 "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()}
             queued, oldest = db.execute(
@@ -672,7 +714,7 @@ class Store(WebhookStore):
     def usage_today(self, uid: int) -> tuple[int, float]:
         """What the user was admitted today (UTC), over all their keys: upload bytes, and seconds of
         audio (x channels: jobs count when submitted, streams when they close)."""
-        with self._locked() as db:
+        with self._reading() as db:
             row = db.execute(
                 "SELECT COALESCE(SUM(upload_bytes), 0), COALESCE(SUM(admitted_seconds), 0) FROM usage "
                 "WHERE uid = ? AND day = ?", (uid, _day(time.time()))).fetchone()
@@ -695,7 +737,7 @@ class Store(WebhookStore):
 
     def usage(self, key_id: int) -> list[tuple[str, float, int, int]]:
         """Per-day (day, billed_seconds, upload_bytes, jobs) of one key."""
-        with self._locked() as db:
+        with self._reading() as db:
             return [(str(d), float(b), int(u), int(j)) for d, b, u, j in db.execute(
                 "SELECT day, billed_seconds, upload_bytes, jobs FROM usage WHERE key_id = ? ORDER BY day",
                 (key_id,)).fetchall()]

@@ -83,6 +83,11 @@ class Engine:
     def _lock_schema(self) -> None:
         """Inside the migration transaction: keep other processes from migrating at the same time."""
 
+    def serialize(self, lock_id: int) -> None:
+        """Inside a transaction: wait until no other process's transaction holds ``lock_id``, and hold it
+        to the end of this one (for a check-then-insert that no row exists yet to lock). SQLite's
+        ``BEGIN IMMEDIATE`` already serializes every writing transaction."""
+
     def _has_version_table(self) -> bool:
         raise NotImplementedError
 
@@ -258,7 +263,10 @@ class PostgresEngine(Engine):
             self._in_transaction = False
 
     def _lock_schema(self) -> None:
-        self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
+        self.serialize(_MIGRATION_LOCK_ID)
+
+    def serialize(self, lock_id: int) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(?)", (lock_id,))
 
     def _has_version_table(self) -> bool:
         return self.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0] is True

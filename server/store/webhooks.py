@@ -79,12 +79,15 @@ def enqueue_webhook(db: Engine, job_id: str, uid: int, url: str, now: float) -> 
 
 class WebhookStore:
     """Mixed into :class:`server.store.Store`, which supplies the connection through ``_locked`` (one
-    statement) and ``_tx`` (a transaction), both bounded by the store's timeout."""
+    statement), ``_tx`` (a transaction) and ``_reading`` (reads), all bounded by the store's timeout."""
 
     def _locked(self) -> contextlib.AbstractContextManager[Engine]:
         raise NotImplementedError
 
     def _tx(self) -> contextlib.AbstractContextManager[Engine]:
+        raise NotImplementedError
+
+    def _reading(self) -> contextlib.AbstractContextManager[Engine]:
         raise NotImplementedError
 
     # -- secrets ------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ class WebhookStore:
     # -- the outbox ---------------------------------------------------------------------------
 
     def webhook_of(self, job_id: str) -> OutboxRow | None:
-        with self._locked() as db:
+        with self._reading() as db:
             row = db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE job_id = ? "
                                    "ORDER BY created_at DESC LIMIT 1", (job_id,)).fetchone()
         return OutboxRow(*row) if row else None
@@ -169,6 +172,6 @@ class WebhookStore:
                                         (OUTBOX_PENDING, finished_before)).rowcount)
 
     def webhooks_pending(self) -> int:
-        with self._locked() as db:
+        with self._reading() as db:
             return int(db.execute("SELECT COUNT(*) FROM webhook_outbox WHERE state = ?",
                                         (OUTBOX_PENDING,)).fetchone()[0])

@@ -1,7 +1,7 @@
 """HTTP/2 keepalive: the server finds dead peers, and clients ping exactly as often as it allows.
 
-One interval, :data:`KEEPALIVE_INTERVAL_S`, is the contract between the two sides (clients import
-:data:`CLIENT_OPTIONS` from here; the gateway's channel to the server is a client too):
+One interval, :data:`KEEPALIVE_INTERVAL_S`, is the contract between the two sides (the server takes
+:data:`SERVER_OPTIONS`, clients :data:`CLIENT_OPTIONS`; the gateway's channel to the server is a client too):
 
 - The server pings every connection every ``KEEPALIVE_INTERVAL_S`` (idle ones too) and closes one that
   does not answer within :data:`KEEPALIVE_TIMEOUT_S`, so a peer that vanished without a FIN or RST (a

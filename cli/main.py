@@ -1,6 +1,8 @@
-"""The one command-line entry point: ``hushwire serve | keys | enhance | denoise | eval | config``.
+"""The one command-line entry point: ``hushwire serve | gateway | keys | enhance | denoise | eval | jobs | mic |
+config``.
 
-Each subcommand resolves its settings through :mod:`server.config` (flag > environment >
+It serves every role (server, gateway, client), so it lives above them all: nothing imports it.
+Each subcommand resolves its settings through :mod:`hushwire.settings` (flag > environment >
 config file > default) and imports only what it needs, so ``hushwire denoise`` never loads grpc.
 Errors a user can fix are printed as one line on stderr with exit status 2, never a traceback.
 """
@@ -11,27 +13,21 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from server.config import (
-    SECRET_SETTINGS,
-    SETTINGS,
-    ClientConfig,
-    ConfigError,
-    GatewayConfig,
-    ServerConfig,
-    one_blas_thread,
-    resolve,
-)
+from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, resolve
+from server.config import ServerConfig, one_blas_thread
 
-__all__ = ["main"]
+__all__ = ["ClientConfig", "main"]
 
 _STORE_SETTINGS = ["data_dir", "database_url", "blob_url", "key_pepper", "key_pepper_previous"]
 _SERVER_SETTINGS = [
     *_STORE_SETTINGS, "host", "port", "drain_seconds", "signing_secret_file", "signing_secret",
     "signing_secret_previous", "log_level",
     "log_format",
-    "max_streams_per_user", "max_streams", "max_queued_jobs_per_user", "max_bytes_per_day_per_user",
+    "max_streams_per_user", "max_streams", "live_cpu_budget", "max_queued_jobs_per_user",
+    "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
     "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
     "stream_batch_ms",
@@ -44,6 +40,21 @@ _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
                      "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What a client command needs to reach the server."""
+
+    target: str = "127.0.0.1:50051"
+    key: str | None = None
+    connect_timeout: float = 10.0
+    client_tls_ca: str | None = None
+    client_tls_cert: str | None = None
+    client_tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_client_tls("--tls-", self.client_tls_ca, self.client_tls_cert, self.client_tls_key)
 
 
 class UsageError(Exception):
@@ -112,6 +123,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.app import run
+    from gateway.config import GatewayConfig
     from server.logs import setup_logging
 
     flags = {n: getattr(args, n, None) for n in _GATEWAY_SETTINGS}
@@ -232,7 +244,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from server.evaluate import EvalError, main
+    from cli.evaluate import EvalError, main
 
     def progress(line: str) -> None:
         print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
@@ -255,7 +267,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
     from client.errors import HushwireClientError
-    from client.jobs import STATUS_NAMES, JobsClient, job_to_dict
+    from client.jobs import JobsClient, job_to_dict
+    from hushwire.contract.job_status import COMPLETED, STATUS_NAMES
 
     cfg = _client_config(args)
     try:
@@ -272,7 +285,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"cancelled {args.job_id}", file=sys.stderr)
             elif args.jobs_cmd == "download":
                 job = jobs.get(args.job_id)
-                if STATUS_NAMES[job.status] != "completed":
+                if STATUS_NAMES[job.status] != COMPLETED:
                     raise UsageError(f"job {args.job_id} is {STATUS_NAMES[job.status]}, not completed")
                 _, path = jobs.download(args.job_id, args.out or ".")
                 print(path)
@@ -287,7 +300,7 @@ def _jobs_submit(args: argparse.Namespace, jobs: Any) -> int:
 
     from tqdm import tqdm
 
-    from client.jobs import STATUS_NAMES
+    from hushwire.contract.job_status import COMPLETED, STATUS_NAMES
 
     submitted = []
     for path in args.files:
@@ -310,7 +323,7 @@ def _jobs_submit(args: argparse.Namespace, jobs: Any) -> int:
                 bar.update(int(j.progress * 100) - bar.n)
 
             done = jobs.wait(job.job_id, timeout=args.timeout, on_update=show)
-        if STATUS_NAMES[done.status] != "completed":
+        if STATUS_NAMES[done.status] != COMPLETED:
             print(f"{path}\tfailed: {done.error.code}: {done.error.msg}", file=sys.stderr)
             failed += 1
             continue

@@ -1,17 +1,22 @@
 """The stream's sample encodings: interleaved little-endian PCM16 or float32 bytes <-> float32 frames.
 
-Pure numpy (no grpc), shared by the server and the client library so both ends agree bit for bit.
+Numpy and the generated ``SampleEncoding`` enum (protobuf, no grpc): the server, the gateway and the
+client library encode and decode with this one codec, so both ends agree bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BYTES_PER_SAMPLE", "PCM16", "FLOAT32", "decode", "encode"]
+from hushwire.v1 import enhancer_pb2
 
-PCM16 = 1    # SampleEncoding.SAMPLE_ENCODING_PCM16
-FLOAT32 = 2  # SampleEncoding.SAMPLE_ENCODING_FLOAT32
-BYTES_PER_SAMPLE = {PCM16: 2, FLOAT32: 4}
+__all__ = ["BYTES_PER_SAMPLE", "ENCODINGS", "FLOAT32", "PCM16", "decode", "encode"]
+
+PCM16: int = enhancer_pb2.SAMPLE_ENCODING_PCM16
+FLOAT32: int = enhancer_pb2.SAMPLE_ENCODING_FLOAT32
+# The names the client library and the gateway's /live protocol accept for them.
+ENCODINGS: dict[str, int] = {"pcm16": PCM16, "float32": FLOAT32}
+BYTES_PER_SAMPLE: dict[int, int] = {PCM16: 2, FLOAT32: 4}
 _PCM16_SCALE = 32768.0
 
 

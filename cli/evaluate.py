@@ -236,10 +236,11 @@ def function_system(name: str, fn: Callable[[Array, int], npt.ArrayLike]) -> Sys
 
 def hushwire_system(attenuation_limit_db: float | None = None) -> System:
     """hushwire's streaming denoiser in-process; the output keeps its algorithmic delay."""
-    from server.dsp import SUPPORTED_RATES, Denoiser
+    from hushwire.contract.limits import native_rate
+    from server.dsp import Denoiser
 
     def denoise(x: Array, rate: int) -> Array:
-        native = rate if rate in SUPPORTED_RATES else min((r for r in SUPPORTED_RATES if r >= rate), default=48000)
+        native = native_rate(rate)
         xs = soxr.resample(x, rate, native) if native != rate else x
         den = Denoiser(native, 1, attenuation_limit_db)
         y = np.concatenate([den.process(xs.astype(np.float32)[:, None]), den.flush()])[:, 0].astype(np.float64)
