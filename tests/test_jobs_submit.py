@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,6 +134,44 @@ def test_the_queued_jobs_and_daily_bytes_limits(tmp_path: Path) -> None:
     with pytest.raises(HushwireError, match="daily upload quota") as info:
         desk.run(submit)  # the third upload crosses the byte quota mid-stream
     assert info.value.code == "RATE_LIMITED" and desk.usage_bytes() == 2 * len(data)
+
+
+@pytest.mark.parametrize("limits", [
+    pytest.param(lambda n: JobLimits(1_000_000, 60.0, 2, 10_000_000), id="unfinished-jobs"),
+    pytest.param(lambda n: JobLimits(1_000_000, 60.0, 100, 2 * n + n // 2), id="daily-bytes"),
+    pytest.param(lambda n: JobLimits(1_000_000, 60.0, 100, 10_000_000, 0.25), id="daily-audio-seconds"),
+])
+def test_concurrent_uploads_of_one_user_stay_within_the_limits(tmp_path: Path, limits: Any) -> None:
+    """Six uploads of one user in flight at once each pass the checks made when they start; together
+    they must still not create more jobs, bytes or seconds than the limits allow (two 0.1 s files)."""
+    data = _wav(0.1)
+    desk = Desk(tmp_path, limits=limits(len(data)))
+    uploads = 6
+
+    async def main(submitter: Submitter) -> list[object]:
+        started = 0
+        all_started = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal started
+            yield data[:100]
+            started += 1
+            if started == uploads:
+                all_started.set()
+            await all_started.wait()   # every upload has passed its first checks
+            yield data[100:]
+
+        return await asyncio.gather(*(submitter.submit(desk.principal, UploadSpec(), chunks())
+                                      for _ in range(uploads)), return_exceptions=True)
+
+    results = desk.run(main)
+    assert isinstance(results, list)
+    accepted = [r for r in results if isinstance(r, Submission)]
+    refused = [r for r in results if isinstance(r, HushwireError)]
+    assert len(accepted) == 2 and len(refused) == uploads - 2, results
+    assert all(r.code == "RATE_LIMITED" for r in refused)
+    assert desk.usage_bytes() == 2 * len(data)
+    assert len(desk.uploads()) == 2   # the refused uploads' blobs are gone
 
 
 def test_a_stalled_database_is_store_unavailable_and_leaves_nothing(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ log = logging.getLogger("hushwire.jobs")
 SPOOL_WRITE_BYTES = 1 << 20
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600   # how long a successful reply is kept under its idempotency key
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+USER_LOCK_STRIPES = 64   # locks that users' job creations share (uid modulo): bounded, whatever the users
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ def submit_fingerprint(spec: UploadSpec, limit_db: float | None, content_sha256:
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
+def _bytes_quota_msg(limit: int) -> str:
+    return f"the daily upload quota of {limit} bytes per user is used up"
+
+
 def audio_quota_msg(limit_s: float) -> str:
     return f"the daily audio quota of {limit_s:g} s (seconds of audio x channels) per user is used up"
 
@@ -131,6 +136,8 @@ class Submitter:
         self.limits = limits
         self._webhooks = webhooks or WebhookPolicy()
         self._cleanups: set[asyncio.Future[None]] = set()
+        # One user's job creations take turns (see _upload); users share USER_LOCK_STRIPES locks.
+        self._user_locks = [asyncio.Lock() for _ in range(USER_LOCK_STRIPES)]
 
     async def callback_url(self, url: str) -> str | None:
         """A callback URL the policy allows (checked with DNS now; again at each delivery), or None."""
@@ -209,17 +216,8 @@ class Submitter:
         if spec.size_hint_bytes > limits.max_upload_bytes:
             raise HushwireError("FILE_TOO_LARGE", f"{spec.size_hint_bytes} bytes is over the upload limit of "
                                 f"{limits.max_upload_bytes} bytes")
-        if await self._store.count_queued(principal.uid) >= limits.max_queued_jobs_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {limits.max_queued_jobs_per_user} unfinished jobs "
-                                "per user; wait for some to finish")
-        bytes_today, seconds_today = await self._store.usage_today(principal.uid)
-        quota_left = limits.max_bytes_per_day_per_user - bytes_today
-        quota_msg = f"the daily upload quota of {limits.max_bytes_per_day_per_user} bytes per user is used up"
-        if quota_left <= 0 or spec.size_hint_bytes > quota_left:
-            raise HushwireError("RATE_LIMITED", quota_msg)
-        seconds_left = limits.max_audio_seconds_per_day_per_user - seconds_today
-        if seconds_left <= 0:
-            raise HushwireError("RATE_LIMITED", audio_quota_msg(limits.max_audio_seconds_per_day_per_user))
+        quota_left, _ = await self._room(principal.uid, spec.size_hint_bytes, 0.0)
+        quota_msg = _bytes_quota_msg(limits.max_bytes_per_day_per_user)
         callback_url = await self.callback_url(spec.callback_url)
         renew = None
         if reserved is not None:
@@ -237,10 +235,7 @@ class Submitter:
             size = await self._spool(tmp, chunks, min(limits.max_upload_bytes, quota_left), quota_msg, digest, renew)
             info = await asyncio.to_thread(probe, tmp, limits.max_upload_seconds)
             billed = info.frames / info.sample_rate * info.channels
-            if billed > seconds_left:
-                raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
-                                    f"today of the daily audio quota ({max(seconds_left, 0.0):.1f} of "
-                                    f"{limits.max_audio_seconds_per_day_per_user:g} s per user)")
+            await self._room(principal.uid, size, billed)
             await self._commit(tmp, blob)
         finally:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
@@ -258,8 +253,18 @@ class Submitter:
             idempotent = (reserved[0], reserved[1], submit_fingerprint(spec, limit_db, digest.hexdigest()),
                           reserved[2](job), now + IDEMPOTENCY_TTL_SECONDS)
         try:
-            await self._store.run_or_undo(lambda settled: self._settle(job, settled, idempotent is not None),
-                                          self._store.sync.create_job, job, idempotent, count_upload=True)
+            # Concurrent uploads of one user all passed the checks above against the same usage: check
+            # again and create the job with this user's other submissions waiting, so that together
+            # they stay within the limits. (Across replicas of a shared database, each replica's
+            # concurrent uploads can still overshoot by one upload.)
+            async with self._user_locks[principal.uid % len(self._user_locks)]:
+                try:
+                    await self._room(principal.uid, size, billed)
+                except HushwireError:
+                    await self.delete_blobs(blob)
+                    raise
+                await self._store.run_or_undo(lambda settled: self._settle(job, settled, idempotent is not None),
+                                              self._store.sync.create_job, job, idempotent, count_upload=True)
         except IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
@@ -267,6 +272,26 @@ class Submitter:
               file_name=job.file_name, bytes=size, billed_seconds=round(job.billed_seconds, 3), held=job.held,
               **(log_fields or {}))
         return job
+
+    async def _room(self, uid: int, size: int, billed: float) -> tuple[int, float]:
+        """Whether the user may add a job of ``size`` bytes and ``billed`` seconds (0 while unknown) today:
+        RATE_LIMITED if not; else the bytes and seconds left of the daily quotas."""
+        limits = self.limits
+        if await self._store.count_queued(uid) >= limits.max_queued_jobs_per_user:
+            raise HushwireError("RATE_LIMITED", f"at most {limits.max_queued_jobs_per_user} unfinished jobs "
+                                "per user; wait for some to finish")
+        bytes_today, seconds_today = await self._store.usage_today(uid)
+        bytes_left = limits.max_bytes_per_day_per_user - bytes_today
+        if bytes_left <= 0 or size > bytes_left:
+            raise HushwireError("RATE_LIMITED", _bytes_quota_msg(limits.max_bytes_per_day_per_user))
+        seconds_left = limits.max_audio_seconds_per_day_per_user - seconds_today
+        if seconds_left <= 0:
+            raise HushwireError("RATE_LIMITED", audio_quota_msg(limits.max_audio_seconds_per_day_per_user))
+        if billed > seconds_left:
+            raise HushwireError("RATE_LIMITED", f"{billed:.1f} s of audio x channels is over what is left "
+                                f"today of the daily audio quota ({seconds_left:.1f} of "
+                                f"{limits.max_audio_seconds_per_day_per_user:g} s per user)")
+        return bytes_left, seconds_left
 
     async def _spool(self, tmp: Path, chunks: AsyncIterator[bytes], limit: int, quota_msg: str,
                      digest: Any, renew: Callable[[], Awaitable[None]] | None) -> int:
