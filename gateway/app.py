@@ -255,14 +255,14 @@ class _Gateway:
         found = await self.upstream.account.GetWebhookSecret(jobs_pb2.WebhookSecretRequest(),
                                                              metadata=_metadata(request),
                                                              timeout=self.config.connect_timeout)
-        return JSONResponse(_secret_reply(found))
+        return JSONResponse(_secret_reply(found), headers=_NO_STORE)
 
     async def rotate_webhook_secret(self, request: Request) -> JSONResponse:
         """A new webhook signing secret; for 24 h deliveries are signed with the previous one as well."""
         found = await self.upstream.account.RotateWebhookSecret(jobs_pb2.WebhookSecretRequest(),
                                                                 metadata=_metadata(request),
                                                                 timeout=self.config.connect_timeout)
-        return JSONResponse(_secret_reply(found))
+        return JSONResponse(_secret_reply(found), headers=_NO_STORE)
 
     async def healthz(self) -> JSONResponse:
         """Liveness: 200 while the process runs."""
@@ -297,6 +297,10 @@ class _Gateway:
             # Swagger UI would otherwise load a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+
+
+# A secret in a reply: no cache, the browser's own included, may keep a copy.
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _secret_reply(found: jobs_pb2.WebhookSecret) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from gateway.upload import CALLBACK_FIELD, IDEMPOTENCY_HEADER, OPTION_FIELD
 from hushwire.contract import job_status
 from hushwire.contract.limits import MIN_ATTENUATION_LIMIT_DB
+from hushwire.contract.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER
 
 __all__ = ["ENHANCE_BODY", "ENHANCE_PARAMETERS", "ERROR_REPLIES", "OPENAPI_VERSION", "RECEIVER_EXAMPLE",
            "WEBHOOKS_DOC", "openapi_document", "reply"]
@@ -237,9 +238,9 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         doc["x-webhooks"] = {"jobFinished": {"post": {
             "summary": "A job completed or failed",
             "parameters": [
-                {"name": "Hushwire-Signature", "in": "header", "required": True, "schema": {"type": "string"},
+                {"name": SIGNATURE_HEADER, "in": "header", "required": True, "schema": {"type": "string"},
                  "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>[,v1=<previous secret's>]"},
-                {"name": "Hushwire-Event-Id", "in": "header", "required": True, "schema": {"type": "string"},
+                {"name": EVENT_ID_HEADER, "in": "header", "required": True, "schema": {"type": "string"},
                  "description": "the same at every attempt of one delivery"},
             ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobStat")}}},

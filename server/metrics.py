@@ -89,6 +89,9 @@ class Metrics:
                                "mono live audio (EWMA; the admission's per-stream reservation).", registry=r)
         self.live_full = Gauge("hushwire_live_full", "1 while new live streams are refused for load "
                                "(health hushwire.v1.Enhancer NOT_SERVING), else 0.", registry=r)
+        self.live_available = Gauge("hushwire_live_cpu_available", "Share of the CPU it asks for that the server "
+                                     "process gets (run / (run + runnable wait), EWMA): scales the live budget.",
+                                     registry=r)
         self.loop_lag = Gauge("hushwire_event_loop_lag_seconds", "The event loop's mean lag over the last "
                               "half second.", registry=r)
         self._store_collector: _StoreCollector | None = None

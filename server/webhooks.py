@@ -31,8 +31,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -40,13 +38,14 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from hushwire.contract.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from server.logs import event
 from server.metrics import METRICS
 from server.store import Store
@@ -59,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger("hushwire.webhooks")
 
-SIGNATURE_HEADER = "Hushwire-Signature"
-EVENT_ID_HEADER = "Hushwire-Event-Id"
 ATTEMPT_TIMEOUT_S = 10.0             # one delivery attempt, connection to the last byte read
 MAX_ANSWER_BYTES = 64 * 1024         # of the receiver's answer; the rest is not read
 KEEP_ROWS_S = 7 * 86400.0            # finished deliveries stay visible in job status this long
@@ -82,13 +79,6 @@ _DNS_POOL = concurrent.futures.ThreadPoolExecutor(DNS_THREADS, thread_name_prefi
 
 class WebhookRefused(ValueError):
     """A callback URL the policy does not allow (the message says why, without echoing much of it)."""
-
-
-def signature_header(secrets_: Sequence[str], body: bytes, t: int) -> str:
-    """``t=<t>,v1=<hex>[,v1=<hex>]``: HMAC-SHA256 of ``b"<t>." + body`` keyed with each secret's UTF-8 bytes."""
-    signed = f"{t}.".encode() + body
-    return ",".join([f"t={t}", *(f"v1={hmac.new(s.encode(), signed, hashlib.sha256).hexdigest()}"
-                                 for s in secrets_)])
 
 
 def _ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -182,7 +172,8 @@ class WebhookPolicy:
         for address in addresses:
             why = self._address_allowed(host, port, address)
             if why is not None:
-                raise WebhookRefused(f"callback_url is not allowed: its host resolves to {address}, and {why}")
+                # The kind of address, never the address: a client must not map the internal DNS with it.
+                raise WebhookRefused(f"callback_url is not allowed: an address its host resolves to is refused ({why})")
         return Target(url, scheme, host, port, addresses)
 
     def peer_allowed(self, target: Target, peer: str) -> bool:

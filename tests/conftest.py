@@ -148,6 +148,11 @@ def energy_db(x: np.ndarray) -> float:
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+# Admission control (server/admission.py) scales its budget by the CPU the server gets: on a loaded CI
+# machine it rightly turns away streams that tests about other things open by the dozen. Servers the
+# tests start run without it unless they ask (tests/test_admission.py and test_replicas.py pass
+# --live-cpu-budget, which wins over the environment).
+os.environ.setdefault("HUSHWIRE_LIVE_CPU_BUDGET", "0")
 
 from replica_fixtures import cluster, store_urls  # noqa: E402, F401  (two replicas behind HAProxy: test_replicas.py)
 

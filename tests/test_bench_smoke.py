@@ -141,3 +141,14 @@ def test_slow_consumers_quick_ends_every_call() -> None:
     out = run_bench("bench.slow_consumers")
     (row,) = table_rows(out, "calls ended")
     assert row["calls ended"] == "3/3" and row["streams_open then"] == "0", row
+
+
+@pytest.mark.slow
+def test_overload_quick_admits_some_and_refuses_the_rest() -> None:
+    out = run_bench("bench.overload")
+    over, base = table_rows(out, "refusal codes")
+    assert over["phase"] == "overload" and over["offered"] == "12", over
+    assert int(over["admitted"]) >= 1 and int(over["refused"]) >= 1, over
+    assert over["refusal codes"] == f"OVERLOADED×{over['refused']}", over
+    assert over["fell behind / dropped"] == "0", over
+    assert base["phase"] == "baseline" and base["offered"] == over["admitted"], base

@@ -15,7 +15,11 @@ import is still a dependency of the installed package. Between the packages ther
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib.metadata
+import re
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +194,36 @@ def test_the_dsp_can_use_the_pure_contract(module: str) -> None:
     path = ROOT / "protos" / Path(*module.split(".")).with_suffix(".py")
     tops = {target.split(".")[0] for target, _ in imports_of(path, module)}
     assert tops <= set(sys.stdlib_module_names) | {"__future__"}, tops
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s;<>=!~\[(]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_module_level_third_party_imports_come_with_a_plain_install() -> None:
+    """``pip install .`` must be enough to import every module: a third-party module imported at a
+    module's top level belongs to a dependency in ``[project] dependencies`` (or to one of theirs),
+    not only to an extra such as ``test``, which a developer's environment has and a user's lacks."""
+    declared = {_requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())
+                ["project"]["dependencies"]}
+    closure, todo = set(), list(declared)
+    while todo:   # what the declared dependencies bring along, as installed here
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            todo += [_requirement_name(r) for r in importlib.metadata.requires(name) or () if "extra ==" not in r]
+    providers = importlib.metadata.packages_distributions()
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    missing = []
+    for root in PACKAGE_DIRS.values():
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.parse(path.read_text(), str(path)).body:   # top level only: lazy imports may be extras
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                for top in {n.split(".")[0] for n in names} - stdlib - FIRST_PARTY:
+                    dists = {d.lower().replace("_", "-") for d in providers.get(top, [])}
+                    if not dists & closure:
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {top} ({sorted(dists)})")
+    assert not missing, missing

@@ -293,9 +293,13 @@ def test_rest_callback_field_secret_rotation_and_the_documented_receiver(hooked:
     try:
         auth = {"Authorization": hooked.key}
         with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as http:
-            old = http.get("/me/webhook-secret", headers=auth).json()
+            got = http.get("/me/webhook-secret", headers=auth)
+            old = got.json()
             assert old == {"secret": hooked.secret(), "previous_valid_until": None}
-            new = http.post("/me/webhook-secret", headers=auth).json()
+            assert got.headers["cache-control"] == "no-store"   # a secret: no cache may keep it
+            rotated = http.post("/me/webhook-secret", headers=auth)
+            assert rotated.headers["cache-control"] == "no-store"
+            new = rotated.json()
             assert new["secret"] != old["secret"] and new["secret"] == hooked.secret()
             assert abs(new["previous_valid_until"] - (time.time() + 86400)) < 120
             assert http.get("/me/webhook-secret").status_code == 401
@@ -543,6 +547,19 @@ def test_ipv6_forms_of_a_forbidden_ipv4_address_are_refused() -> None:
     asyncio.run(listed.check("http://[64:ff9b::a14:304]/"))          # 10.20.3.4, listed
     with pytest.raises(WebhookRefused, match="not in --webhook-allow"):
         asyncio.run(listed.check("http://[64:ff9b::a15:1]/"))       # 10.21.0.1
+
+
+def test_a_refusal_does_not_say_what_a_host_name_resolves_to() -> None:
+    """Refusals reach the client (400 at submit, the job's callback state later): they name the kind of
+    address, never the address, so callback URLs cannot map the server's internal DNS."""
+    import asyncio
+
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    with pytest.raises(WebhookRefused) as err:
+        asyncio.run(WebhookPolicy().check("http://localhost:9/hook"))
+    assert "loopback" in str(err.value)
+    assert "127.0.0.1" not in str(err.value) and "::1" not in str(err.value), err.value
 
 
 def test_callback_hosts_resolve_outside_the_default_executor() -> None:

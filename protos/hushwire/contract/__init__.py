@@ -7,6 +7,8 @@ copied. The modules, lightest first:
   the attenuation-limit rule. Pure Python, so ``server/dsp`` may import it.
 - :mod:`hushwire.contract.keepalive`: the HTTP/2 keepalive interval both ends keep, as grpc options.
   Pure Python.
+- :mod:`hushwire.contract.webhooks`: the webhook headers and the signature's construction. Pure
+  Python.
 - :mod:`hushwire.contract.pcm`: the sample encodings and the PCM codec (numpy and the generated
   ``SampleEncoding`` enum; no grpc).
 - :mod:`hushwire.contract.job_status`: job status names, mapped store ⇄ proto ⇄ REST in one place.
