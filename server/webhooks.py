@@ -172,7 +172,8 @@ class WebhookPolicy:
         for address in addresses:
             why = self._address_allowed(host, port, address)
             if why is not None:
-                raise WebhookRefused(f"callback_url is not allowed: its host resolves to {address}, and {why}")
+                # The kind of address, never the address: a client must not map the internal DNS with it.
+                raise WebhookRefused(f"callback_url is not allowed: an address its host resolves to is refused ({why})")
         return Target(url, scheme, host, port, addresses)
 
     def peer_allowed(self, target: Target, peer: str) -> bool:

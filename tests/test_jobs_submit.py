@@ -174,6 +174,24 @@ def test_concurrent_uploads_of_one_user_stay_within_the_limits(tmp_path: Path, l
     assert len(desk.uploads()) == 2   # the refused uploads' blobs are gone
 
 
+def test_an_upload_cancelled_while_its_job_waits_its_turn_leaves_no_blob(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    data = _wav(0.1)
+
+    async def main(submitter: Submitter) -> None:
+        turn = submitter._user_locks[desk.principal.uid % len(submitter._user_locks)]
+        async with turn:   # another upload of this user is creating its job
+            task = asyncio.ensure_future(submitter.submit(desk.principal, UploadSpec(), _chunks(data)))
+            while not turn._waiters:   # the upload is stored and waits for its turn
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    desk.run(main)
+    assert desk.uploads() == [] and desk.store.list_jobs(desk.principal.uid, 10) == []
+
+
 def test_a_stalled_database_is_store_unavailable_and_leaves_nothing(tmp_path: Path) -> None:
     """The write lock outlasts the store timeout: the database gives up too, and rolls back."""
     desk = Desk(tmp_path, timeout=0.3)

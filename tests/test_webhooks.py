@@ -549,6 +549,19 @@ def test_ipv6_forms_of_a_forbidden_ipv4_address_are_refused() -> None:
         asyncio.run(listed.check("http://[64:ff9b::a15:1]/"))       # 10.21.0.1
 
 
+def test_a_refusal_does_not_say_what_a_host_name_resolves_to() -> None:
+    """Refusals reach the client (400 at submit, the job's callback state later): they name the kind of
+    address, never the address, so callback URLs cannot map the server's internal DNS."""
+    import asyncio
+
+    from server.webhooks import WebhookPolicy, WebhookRefused
+
+    with pytest.raises(WebhookRefused) as err:
+        asyncio.run(WebhookPolicy().check("http://localhost:9/hook"))
+    assert "loopback" in str(err.value)
+    assert "127.0.0.1" not in str(err.value) and "::1" not in str(err.value), err.value
+
+
 def test_callback_hosts_resolve_outside_the_default_executor() -> None:
     """A lookup that hangs (a DNS server that never answers) must not hold the loop's default executor,
     which carries the uploads' and downloads' file I/O; nor may a busy default executor stall lookups."""

@@ -61,6 +61,7 @@ VAD_SLOPE = 6.0  # logistic slope per unit of mean log likelihood ratio
 # bands, where the gain is small: dev ΔPESQ +0.666 -> +0.689, ESTOI 0.752 -> 0.754 (real-speech
 # pairs ΔPESQ 0.63 -> 0.61; 1.35 gained no PESQ and lost more on real speech).
 MODEL_GAIN_EXPONENT = 1.2
+DF_GAIN_MATCH = 1.0  # deep-filter weights: scale the filtered part as the exponent scales the gain
 CLASSICAL_GAIN_EXPONENT = 0.5
 
 Array = npt.NDArray[np.floating[Any]]
@@ -125,7 +126,12 @@ class _Engine:
             model_gain, voice, taps = self.model.run_full(state, power)
             if taps is not None:  # the low bins' filtered part takes the classical gain too
                 filtered = self.model.deep_filter(state, spec, taps)
-                filtered *= gain[..., : filtered.shape[-1]]
+                k = filtered.shape[-1]
+                filtered *= gain[..., :k]
+                if DF_GAIN_MATCH and MODEL_GAIN_EXPONENT != 1.0:
+                    # the network was trained on g*Y + filter; the denoiser raises g to the exponent,
+                    # so the filter takes the same extra factor g^(e-1) and the two keep their balance
+                    filtered *= model_gain[..., :k] ** ((MODEL_GAIN_EXPONENT - 1.0) / MODEL_GAIN_EXPONENT)
             gain *= model_gain
         else:
             voice = self._vad(xi, gamma)

@@ -257,14 +257,22 @@ class Submitter:
             # again and create the job with this user's other submissions waiting, so that together
             # they stay within the limits. (Across replicas of a shared database, each replica's
             # concurrent uploads can still overshoot by one upload.)
-            async with self._user_locks[principal.uid % len(self._user_locks)]:
+            turn = self._user_locks[principal.uid % len(self._user_locks)]
+            try:
+                await turn.acquire()
                 try:
                     await self._room(principal.uid, size, billed)
-                except HushwireError:
-                    await self.delete_blobs(blob)
+                except BaseException:
+                    turn.release()
                     raise
+            except BaseException:   # a refusal, the database, or the client gone: no job will own the blob
+                self.delete_blobs_soon(blob)
+                raise
+            try:
                 await self._store.run_or_undo(lambda settled: self._settle(job, settled, idempotent is not None),
                                               self._store.sync.create_job, job, idempotent, count_upload=True)
+            finally:
+                turn.release()
         except IdempotencyConflict:
             raise HushwireError("IDEMPOTENCY_CONFLICT", "the reservation of this idempotency key lapsed and "
                                 "another request took it") from None
