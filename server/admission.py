@@ -24,6 +24,11 @@ measures, not from a count the operator has to guess (``--max-streams`` stays an
   on the shared 2-core machine of docs/performance.md a server was getting about a quarter of a
   core, and a budget of 0.9 core admitted 36-63 streams that all fell seconds behind.
 
+- **slow start**: within one half-second window, new admissions may add at most as much weight as
+  was already admitted (at least ``SLOW_START_WEIGHT``), so a burst onto an idle server ramps up
+  over windows in which the lag and CPU measurements can catch a budget the machine does not give;
+  the streams turned away meanwhile hear ``OVERLOADED`` and retry (through a balancer, elsewhere).
+
 A new stream is admitted while ``max(reserved, measured CPU share) + its reservation`` stays within
 ``--live-cpu-budget`` (a fraction of one core) times the CPU available, and the loop keeps up. A
 server with no live stream always admits one. Admitted streams are never ended for load. When a
@@ -46,7 +51,7 @@ from typing import Any
 
 from server.metrics import METRICS
 
-__all__ = ["HOLD_S", "LAG_LIMIT_S", "PRIOR_COST", "Admission", "stream_weight"]
+__all__ = ["HOLD_S", "LAG_LIMIT_S", "PRIOR_COST", "SLOW_START_WEIGHT", "Admission", "stream_weight"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -59,6 +64,8 @@ PRIOR_COST = 0.025
 MIN_COST = 0.002
 # The event loop's mean lag over a window above which new streams are refused: 5 chunks of 20 ms.
 LAG_LIMIT_S = 0.1
+# New weight admitted per window beyond what was admitted before it (see "slow start").
+SLOW_START_WEIGHT = 8.0
 # Full -> not full needs this long without a refusal-worthy state (health hysteresis).
 HOLD_S = 2.0
 _WINDOW_S = 0.5       # how often CPU and audio are sampled
@@ -93,6 +100,8 @@ class Admission:
         self._last_full = -1e9          # monotonic time the server was last found full
         self._on_full_change = on_full_change
         self._audio_s = 0.0             # weighted audio seconds processed since the last sample
+        self._window_weight = 0.0       # weight admitted since the last sample (slow start)
+        self._window_base = 0.0         # weight admitted before it
         self._lags: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()   # health updates under way
@@ -119,7 +128,11 @@ class Admission:
         if not self.fits(weight):
             self._mark_full()
             return False
+        if self.budget is not None and self.reserved_weight > 0 \
+                and self._window_weight + weight > max(SLOW_START_WEIGHT, self._window_base):
+            return False   # slow start: not full (health stays SERVING), just not so many at once
         self.reserved_weight += weight
+        self._window_weight += weight
         return True
 
     def release(self, weight: float) -> None:
@@ -196,6 +209,7 @@ class Admission:
         if available is not None:
             self.available = max(_MIN_AVAILABLE, (1 - _EWMA) * self.available + _EWMA * min(1.0, available))
         self.cpu_share = cpu_s / wall_s
+        self._window_weight, self._window_base = 0.0, self.reserved_weight
         lags, self._lags = self._lags, []
         self.lag_s = sum(lags) / len(lags) if lags else 0.0
         if self._audio_s >= _MIN_AUDIO_S:

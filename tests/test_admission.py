@@ -26,7 +26,7 @@ from conftest import ServerProcess, create_key, free_port, scrape_metrics, start
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server.admission import HOLD_S, PRIOR_COST
+from server.admission import HOLD_S, PRIOR_COST, SLOW_START_WEIGHT
 from server.jobs.worker import JOB_NICE
 
 RATE = 16000
@@ -204,3 +204,28 @@ def test_job_workers_yield_to_live_streams(tmp_path: Path) -> None:
         assert all(n == min(19, server_nice + JOB_NICE) for n in nice.values()), (server_nice, nice)
     finally:
         assert s.stop() == 0, s.log
+
+
+def test_a_burst_onto_an_idle_server_ramps_up(tmp_path: Path) -> None:
+    """Slow start: with room for far more than the burst (4 cores' budget), a burst of 30 streams within
+    0.3 s (at most two half-second windows) gets at most twice SLOW_START_WEIGHT admitted; the rest
+    hear OVERLOADED and may retry once the measurements have seen the first ones' load."""
+    s = start_server(tmp_path, "--live-cpu-budget", "4", "--workers", "0")
+    key = create_key(tmp_path)
+    pcm = (np.random.default_rng(1).standard_normal(int(RATE * 1.0)) * 3000).astype("<i2").tobytes()
+
+    async def burst() -> list[Outcome]:
+        async with grpc.aio.insecure_channel(s.target) as ch:
+            await ch.channel_ready()
+            stub = enhancer_pb2_grpc.EnhancerStub(ch)
+            return await asyncio.gather(*(_stream(stub, key, pcm, 0.3 * k / BURST) for k in range(BURST)))
+
+    try:
+        outcomes = asyncio.run(burst())
+    finally:
+        assert s.stop() == 0, s.log
+    admitted = [o for o in outcomes if o.admitted]
+    assert 1 <= len(admitted) <= 2 * SLOW_START_WEIGHT, len(admitted)
+    assert all((o.status, o.code) == (grpc.StatusCode.UNAVAILABLE, "OVERLOADED")
+               for o in outcomes if not o.admitted), [(o.status, o.code, o.details) for o in outcomes]
+    assert all(o.status is None for o in admitted), [(o.status, o.code) for o in admitted]
