@@ -47,9 +47,7 @@ from bench._common import (
     temp_dir,
     usable_cpus,
 )
-from bench.streams import CHUNK_MS, audio_requests, config_request, open_channels, run_level
-
-METHOD = "/hushwire.v1.Enhancer/StreamEnhance"
+from bench.streams import CHUNK_MS, METHOD, audio_requests, config_request, open_channels, run_level
 
 
 @dataclass
