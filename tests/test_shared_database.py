@@ -38,9 +38,11 @@ def test_a_dead_replicas_job_is_finished_once_by_the_survivor(tmp_path: Path, po
                 assert j.status not in (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED), j
                 assert time.monotonic() < deadline, "the job never started on replica A"
                 time.sleep(0.05)
-        b = start_server(tmp_path, *flags)
+        # Kill A first, then start B: started the other way round, a slow start of B (a loaded machine)
+        # let A finish the job before it was killed, and the test failed on its own race.
         a.stop(sig=signal.SIGKILL)
         killed_at = time.monotonic()
+        b = start_server(tmp_path, *flags)
         with JobsClient(b.target, key) as c:
             done = c.wait(job_id, timeout=180)
             assert STATUS_NAMES[done.status] == "completed", done.error
