@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, free_port, start_server
+from conftest import ServerProcess, free_port
 from test_gateway import GatewayProcess, start_gateway
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -24,13 +24,6 @@ from websockets.sync.client import connect
 from client import JobsClient
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 from server.errors import MAX_KEY_CHARS, MAX_QUOTED_CHARS
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("edges"))
-    yield srv
-    assert srv.stop() == 0, srv.log
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +35,9 @@ def gateway(server: ServerProcess) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture(scope="module")
-def key(server: ServerProcess) -> str:
-    return create_key(server.data_dir)
+def key(api_key: str) -> str:
+    """conftest's key for conftest's ``server`` (the gateway above fronts that server)."""
+    return api_key
 
 
 def _error(resp: httpx.Response, status: int, code: str) -> str:

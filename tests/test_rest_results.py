@@ -29,13 +29,6 @@ LSB = 1 / 32768   # one step of the 16-bit files below
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("rest"))
-    yield srv
-    assert srv.stop() == 0, srv.log
-
-
-@pytest.fixture(scope="module")
 def gateway(server: ServerProcess) -> Iterator[GatewayProcess]:
     gw = start_gateway(server.data_dir, server.target)
     yield gw
@@ -43,8 +36,9 @@ def gateway(server: ServerProcess) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture(scope="module")
-def key(server: ServerProcess) -> str:
-    return create_key(server.data_dir)
+def key(api_key: str) -> str:
+    """conftest's key for conftest's ``server`` (the gateway above fronts that server)."""
+    return api_key
 
 
 @pytest.fixture(scope="module")
