@@ -184,9 +184,10 @@ def test_clients_that_never_read_are_ended_and_their_memory_freed(tmp_path: Path
             after.append(_rss_mib(srv.proc.pid))
             print(f"server RSS, {n} never-reading clients: before {before:.0f} MiB, peak {peak:.0f}, "
                   f"after {after[-1]:.0f}")
-        # The first round leaves what the allocator and the denoiser's pool keep for reuse; memory held
-        # per stuck stream would double it in the second.
-        assert after[1] < after[0] + 10, (before, after)
+        # The first round leaves what the allocator and the denoiser's pool keep for reuse. A stuck stream
+        # that is not freed holds 5-7 MiB (issue #18), so a second round of n would add at least 5n MiB;
+        # the bound is half of that (a fixed 10 MiB failed once at 16 MiB in a full CI run, allocator noise).
+        assert after[1] < after[0] + 2.5 * n, (before, after)
         assert srv.log.count("connection_closed=True") == 2 * n, srv.log
         with grpc.insecure_channel(srv.target) as ch:   # and it still serves
             resps = list(enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(
