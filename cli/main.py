@@ -29,7 +29,7 @@ _SERVER_SETTINGS = [
     "max_streams_per_user", "max_streams", "live_cpu_budget", "max_queued_jobs_per_user",
     "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
-    "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
+    "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers", "processes",
     "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
     "server_public_url", "webhook_allow", "webhook_base_delay_seconds", "webhook_max_age_seconds",
@@ -105,12 +105,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from server.app import serve
     from server.blobs import BlobStoreError
+    from server.config import cores
+    from server.group import run_group
     from server.logs import setup_logging
     from server.store import StoreError
 
     config = _server_config(args)
     setup_logging(config.log_level, config.log_format)
+    processes = config.processes if config.processes is not None else cores()
     try:
+        if processes > 1:
+            return asyncio.run(run_group(config, processes))
         return asyncio.run(serve(config))
     except StoreError as exc:  # e.g. the database is unreachable at start-up: one line, exit 2
         raise UsageError(str(exc)) from None

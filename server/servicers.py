@@ -39,6 +39,7 @@ from server.jobs import (
 from server.logs import event
 from server.metrics import METRICS
 from server.rpc import rpc_errors
+from server.shared import Refused, SharedState
 from server.signing import Signer
 from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
@@ -70,19 +71,23 @@ class StreamTimeouts:
 
 
 _FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
+_CAP_MSG = "this server is serving its most live streams ({}); retry, ideally on another replica"
 
 
 class StreamRegistry:
     """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
 
     def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, shared: SharedState | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
         self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
         self.admission = admission
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
         self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
+        # With --processes N, the per-user limit and the cap count every sibling's streams (server/shared.py).
+        self.shared = shared
+        self._rows: dict[asyncio.Task[object], int] = {}  # task -> its row in ``shared``
         self.shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -91,21 +96,40 @@ class StreamRegistry:
         """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
         not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
         in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
-        reserves the cost of one 16 kHz mono stream."""
-        if self.per_user[uid] >= self.max_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
-        if self.max_streams is not None and len(self.tasks) >= self.max_streams:
-            METRICS.streams_refused.labels("cap").inc()
-            raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
-                                              f"({self.max_streams}); retry, ideally on another replica")
+        reserves the cost of one 16 kHz mono stream. With sibling processes, both limits count the
+        streams of the whole group."""
+        row = self._count(uid)
         if self.admission is not None:
             if not self.admission.try_reserve(1.0):
+                if row is not None and self.shared is not None:
+                    self.shared.close_stream(row)
                 METRICS.streams_refused.labels("load").inc()
                 raise HushwireError("OVERLOADED", _FULL_MSG)
             self.weights[task] = 1.0
+        if row is not None:
+            self._rows[task] = row
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
+
+    def _count(self, uid: int) -> int | None:
+        """Check the per-user limit and the cap, and count the stream in the shared state if there is one."""
+        if self.shared is None:
+            if self.per_user[uid] >= self.max_per_user:
+                raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+            if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+                METRICS.streams_refused.labels("cap").inc()
+                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams))
+            return None
+        try:
+            return self.shared.open_stream(uid, self.max_per_user, self.max_streams)
+        except Refused as refused:
+            if refused.reason == "user":
+                raise HushwireError("RATE_LIMITED",
+                                    f"at most {self.max_per_user} concurrent streams per user") from None
+            METRICS.streams_refused.labels("cap").inc()
+            raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams) if refused.reason == "cap"
+                                else _FULL_MSG) from None
 
     def weigh(self, task: asyncio.Task[object], weight: float) -> None:
         """Set a stream's reservation from its config (rate and channels); OVERLOADED when the larger
@@ -123,6 +147,9 @@ class StreamRegistry:
         self.weights[task] = weight
 
     def discard(self, task: asyncio.Task[object]) -> None:
+        row = self._rows.pop(task, None)
+        if row is not None and self.shared is not None:
+            self.shared.close_stream(row)
         weight = self.weights.pop(task, None)
         if weight is not None and self.admission is not None:
             self.admission.release(weight)
