@@ -377,3 +377,37 @@ def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
         assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
     finally:
         assert srv2.stop() == 0, srv2.log
+
+
+@pytest.mark.slow
+def test_a_dead_sibling_is_replaced_and_its_streams_forgotten(tmp_path: Path) -> None:
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--max-streams-per-user", "1")
+    try:
+        async def scenario() -> None:
+            chans = await _connect(srv, 16)
+            on = {i: [ch for ch, s in chans if s == i] for i in (1, 2)}
+            assert on[1] and on[2], {i: len(c) for i, c in on.items()}
+            try:
+                stream = await _open(on[1][0], key)
+                assert isinstance(stream, _Stream), stream
+                assert await _open(on[2][0], key) == "RATE_LIMITED"
+                os.kill(_siblings(srv)[1], signal.SIGKILL)   # its stream dies with it ...
+                deadline = time.monotonic() + 30
+                while srv.log.count("process 1 of 2 serving") < 2:
+                    assert time.monotonic() < deadline, srv.log
+                    await asyncio.sleep(0.1)
+                # ... and no longer counts against the user's limit, on the other sibling.
+                again = await _open(on[2][0], key)
+                assert isinstance(again, _Stream), again
+                await again.close()
+            finally:
+                for ch, _ in chans:
+                    await ch.close()
+
+        old = _siblings(srv)[1]
+        asyncio.run(scenario())
+        assert f"process 1 (pid {old}) exited with status -9" in srv.log
+        assert _siblings(srv)[1] != old and _alive(_siblings(srv)[1])
+    finally:
+        assert srv.stop() == 0, srv.log
