@@ -297,6 +297,10 @@ class GainModel:
                          p["dense_lo.bias"].astype(dtype), p["df.bias"].astype(dtype),
                          p["dense_lo.weight"], p["df.weight"]),
             )[:4]
+            # a low-rank head (training's --df-rank): [GRU2, low dense] -> rank -> taps
+            self._df_in_t = _shared((id(p["df_in.weight"]), key),
+                                    lambda: (np.ascontiguousarray(p["df_in.weight"].T, dtype), p["df_in.weight"]),
+                                    )[0] if "df_in.weight" in p else None
         self._own: RowState = {}
         self.init_state(self._own, self.channels)
 
@@ -361,7 +365,8 @@ class GainModel:
             g[..., self._high_bins] = bg[..., -HIGH_BAND_SPAN:].mean(axis=-1, keepdims=True)
         taps = None
         if dl is not None:
-            c = _matmul(np.concatenate([h2, dl], axis=-1), self._df_w_t)
+            x = np.concatenate([h2, dl], axis=-1)
+            c = _matmul(x if self._df_in_t is None else _matmul(x, self._df_in_t), self._df_w_t)
             c += self._df_b
             np.tanh(c, out=c)
             # (hops, rows, bins * taps * 2) real/imaginary pairs -> (hops, rows, bins, taps) complex

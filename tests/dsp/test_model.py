@@ -187,17 +187,21 @@ def test_deep_filter_weights_need_their_low_layers() -> None:
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (training-only dependency)")
-def test_deep_filter_matches_torch() -> None:
-    """The deep-filter model: band gains, voice and filtered low bins as training computes them,
-    fed in two chunks (the filter's past frames carry over in the row state)."""
+@pytest.mark.parametrize("rank", [0, 16])
+def test_deep_filter_matches_torch(rank: int) -> None:
+    """The deep-filter model, with a full or a low-rank head: band gains, voice and filtered low
+    bins as training computes them, fed in two chunks (the filter's past frames carry over in the
+    row state)."""
     import torch
 
     sys.path.insert(0, str(ROOT / "training"))
     from train import FRAME_LEN, Frontend, GainNet, deep_filter, export_npz
 
     torch.manual_seed(1)
-    net = GainNet(df_bins=128)
+    net = GainNet(df_bins=128, df_rank=rank)
     with torch.no_grad():
+        if rank:
+            net.df_in.weight.normal_(0.0, 0.3)
         net.feat_mean.uniform_(-8, -4)
         net.feat_std.uniform_(1, 2)
         net.lo_mean.uniform_(-8, -4)
