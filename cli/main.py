@@ -39,7 +39,7 @@ _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client
 _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
-                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
+                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _client_config(args: argparse.Namespace) -> ClientConfig:
     return ClientConfig(**_settings(args, _CLIENT_SETTINGS))
 
 
-def _tls(cfg: ClientConfig) -> dict[str, str | None]:
+def _tls(cfg: ClientConfig) -> dict[str, Any]:
     """A client command's TLS files, as the client classes take them."""
     return {"tls_ca": cfg.client_tls_ca, "tls_cert": cfg.client_tls_cert, "tls_key": cfg.client_tls_key}
 
@@ -392,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
     for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
                  "upload_idle_seconds", "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert",
-                 "grpc_tls_key"):
+                 "grpc_tls_key", "grpc_connections"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 

@@ -11,6 +11,7 @@ connection belongs to one sibling's file descriptors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -410,4 +412,79 @@ def test_a_dead_sibling_is_replaced_and_its_streams_forgotten(tmp_path: Path) ->
         assert f"process 1 (pid {old}) exited with status -9" in srv.log
         assert _siblings(srv)[1] != old and _alive(_siblings(srv)[1])
     finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_the_gateways_connections_reach_every_sibling(tmp_path: Path) -> None:
+    """With a budget so small that one stream fills a sibling, the group holds two streams: the gateway
+    reaches the second only through its pool (and by trying the next connection after OVERLOADED)."""
+    import json
+
+    from test_gateway import start_gateway
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
+    gw = start_gateway(tmp_path, srv.target, "--grpc-connections", "16")
+    sockets: list[Any] = []
+    stack = contextlib.ExitStack()
+    try:
+        for _ in range(16):   # each call takes the next connection: all 16 are up afterwards
+            assert urllib.request.urlopen(gw.url + "/readyz", timeout=10).status == 200
+        ports = {local for local, remote, inode in _tcp() if remote == srv.port and inode in _inodes(gw.proc.pid)}
+        assert len(ports) == 16, ports
+        reached = {_serving_sibling(srv, p) for p in ports}
+        assert reached == {1, 2}, reached   # all 16 on one sibling: odds 1 in 32768
+
+        def live() -> tuple[Any, dict[str, Any]]:
+            ws = stack.enter_context(connect(gw.url.replace("http://", "ws://", 1) + "/live", open_timeout=10))
+            sockets.append(ws)
+            ws.send(json.dumps({"key": key, "sample_rate_hz": 16000}))
+            reply = ws.recv(timeout=20)
+            assert isinstance(reply, str)
+            return ws, json.loads(reply)
+
+        replies = [live()[1] for _ in range(3)]
+        assert "algorithmic_delay_samples" in replies[0] and "algorithmic_delay_samples" in replies[1], replies
+        assert replies[2]["error"]["code"] == "OVERLOADED", replies
+        with pytest.raises(ConnectionClosed) as closed:
+            sockets[2].recv(timeout=20)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    finally:
+        stack.close()
+        assert gw.stop() == 0, gw.log
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_the_client_librarys_connections_reach_every_sibling(tmp_path: Path) -> None:
+    """One stream fills a sibling; a second stream of the same client retries OVERLOADED on its next
+    connections until one reaches the other sibling (with one connection it would never get in)."""
+    import queue
+    import threading
+
+    from client.stream import EnhancerClient
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
+    feed: queue.Queue[np.ndarray | None] = queue.Queue()
+    try:
+        with EnhancerClient(srv.target, key, connections=16, connect_timeout=10) as c:
+            def items() -> Any:
+                while (item := feed.get(timeout=30)) is not None:
+                    yield item
+
+            first = c.stream(items(), 16000)
+            feed.put(np.zeros(320, np.float32))
+            held = threading.Thread(target=lambda: [None for _ in first], daemon=True)
+            held.start()
+            y = c.enhance(np.zeros(1600, np.float32), 16000)
+            assert y.shape == (1600,)
+            feed.put(None)
+            held.join(10)
+            assert not held.is_alive()
+    finally:
+        feed.put(None)
         assert srv.stop() == 0, srv.log

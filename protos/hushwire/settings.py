@@ -222,6 +222,10 @@ _HELP = {
                        "be denoised with it (0: no wait; applies from 4 open streams)",
     "workers": "job worker processes, in all: with --processes, shared out among the server processes "
                "(0: this replica runs no jobs; others sharing its store do)",
+    "grpc_connections": "the gateway's connections to the server, each its own TCP connection; calls and `/live` "
+                        "streams take turns on them, so they spread over a server's processes (`serve "
+                        "--processes`), which the kernel assigns per connection; a stream refused with "
+                        "OVERLOADED is tried on the others first. A few per server process",
     "processes": "server processes sharing the port (SO_REUSEPORT, Linux; one event loop serves about one core's "
                  "worth of live streams). A core is a CPU this process may run on (`os.sched_getaffinity`: "
                  "taskset, cpusets), capped by a cgroup CPU quota. Only these siblings share the port: another "
@@ -280,6 +284,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
         Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
         Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
+        Setting("grpc_connections", "HUSHWIRE_GATEWAY_GRPC_CONNECTIONS", "gateway.grpc_connections", 8,
+                _positive_int),
         Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
         Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
