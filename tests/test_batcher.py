@@ -36,46 +36,39 @@ async def _open(registry: StreamRegistry, pools: DenoiserPools, n: int) -> list[
     return sessions
 
 
-def _end(registry: StreamRegistry, sessions: list[StreamSession]) -> None:
-    for task in list(registry.tasks):
-        registry.discard(task)
-        task.cancel()
-    for s in sessions:
-        s.close()
+def _batch(window_s: float, opened: int, sending: int) -> tuple[float, StreamBatcher, DenoiserPools]:
+    """Open ``opened`` streams, have the first ``sending`` send one chunk each at once, close them all;
+    returns how long the chunks took, the batcher and the pools."""
+    async def main() -> tuple[float, StreamBatcher, DenoiserPools]:
+        registry, pools = StreamRegistry(), DenoiserPools()
+        batcher = StreamBatcher(lambda: registry.live, window_s=window_s, min_streams=4)
+        sessions = await _open(registry, pools, opened)
+        took = await _submit(batcher, sessions[:sending])
+        for task in list(registry.tasks):
+            registry.discard(task)
+            task.cancel()
+        for s in sessions:
+            s.close()
+        return took, batcher, pools
+    return asyncio.run(main())
 
 
 def test_window_ends_early_when_every_open_stream_has_a_chunk() -> None:
-    async def main() -> None:
-        registry, pools = StreamRegistry(), DenoiserPools()
-        batcher = StreamBatcher(lambda: registry.live, window_s=2.0, min_streams=4)
-        sessions = await _open(registry, pools, 4)
-        assert await _submit(batcher, sessions) < 1.0  # did not sit out the 2 s window
-        assert (batcher.batches, batcher.chunks) == (1, 4)
-        _end(registry, sessions)
-    asyncio.run(main())
+    took, batcher, _ = _batch(2.0, opened=4, sending=4)
+    assert took < 1.0  # did not sit out the 2 s window
+    assert (batcher.batches, batcher.chunks) == (1, 4)
 
 
 def test_window_waits_for_streams_that_have_not_sent_yet() -> None:
-    async def main() -> None:
-        registry, pools = StreamRegistry(), DenoiserPools()
-        batcher = StreamBatcher(lambda: registry.live, window_s=0.3, min_streams=4)
-        sessions = await _open(registry, pools, 5)
-        took = await _submit(batcher, sessions[:4])  # the fifth stream is open but silent
-        assert 0.25 < took < 2.0
-        assert (batcher.batches, batcher.chunks) == (1, 4)
-        _end(registry, sessions)
-        assert pools.pool(16000).rows_in_use == 0
-    asyncio.run(main())
+    took, batcher, pools = _batch(0.3, opened=5, sending=4)  # the fifth stream is open but silent
+    assert 0.25 < took < 2.0
+    assert (batcher.batches, batcher.chunks) == (1, 4)
+    assert pools.pool(16000).rows_in_use == 0
 
 
 def test_no_window_below_min_streams() -> None:
-    async def main() -> None:
-        registry, pools = StreamRegistry(), DenoiserPools()
-        batcher = StreamBatcher(lambda: registry.live, window_s=2.0, min_streams=4)
-        sessions = await _open(registry, pools, 3)
-        assert await _submit(batcher, sessions[:1]) < 1.0
-        _end(registry, sessions)
-    asyncio.run(main())
+    took, _, _ = _batch(2.0, opened=3, sending=1)
+    assert took < 1.0
 
 
 def test_registry_alone_counts_live_streams() -> None:
