@@ -30,10 +30,11 @@ from server.group import Member
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
-from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry, StreamTimeouts
+from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamTimeouts
 from server.shared import SharedState
 from server.signing import Signer, load_secret
 from server.store import AsyncStore
+from server.streams import StreamRegistry
 from server.tls import CertificateReloader, TLSFiles
 from server.webhooks import WebhookDeliverer, WebhookPolicy
 
