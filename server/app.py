@@ -28,9 +28,10 @@ from server.connections import Connections
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
-from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamRegistry, StreamTimeouts
+from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamTimeouts
 from server.signing import Signer, load_secret
 from server.store import AsyncStore
+from server.streams import StreamRegistry
 from server.tls import CertificateReloader, TLSFiles
 from server.webhooks import WebhookDeliverer, WebhookPolicy
 
