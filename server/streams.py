@@ -121,7 +121,7 @@ class StreamRegistry:
             self.weights[task] = weight
         if task in self.tasks:
             self._live.add(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
 
     def discard(self, task: asyncio.Task[object]) -> None:
         row = self._rows.pop(task, None)
@@ -132,7 +132,7 @@ class StreamRegistry:
             self.admission.release(weight)
         if task in self._live:
             self._live.discard(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
         uid = self.tasks.pop(task, None)
         if uid is not None:
             self.per_user[uid] -= 1

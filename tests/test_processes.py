@@ -289,6 +289,7 @@ def test_metrics_are_summed_and_health_is_the_groups(tmp_path: Path) -> None:
             assert m[("hushwire_streams_refused_total", (("reason", "load"),))] == 1
             assert m[("hushwire_jobs_queued", ())] == 0     # the store's gauges, once
             assert len([k for k in m if k[0] == "hushwire_event_loop_lag_seconds"]) == 2   # one per sibling
+            assert sorted(v for k, v in m.items() if k[0] == "hushwire_process_streams_open") == [1, 1]
             for s in (first, second):
                 await s.close()
             m = scrape_metrics(metrics)
