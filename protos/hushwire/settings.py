@@ -199,9 +199,11 @@ _HELP = {
                     "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
                     "the hold while it forwards the request, so keep it above the gateway's "
                     "--upload-idle-seconds",
-    "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
-    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
-                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
+    "max_streams_per_user": "concurrent live streams per user on this server, all its processes together "
+                            "(`--processes`; each replica counts its own) (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users and processes together: a new one "
+                   "beyond is refused with OVERLOADED, which clients retry (through a balancer, on another "
+                   "replica); none by default",
     "live_cpu_budget": "admission control: the CPU (fraction of one core) a server process lets live streams "
                        "use, against their measured cost; a new stream that would not fit in real time is "
                        "refused with OVERLOADED and health `hushwire.v1.Enhancer` goes NOT_SERVING; 0 turns "
