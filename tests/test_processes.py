@@ -204,6 +204,15 @@ def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None
         s.bind(("127.0.0.1", srv.port))
 
 
+def test_a_sibling_that_cannot_start_stops_the_whole_server(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    out = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--processes", "2", "--workers", "0",
+                  "--tls-cert", missing, "--tls-key", missing, check=False)
+    assert out.returncode == 2, out.stderr
+    assert f"hushwire: cannot read the TLS file {missing}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "listening on" not in out.stderr
+
+
 def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
     key, other = create_key(tmp_path, "--name", "a"), create_key(tmp_path, "--name", "b")
     srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--max-streams-per-user", "3",
