@@ -333,7 +333,7 @@ async def run_group(config: ServerConfig, processes: int) -> int:
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
     run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
-    store = None
+    store = shared = None
     try:
         (run_dir / _METRICS_DIR).mkdir()
         shared = SharedState.create(run_dir / _STATE_FILE, processes)
@@ -352,6 +352,8 @@ async def run_group(config: ServerConfig, processes: int) -> int:
         holder.close()
         if store is not None:
             store.close()
+        if shared is not None:
+            shared.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
