@@ -24,7 +24,7 @@ from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
-from server.connections import Connections
+from server.connections import FLOW_CONTROL_OPTIONS, Connections
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
@@ -146,6 +146,7 @@ async def create_server(config: ServerConfig) -> Server:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
             *keepalive.SERVER_OPTIONS,
+            *FLOW_CONTROL_OPTIONS,
         ],
     )
     timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
