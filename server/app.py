@@ -145,7 +145,8 @@ async def create_server(config: ServerConfig) -> Server:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-            *keepalive.SERVER_OPTIONS,
+            *keepalive.server_options(config.keepalive_seconds, config.keepalive_timeout_seconds,
+                                      config.keepalive_min_ping_seconds),
             *FLOW_CONTROL_OPTIONS,
         ],
     )

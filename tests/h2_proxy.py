@@ -15,6 +15,7 @@ the file FRAMES as a JSON line, and blackholes on SIGUSR1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -196,10 +197,11 @@ class _Proxy:
     async def accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         conn = self.conns
         self.conns += 1
-        server_r, server_w = await asyncio.open_connection(*self.target)
-        await asyncio.gather(self.pipe(client_r, server_w, _Direction(self.out, conn, True)),
-                             self.pipe(server_r, client_w, _Direction(self.out, conn, False)),
-                             return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError, OSError):   # cancelled: the proxy is stopping
+            server_r, server_w = await asyncio.open_connection(*self.target)
+            await asyncio.gather(self.pipe(client_r, server_w, _Direction(self.out, conn, True)),
+                                 self.pipe(server_r, client_w, _Direction(self.out, conn, False)),
+                                 return_exceptions=True)
 
     async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: _Direction) -> None:
         try:
