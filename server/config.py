@@ -12,7 +12,25 @@ from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.settings import ConfigError
 
-__all__ = ["ConfigError", "ServerConfig", "one_blas_thread"]
+__all__ = ["ConfigError", "ServerConfig", "cores", "one_blas_thread"]
+
+
+def cores() -> int:
+    """The cores this process may use: the CPUs its affinity allows (``taskset``, cpusets), and no more
+    than its cgroup's CPU quota rounded up (a container limited to 2 CPUs on a 64-core host: 2).
+    ``serve --processes`` and ``--workers`` default to it."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:   # cgroup v2: "max 100000" or "200000 100000"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 def one_blas_thread() -> None:
@@ -59,6 +77,7 @@ class ServerConfig:
     hold_seconds: float = 120.0
     metrics_port: int | None = None
     workers: int | None = None
+    processes: int | None = None
     stream_batch_ms: float = 1.0
     health_http_port: int | None = None
     metrics_host: str = "127.0.0.1"

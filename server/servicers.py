@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -21,7 +20,6 @@ from hushwire.contract.metadata import RESULT_TOKEN_KEY
 from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
-from server.admission import Admission
 from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
 from server.connections import Connections, reset_call
@@ -42,11 +40,11 @@ from server.rpc import rpc_errors
 from server.signing import Signer
 from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
-from server.streams import StreamBatcher, StreamSession
+from server.streams import DenoiserPools, StreamBatcher, StreamRegistry, StreamSession
 from server.tls import peer_subject
 from server.webhooks import ROTATION_GRACE_S
 
-__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamRegistry", "StreamTimeouts"]
+__all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamTimeouts"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -67,84 +65,6 @@ class StreamTimeouts:
     idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
-
-
-_FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
-
-
-class StreamRegistry:
-    """The live streams' tasks, so a drain can wait for them and then end the stragglers."""
-
-    def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
-                 admission: Admission | None = None) -> None:
-        self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
-        self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
-        self.admission = admission
-        self.per_user: collections.Counter[int] = collections.Counter()
-        self.max_per_user = max_per_user
-        self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
-        self.shutting_down = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def add(self, task: asyncio.Task[object], uid: int) -> None:
-        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
-        not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
-        in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
-        reserves the cost of one 16 kHz mono stream."""
-        if self.per_user[uid] >= self.max_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
-        if self.max_streams is not None and len(self.tasks) >= self.max_streams:
-            METRICS.streams_refused.labels("cap").inc()
-            raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
-                                              f"({self.max_streams}); retry, ideally on another replica")
-        if self.admission is not None:
-            if not self.admission.try_reserve(1.0):
-                METRICS.streams_refused.labels("load").inc()
-                raise HushwireError("OVERLOADED", _FULL_MSG)
-            self.weights[task] = 1.0
-        self.tasks[task] = uid
-        self.per_user[uid] += 1
-        self._idle.clear()
-
-    def weigh(self, task: asyncio.Task[object], weight: float) -> None:
-        """Set a stream's reservation from its config (rate and channels); OVERLOADED when the larger
-        one does not fit. A server's only stream always fits."""
-        if self.admission is None or task not in self.weights:
-            return
-        old = self.weights[task]
-        if weight <= old:
-            self.admission.release(old - weight)
-        elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
-            METRICS.streams_refused.labels("load").inc()
-            raise HushwireError("OVERLOADED", _FULL_MSG)
-        elif len(self.weights) <= 1:
-            self.admission.reserved_weight += weight - old
-        self.weights[task] = weight
-
-    def discard(self, task: asyncio.Task[object]) -> None:
-        weight = self.weights.pop(task, None)
-        if weight is not None and self.admission is not None:
-            self.admission.release(weight)
-        uid = self.tasks.pop(task, None)
-        if uid is not None:
-            self.per_user[uid] -= 1
-            if self.per_user[uid] <= 0:
-                del self.per_user[uid]
-        if not self.tasks:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    def end_all(self) -> None:
-        self.shutting_down = True
-        for task in list(self.tasks):
-            task.cancel()
 
 
 # grpc's error for a failed batch of core operations (not exported by grpc.aio): a write fails with it
@@ -178,7 +98,8 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         self._registry = registry
         self._admission = registry.admission
         self._store = store
-        self._batcher = StreamBatcher(batch_window_s)
+        self._pools = DenoiserPools()
+        self._batcher = StreamBatcher(lambda: registry.live, batch_window_s)
         self._max_audio_s = max_audio_seconds_per_day
         self._timeouts = timeouts or StreamTimeouts()
         self._connections = connections
@@ -207,7 +128,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
             session = await self._open(context)
             if session is not None:
-                METRICS.streams_open.inc()
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
                       rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
@@ -255,7 +175,6 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float
                       ) -> None:
-        METRICS.streams_open.dec()
         billed = session.frames_in / session.sample_rate_hz * session.channels
         METRICS.billed(uid, key_id, billed, "stream")
         event(log, "stream closed", uid=uid, key_id=key_id, rate=session.sample_rate_hz,
@@ -287,17 +206,17 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             cfg.channels,
             cfg.encoding,
             cfg.attenuation_limit_db if cfg.HasField("attenuation_limit_db") else None,
-            self._batcher,
+            self._pools,
         )
         task = asyncio.current_task()
         assert task is not None
         try:
-            self._registry.weigh(task, session.weight)   # its reservation, now that its rate is known
-        except HushwireError:
+            self._registry.configured(task, session.weight)   # its reservation, now that its rate is known
+            await self._write(context, enhancer_pb2.StreamEnhanceResponse(
+                algorithmic_delay_samples=session.delay_samples))
+        except BaseException:   # refused, or the client left before the first response: free its rows
             session.close()
             raise
-        await self._write(context, enhancer_pb2.StreamEnhanceResponse(
-            algorithmic_delay_samples=session.delay_samples))
         return session
 
     async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats) -> None:

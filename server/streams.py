@@ -1,27 +1,172 @@
-"""Live streams' domain logic, without grpc: check the config and each chunk, run the denoiser.
+"""Live streams' domain logic, without grpc: admit and count streams, check each chunk, run the denoiser.
 
 The servicer unpacks protobuf messages into these calls and maps :class:`HushwireError` to a status.
-:class:`StreamBatcher` denoises the chunks of all streams that arrive in the same event-loop turn
-as one batch (see ``server/dsp/denoiser.py``, ``DenoiserPool``): under load the per-call cost
-of numpy is shared by many streams, which is what lets one core serve many of them.
+Who does what:
+
+- :class:`StreamRegistry` admits streams and is the one place that counts them (open, per user,
+  configured), for the drain, the limits, the batcher and the ``hushwire_streams_open`` gauge;
+- :class:`StreamSession` is one configured stream: bytes in, denoised bytes out, its rows in a
+  :class:`DenoiserPools` pool of its rate;
+- :class:`StreamBatcher` only schedules: it denoises the chunks of all streams that arrive within
+  a short window as one batch per pool (see ``server/dsp/denoiser.py``, ``DenoiserPool``). Under
+  load the per-call cost of numpy is shared by many streams, which is what lets one core serve many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from hushwire.contract import pcm
 from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
-from server.admission import stream_weight
+from server.admission import Admission, stream_weight
 from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
 from server.metrics import METRICS
+from server.shared import Refused, SharedState
 
-__all__ = ["StreamBatcher", "StreamSession"]
+__all__ = ["DenoiserPools", "StreamBatcher", "StreamRegistry", "StreamSession"]
+
+_FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
+_CAP_MSG = "this server is serving its most live streams ({}); retry, ideally on another replica"
+
+
+class StreamRegistry:
+    """The live streams: admits them (limits, admission control), counts them, and ends them on drain.
+
+    It is the only place that counts streams: ``tasks`` holds every open stream (configured or
+    not), :attr:`live` the configured ones, which send audio; the batcher and the
+    ``hushwire_streams_open`` gauge read that count from here. Use from the event loop's thread only.
+    """
+
+    def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
+                 admission: Admission | None = None, shared: SharedState | None = None) -> None:
+        self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
+        self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
+        self.admission = admission
+        self.per_user: collections.Counter[int] = collections.Counter()
+        self.max_per_user = max_per_user
+        self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
+        # With serve --processes N, the per-user limit and the cap count every sibling's streams
+        # (server/shared.py); ``per_user`` and ``tasks`` stay this process's own.
+        self.shared = shared
+        self._rows: dict[asyncio.Task[object], int] = {}  # task -> its row in ``shared``
+        self.shutting_down = False
+        self._live: set[asyncio.Task[object]] = set()  # streams whose config was accepted
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def live(self) -> int:
+        """Configured streams open now (they send audio; the batcher waits for them)."""
+        return len(self._live)
+
+    def add(self, task: asyncio.Task[object], uid: int) -> None:
+        """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
+        not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
+        in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
+        reserves the cost of one 16 kHz mono stream. With sibling processes, both limits count the
+        streams of the whole group; admission control is this process's."""
+        row = self._count(uid)
+        if self.admission is not None:
+            if not self.admission.try_reserve(1.0):
+                if row is not None and self.shared is not None:
+                    self.shared.close_stream(row)
+                METRICS.streams_refused.labels("load").inc()
+                raise HushwireError("OVERLOADED", _FULL_MSG)
+            self.weights[task] = 1.0
+        if row is not None:
+            self._rows[task] = row
+        self.tasks[task] = uid
+        self.per_user[uid] += 1
+        self._idle.clear()
+
+    def _count(self, uid: int) -> int | None:
+        """Check the per-user limit and the cap; with a group, count the stream in the shared state
+        (atomically with the check) and return its row there."""
+        if self.shared is None:
+            if self.per_user[uid] >= self.max_per_user:
+                raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+            if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+                METRICS.streams_refused.labels("cap").inc()
+                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams))
+            return None
+        try:
+            return self.shared.open_stream(uid, self.max_per_user, self.max_streams)
+        except Refused as refused:
+            if refused.reason == "user":
+                raise HushwireError("RATE_LIMITED",
+                                    f"at most {self.max_per_user} concurrent streams per user") from None
+            METRICS.streams_refused.labels("cap").inc()
+            raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams) if refused.reason == "cap"
+                                else _FULL_MSG) from None
+
+    def configured(self, task: asyncio.Task[object], weight: float) -> None:
+        """The stream's config was accepted: set its reservation from its rate and channels (OVERLOADED
+        when the larger one does not fit; a server's only stream always fits), and count it live."""
+        if self.admission is not None and task in self.weights:
+            old = self.weights[task]
+            if weight <= old:
+                self.admission.release(old - weight)
+            elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
+                METRICS.streams_refused.labels("load").inc()
+                raise HushwireError("OVERLOADED", _FULL_MSG)
+            elif len(self.weights) <= 1:
+                self.admission.reserved_weight += weight - old
+            self.weights[task] = weight
+        if task in self.tasks:
+            self._live.add(task)
+            METRICS.streams(len(self._live))
+
+    def discard(self, task: asyncio.Task[object]) -> None:
+        row = self._rows.pop(task, None)
+        if row is not None and self.shared is not None:
+            self.shared.close_stream(row)
+        weight = self.weights.pop(task, None)
+        if weight is not None and self.admission is not None:
+            self.admission.release(weight)
+        if task in self._live:
+            self._live.discard(task)
+            METRICS.streams(len(self._live))
+        uid = self.tasks.pop(task, None)
+        if uid is not None:
+            self.per_user[uid] -= 1
+            if self.per_user[uid] <= 0:
+                del self.per_user[uid]
+        if not self.tasks:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def end_all(self) -> None:
+        self.shutting_down = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class DenoiserPools:
+    """The live streams' DSP state: one :class:`DenoiserPool` per sample rate, made on first use.
+
+    Use from the event loop's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[int, DenoiserPool] = {}
+
+    def pool(self, sample_rate: int) -> DenoiserPool:
+        if sample_rate not in self._pools:
+            self._pools[sample_rate] = DenoiserPool(sample_rate)
+        return self._pools[sample_rate]
 
 
 def _invalid(msg: str) -> HushwireError:
@@ -40,7 +185,7 @@ class StreamSession:
 
     def __init__(
         self, sample_rate_hz: int, channels: int, encoding: int, attenuation_limit_db: float | None = None,
-        batcher: StreamBatcher | None = None,
+        pools: DenoiserPools | None = None,
     ) -> None:
         if sample_rate_hz not in SUPPORTED_RATES:
             rates = ", ".join(str(r) for r in SUPPORTED_RATES)
@@ -55,11 +200,8 @@ class StreamSession:
         self.frame_bytes = pcm.BYTES_PER_SAMPLE[encoding] * channels
         self.weight = stream_weight(sample_rate_hz, channels)  # its cost against 16 kHz mono
         self.max_chunk_bytes = int(MAX_CHUNK_SECONDS * sample_rate_hz) * self.frame_bytes
-        pool = batcher.pool(sample_rate_hz) if batcher is not None else None
+        pool = pools.pool(sample_rate_hz) if pools is not None else None  # None: a pool of its own
         self.denoiser = Denoiser(sample_rate_hz, channels, _check_limit(attenuation_limit_db), pool=pool)
-        self._batcher = batcher
-        if batcher is not None:
-            batcher.streams += 1
         self.frames_in = 0
         self.frames_out = 0
 
@@ -105,10 +247,7 @@ class StreamSession:
         return pcm.encode(y, self.encoding)
 
     def close(self) -> None:
-        """Free the denoiser's state (its rows in the batcher's pool)."""
-        if self._batcher is not None:
-            self._batcher.streams -= 1
-            self._batcher = None
+        """Free the denoiser's state (its rows in the pool); closing twice does nothing."""
         self.denoiser.close()
 
 
@@ -116,13 +255,14 @@ _Queued = tuple[StreamSession, npt.NDArray[np.float32], "asyncio.Future[tuple[by
 
 
 class StreamBatcher:
-    """Denoises the chunks that live streams submit within a short window as one batch per rate.
+    """Denoises the chunks that live streams submit within a short window as one batch per pool.
 
     ``await process(session, audio)`` queues the chunk. The first chunk of a batch starts a
     window of ``window_s``; the chunks that arrive meanwhile join it, and it runs when the window
-    ends or as soon as every open stream has a chunk queued. With fewer than ``min_streams``
-    open streams there is no window: the batch runs in the loop's next turn (``call_soon``) with
-    whatever arrived in this one. A batch costs a fixed ~0.25 ms plus ~45 us per 20 ms chunk,
+    ends or as soon as every open stream has a chunk queued. ``open_streams`` says how many are
+    open (the registry's :attr:`StreamRegistry.live`; the batcher counts nothing itself). With
+    fewer than ``min_streams`` open streams there is no window: the batch runs in the loop's next
+    turn (``call_soon``) with whatever arrived in this one. A batch costs a fixed ~0.25 ms plus ~45 us per 20 ms chunk,
     so real-time streams spread evenly over time would otherwise rarely share one until the
     core is saturated; the window trades at most ``window_s`` of latency for that. Measured at
     40-50 streams of 20 ms on one core (bench.streams): no window 21.5 ms of CPU per
@@ -131,21 +271,15 @@ class StreamBatcher:
     Use from the event loop's thread only.
     """
 
-    def __init__(self, window_s: float = 0.0, min_streams: int = 4) -> None:
+    def __init__(self, open_streams: Callable[[], int], window_s: float = 0.0, min_streams: int = 4) -> None:
         self.window_s = max(0.0, float(window_s))
         self.min_streams = min_streams
-        self.streams = 0  # open sessions using this batcher
-        self._pools: dict[int, DenoiserPool] = {}
+        self._open_streams = open_streams
         self._queue: list[_Queued] = []
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0  # batches run, and chunks in them: their ratio is the mean batch size
         self.chunks = 0
-
-    def pool(self, sample_rate: int) -> DenoiserPool:
-        if sample_rate not in self._pools:
-            self._pools[sample_rate] = DenoiserPool(sample_rate)
-        return self._pools[sample_rate]
 
     async def process(self, session: StreamSession, audio: bytes) -> tuple[bytes, float, float]:
         """Denoise one chunk with the others of this turn: ``(audio out, voice probability, seconds)``.
@@ -158,11 +292,11 @@ class StreamBatcher:
         self._queue.append((session, x, fut))
         if not self._scheduled:
             self._scheduled = True
-            if self.window_s > 0 and self.streams >= self.min_streams:
+            if self.window_s > 0 and self._open_streams() >= self.min_streams:
                 self._timer = loop.call_later(self.window_s, self._run)
             else:
                 loop.call_soon(self._run)
-        elif self._timer is not None and len(self._queue) >= self.streams:
+        elif self._timer is not None and len(self._queue) >= self._open_streams():
             self._timer.cancel()  # every open stream is waiting: no one else can join
             self._timer = None
             loop.call_soon(self._run)
@@ -172,14 +306,14 @@ class StreamBatcher:
         self._scheduled = False
         self._timer = None
         queue, self._queue = self._queue, []
-        by_pool: dict[int, list[_Queued]] = {}
+        by_pool: dict[DenoiserPool, list[_Queued]] = {}
         for item in queue:
             if not item[2].done():  # a cancelled stream's chunk is dropped (its state may be freed)
-                by_pool.setdefault(item[0].sample_rate_hz, []).append(item)
-        for rate, items in by_pool.items():
+                by_pool.setdefault(item[0].denoiser.pool, []).append(item)
+        for pool, items in by_pool.items():
             t0 = time.perf_counter()
             try:
-                outs = self._pools[rate].process_many([(s.denoiser, x) for s, x, _ in items])
+                outs = pool.process_many([(s.denoiser, x) for s, x, _ in items])
             except Exception as exc:  # a bug, not bad input (chunks are checked in decode): fail this batch only
                 for _, _, fut in items:
                     fut.set_exception(exc)

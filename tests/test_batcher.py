@@ -1,4 +1,5 @@
-"""StreamBatcher: the collection window, its early end, and one batch for the chunks in it."""
+"""StreamBatcher: the collection window, its early end, and one batch for the chunks in it; the
+registry's count of live streams is what it waits for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 import numpy as np
 
 from hushwire.contract import pcm
-from server.streams import StreamBatcher, StreamSession
+from server.metrics import METRICS
+from server.streams import DenoiserPools, StreamBatcher, StreamRegistry, StreamSession
 
 
 def _chunk(seed: int) -> bytes:
@@ -22,26 +24,73 @@ async def _submit(batcher: StreamBatcher, sessions: list[StreamSession]) -> floa
     return time.monotonic() - t0
 
 
+async def _open(registry: StreamRegistry, pools: DenoiserPools, n: int) -> list[StreamSession]:
+    """``n`` configured streams, each registered under a task of its own, as the servicer does."""
+    sessions = []
+    for _ in range(n):
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+        registry.add(task, uid=1)
+        session = StreamSession(16000, 1, pcm.PCM16, pools=pools)
+        registry.configured(task, session.weight)
+        sessions.append(session)
+    return sessions
+
+
+def _batch(window_s: float, opened: int, sending: int) -> tuple[float, StreamBatcher, DenoiserPools]:
+    """Open ``opened`` streams, have the first ``sending`` send one chunk each at once, close them all;
+    returns how long the chunks took, the batcher and the pools."""
+    async def main() -> tuple[float, StreamBatcher, DenoiserPools]:
+        registry, pools = StreamRegistry(), DenoiserPools()
+        batcher = StreamBatcher(lambda: registry.live, window_s=window_s, min_streams=4)
+        sessions = await _open(registry, pools, opened)
+        took = await _submit(batcher, sessions[:sending])
+        for task in list(registry.tasks):
+            registry.discard(task)
+            task.cancel()
+        for s in sessions:
+            s.close()
+        return took, batcher, pools
+    return asyncio.run(main())
+
+
 def test_window_ends_early_when_every_open_stream_has_a_chunk() -> None:
-    batcher = StreamBatcher(window_s=2.0, min_streams=4)
-    sessions = [StreamSession(16000, 1, pcm.PCM16, batcher=batcher) for _ in range(4)]
-    took = asyncio.run(_submit(batcher, sessions))
+    took, batcher, _ = _batch(2.0, opened=4, sending=4)
     assert took < 1.0  # did not sit out the 2 s window
     assert (batcher.batches, batcher.chunks) == (1, 4)
 
 
 def test_window_waits_for_streams_that_have_not_sent_yet() -> None:
-    batcher = StreamBatcher(window_s=0.3, min_streams=4)
-    sessions = [StreamSession(16000, 1, pcm.PCM16, batcher=batcher) for _ in range(5)]
-    took = asyncio.run(_submit(batcher, sessions[:4]))  # the fifth stream is open but silent
+    took, batcher, pools = _batch(0.3, opened=5, sending=4)  # the fifth stream is open but silent
     assert 0.25 < took < 2.0
     assert (batcher.batches, batcher.chunks) == (1, 4)
-    for s in sessions:
-        s.close()
-    assert batcher.streams == 0
+    assert pools.pool(16000).rows_in_use == 0
 
 
 def test_no_window_below_min_streams() -> None:
-    batcher = StreamBatcher(window_s=2.0, min_streams=4)
-    sessions = [StreamSession(16000, 1, pcm.PCM16, batcher=batcher) for _ in range(3)]
-    assert asyncio.run(_submit(sessions=sessions[:1], batcher=batcher)) < 1.0
+    took, _, _ = _batch(2.0, opened=3, sending=1)
+    assert took < 1.0
+
+
+def test_registry_alone_counts_live_streams() -> None:
+    """Registered but unconfigured streams are open, not live; the gauge follows the live count."""
+    async def main() -> None:
+        registry = StreamRegistry()
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[object]] = [loop.create_task(asyncio.Event().wait()) for _ in range(3)]
+        for t in tasks:
+            registry.add(t, uid=7)
+        registry.configured(tasks[0], 1.0)
+        registry.configured(tasks[1], 3.0)
+        assert (len(registry.tasks), registry.live, registry.per_user[7]) == (3, 2, 3)
+        assert METRICS.registry.get_sample_value("hushwire_streams_open") == 2
+        registry.discard(tasks[1])
+        registry.discard(tasks[2])
+        registry.configured(tasks[2], 1.0)  # a discarded stream's late config does not count it again
+        assert (len(registry.tasks), registry.live) == (1, 1)
+        assert METRICS.registry.get_sample_value("hushwire_streams_open") == 1
+        registry.discard(tasks[0])
+        assert (len(registry.tasks), registry.live, dict(registry.per_user)) == (0, 0, {})
+        assert METRICS.registry.get_sample_value("hushwire_streams_open") == 0
+        for t in tasks:
+            t.cancel()
+    asyncio.run(main())

@@ -77,9 +77,9 @@ class GainNet(nn.Module):
     """
 
     def __init__(self, n_bands: int = 40, dense: int = 96, hidden: int = 96, df_bins: int = 0,
-                 df_taps: int = DF_TAPS, lo_dense: int = LO_DENSE) -> None:
+                 df_taps: int = DF_TAPS, lo_dense: int = LO_DENSE, df_rank: int = 0) -> None:
         super().__init__()
-        self.df_bins, self.df_taps = df_bins, df_taps
+        self.df_bins, self.df_taps, self.df_rank = df_bins, df_taps, df_rank
         self.dense = nn.Linear(n_bands, dense)
         gru_in = dense
         if df_bins:
@@ -92,7 +92,11 @@ class GainNet(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(n_bands))
         self.register_buffer("feat_std", torch.ones(n_bands))
         if df_bins:
-            self.df = nn.Linear(hidden + lo_dense, df_bins * df_taps * 2)
+            head_in = hidden + lo_dense
+            if df_rank:  # a low-rank head: [GRU2, low dense] -> rank -> taps (cost: issue #15's budget)
+                self.df_in = nn.Linear(head_in, df_rank, bias=False)
+                head_in = df_rank
+            self.df = nn.Linear(head_in, df_bins * df_taps * 2)
             nn.init.zeros_(self.df.weight)
             nn.init.zeros_(self.df.bias)
             self.register_buffer("lo_mean", torch.zeros(df_bins))
@@ -105,7 +109,8 @@ class GainNet(nn.Module):
             return GainNet()
         df_bins = int(state["lo_mean"].shape[0])
         return GainNet(df_bins=df_bins, df_taps=int(state["df.weight"].shape[0]) // (2 * df_bins),
-                       lo_dense=int(state["dense_lo.weight"].shape[0]))
+                       lo_dense=int(state["dense_lo.weight"].shape[0]),
+                       df_rank=int(state["df_in.weight"].shape[0]) if "df_in.weight" in state else 0)
 
     def forward(self, logband: torch.Tensor, loglo: torch.Tensor | None = None):
         """-> band gains (B, T, bands), voice (B, T) and, with ``df_bins``, taps (B, T, bins, taps, 2)."""
@@ -122,8 +127,25 @@ class GainNet(nn.Module):
         v = torch.sigmoid(self.vad(h1))[..., 0]
         if not self.df_bins:
             return g, v, None
-        c = torch.tanh(self.df(torch.cat([h2, dl], dim=-1)))
+        x = torch.cat([h2, dl], dim=-1)
+        c = torch.tanh(self.df(self.df_in(x) if self.df_rank else x))
         return g, v, c.reshape(*c.shape[:-1], self.df_bins, self.df_taps, 2)
+
+
+def factor_head(model: GainNet, state: dict) -> None:
+    """Load a full-rank deep-filter state into a low-rank ``model``: every other tensor is copied and
+    the head's weight (out x in) is split by a truncated SVD into ``df_in`` (rank x in) and ``df``
+    (out x rank), the best rank-r approximation of what was learned."""
+    w = state["df.weight"].double()
+    u, s, vt = torch.linalg.svd(w, full_matrices=False)
+    r = model.df_rank
+    root = s[:r].sqrt()
+    rest = {k: v for k, v in state.items() if k != "df.weight"}
+    rest["df_in.weight"] = (root[:, None] * vt[:r]).float()
+    rest["df.weight"] = (u[:, :r] * root[None, :]).float()
+    model.load_state_dict(rest)
+    kept = float((s[:r] ** 2).sum() / (s ** 2).sum().clamp(min=1e-30))
+    print(f"head factored to rank {r}: {kept:.4f} of its energy kept", flush=True)
 
 
 def warm_start(model: GainNet, npz: Path) -> list[str]:
@@ -478,6 +500,8 @@ def main() -> None:
                     help="relative draw weights of noise types, e.g. babble=2.5,music=2 (default: uniform)")
     ap.add_argument("--data", default=str(DATA_DIR), help="the output of make_data.py")
     ap.add_argument("--df", action="store_true", help=f"the deep-filter model ({DF_BINS} low bins, {DF_TAPS} taps)")
+    ap.add_argument("--df-rank", type=int, default=0,
+                    help="low-rank deep-filter head (--df, or --resume of a full-rank one: factored by SVD)")
     ap.add_argument("--init", default="", help="warm start from a shipped .npz (see warm_start)")
     ap.add_argument("--complex-weight", type=float, default=0.5, help="weight of the compressed complex loss (--df)")
     args = ap.parse_args()
@@ -490,10 +514,16 @@ def main() -> None:
     seg = int(SEG_S * SR)
     if args.resume:
         state = torch.load(args.resume)
-        model = GainNet.from_state(state)
-        model.load_state_dict(state)
+        if args.df_rank and "df_in.weight" not in state:
+            model = GainNet.from_state(state)
+            model = GainNet(df_bins=model.df_bins, df_taps=model.df_taps,
+                            lo_dense=int(state["dense_lo.weight"].shape[0]), df_rank=args.df_rank)
+            factor_head(model, state)
+        else:
+            model = GainNet.from_state(state)
+            model.load_state_dict(state)
     else:
-        model = GainNet(df_bins=DF_BINS if args.df else 0)
+        model = GainNet(df_bins=DF_BINS if args.df else 0, df_rank=args.df_rank)
         fresh = warm_start(model, Path(args.init)) if args.init else list(model.state_dict())
         # feature normalisation from a few batches (the ones the initial weights do not fix)
         with torch.no_grad():

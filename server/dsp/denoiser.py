@@ -41,7 +41,8 @@ from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES, check_attenu
 from .gain import OmLsaGain
 from .model import DEFAULT_WEIGHTS, GainModel, load_weights
 from .noise import NoiseTracker
-from .stft import Rechunker, RowState, Stft
+from .state import RowState, copy_rows, select
+from .stft import Rechunker, Stft
 
 HOP_MS = 10.0  # hop, and algorithmic delay
 ANALYSIS_MS = 32.0  # analysis window length
@@ -71,6 +72,7 @@ _WEIGHTS_CACHE: dict[str, dict[str, Array]] = {}
 # (numpy's float32 FFT measured 4x slower) and so does the signal path.
 ESTIMATOR_DTYPE = np.float32
 MAX_BLOCK_VALUES = 1 << 16  # rows x hops x bins per batch: bounds the scratch memory of one call (~0.5 MiB an array)
+_FLOOR_GAIN = 10.0 ** (FLOOR_DB / 20.0)
 
 
 def _default_weights() -> dict[str, Array] | None:
@@ -100,7 +102,7 @@ class _Engine:
                                    ESTIMATOR_DTYPE)
         freqs = np.arange(n_bins) * sample_rate / frame_len
         self.vad_bins = slice(int(np.searchsorted(freqs, VAD_LOW_HZ)), int(np.searchsorted(freqs, VAD_HIGH_HZ)))
-        self.floor = 10.0 ** (FLOOR_DB / 20.0)
+        self.floor = _FLOOR_GAIN
         self.max_hops_per_row = max(1, MAX_BLOCK_VALUES // n_bins)
 
     def init_state(self, state: RowState, rows: int) -> None:
@@ -194,13 +196,41 @@ def _engine(sample_rate: int, model: bool) -> _Engine:
     return _ENGINES[key]
 
 
+class Slot:
+    """A stream's handle on ``channels`` rows of a :class:`DenoiserPool`, from :meth:`DenoiserPool.open`.
+
+    Besides the rows it holds what the pool keeps per stream between calls: the partial hop that
+    waits for more input, the frame counts and the last voice probability. Read it freely; only its
+    pool changes it.
+    """
+
+    __slots__ = ("pool", "start", "stop", "channels", "rechunker", "frames_in", "frames_out", "voice_probability",
+                 "closed")
+
+    def __init__(self, pool: DenoiserPool, start: int, channels: int, hop: int) -> None:
+        self.pool = pool
+        self.start = start  # rows start:stop of the pool's state
+        self.stop = start + channels
+        self.channels = channels
+        self.rechunker = Rechunker(hop, channels)  # input that does not fill a hop yet
+        self.frames_in = 0  # frames received since the last reset
+        self.frames_out = 0  # frames returned since the last reset
+        self.voice_probability = 0.0  # mean over the hops of the last call that completed one
+        self.closed = False
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
 class DenoiserPool:
     """The signal state of many streams at one sample rate, processed together.
 
-    Each :class:`Denoiser` created with ``pool=`` owns ``channels`` rows of the pool's arrays.
-    :meth:`process_many` runs the hops of several streams' chunks as one batch: one numpy call
-    per operation for all of them, instead of one per stream. A pool is not thread-safe; use it
-    from one thread (the server's event loop).
+    The pool owns one :data:`~server.dsp.state.RowState` for all its streams and hands out
+    :class:`Slot` handles on rows of it (:meth:`open`, :meth:`close`); the arrays are allocated
+    ahead, growing by doubling, and closed rows are reused. :meth:`process_many` runs the hops of
+    several streams' chunks as one batch: one numpy call per operation for all of them, instead of
+    one per stream. A pool is not thread-safe; use it from one thread (the server's event loop).
     """
 
     def __init__(self, sample_rate: int, model: bool = True) -> None:
@@ -208,13 +238,54 @@ class DenoiserPool:
             raise ValueError(f"unsupported sample rate {sample_rate}; supported: {SUPPORTED_RATES}")
         self.sample_rate = int(sample_rate)
         self._engine = _engine(sample_rate, model)
+        self.hop = self._engine.hop
+        self.latency_samples = self._engine.stft.latency  # output frame i + latency belongs to input i
         self._state: RowState = {}
         self._engine.init_state(self._state, 0)
         self._used = np.zeros(0, dtype=bool)
 
     @property
+    def model(self) -> GainModel | None:
+        """The learned gain model the pool runs (None: the classical estimators alone)."""
+        return self._engine.model
+
+    @property
     def rows_in_use(self) -> int:
         return int(self._used.sum())
+
+    # -- slots ------------------------------------------------------------------------------
+
+    def open(self, channels: int) -> Slot:
+        """A slot of ``channels`` rows in their initial state, gain floor at ``FLOOR_DB``."""
+        return Slot(self, self._allocate(channels), channels, self.hop)
+
+    def close(self, slot: Slot) -> None:
+        """Give the slot's rows back (reset, for the next stream); closing twice does nothing."""
+        self._check(slot)
+        if not slot.closed:
+            slot.closed = True
+            self._reset_rows(slot.rows)
+            self._used[slot.rows] = False
+
+    def reset(self, slot: Slot, voice_probability: float = 0.0) -> None:
+        """Clear the slot's signal state and counts in place, and report ``voice_probability`` until
+        its next hop; its gain floor (a setting) is kept."""
+        self._check(slot)
+        min_gain = self._state["min_gain"][slot.rows].copy()
+        self._reset_rows(slot.rows)
+        self._state["min_gain"][slot.rows] = min_gain
+        slot.rechunker.reset()
+        slot.voice_probability = voice_probability
+        slot.frames_in = slot.frames_out = 0
+
+    def set_min_gain(self, slot: Slot, min_gain: float) -> None:
+        """The slot's lowest gain from the next hop on: ``max(floor, limit)``, 1.0 for pass-through."""
+        self._check(slot)
+        self._state["min_gain"][slot.rows] = min_gain
+
+    def _check(self, slot: Slot) -> None:
+        if slot.pool is not self:
+            raise ValueError("the denoiser belongs to another pool")
 
     def _allocate(self, rows: int) -> int:
         """First row of a free run of ``rows`` rows (the arrays grow by doubling)."""
@@ -232,8 +303,7 @@ class DenoiserPool:
         capacity = max(need, 2 * self._used.size, 8)
         grown: RowState = {}
         self._engine.init_state(grown, capacity)
-        for key, arr in self._state.items():
-            grown[key][: arr.shape[0]] = arr
+        copy_rows(grown, slice(0, self._used.size), self._state)
         self._state = grown
         used = np.zeros(capacity, dtype=bool)
         used[: self._used.size] = self._used
@@ -244,12 +314,9 @@ class DenoiserPool:
     def _reset_rows(self, rows: slice) -> None:
         fresh: RowState = {}
         self._engine.init_state(fresh, rows.stop - rows.start)
-        for key, arr in self._state.items():
-            arr[rows] = fresh[key]
+        copy_rows(self._state, rows, fresh)
 
-    def _release(self, rows: slice) -> None:
-        self._reset_rows(rows)
-        self._used[rows] = False
+    # -- processing -------------------------------------------------------------------------
 
     def process_many(self, items: Sequence[tuple[Denoiser, npt.ArrayLike]]) -> list[npt.NDArray[np.float32]]:
         """Process one chunk for each ``(denoiser, x)`` (distinct denoisers of this pool) as one batch.
@@ -258,42 +325,44 @@ class DenoiserPool:
         """
         engine = self._engine
         hop = engine.hop
+        slots = [den.slot for den, _ in items]
         taken = []
         with np.errstate(invalid="ignore"):  # signalling NaNs in raw float32 bytes warn on the cast
-            for den, x in items:
-                if den._pool is not self:
-                    raise ValueError("the denoiser belongs to another pool")
-                taken.append(den._take(den._frames(x)))
+            for slot, (_, x) in zip(slots, items, strict=True):
+                self._check(slot)
+                frames = _frames(slot, x)
+                slot.frames_in += frames.shape[0]
+                taken.append(slot.rechunker.take(frames))
         groups: dict[int, list[int]] = {}
         for i, block in enumerate(taken):
             groups.setdefault(block.shape[0] // hop, []).append(i)
-        results: list[npt.NDArray[np.float32]] = [np.empty((0, den.channels), np.float32) for den, _ in items]
+        results: list[npt.NDArray[np.float32]] = [np.empty((0, slot.channels), np.float32) for slot in slots]
         for n_hops, members in groups.items():
             if n_hops == 0:
                 for i in members:
-                    results[i] = items[i][0]._finish(np.empty((items[i][0].channels, 0), np.float32), None)
+                    results[i] = _finish(slots[i], np.empty((slots[i].channels, 0), np.float32), None)
                 continue
-            members.sort(key=lambda i: items[i][0]._rows.start)
-            dens = [items[i][0] for i in members]
-            first, last = dens[0]._rows.start, dens[-1]._rows.stop
-            contiguous = last - first == sum(d.channels for d in dens)
-            index = None if contiguous else np.concatenate([np.arange(d._rows.start, d._rows.stop) for d in dens])
-            max_hops = max(1, engine.max_hops_per_row // (last - first if contiguous else len(index)))  # type: ignore[arg-type]
+            members.sort(key=lambda i: slots[i].start)
+            group = [slots[i] for i in members]
+            first, last = group[0].start, group[-1].stop
+            contiguous = last - first == sum(s.channels for s in group)
+            rows: slice | npt.NDArray[np.intp] = slice(first, last)
+            n_rows = last - first
+            if not contiguous:
+                rows = np.concatenate([np.arange(s.start, s.stop) for s in group])
+                n_rows = rows.size
+            max_hops = max(1, engine.max_hops_per_row // n_rows)
             with np.errstate(invalid="ignore"):
                 x_all = _sanitize(np.concatenate([taken[i].T for i in members], dtype=np.float64))
             y_all = np.empty(x_all.shape)
             v_all = np.empty((n_hops, x_all.shape[0]), ESTIMATOR_DTYPE)
-            if contiguous:
-                state = {k: v[first:last] for k, v in self._state.items()}
-            else:
-                state = {k: v[index] for k, v in self._state.items()}
+            state = select(self._state, rows)  # views of contiguous rows, else copies written back below
             for h0 in range(0, n_hops, max_hops):
                 h1 = min(n_hops, h0 + max_hops)
                 y_all[:, h0 * hop : h1 * hop], v_all[h0:h1] = engine.run(
                     state, np.ascontiguousarray(x_all[:, h0 * hop : h1 * hop]))
             if not contiguous:
-                for k, v in self._state.items():
-                    v[index] = state[k]
+                copy_rows(self._state, rows, state)
             y32 = y_all.astype(np.float32)
             np.minimum(y32, 1.0, out=y32)
             np.maximum(y32, -1.0, out=y32)
@@ -301,11 +370,35 @@ class DenoiserPool:
                 np.nan_to_num(y32, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             voice = np.add.reduce(v_all, axis=0) / n_hops  # per row, over the hops
             row = 0
-            for i, den in zip(members, dens, strict=True):
-                c = den.channels
-                results[i] = den._finish(y32[row : row + c], voice[row : row + c])
+            for i, slot in zip(members, group, strict=True):
+                c = slot.channels
+                results[i] = _finish(slot, y32[row : row + c], voice[row : row + c])
                 row += c
         return results
+
+
+def _frames(slot: Slot, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
+    """``x`` as ``(n, channels)`` float frames (not copied; the pool sanitises the values)."""
+    if slot.closed:
+        raise ValueError("the denoiser is closed")
+    arr = np.asarray(x)
+    if arr.ndim == 1 and slot.channels == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != slot.channels:
+        raise ValueError(f"expected shape (n, {slot.channels}), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        # Integer PCM would need a scale this object cannot guess (int16? int32?).
+        raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
+    return arr
+
+
+def _finish(slot: Slot, y: npt.NDArray[np.float32], voice: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float32]:
+    """The batch's ``(channels, n)`` output as the caller's ``(n, channels)``; the voice of its rows."""
+    out = np.ascontiguousarray(y.T)
+    if voice is not None and voice.size:
+        slot.voice_probability = float(voice[0]) if voice.size == 1 else float(voice.mean())
+    slot.frames_out += out.shape[0]
+    return out
 
 
 def _sanitize(x: Array) -> Array:
@@ -329,7 +422,8 @@ class Denoiser:
 
     ``pool``: a :class:`DenoiserPool` of the same rate to keep the state in, so that
     ``pool.process_many`` can batch this stream with others; call :meth:`close` when done.
-    Without one the denoiser has a pool of its own.
+    Without one the denoiser has a pool of its own. The denoiser holds its settings and a
+    :class:`Slot` of the pool; everything else is the pool's.
     """
 
     def __init__(self, sample_rate: int, channels: int = 1, attenuation_limit_db: float | None = None,
@@ -345,26 +439,28 @@ class Denoiser:
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self._pool = pool
-        start = pool._allocate(self.channels)
-        self._rows = slice(start, start + self.channels)
-        self._closed = False
-        engine = pool._engine
-        self._rechunker = Rechunker(engine.hop, self.channels)
-        self._floor = engine.floor
-        self._min_gain = self._floor  # max(floor, attenuation limit), 1.0 = pass-through
+        self._slot = pool.open(self.channels)
+        self._min_gain = _FLOOR_GAIN  # max(floor, attenuation limit), 1.0 = pass-through
         self._limit_db: float | None = None
         self._bypass = False
         self.attenuation_limit_db = attenuation_limit_db
-        self._voice_probability = 0.0  # mean over the hops of the last process() call
-        self._in_count = 0  # frames received since the last reset
-        self._out_count = 0  # frames returned since the last reset
+
+    @property
+    def pool(self) -> DenoiserPool:
+        """The pool that holds this denoiser's state."""
+        return self._pool
+
+    @property
+    def slot(self) -> Slot:
+        """This denoiser's handle on its pool's rows."""
+        return self._slot
 
     # -- settings ---------------------------------------------------------------------
 
     @property
     def latency_samples(self) -> int:
         """Algorithmic delay in samples: output frame ``i + latency_samples`` belongs to input ``i``."""
-        return self._pool._engine.stft.latency
+        return self._pool.latency_samples
 
     @property
     def attenuation_limit_db(self) -> float | None:
@@ -375,11 +471,11 @@ class Denoiser:
     def attenuation_limit_db(self, value: float | None) -> None:
         if value is None:
             self._limit_db = None
-            self._min_gain = self._floor
+            self._min_gain = _FLOOR_GAIN
         else:
             value = check_attenuation_limit(value)  # ValueError unless finite and >= 0
             self._limit_db = value
-            self._min_gain = max(self._floor, 10.0 ** (-value / 20.0))
+            self._min_gain = max(_FLOOR_GAIN, 10.0 ** (-value / 20.0))
         self._apply_settings()
 
     @property
@@ -393,7 +489,7 @@ class Denoiser:
         self._apply_settings()
 
     def _apply_settings(self) -> None:
-        self._pool._state["min_gain"][self._rows] = 1.0 if self._bypass else self._min_gain
+        self._pool.set_min_gain(self._slot, 1.0 if self._bypass else self._min_gain)
 
     @property
     def voice_probability(self) -> float:
@@ -401,24 +497,17 @@ class Denoiser:
 
         A call that completes no hop keeps the previous value.
         """
-        return self._voice_probability
+        return self._slot.voice_probability
 
     # -- streaming --------------------------------------------------------------------
 
     def reset(self) -> None:
         """Clear the signal state in place; settings (limit, bypass) are kept."""
-        self._pool._reset_rows(self._rows)
-        self._apply_settings()
-        self._rechunker.reset()
-        self._voice_probability = 0.0
-        self._in_count = 0
-        self._out_count = 0
+        self._pool.reset(self._slot)
 
     def close(self) -> None:
         """Give the rows back to the pool (the denoiser cannot be used afterwards)."""
-        if not self._closed:
-            self._closed = True
-            self._pool._release(self._rows)
+        self._pool.close(self._slot)
 
     def process(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Feed frames ``x`` of shape ``(n, channels)`` (1-D allowed for mono); return the final ones.
@@ -433,44 +522,14 @@ class Denoiser:
         The input is completed with silence, so the total output length equals the total
         input length plus ``latency_samples``.
         """
-        hop = self._rechunker.hop
-        pending = self._rechunker.pending
-        missing = self._in_count + self.latency_samples - self._out_count  # == pending + latency
+        slot, hop = self._slot, self._pool.hop
+        pending = slot.rechunker.pending
+        missing = slot.frames_in + self.latency_samples - slot.frames_out  # == pending + latency
         n_hops = -(-missing // hop)
-        voice = self._voice_probability
+        voice = slot.voice_probability
         tail = self.process(np.zeros((n_hops * hop - pending, self.channels)))[:missing]
-        self.reset()
-        self._voice_probability = voice
+        self._pool.reset(slot, voice)  # the tail's silence is not the stream's voice
         return tail
-
-    # -- internals --------------------------------------------------------------------
-
-    def _frames(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
-        """``x`` as ``(n, channels)`` float frames (not copied; the pool sanitises the values)."""
-        if self._closed:
-            raise ValueError("the denoiser is closed")
-        arr = np.asarray(x)
-        if arr.ndim == 1 and self.channels == 1:
-            arr = arr[:, None]
-        if arr.ndim != 2 or arr.shape[1] != self.channels:
-            raise ValueError(f"expected shape (n, {self.channels}), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.floating):
-            # Integer PCM would need a scale this object cannot guess (int16? int32?).
-            raise ValueError(f"expected float samples in [-1, 1], got dtype {arr.dtype}")
-        return arr
-
-    def _take(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-        """Count the input and return its whole hops, ``(hops * hop, channels)``."""
-        self._in_count += x.shape[0]
-        return self._rechunker.take(x)
-
-    def _finish(self, y: npt.NDArray[np.float32], voice: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float32]:
-        """The pool's ``(channels, n)`` output as the caller's ``(n, channels)``; the voice of its rows."""
-        out = np.ascontiguousarray(y.T)
-        if voice is not None and voice.size:
-            self._voice_probability = float(voice[0]) if voice.size == 1 else float(voice.mean())
-        self._out_count += out.shape[0]
-        return out
 
 
 def enhance(x: npt.ArrayLike, sr: int) -> npt.NDArray[np.float32]:

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import exp1
 
-from .stft import RowState
+from .state import RowState
 
 Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 

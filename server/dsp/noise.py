@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .stft import RowState
+from .state import RowState
 
 Array = npt.NDArray[np.floating[Any]]  # float32 or float64, as the caller chooses
 

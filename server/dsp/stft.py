@@ -12,8 +12,8 @@ Synthesis window ``s`` (non-zero on the last ``M = 2 R`` samples): ``hann_M / a`
 ``a * s`` is a periodic Hann of length M, which overlap-adds to exactly 1 at hop R.
 With unit gains the output is therefore the input delayed by R samples.
 
-:class:`Stft` holds only constants; the signal state lives in a *row state* (a dict of arrays
-whose first axis is the row: one row per channel of one or many streams), so the same code
+:class:`Stft` holds only constants; the signal state lives in a *row state* (``state.py``: arrays
+whose first axis is the row, one row per channel of one or many streams), so the same code
 runs one hop of one channel, a second of a file, or one hop of a hundred streams at once.
 Spectra are laid out ``(hops, rows, bins)``.
 """
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .state import RowState as RowState  # re-exported: model.py imports it from here
+
 Array = npt.NDArray[np.float64]
 CArray = npt.NDArray[np.complex128]
-RowState = dict[str, npt.NDArray[Any]]
 
 
 def window_pair(frame_len: int, hop: int) -> tuple[Array, Array]:

@@ -40,7 +40,7 @@ def _mix(sr: int, seconds: float) -> np.ndarray:
 
 def test_the_engine_runs_the_deep_filter(df_weights: dict[str, np.ndarray]) -> None:
     den = Denoiser(16000)
-    model = den._pool._engine.model
+    model = den.pool.model
     assert model is not None and model.df_bins == 128
     x = _mix(16000, 1.0)
     y = run(den, x)[den.latency_samples :]

@@ -81,3 +81,49 @@ def test_pool_refuses_foreign_denoisers_and_rates() -> None:
         pool.process_many([(Denoiser(16000), np.zeros((160, 1)))])
     with pytest.raises(ValueError, match="16000 Hz"):
         Denoiser(48000, pool=pool)
+
+
+def test_slots_are_the_pools_handles() -> None:
+    """A slot names its rows; the pool refuses another pool's slot; closing twice frees once."""
+    pool, other = DenoiserPool(16000), DenoiserPool(16000)
+    a = Denoiser(16000, 2, pool=pool)
+    b = Denoiser(16000, 1, pool=pool)
+    assert (a.slot.rows, b.slot.rows, a.pool) == (slice(0, 2), slice(2, 3), pool)
+    with pytest.raises(ValueError, match="another pool"):
+        other.set_min_gain(a.slot, 1.0)
+    with pytest.raises(ValueError, match="another pool"):
+        other.close(a.slot)
+    a.close()
+    a.close()
+    assert pool.rows_in_use == 1
+    c = Denoiser(16000, 2, pool=pool)
+    assert c.slot.rows == slice(0, 2)  # the closed rows, reused
+
+
+def test_reset_keeps_settings_and_clears_the_counts() -> None:
+    sr = 16000
+    x = _signal(sr, 0.5, 1, seed=5)
+    den = Denoiser(sr, attenuation_limit_db=0.0)
+    den.process(x[:1000])
+    den.reset()
+    assert (den.slot.frames_in, den.slot.frames_out, den.slot.rechunker.pending) == (0, 0, 0)
+    y = np.concatenate([den.process(x), den.flush()])
+    d = den.latency_samples
+    np.testing.assert_allclose(y[d:, 0], x[:, 0], atol=1e-6)  # still pass-through, from a fresh start
+
+
+def test_no_object_reaches_into_anothers_private_members() -> None:
+    """The pool and the denoiser (and the live streams' code around them) use each other's public
+    interface only: no ``other._name`` outside ``self``/``cls`` in these modules."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "server"
+    files = sorted((root / "dsp").glob("*.py")) + [root / "streams.py"]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not found, found
