@@ -126,6 +126,7 @@ class Level:
     lags_s: list[float] = field(default_factory=list)
     client_cpu: float = 0.0  # share of one core over the measured window
     server_cpu: float = 0.0
+    server_cpus: list[float] = field(default_factory=list)  # per process, with ``server_pids``
     batch_mean: float | None = None  # stream chunks per denoiser batch (hushwire's metrics), measured window
     denoiser_cpu: float | None = None  # share of one core the batched denoiser used (hushwire's metrics)
 
@@ -175,8 +176,12 @@ def batch_counts(metrics_port: int | None) -> tuple[float, float, float] | None:
 
 
 async def run_level(target: str, key: str | None, streams: int, seconds: float, warmup: float, server_pid: int,
-                    requests: Sequence[bytes], streams_per_channel: int = 1, metrics_port: int | None = None) -> Level:
-    """Drive ``streams`` real-time streams for ``warmup + seconds``; measure the last ``seconds``."""
+                    requests: Sequence[bytes], streams_per_channel: int = 1, metrics_port: int | None = None,
+                    server_pids: Sequence[int] = ()) -> Level:
+    """Drive ``streams`` real-time streams for ``warmup + seconds``; measure the last ``seconds``.
+    ``server_pids``: the server's processes (``serve --processes``), measured each; their sum is the
+    server's CPU (``server_pid`` is then not measured)."""
+    pids = list(server_pids) or [server_pid]
     level = Level(streams, seconds)
     period = CHUNK_MS / 1000.0
     config = config_request()
@@ -252,13 +257,14 @@ async def run_level(target: str, key: str | None, streams: int, seconds: float, 
 
         async def meter() -> None:
             await asyncio.sleep(max(0.0, measure_from - loop.time()))
-            c0, s0, w0 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            c0, s0, w0 = time.process_time(), [cpu_seconds(p) for p in pids], loop.time()
             b0 = await asyncio.to_thread(batch_counts, metrics_port)
             await asyncio.sleep(max(0.0, measure_from + seconds - loop.time()))
-            c1, s1, w1 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            c1, s1, w1 = time.process_time(), [cpu_seconds(p) for p in pids], loop.time()
             b1 = await asyncio.to_thread(batch_counts, metrics_port)
             level.client_cpu = (c1 - c0) / (w1 - w0)
-            level.server_cpu = (s1 - s0) / (w1 - w0)
+            level.server_cpus = [(b - a) / (w1 - w0) for a, b in zip(s0, s1, strict=True)]
+            level.server_cpu = sum(level.server_cpus)
             if b0 is not None and b1 is not None and b1[1] > b0[1]:
                 level.batch_mean = (b1[0] - b0[0]) / (b1[1] - b0[1])
             if b0 is not None and b1 is not None:

@@ -78,8 +78,12 @@ class ClientTLS:
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """:data:`CHANNEL_OPTIONS`, then ``options`` (for an option given twice, grpc takes the last)."""
-    return [*CHANNEL_OPTIONS, *options]
+    """:data:`CHANNEL_OPTIONS` with ``options`` added or, for an option it already has, replacing it.
+    Each option appears once: for an option given twice, grpc (1.85) takes the first, so a caller's
+    value placed after the default would be ignored (tests/test_keepalive.py saw a 1 s keepalive ignored)."""
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(options)
+    return list(merged.items())
 
 
 def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

@@ -25,7 +25,7 @@ from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
-from server.connections import Connections
+from server.connections import FLOW_CONTROL_OPTIONS, Connections
 from server.group import Member
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
@@ -164,7 +164,9 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Off, so that a second server on a busy port fails; only siblings share one (server/group.py).
             ("grpc.so_reuseport", 1 if member is not None else 0),
-            *keepalive.SERVER_OPTIONS,
+            *keepalive.server_options(config.keepalive_seconds, config.keepalive_timeout_seconds,
+                                      config.keepalive_min_ping_seconds),
+            *FLOW_CONTROL_OPTIONS,
         ],
     )
     timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S, MIN_PING_INTERVAL_S
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.settings import ConfigError
 
@@ -50,6 +51,9 @@ class ServerConfig:
     drain_seconds: float = 10.0
     slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS
     stream_idle_seconds: float = 30.0
+    keepalive_seconds: float = KEEPALIVE_INTERVAL_S
+    keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_S
+    keepalive_min_ping_seconds: float = MIN_PING_INTERVAL_S
     database_url: str | None = None
     blob_url: str | None = None
     store_timeout: float = 5.0

@@ -76,6 +76,10 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.streams_open = Gauge("hushwire_streams_open", "Live streams open now.", registry=r,
                                   multiprocess_mode="livesum")
+        self.process_streams_open = Gauge("hushwire_process_streams_open", "Live streams open now in this server "
+                                          "process (with --processes: one series per process, label pid; "
+                                          "shows how evenly connections spread).", registry=r,
+                                          multiprocess_mode="liveall")
         self.streams_total = Counter("hushwire_streams", "Live streams opened.", registry=r)
         self.audio_seconds = Counter("hushwire_audio_seconds", "Seconds of audio processed (x channels).",
                                      ["path"], registry=r)
@@ -133,6 +137,11 @@ class Metrics:
             self.registry.unregister(self._store_collector)
         self._store_collector = StoreCollector(store)
         self.registry.register(self._store_collector)
+
+    def streams(self, n: int) -> None:
+        """This process's open live streams."""
+        self.streams_open.set(n)
+        self.process_streams_open.set(n)
 
     def billed(self, uid: int, key_id: int, seconds: float, path: str) -> None:
         self.audio_seconds.labels(path).inc(seconds)

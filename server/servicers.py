@@ -22,7 +22,7 @@ from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
-from server.connections import Connections
+from server.connections import Connections, reset_call
 from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import (
     IDEMPOTENCY_TTL_SECONDS,
@@ -169,16 +169,22 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
         """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
-        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
-        and the handler returns either way, so the stream's state and its slot are freed."""
+        it has not reached the client within ``flush_s``, the call's HTTP/2 stream is reset, which
+        delivers the status all the same, and frees grpc's buffers for it (server/connections.py);
+        the handler returns either way, so the stream's state and its slot are freed."""
         try:
             async with asyncio.timeout(self._timeouts.flush_s):
                 await abort_with(context, err)   # raises grpc's AbortError once the status is sent
         except TimeoutError:
             peer = context.peer()
-            closed = self._connections is not None and self._connections.close_for(peer, uid)
-            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
-                  connection_closed=closed,
+            # The client gets this status with the reset, without the trailer: the code leads the text.
+            if reset_call(context, err.grpc_status, f"{err.code}: {err.msg} (the stream was reset)"):
+                reset = "stream"
+            elif self._connections is not None and self._connections.close_for(peer, uid):
+                reset = "connection"
+            else:
+                reset = "none"
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer, reset=reset,
                   why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
     async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float

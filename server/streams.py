@@ -55,7 +55,6 @@ class StreamRegistry:
         # With serve --processes N, the per-user limit and the cap count every sibling's streams
         # (server/shared.py); ``per_user`` and ``tasks`` stay this process's own.
         self.shared = shared
-        self._rows: dict[asyncio.Task[object], int] = {}  # task -> its row in ``shared``
         self.shutting_down = False
         self._live: set[asyncio.Task[object]] = set()  # streams whose config was accepted
         self._idle = asyncio.Event()
@@ -72,32 +71,30 @@ class StreamRegistry:
         in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
         reserves the cost of one 16 kHz mono stream. With sibling processes, both limits count the
         streams of the whole group; admission control is this process's."""
-        row = self._count(uid)
+        self._count(uid)
         if self.admission is not None:
             if not self.admission.try_reserve(1.0):
-                if row is not None and self.shared is not None:
-                    self.shared.close_stream(row)
+                if self.shared is not None:
+                    self.shared.close_stream(uid)
                 METRICS.streams_refused.labels("load").inc()
                 raise HushwireError("OVERLOADED", _FULL_MSG)
             self.weights[task] = 1.0
-        if row is not None:
-            self._rows[task] = row
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
 
-    def _count(self, uid: int) -> int | None:
+    def _count(self, uid: int) -> None:
         """Check the per-user limit and the cap; with a group, count the stream in the shared state
-        (atomically with the check) and return its row there."""
+        (atomically with the check)."""
         if self.shared is None:
             if self.per_user[uid] >= self.max_per_user:
                 raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
             if self.max_streams is not None and len(self.tasks) >= self.max_streams:
                 METRICS.streams_refused.labels("cap").inc()
                 raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams))
-            return None
+            return
         try:
-            return self.shared.open_stream(uid, self.max_per_user, self.max_streams)
+            self.shared.open_stream(uid, self.max_per_user, self.max_streams)
         except Refused as refused:
             if refused.reason == "user":
                 raise HushwireError("RATE_LIMITED",
@@ -121,20 +118,19 @@ class StreamRegistry:
             self.weights[task] = weight
         if task in self.tasks:
             self._live.add(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
 
     def discard(self, task: asyncio.Task[object]) -> None:
-        row = self._rows.pop(task, None)
-        if row is not None and self.shared is not None:
-            self.shared.close_stream(row)
         weight = self.weights.pop(task, None)
         if weight is not None and self.admission is not None:
             self.admission.release(weight)
         if task in self._live:
             self._live.discard(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
         uid = self.tasks.pop(task, None)
         if uid is not None:
+            if self.shared is not None:
+                self.shared.close_stream(uid)
             self.per_user[uid] -= 1
             if self.per_user[uid] <= 0:
                 del self.per_user[uid]

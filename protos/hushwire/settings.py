@@ -181,6 +181,13 @@ _HELP = {
                              "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
     "stream_idle_seconds": "a live stream that sends no request (audio or update) for this long is ended with "
                            "REQUEST_TIMEOUT",
+    "keepalive_seconds": "the server pings every connection this often (HTTP/2 keepalive) to find peers that "
+                         "vanished without closing",
+    "keepalive_timeout_seconds": "a connection whose keepalive ping is not answered this soon is closed, and "
+                                 "its calls are cancelled and freed",
+    "keepalive_min_ping_seconds": "the closest a client's keepalive pings may come without data between them; "
+                                  "a client that pings more often is sent GOAWAY too_many_pings (hushwire's "
+                                  "clients ping every 30 s: keep this at most 30)",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "signing_secret_previous": "while rotating the signing secret: the old one, still accepted on result URLs "
@@ -199,9 +206,11 @@ _HELP = {
                     "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
                     "the hold while it forwards the request, so keep it above the gateway's "
                     "--upload-idle-seconds",
-    "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
-    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
-                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
+    "max_streams_per_user": "concurrent live streams per user on this server, all its processes together "
+                            "(`--processes`; each replica counts its own) (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users and processes together: a new one "
+                   "beyond is refused with OVERLOADED, which clients retry (through a balancer, on another "
+                   "replica); none by default",
     "live_cpu_budget": "admission control: the CPU (fraction of one core) a server process lets live streams "
                        "use, against their measured cost; a new stream that would not fit in real time is "
                        "refused with OVERLOADED and health `hushwire.v1.Enhancer` goes NOT_SERVING; 0 turns "
@@ -298,6 +307,13 @@ SETTINGS: dict[str, Setting] = {
                 10.0, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
                 _positive),
+        # 30.0, 10.0 and 15.0 are hushwire.contract.keepalive's KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S and
+        # MIN_PING_INTERVAL_S, which clients rely on (tests/test_keepalive.py keeps them equal).
+        Setting("keepalive_seconds", "HUSHWIRE_KEEPALIVE_SECONDS", "server.keepalive_seconds", 30.0, _positive),
+        Setting("keepalive_timeout_seconds", "HUSHWIRE_KEEPALIVE_TIMEOUT_SECONDS", "server.keepalive_timeout_seconds",
+                10.0, _positive),
+        Setting("keepalive_min_ping_seconds", "HUSHWIRE_KEEPALIVE_MIN_PING_SECONDS",
+                "server.keepalive_min_ping_seconds", 15.0, _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
