@@ -100,7 +100,7 @@ class Measured:
 
 
 HEADERS = ["round", "server", "streams", "streams per process", "p50 ms", "p99 ms", "dropped", "errors",
-           "server CPU per process", "server CPU ms per stream-second", "capacity est. (filled)",
+           "server CPU per process (siblings + parent)", "server CPU ms per stream-second", "capacity est. (filled)",
            "capacity est. (as spread)", "load-gen CPU", "p99 ≤ target"]
 
 
@@ -140,7 +140,8 @@ async def _measure(layout: str, r: int, n: int, streams: int, srv: Child, key: s
     level, _ = await asyncio.gather(
         run_level(srv.target, key, streams, args.seconds, args.warmup, srv.pid, requests, server_pids=pids),
         probe())
-    m = Measured(layout, r, n, level, pids, [seen.get(p, float("nan")) for p in pids])
+    parent = pids[-1] if len(pids) > 1 else None   # serves no streams, so it has no series of its own
+    m = Measured(layout, r, n, level, pids, [seen.get(p, 0.0 if p == parent else float("nan")) for p in pids])
     print("  " + " | ".join(str(c) for c in m.row(args.p99_ms)), flush=True)
     await asyncio.sleep(1.0)   # the server closes the streams before the next level
     return m
@@ -167,7 +168,8 @@ async def _main(args: argparse.Namespace) -> int:
         pin_self(args.client_cpu)
         keys = {"one": create_key(tmp / "one"), "two": create_key(tmp / "two")}
         print(f"one process: pid {one.pid} on core {args.server_cpu}; two processes: siblings {siblings} on cores "
-              f"{args.server_cpu} and {args.client_cpu} (parent pid {two.pid}, idle, not counted); load generator "
+              f"{args.server_cpu} and {args.client_cpu}, their parent (pid {two.pid}: metrics, health, "
+              "supervision; counted as the third figure) unpinned; load generator "
               f"(this process, pid {os.getpid()}) on core {args.client_cpu}; helper processes: "
               f"{child_pids(two.pid)}")
         print("\nper level (as measured):")
@@ -177,7 +179,7 @@ async def _main(args: argparse.Namespace) -> int:
                 order = [("one", 1), ("two", 2)] if (r + n) % 2 else [("two", 2), ("one", 1)]
                 for layout, k in order:
                     srv, metrics = (one, m1) if layout == "one" else (two, m2)
-                    pids = [one.pid] if layout == "one" else siblings
+                    pids = [one.pid] if layout == "one" else [*siblings, two.pid]
                     results.append(await _measure(layout, r, n, k * n, srv, keys[layout], pids, metrics, args,
                                                   requests))
 

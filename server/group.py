@@ -333,7 +333,7 @@ async def run_group(config: ServerConfig, processes: int) -> int:
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
     run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
-    store = None
+    store = shared = None
     try:
         (run_dir / _METRICS_DIR).mkdir()
         shared = SharedState.create(run_dir / _STATE_FILE, processes)
@@ -352,6 +352,8 @@ async def run_group(config: ServerConfig, processes: int) -> int:
         holder.close()
         if store is not None:
             store.close()
+        if shared is not None:
+            shared.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -374,22 +376,28 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     host = f"[{config.host}]" if ":" in config.host else config.host
     stopping = asyncio.create_task(stop.wait())
     restarts: set[asyncio.Task[None]] = set()
+
+    def read(sibling: _Sibling) -> str | None:
+        """Handle what ``sibling`` sent; returns why it could not start, if it said so."""
+        error = None
+        with contextlib.suppress(EOFError, OSError):
+            while sibling.conn.poll():
+                kind, detail = sibling.conn.recv()
+                if kind == "ready":
+                    sibling.ready = True
+                    log.info("process %d of %d serving (pid %s)", sibling.index + 1, group.processes, detail)
+                    if sibling.index in pending:
+                        pending.discard(sibling.index)
+                        if not pending:
+                            log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
+                                     "" if config.tls_cert is None else " (TLS)")
+                elif kind == "error":
+                    error = str(detail)
+        return error
     while True:
         # Messages from siblings (ready, or why they could not start).
         for sibling in list(group.siblings.values()):
-            with contextlib.suppress(EOFError, OSError):
-                while sibling.conn.poll():
-                    kind, detail = sibling.conn.recv()
-                    if kind == "ready":
-                        sibling.ready = True
-                        log.info("process %d of %d serving (pid %s)", sibling.index + 1, group.processes, detail)
-                        if sibling.index in pending:
-                            pending.discard(sibling.index)
-                            if not pending:
-                                log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
-                                         "" if config.tls_cert is None else " (TLS)")
-                    elif kind == "error":
-                        failed = str(detail)
+            failed = read(sibling) or failed
         if failed is not None and pending:
             break   # a sibling could not start: the whole server does not start
         if stop.is_set():
@@ -402,6 +410,8 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
         index = getting.result()
         sibling = group.siblings[index]
         sibling.process.join()
+        failed = read(sibling) or failed   # its last words, before its pipe goes
+        sibling.conn.close()
         code = sibling.process.exitcode
         multiprocess.mark_process_dead(sibling.process.pid, str(group.run_dir / _METRICS_DIR))  # type: ignore[no-untyped-call]
         shared.clear(index)
@@ -442,7 +452,8 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
             status = status or 1
         elif sibling.process.exitcode not in (0, None) and failed is None:
             status = status or 1
-        sibling.conn.close()
+        with contextlib.suppress(OSError):
+            sibling.conn.close()
     if mirror is not None:
         await mirror.stop()
     if failed is not None:

@@ -15,9 +15,9 @@ Updates that must be atomic across processes (check a limit, then count the stre
 when its holder dies, so a crashed sibling cannot wedge the others; the parent zeroes a dead
 sibling's slot and column (:meth:`SharedState.clear`) before it starts a replacement.
 
-The users' table has ``USER_ROWS`` rows found by linear probing from the uid; a row whose counts
-are all zero is free for another uid. It is full only with ``USER_ROWS`` users streaming at once,
-far past what one machine's processes can carry, and then a new stream is refused as OVERLOADED.
+The users' table has ``USER_ROWS`` rows found by linear probing from the uid; a user's row goes as
+soon as their last stream closes. It is full only with ``USER_ROWS`` users streaming at once, far
+past what one machine's processes can carry, and then a new stream is refused as OVERLOADED.
 
 Standard library only; used from each process's event-loop thread.
 """
@@ -158,8 +158,16 @@ class SharedState:
                 self._ints[s + k] = 0
             self._ints[s + 1] = STOPPED
             self._floats[s + 4] = 0.0
+            kept = []
             for row in range(USER_ROWS):
                 self._ints[self._counts + row * self.processes + index] = 0
+                uid = self._ints[self._uids + row]
+                if uid != _EMPTY and self._user_total(row) > 0:
+                    kept.append((uid, self._row_counts(row)))
+                self._set_row(row, _EMPTY, [0] * self.processes)
+            for uid, counts in kept:   # rebuilt without the rows that are empty now
+                row, _ = self._find(uid)
+                self._set_row(row, uid, counts)
 
     def _me(self) -> int:
         if self.index is None:
@@ -167,59 +175,90 @@ class SharedState:
         return self.index
 
     # -- live streams per user ------------------------------------------------------------------------
+    #
+    # Open addressing with linear probing from ``uid % USER_ROWS``; a row whose streams all closed is
+    # deleted at once by shifting back the rows after it (Knuth's algorithm R), so a lookup stops at
+    # the first empty row after a few steps however many users came and went.
 
     def _user_total(self, row: int) -> int:
         base = self._counts + row * self.processes
         return sum(self._ints[base : base + self.processes])
 
-    def _find_row(self, uid: int) -> int | None:
-        """The row of ``uid``, or a free one for it (never a second row for one uid); None when full."""
+    def _row_counts(self, row: int) -> list[int]:
+        base = self._counts + row * self.processes
+        return list(self._ints[base : base + self.processes])
+
+    def _set_row(self, row: int, uid: int, counts: list[int]) -> None:
+        self._ints[self._uids + row] = uid
+        base = self._counts + row * self.processes
+        for k, n in enumerate(counts):
+            self._ints[base + k] = n
+
+    def _find(self, uid: int) -> tuple[int, bool]:
+        """``uid``'s row and True, or the empty row where it would go and False; (-1, False) when full."""
         start = uid % USER_ROWS
-        free = None
         for k in range(USER_ROWS):
             row = (start + k) % USER_ROWS
             found = self._ints[self._uids + row]
             if found == uid:
-                return row
+                return row, True
             if found == _EMPTY:
-                return row if free is None else free
-            if free is None and self._user_total(row) == 0:
-                free = row
-        return free
+                return row, False
+        return -1, False
 
-    def open_stream(self, uid: int, max_per_user: int, max_streams: int | None) -> int:
-        """Count a new stream of ``uid`` in this process and return its row (for :meth:`close_stream`),
-        or raise :class:`Refused` when the user's or the group's limit is reached."""
+    def _delete(self, row: int) -> None:
+        hole = row
+        self._set_row(hole, _EMPTY, [0] * self.processes)
+        probe = hole
+        while True:
+            probe = (probe + 1) % USER_ROWS
+            uid = self._ints[self._uids + probe]
+            if uid == _EMPTY:
+                return
+            home = uid % USER_ROWS
+            # The row at ``probe`` may stay unless its home lies cyclically outside (hole, probe].
+            stays = hole < home <= probe if hole <= probe else (home > hole or home <= probe)
+            if not stays:
+                self._set_row(hole, uid, self._row_counts(probe))
+                self._set_row(probe, _EMPTY, [0] * self.processes)
+                hole = probe
+
+    def open_stream(self, uid: int, max_per_user: int, max_streams: int | None) -> None:
+        """Count a new stream of ``uid`` in this process, or raise :class:`Refused` when the user's or
+        the group's limit is reached."""
         me = self._me()
         if max_per_user <= 0:
             raise Refused("user")
         with self._locked():
             if max_streams is not None and sum(v.streams for v in self.slots()) >= max_streams:
                 raise Refused("cap")
-            row = self._find_row(uid)
-            if row is None:
+            row, found = self._find(uid)
+            if row < 0:
                 raise Refused("table")
-            if self._ints[self._uids + row] != uid:
-                self._ints[self._uids + row] = uid
+            if not found:
+                self._set_row(row, uid, [0] * self.processes)
             elif self._user_total(row) >= max_per_user:
                 raise Refused("user")
             self._ints[self._counts + row * self.processes + me] += 1
             self._ints[self._slot(me) + 3] += 1
-        return row
 
-    def close_stream(self, row: int) -> None:
+    def close_stream(self, uid: int) -> None:
+        """A stream of ``uid`` counted by :meth:`open_stream` in this process ended."""
         me = self._me()
         with self._locked():
+            if self._ints[self._slot(me) + 3] > 0:
+                self._ints[self._slot(me) + 3] -= 1
+            row, found = self._find(uid)
+            if not found:
+                return
             cell = self._counts + row * self.processes + me
             if self._ints[cell] > 0:
                 self._ints[cell] -= 1
-            if self._ints[self._slot(me) + 3] > 0:
-                self._ints[self._slot(me) + 3] -= 1
+            if self._user_total(row) == 0:
+                self._delete(row)
 
     def user_streams(self, uid: int) -> int:
         """Open streams of ``uid`` in the whole group (for tests and diagnostics)."""
         with self._locked():
-            for row in range(USER_ROWS):
-                if self._ints[self._uids + row] == uid:
-                    return self._user_total(row)
-        return 0
+            row, found = self._find(uid)
+            return self._user_total(row) if found else 0

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -202,6 +203,15 @@ def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None
         assert srv.stop() == 0, srv.log
     with socket.socket() as s:   # all gone: the port is free again
         s.bind(("127.0.0.1", srv.port))
+
+
+def test_a_sibling_that_cannot_start_stops_the_whole_server(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    out = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--processes", "2", "--workers", "0",
+                  "--tls-cert", missing, "--tls-key", missing, check=False)
+    assert out.returncode == 2, out.stderr
+    assert f"hushwire: cannot read the TLS file {missing}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "listening on" not in out.stderr
 
 
 def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
@@ -489,3 +499,28 @@ def test_the_client_librarys_connections_reach_every_sibling(tmp_path: Path) -> 
     finally:
         feed.put(None)
         assert srv.stop() == 0, srv.log
+
+
+def test_the_default_is_one_process_per_core_the_server_may_use(tmp_path: Path) -> None:
+    """No --processes: as many as the CPUs the command may run on (taskset), so pinned to one, one."""
+    from conftest import HUSHWIRE, ROOT, stop_process
+
+    cpus = sorted(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "HUSHWIRE_PROCESSES"}
+    for allowed in ({cpus[0]}, set(cpus)):
+        log = tmp_path / f"serve-{len(allowed)}.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", "0", "--data-dir", str(tmp_path), "--workers", "0"],
+                                    stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT, env=env,
+                                    preexec_fn=lambda allowed=allowed: os.sched_setaffinity(0, allowed))
+        try:
+            deadline = time.monotonic() + 30
+            while "listening on" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            from server.config import cores
+            expected = min(len(allowed), cores())   # the cgroup's quota caps both
+            text = log.read_text()
+            assert (f"({expected} processes)" in text) if expected > 1 else ("processes)" not in text), text
+        finally:
+            assert stop_process(proc, "server") == 0, log.read_text()
