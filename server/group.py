@@ -21,7 +21,8 @@ leases, once (the siblings don't); it serves the metrics port (every sibling's m
 prometheus_client's multiprocess mode, with the job-queue gauges read from the store) and the health
 mirror (the group: ``/readyz`` while every sibling serves, ``/readyz/live`` also 503 while every
 sibling is full); it logs ``listening on HOST:PORT`` once every sibling is SERVING; it forwards
-SIGTERM/SIGINT (drain) and SIGHUP (TLS reload) to the siblings, and exits when they have drained.
+SIGTERM/SIGINT (drain) and, with TLS, SIGHUP (reload) to the siblings, and exits when they have
+drained.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
 jobs are requeued.
@@ -197,7 +198,10 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
             await asyncio.sleep(_SYNC_S)
 
     syncing = asyncio.create_task(sync())
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:   # the parent died while this process started
+        on_parent()
     await stop.wait()
     syncing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -365,7 +369,8 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
+    if config.tls_cert is not None:   # as with one process: SIGHUP re-reads TLS files, else it ends the server
+        loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
     if mirror is not None:
         await mirror.start()
     for i in range(group.processes):
