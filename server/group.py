@@ -187,7 +187,13 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if server.tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.tls.reload_now)
+        tls = server.tls
+
+        def on_sighup() -> None:
+            log.info("process %d: SIGHUP: new TLS connections re-read %s", member.index + 1, tls.files.cert)
+            tls.reload_now()
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     async def sync() -> None:
         while True:
@@ -207,7 +213,7 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
     with contextlib.suppress(asyncio.CancelledError):
         await syncing
     if parent_gone:
-        log.warning("process %d: the parent process is gone: stopping now", member.index)
+        log.warning("process %d: the parent process is gone: stopping now", member.index + 1)
     seconds = 0.0 if parent_gone else config.drain_seconds
     await server.drain(seconds)
     return 0
