@@ -145,6 +145,9 @@ def child_env() -> dict[str, str]:
     # One core means one thread: numpy's BLAS must not spread to the other core.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
+    # The benchmarks measure one server process (the CPU of its pid) unless they ask for a group of
+    # siblings with --processes (bench.processes); `serve` would otherwise start one per core.
+    env.setdefault("HUSHWIRE_PROCESSES", "1")
     return env
 
 

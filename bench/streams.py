@@ -126,7 +126,9 @@ class Level:
     lags_s: list[float] = field(default_factory=list)
     client_cpu: float = 0.0  # share of one core over the measured window
     server_cpu: float = 0.0
+    server_cpus: list[float] = field(default_factory=list)  # per process, with ``server_pids``
     batch_mean: float | None = None  # stream chunks per denoiser batch (hushwire's metrics), measured window
+    denoiser_cpu: float | None = None  # share of one core the batched denoiser used (hushwire's metrics)
 
     passed_flag: bool = False  # set by the search with its p99 target
 
@@ -141,27 +143,45 @@ class Level:
         return [label, self.streams, self.sent, round(self.p(50), 2), round(self.p(99), 2),
                 round(1000 * max(self.latencies_s, default=float("nan")), 1), self.dropped, errs,
                 round(1000 * percentile(self.lags_s, 99), 2), f"{100 * self.server_cpu:.0f} %",
+                "–" if self.denoiser_cpu is None else f"{100 * self.denoiser_cpu:.1f} %",
                 f"{100 * self.client_cpu:.0f} %", "–" if self.batch_mean is None else f"{self.batch_mean:.1f}",
                 "pass" if self.passed(p99_ms) else "FAIL"]
 
+    def cpu_ms(self) -> float:
+        """Server CPU ms per stream-second."""
+        return 1000 * self.server_cpu / self.streams
+
+    def around_ms(self) -> float:
+        """Server CPU ms per stream-second outside the batched denoiser (all of it for the echo)."""
+        return 1000 * (self.server_cpu - (self.denoiser_cpu or 0.0)) / self.streams
+
 
 LEVEL_HEADERS = ["server", "streams", "chunks", "p50 ms", "p99 ms", "max ms", "dropped", "errors",
-                 "client send lag p99 ms", "server CPU", "load-gen CPU", "chunks per batch", "≤ target"]
+                 "client send lag p99 ms", "server CPU", "denoiser CPU", "load-gen CPU", "chunks per batch",
+                 "≤ target"]
+# The load generator's CPU share from which its own core, not the server, may be what limits a level.
+CLIENT_SATURATED = 0.9
 
 
-def batch_counts(metrics_port: int | None) -> tuple[float, float] | None:
-    """(chunks, batches) denoised so far, from hushwire's /metrics; None without a metrics port."""
+def batch_counts(metrics_port: int | None) -> tuple[float, float, float] | None:
+    """(chunks, batches, denoiser CPU seconds) so far, from hushwire's /metrics; None without a metrics port."""
     if metrics_port is None:
         return None
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     values = {m.group(1): float(m.group(2)) for m in re.finditer(
-        r"^hushwire_stream_batch_chunks_(sum|count) (\S+)$", text, re.MULTILINE)}
-    return values.get("sum", 0.0), values.get("count", 0.0)
+        r"^hushwire_(stream_batch_chunks_sum|stream_batch_chunks_count|stream_denoiser_cpu_seconds_total) (\S+)$",
+        text, re.MULTILINE)}
+    return (values.get("stream_batch_chunks_sum", 0.0), values.get("stream_batch_chunks_count", 0.0),
+            values.get("stream_denoiser_cpu_seconds_total", 0.0))
 
 
 async def run_level(target: str, key: str | None, streams: int, seconds: float, warmup: float, server_pid: int,
-                    requests: Sequence[bytes], streams_per_channel: int = 1, metrics_port: int | None = None) -> Level:
-    """Drive ``streams`` real-time streams for ``warmup + seconds``; measure the last ``seconds``."""
+                    requests: Sequence[bytes], streams_per_channel: int = 1, metrics_port: int | None = None,
+                    server_pids: Sequence[int] = ()) -> Level:
+    """Drive ``streams`` real-time streams for ``warmup + seconds``; measure the last ``seconds``.
+    ``server_pids``: the server's processes (``serve --processes``), measured each; their sum is the
+    server's CPU (``server_pid`` is then not measured)."""
+    pids = list(server_pids) or [server_pid]
     level = Level(streams, seconds)
     period = CHUNK_MS / 1000.0
     config = config_request()
@@ -237,15 +257,18 @@ async def run_level(target: str, key: str | None, streams: int, seconds: float, 
 
         async def meter() -> None:
             await asyncio.sleep(max(0.0, measure_from - loop.time()))
-            c0, s0, w0 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            c0, s0, w0 = time.process_time(), [cpu_seconds(p) for p in pids], loop.time()
             b0 = await asyncio.to_thread(batch_counts, metrics_port)
             await asyncio.sleep(max(0.0, measure_from + seconds - loop.time()))
-            c1, s1, w1 = time.process_time(), cpu_seconds(server_pid), loop.time()
+            c1, s1, w1 = time.process_time(), [cpu_seconds(p) for p in pids], loop.time()
             b1 = await asyncio.to_thread(batch_counts, metrics_port)
             level.client_cpu = (c1 - c0) / (w1 - w0)
-            level.server_cpu = (s1 - s0) / (w1 - w0)
+            level.server_cpus = [(b - a) / (w1 - w0) for a, b in zip(s0, s1, strict=True)]
+            level.server_cpu = sum(level.server_cpus)
             if b0 is not None and b1 is not None and b1[1] > b0[1]:
                 level.batch_mean = (b1[0] - b0[0]) / (b1[1] - b0[1])
+            if b0 is not None and b1 is not None:
+                level.denoiser_cpu = (b1[2] - b0[2]) / (w1 - w0)
 
         await asyncio.gather(meter(), *(drive(k, c) for k, c in enumerate(calls)))
     finally:
@@ -315,7 +338,7 @@ def knee_text(s: Search) -> str:
     return str(s.knee)
 
 
-async def profile_server(target: str, key: str, pid: int, streams: int, seconds: float, out: Path,
+async def profile_server(target: str, key: str | None, pid: int, streams: int, seconds: float, out: Path,
                          requests: Sequence[bytes], native: bool) -> Level:
     spy = py_spy_record(pid, out, seconds, native=native)
     try:
@@ -346,7 +369,34 @@ def _capacity(s: Search) -> float:
 def _cpu_per_stream_ms(s: Search) -> float:
     """Server CPU ms per second of one stream, median over the passing levels (all if none passed)."""
     levels = [lv for lv in s.levels if lv.passed_flag] or s.levels
-    return float(statistics.median(1000 * lv.server_cpu / lv.streams for lv in levels)) if levels else float("nan")
+    return float(statistics.median(lv.cpu_ms() for lv in levels)) if levels else float("nan")
+
+
+def _paired(hw: Search, echo: Search) -> list[tuple[Level, Level]]:
+    """hushwire's and the echo's levels of the same size in one round, those both passed (else all pairs)."""
+    pairs = [(a, b) for a in hw.levels for b in echo.levels if a.streams == b.streams]
+    return [(a, b) for a, b in pairs if a.passed_flag and b.passed_flag] or pairs
+
+
+def _split(hw: Search, echo: Search) -> list[object] | None:
+    """One round's CPU split at the levels both servers passed, medians over those levels, ms per
+    stream-second: hushwire in all, its batched denoiser, the servicer around it (hushwire less the
+    denoiser less the echo's cost for the same messages), gRPC (the echo's); and the ratio of
+    hushwire's CPU outside the denoiser to the echo's (issue #17: at most 1.25)."""
+    pairs = _paired(hw, echo)
+    if not pairs or any(a.denoiser_cpu is None for a, _ in pairs):
+        return None
+
+    def med(values: list[float]) -> float:
+        return round(float(statistics.median(values)), 2)
+
+    return [hw.round, ",".join(str(a.streams) for a, _ in pairs), med([a.cpu_ms() for a, _ in pairs]),
+            med([a.cpu_ms() - a.around_ms() for a, _ in pairs]), med([a.around_ms() - b.cpu_ms() for a, b in pairs]),
+            med([b.cpu_ms() for _, b in pairs]), med([a.around_ms() / b.cpu_ms() for a, b in pairs])]
+
+
+SPLIT_HEADERS = ["round", "levels (streams)", "hushwire", "denoiser", "servicer", "gRPC (echo)",
+                 "(hushwire − denoiser) / echo"]
 
 
 async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
@@ -415,15 +465,33 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
                   f"{100 * hw_cap / echo_cap:.0f} %")
             print(f"target hushwire ≥ 60 % of echo: {'met' if ratio >= 0.6 else 'MISSED'}; "
                   f"stretch 100 streams per core: {'met' if hw_knee >= 100 else 'MISSED'}")
-        if args.profile_streams and "hushwire" in servers:
-            srv, key = servers["hushwire"]
+            splits = [row for hw, echo in zip(by_label["hushwire"], by_label["echo"], strict=False)
+                      if (row := _split(hw, echo)) is not None]
+            if splits:
+                print("\nserver CPU ms per stream-second at the levels both servers passed (medians over those "
+                      "levels; servicer = hushwire − denoiser − echo):")
+                print_table(SPLIT_HEADERS, splits)
+                around = statistics.median(float(row[-1]) for row in splits)  # type: ignore[arg-type]
+                print(f"hushwire's CPU outside the denoiser / the echo's{rounds} = {around:.2f} "
+                      f"(issue #17 target ≤ 1.25: {'met' if around <= 1.25 else 'MISSED'})")
+        for s in searches:
+            at20 = next((lv for lv in s.levels if lv.streams == 20), None)
+            if at20 is not None and s.label == "hushwire":
+                print(f"round {s.round} {s.label}: p50 added latency at 20 streams {at20.p(50):.2f} ms")
+            busy = next((lv for lv in sorted(s.levels, key=lambda v: v.streams)
+                         if lv.client_cpu >= CLIENT_SATURATED), None)
+            if busy is not None:
+                print(f"round {s.round} {s.label}: the load generator used ≥ {100 * CLIENT_SATURATED:.0f} % of its "
+                      f"core from {busy.streams} streams on ({100 * busy.client_cpu:.0f} % there)")
+        if args.profile_streams and args.profile_server in servers:
+            srv, key = servers[args.profile_server]
             out = Path(args.profile_out)
-            print(f"\nprofiling hushwire serve at {args.profile_streams} streams for {args.profile_seconds:g} s "
-                  f"→ {out}")
-            level = await profile_server(srv.target, key or "", srv.pid, args.profile_streams, args.profile_seconds,
+            print(f"\nprofiling {args.profile_server} at {args.profile_streams} streams for "
+                  f"{args.profile_seconds:g} s → {out}")
+            level = await profile_server(srv.target, key, srv.pid, args.profile_streams, args.profile_seconds,
                                          out, requests, args.native)
-            print("  " + " | ".join(str(c) for c in level.row("hushwire+py-spy", args.p99_ms)))
-            print_profile(out, f"hushwire serve under {args.profile_streams} streams")
+            print("  " + " | ".join(str(c) for c in level.row(f"{args.profile_server}+py-spy", args.p99_ms)))
+            print_profile(out, f"{args.profile_server} under {args.profile_streams} streams")
     return 0
 
 
@@ -445,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="repeat both searches, alternating the servers; the summary takes medians")
     parser.add_argument("--profile-streams", type=int, default=0,
                         help="after the search, profile hushwire serve with py-spy at this many streams")
+    parser.add_argument("--profile-server", choices=["hushwire", "echo"], default="hushwire",
+                        help="which server --profile-streams profiles")
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--profile-out", default="server-profile.txt", help="py-spy collapsed stacks")
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too; slower)")

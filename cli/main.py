@@ -29,17 +29,18 @@ _SERVER_SETTINGS = [
     "max_streams_per_user", "max_streams", "live_cpu_budget", "max_queued_jobs_per_user",
     "max_bytes_per_day_per_user",
     "max_audio_seconds_per_day_per_user", "max_idempotency_keys_per_user", "max_upload_bytes",
-    "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers",
+    "max_upload_seconds", "store_timeout", "lease_seconds", "hold_seconds", "metrics_port", "workers", "processes",
     "stream_batch_ms",
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
     "server_public_url", "webhook_allow", "webhook_base_delay_seconds", "webhook_max_age_seconds",
-    "slow_consumer_seconds", "stream_idle_seconds",
+    "slow_consumer_seconds", "stream_idle_seconds", "keepalive_seconds", "keepalive_timeout_seconds",
+    "keepalive_min_ping_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
-                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key"]
+                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _client_config(args: argparse.Namespace) -> ClientConfig:
     return ClientConfig(**_settings(args, _CLIENT_SETTINGS))
 
 
-def _tls(cfg: ClientConfig) -> dict[str, str | None]:
+def _tls(cfg: ClientConfig) -> dict[str, Any]:
     """A client command's TLS files, as the client classes take them."""
     return {"tls_ca": cfg.client_tls_ca, "tls_cert": cfg.client_tls_cert, "tls_key": cfg.client_tls_key}
 
@@ -105,12 +106,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from server.app import serve
     from server.blobs import BlobStoreError
+    from server.config import cores
+    from server.group import run_group
     from server.logs import setup_logging
     from server.store import StoreError
 
     config = _server_config(args)
     setup_logging(config.log_level, config.log_format)
+    processes = config.processes if config.processes is not None else cores()
     try:
+        if processes > 1:
+            return asyncio.run(run_group(config, processes))
         return asyncio.run(serve(config))
     except StoreError as exc:  # e.g. the database is unreachable at start-up: one line, exit 2
         raise UsageError(str(exc)) from None
@@ -387,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
     for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
                  "upload_idle_seconds", "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert",
-                 "grpc_tls_key"):
+                 "grpc_tls_key", "grpc_connections"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 

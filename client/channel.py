@@ -4,6 +4,11 @@ Every client of the server (:class:`~client.stream.EnhancerClient`, its asyncio 
 :class:`~client.jobs.JobsClient`, and the gateway's upstream channel) opens its channel here, so a
 channel setting (:data:`CHANNEL_OPTIONS`: keepalive and reconnect backoff) holds for all.
 
+A *pool* of channels (:func:`open_pool`, :func:`open_aio_pool`) gives each channel its own TCP
+connection (grpc otherwise shares one between equal channels). A server of several sibling processes
+on one port (``hushwire serve --processes N``) gets each connection in one process, so calls spread
+over the processes only as far as the caller's connections do.
+
 ``tls_ca`` (a PEM file) turns TLS on and is the only CA trusted for the server's certificate;
 ``tls_cert`` and ``tls_key`` add a client certificate for a server that requires mutual TLS
 (``hushwire serve --tls-client-ca``). Without ``tls_ca`` the channel is plaintext, as before.
@@ -20,7 +25,8 @@ import grpc
 from client.errors import HushwireClientError
 from hushwire.contract.keepalive import CLIENT_OPTIONS as KEEPALIVE_OPTIONS
 
-__all__ = ["CHANNEL_OPTIONS", "ClientTLS", "channel_options", "open_aio_channel", "open_channel"]
+__all__ = ["CHANNEL_OPTIONS", "OWN_CONNECTION", "ClientTLS", "channel_options", "open_aio_channel", "open_aio_pool",
+           "open_channel", "open_pool"]
 
 # Every channel's options: the server's keepalive contract (hushwire.contract.keepalive), and a reconnect
 # backoff that finds a restarted or replaced server within ~3 s (grpc's default grows to 120 s, far
@@ -31,6 +37,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
+
+# A channel of a pool: its own connection (subchannel), not the process-wide one equal channels share.
+OWN_CONNECTION: tuple[tuple[str, Any], ...] = (("grpc.use_local_subchannel_pool", 1),)
 
 
 @dataclass(frozen=True)
@@ -69,8 +78,12 @@ class ClientTLS:
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """:data:`CHANNEL_OPTIONS`, then ``options`` (for an option given twice, grpc takes the last)."""
-    return [*CHANNEL_OPTIONS, *options]
+    """:data:`CHANNEL_OPTIONS` with ``options`` added or, for an option it already has, replacing it.
+    Each option appears once: for an option given twice, grpc (1.85) takes the first, so a caller's
+    value placed after the default would be ignored (tests/test_keepalive.py saw a 1 s keepalive ignored)."""
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(options)
+    return list(merged.items())
 
 
 def open_channel(target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
@@ -86,3 +99,19 @@ def open_aio_channel(target: str, tls: ClientTLS | None = None,
     if tls is None:
         return grpc.aio.insecure_channel(target, options=channel_options(options))
     return grpc.aio.secure_channel(target, tls.credentials(), options=channel_options(options))
+
+
+def _pool_options(n: int) -> Sequence[tuple[str, Any]]:
+    if n < 1:
+        raise ValueError(f"a pool has at least one connection, not {n}")
+    return OWN_CONNECTION if n > 1 else ()
+
+
+def open_pool(target: str, n: int, tls: ClientTLS | None = None) -> list[grpc.Channel]:
+    """``n`` blocking channels to ``target``, each on its own connection (one: a plain channel)."""
+    return [open_channel(target, tls, _pool_options(n)) for _ in range(n)]
+
+
+def open_aio_pool(target: str, n: int, tls: ClientTLS | None = None) -> list[grpc.aio.Channel]:
+    """The asyncio twin of :func:`open_pool`."""
+    return [open_aio_channel(target, tls, _pool_options(n)) for _ in range(n)]

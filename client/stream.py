@@ -21,6 +21,11 @@ the next output (``StreamOutput.backend_lost``), never left hanging:
 - audio the lost replica took but never answered is gone (``BackendLost.frames_lost``); the
   resumed stream's output starts again with its algorithmic delay (``BackendLost.delay_samples``).
 
+``connections=N`` gives the client a pool of N connections to the target, and each stream (and each
+retry or resume of one) takes the next. A server of several processes on one port (``hushwire serve
+--processes``) serves each connection in one process, so one client's many streams spread over the
+processes only with several connections; a retry after ``OVERLOADED`` then tries another connection.
+
 ``stream(..., resume=False)`` restores fail-on-loss (``enhance()`` uses it: it restarts the whole
 signal instead, so its output stays exact).
 
@@ -32,16 +37,17 @@ classes here only move requests and responses and wait (:class:`LiveStream` in t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.channel import ClientTLS, open_aio_channel, open_channel
+from client.channel import ClientTLS, open_aio_pool, open_pool
 from client.core import (
     ENCODINGS,
     BackendLost,
@@ -376,13 +382,14 @@ class _Client:
     """What both clients hold: the target, key and connect budget, the stubs, and how a stream's
     core and calls are made. Each subclass adds the waiting its I/O needs."""
 
-    def __init__(self, target: str, key: str | None, connect_timeout: float, channel: Any) -> None:
+    def __init__(self, target: str, key: str | None, connect_timeout: float, channels: Sequence[Any]) -> None:
         self.target = target
         self.key = key
         self.connect_timeout = connect_timeout
-        self._channel = channel
-        self._stub = enhancer_pb2_grpc.EnhancerStub(channel)
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self._channels = list(channels)
+        self._stubs = [enhancer_pb2_grpc.EnhancerStub(ch) for ch in self._channels]
+        self._turn = itertools.count()
+        self._health = health_pb2_grpc.HealthStub(self._channels[0])
         self._ready = False  # checked before the first stream, and again after a retryable failure
 
     def _core(self, sample_rate: int, channels: int, encoding: str, attenuation_limit_db: float | None,
@@ -391,8 +398,15 @@ class _Client:
                           resume=resume, target=self.target, budget_s=self.connect_timeout)
 
     def _open_call(self) -> Callable[[Any], Any]:
+        """Each call (a stream, or its retry or resume) on the pool's next connection: a retry after
+        OVERLOADED from one server process of a group goes to another connection, maybe another process."""
         metadata = _metadata(self.key)
-        return lambda requests: self._stub.StreamEnhance(requests, metadata=metadata)
+
+        def open_call(requests: Any) -> Any:
+            stub = self._stubs[next(self._turn) % len(self._stubs)]
+            return stub.StreamEnhance(requests, metadata=metadata)
+
+        return open_call
 
 
 def _signal(audio: np.ndarray, sample_rate: int, chunk_ms: float) -> tuple[np.ndarray, int]:
@@ -411,14 +425,15 @@ class EnhancerClient(_Client):
     """Blocking client. Use as a context manager, or call :meth:`close`.
 
     ``tls_ca`` (a PEM file) makes it talk TLS to a server whose certificate that CA signed; add
-    ``tls_cert`` and ``tls_key`` for a server that requires client certificates (mutual TLS)."""
+    ``tls_cert`` and ``tls_key`` for a server that requires client certificates (mutual TLS).
+    ``connections``: how many connections its streams take turns on (see the module docstring)."""
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
-        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,
-                         open_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
+                         open_pool(target, connections, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     def __enter__(self) -> EnhancerClient:
         return self
@@ -427,7 +442,8 @@ class EnhancerClient(_Client):
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the server answers its health check as SERVING, up to ``connect_timeout``."""
@@ -480,10 +496,10 @@ class AsyncEnhancerClient(_Client):
 
     def __init__(
         self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
-        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+        tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,
-                         open_aio_channel(target, ClientTLS.of(tls_ca, tls_cert, tls_key)))
+                         open_aio_pool(target, connections, ClientTLS.of(tls_ca, tls_cert, tls_key)))
 
     async def __aenter__(self) -> AsyncEnhancerClient:
         return self
@@ -492,7 +508,8 @@ class AsyncEnhancerClient(_Client):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the server answers its health check as SERVING, up to ``connect_timeout``."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import signal
 import socket
@@ -46,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.channel import ClientTLS, open_aio_channel
+from client.channel import ClientTLS, open_aio_pool
 from client.errors import HushwireClientError
 from gateway.config import GatewayConfig
 from gateway.console import ConsoleAssets, console_limits, console_page
@@ -91,17 +92,45 @@ def _scheme(config: GatewayConfig) -> str:
 
 
 class _Upstream:
-    """The gRPC channel to the hushwire server and its stubs; made at start-up, closed at shutdown."""
+    """The gRPC connections to the hushwire server and their stubs; made at start-up, closed at shutdown.
 
-    def __init__(self, target: str, tls: ClientTLS | None) -> None:
-        self.channel = open_aio_channel(target, tls)  # the client library's channel options
-        self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
-        self.enhancer = enhancer_pb2_grpc.EnhancerStub(self.channel)
-        self.account = jobs_pb2_grpc.AccountStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+    A small pool (``--grpc-connections``): a server of several processes on one port (``serve
+    --processes``) serves each connection in one process, so the calls take turns on the connections
+    to spread over the processes. A ``/live`` stream refused with OVERLOADED when it opens is tried
+    on the pool's other connections (each maybe another process) before the refusal goes to the client.
+    """
+
+    def __init__(self, target: str, tls: ClientTLS | None, connections: int = 1) -> None:
+        self.channels = open_aio_pool(target, connections, tls)  # the client library's channel options
+        self._jobs = [jobs_pb2_grpc.JobsStub(ch) for ch in self.channels]
+        self._enhancers = [enhancer_pb2_grpc.EnhancerStub(ch) for ch in self.channels]
+        self._accounts = [jobs_pb2_grpc.AccountStub(ch) for ch in self.channels]
+        self._health = [health_pb2_grpc.HealthStub(ch) for ch in self.channels]
+        self._turn = itertools.count()
+
+    def _next(self) -> int:
+        return next(self._turn) % len(self.channels)
+
+    @property
+    def jobs(self) -> jobs_pb2_grpc.JobsStub:
+        return self._jobs[self._next()]
+
+    @property
+    def account(self) -> jobs_pb2_grpc.AccountStub:
+        return self._accounts[self._next()]
+
+    @property
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return self._health[self._next()]
+
+    def enhancers(self) -> list[enhancer_pb2_grpc.EnhancerStub]:
+        """Every connection's stub, starting with the next one's: a stream opens on the first."""
+        first = self._next()
+        return self._enhancers[first:] + self._enhancers[:first]
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 def _metadata(request: Request) -> list[tuple[str, str]]:
@@ -172,9 +201,11 @@ class _Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         c = self.config
-        self._upstream = _Upstream(c.grpc_target, ClientTLS.of(c.grpc_tls_ca, c.grpc_tls_cert, c.grpc_tls_key))
-        log.info("forwarding to the hushwire server at %s%s; result URLs start with %s", c.grpc_target,
-                 " over TLS" if c.grpc_tls_ca else "", self.public_url)
+        self._upstream = _Upstream(c.grpc_target, ClientTLS.of(c.grpc_tls_ca, c.grpc_tls_cert, c.grpc_tls_key),
+                                   c.grpc_connections)
+        log.info("forwarding to the hushwire server at %s%s (%d connection%s); result URLs start with %s",
+                 c.grpc_target, " over TLS" if c.grpc_tls_ca else "", c.grpc_connections,
+                 "" if c.grpc_connections == 1 else "s", self.public_url)
         try:
             yield
         finally:
@@ -287,7 +318,7 @@ class _Gateway:
         return console_page(request, self.public_url)
 
     async def live(self, websocket: WebSocket) -> None:
-        await LiveBridge(self.upstream.enhancer, self.public_url, self.config.connect_timeout)(websocket)
+        await LiveBridge(self.upstream.enhancers(), self.public_url, self.config.connect_timeout)(websocket)
 
     async def docs(self) -> HTMLResponse:
         return get_swagger_ui_html(

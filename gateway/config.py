@@ -28,6 +28,7 @@ class GatewayConfig:
     grpc_tls_ca: str | None = None
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None
+    grpc_connections: int = 8
 
     def __post_init__(self) -> None:
         if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):

@@ -57,6 +57,7 @@ import math
 import re
 import struct
 import uuid
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
@@ -66,7 +67,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.contract.errors import quote_input
-from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS
+from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS, error_code
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
@@ -240,8 +241,10 @@ class _Window:
 class LiveBridge:
     """Runs one ``/live`` WebSocket against one ``StreamEnhance`` call."""
 
-    def __init__(self, stub: enhancer_pb2_grpc.EnhancerStub, public_url: str, connect_timeout: float) -> None:
-        self._stub = stub
+    def __init__(self, stubs: Sequence[enhancer_pb2_grpc.EnhancerStub], public_url: str,
+                 connect_timeout: float) -> None:
+        """``stubs``: the gateway's connections, the one to use first at the front (see :meth:`_start`)."""
+        self._stubs = stubs
         self._public_url = public_url
         self._connect_timeout = connect_timeout
 
@@ -262,9 +265,19 @@ class LiveBridge:
         status: CallStatus | None = None
         try:
             key, config = parse_hello(await self._receive_hello(ws))
-            call = self._stub.StreamEnhance(metadata=[(AUTHORIZATION_KEY, key)])
-            status = CallStatus(call)
-            first = await self._open(call, enhancer_pb2.StreamEnhanceRequest(config=config))
+            request = enhancer_pb2.StreamEnhanceRequest(config=config)
+            for attempt, stub in enumerate(self._stubs):
+                # A refusal for load (OVERLOADED) came from the process serving that connection; with a
+                # server of several processes (serve --processes), another connection may reach another.
+                call = stub.StreamEnhance(metadata=[(AUTHORIZATION_KEY, key)])
+                status = CallStatus(call)
+                try:
+                    first = await self._open(call, request)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if attempt + 1 == len(self._stubs) or error_code(exc.trailing_metadata()) != "OVERLOADED":
+                        raise
+                    call.cancel()
             await self._send(ws, text=json.dumps({"algorithmic_delay_samples": first.algorithmic_delay_samples}))
             await self._pump(ws, call)
         except _ClientGone:

@@ -18,17 +18,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.contract import keepalive
+from hushwire.settings import bind_tcp
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import health_http
 from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
-from server.connections import Connections
+from server.connections import FLOW_CONTROL_OPTIONS, Connections
+from server.group import Member
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
 from server.servicers import AccountServicer, EnhancerServicer, JobsServicer, StreamTimeouts
+from server.shared import SharedState
 from server.signing import Signer, load_secret
 from server.store import AsyncStore
 from server.streams import StreamRegistry
@@ -63,6 +66,7 @@ class Server:
     mirror: HealthMirror | None = None
     tls: CertificateReloader | None = None
     webhooks: WebhookDeliverer | None = None
+    shared: SharedState | None = None
     draining: bool = False
 
     async def drain(self, seconds: float) -> None:
@@ -87,11 +91,22 @@ class Server:
         await asyncio.to_thread(self.store.close)
         if self.mirror is not None:
             await self.mirror.stop()
+        if self.shared is not None:
+            self.shared.close()
 
 
-async def create_server(config: ServerConfig) -> Server:
-    """Create, bind and start the server; health is SERVING when this returns."""
+async def create_server(config: ServerConfig, member: Member | None = None) -> Server:
+    """Create, bind and start the server; health is SERVING when this returns.
+
+    ``member``: this is one sibling of ``serve --processes N`` (server/group.py). It binds the port
+    with SO_REUSEPORT (the parent holds it for the group), counts its streams in the group's shared
+    state, leaves the start-up requeue to the parent, and serves no metrics or health port (the
+    parent serves the group's)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if member is None:
+        # A busy port is a one-line configuration error, not grpc's traceback: bind it exclusively
+        # first (a group of siblings holds its port with a socket this probe conflicts with).
+        bind_tcp(config.host, config.port).close()
     # Bound first: a busy port is a configuration error before anything has started.
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
@@ -103,7 +118,8 @@ async def create_server(config: ServerConfig) -> Server:
             raise ConfigError(str(exc)) from None
     try:
         policy = WebhookPolicy(config.webhook_allow or (),
-                               own_ports=(config.port, config.metrics_port or 0, config.health_http_port or 0))
+                               own_ports=(config.port, config.metrics_port or 0, config.health_http_port or 0,
+                                          *(member.own_ports if member is not None else ())))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     blobs = open_blobs(config)
@@ -126,16 +142,17 @@ async def create_server(config: ServerConfig) -> Server:
     # An embedded store belongs to this server alone, so a start requeues what the last run left in
     # flight; a shared database's in-flight jobs may be other replicas' live work: their leases decide.
     runner = JobRunner(store, config.store_url, blobs, config.data_dir, config.workers, config.lease_seconds,
-                       requeue_on_start=store.sync.dialect == "sqlite", log_level=config.log_level,
+                       requeue_on_start=store.sync.dialect == "sqlite" and member is None, log_level=config.log_level,
                        log_format=config.log_format)
     METRICS.bind_store(store.sync)  # read at scrape time, in the metrics server's thread
     limits = JobLimits(config.max_upload_bytes, config.max_upload_seconds, config.max_queued_jobs_per_user,
                        config.max_bytes_per_day_per_user, config.max_audio_seconds_per_day_per_user,
                        config.hold_seconds, config.max_idempotency_keys_per_user)
+    shared = SharedState.attach(member.state_path, member.processes, member.index) if member is not None else None
     health_servicer = health.aio.HealthServicer()
-    health_state = Health(health_servicer, HEALTH_SERVICES, live_name=ENHANCER_SERVICE)
+    health_state = Health(health_servicer, HEALTH_SERVICES, live_name=ENHANCER_SERVICE, shared=shared)
     admission = Admission(config.live_cpu_budget or None, health_state.set_live_full)
-    registry = StreamRegistry(config.max_streams_per_user, config.max_streams, admission)
+    registry = StreamRegistry(config.max_streams_per_user, config.max_streams, admission, shared)
     # New calls are refused (UNAVAILABLE) whenever health is not SERVING: while the job workers
     # start (a client that resumes a stream may reach a replica that is still starting) and while
     # draining.
@@ -145,8 +162,11 @@ async def create_server(config: ServerConfig) -> Server:
         interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-            *keepalive.SERVER_OPTIONS,
+            # Off, so that a second server on a busy port fails; only siblings share one (server/group.py).
+            ("grpc.so_reuseport", 1 if member is not None else 0),
+            *keepalive.server_options(config.keepalive_seconds, config.keepalive_timeout_seconds,
+                                      config.keepalive_min_ping_seconds),
+            *FLOW_CONTROL_OPTIONS,
         ],
     )
     timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
@@ -166,8 +186,12 @@ async def create_server(config: ServerConfig) -> Server:
     host = config.host
     address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
     # With TLS files the port speaks TLS only: a plaintext client fails its handshake.
-    port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
-        else grpc_server.add_insecure_port(address)
+    try:
+        port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
+            else grpc_server.add_insecure_port(address)
+    except RuntimeError:
+        await asyncio.to_thread(store.close)
+        raise ConfigError(f"cannot listen on {host}:{config.port}") from None
     connections.local_port = port
     policy.own_ports.add(port)   # with --port 0, the one it got
     if mirror_sock is not None:
@@ -183,7 +207,8 @@ async def create_server(config: ServerConfig) -> Server:
     await runner.warm_up()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
-    if store.sync.dialect == "sqlite":   # as for jobs: an embedded store's delivery leases are this server's own
+    # As for jobs: an embedded store's delivery leases are this server's own (the group's parent frees them).
+    if store.sync.dialect == "sqlite" and member is None:
         await store.run(store.sync.release_webhook_leases)
     webhooks = WebhookDeliverer(store.sync, policy, lambda job_id: jobs_servicer.status_json(job_id,
                                                                                          config.server_public_url),
@@ -193,7 +218,7 @@ async def create_server(config: ServerConfig) -> Server:
     admission.start()
     await health_state.set(True)
     return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls,
-                  webhooks)
+                  webhooks, shared)
 
 
 async def serve(config: ServerConfig) -> int:

@@ -8,10 +8,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S, MIN_PING_INTERVAL_S
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.settings import ConfigError
 
-__all__ = ["ConfigError", "ServerConfig", "one_blas_thread"]
+__all__ = ["ConfigError", "ServerConfig", "cores", "one_blas_thread"]
+
+
+def cores() -> int:
+    """The cores this process may use: the CPUs its affinity allows (``taskset``, cpusets), and no more
+    than its cgroup's CPU quota rounded up (a container limited to 2 CPUs on a 64-core host: 2).
+    ``serve --processes`` and ``--workers`` default to it."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:   # cgroup v2: "max 100000" or "200000 100000"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 def one_blas_thread() -> None:
@@ -32,6 +51,9 @@ class ServerConfig:
     drain_seconds: float = 10.0
     slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS
     stream_idle_seconds: float = 30.0
+    keepalive_seconds: float = KEEPALIVE_INTERVAL_S
+    keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_S
+    keepalive_min_ping_seconds: float = MIN_PING_INTERVAL_S
     database_url: str | None = None
     blob_url: str | None = None
     store_timeout: float = 5.0
@@ -55,6 +77,7 @@ class ServerConfig:
     hold_seconds: float = 120.0
     metrics_port: int | None = None
     workers: int | None = None
+    processes: int | None = None
     stream_batch_ms: float = 1.0
     health_http_port: int | None = None
     metrics_host: str = "127.0.0.1"

@@ -1,22 +1,31 @@
-"""Calls in flight per client connection, and closing a connection whose only call is stuck.
+"""Resetting one stuck call: its own HTTP/2 stream when grpc lets us, else its connection.
 
 Why this exists: a stream whose client stopped reading cannot be ended by sending it a status. The
 status (HTTP/2 trailers) queues behind the response data that the client's flow-control window
 does not admit, so it is never delivered, and the call, with grpc's buffers for it, lives as long
 as the connection. The way to end one HTTP/2 stream at once is RST_STREAM, which grpc core sends
-when the application cancels the call: the sync server's ``context.cancel()`` does that, but
-grpc.aio's server context has no cancel (grpcio 1.85; its ``abort`` only queues the status).
+when the application cancels the call (``grpc_call_cancel_with_status``): the sync server's
+``context.cancel()`` does that, but grpc.aio's server context has no cancel (grpcio 1.85: its
+``abort`` only queues the status, and cancelling the handler's task ends the servicer while grpc
+core keeps the call, its stream and its buffers).
 
-So the server resets the call the one way it can from Python: it shuts the connection's TCP socket
-down, when every other call in flight on that connection belongs to the same user (the usual case:
-a direct client holds one channel; a hostile one that multiplexes many never-reading streams on one
-connection loses them all at once). grpc then sees the connection end, cancels its calls and frees
-everything it held for them, and the client sees its call end (UNAVAILABLE). When another user's
-call shares the connection (a proxy or the gateway multiplexing several callers), closing it would
-end that innocent call too, so it stays open: the servicer still frees its own state for the stuck
-call, and grpc keeps only its flow-control-bounded buffers until the peer reads or leaves (the
-gateway and the HAProxy config have their own timeouts for a caller that stops reading). Calls of
-the open services (health, reflection) belong to no user and do not keep a connection open.
+:func:`reset_call` cancels the call in grpc core all the same, through the one Python door grpcio's
+own Cython layer has to it: a ``cygrpc.Call`` wrapper (the object whose ``cancel`` the sync stack
+calls) pointed for the moment of the call at the aio call's core handle, exactly as grpcio's
+``_ServicerContext.peer_identities`` borrows that handle. The handle is a C field that Python cannot
+name, so it is read at its offset in the object; every offset is first proved against fields Python
+*can* see (the server object and the wrapper's list sit where the layout puts them), and a grpcio
+whose layout differs is left alone (False). Core then does what it does for any cancelled server call:
+it writes the status as a trailers-only HEADERS frame, which flow control does not hold back, then
+RST_STREAM (NO_ERROR) on that stream alone, and frees the stream's buffers; the other calls of the
+connection go on. Seen on the wire by tests/test_grpc_hostile.py.
+
+Only when that door is shut does the fallback apply: :class:`Connections` shuts the call's TCP
+connection down, when every other call in flight on it belongs to the same user (a direct client
+holds one channel; one that multiplexes never-reading streams loses them all). When another user's
+call shares the connection (the gateway or a proxy multiplexing callers), it stays open: the
+servicer still frees its own state, and grpc keeps only its flow-control-bounded buffers until the
+peer reads or leaves. Calls of the open services (health, reflection) belong to no user.
 
 Peers are grpc's ``context.peer()`` strings (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``): one per
 connection, since each connection has its own client port.
@@ -25,19 +34,102 @@ connection, since each connection has its own client port.
 from __future__ import annotations
 
 import collections
+import ctypes
+import gc
 import ipaddress
 import logging
 import os
 import socket
 import stat
+from typing import Any
 
-__all__ = ["Connections", "parse_peer"]
+import grpc
+from grpc._cython import cygrpc
+
+__all__ = ["FLOW_CONTROL_OPTIONS", "STREAM_WINDOW_BYTES", "Connections", "parse_peer", "reset_call"]
+
+# What grpc may buffer for a call whose handler is not reading: the HTTP/2 window the server grants
+# each stream. A stream stuck on a client that stopped reading stops reading its requests too, and a
+# client that keeps writing fills that window in the server's memory until the call is reset. grpc's
+# own window starts at 4 MiB and grows with its bandwidth-delay probe: six such streams on a loaded
+# machine held 80-380 MiB (tests/test_grpc_hostile.py, issue #18). A fixed 1 MiB still lets one
+# stream carry 10 MB/s at a 100 ms round trip: 7 times the largest live stream (1.5 MB/s of 48 kHz
+# 8-channel float32), and an upload at that rate. A message larger than the window is still taken
+# whole: grpc opens the window for a message its handler is reading.
+STREAM_WINDOW_BYTES = 1 << 20
+FLOW_CONTROL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.bdp_probe", 0),                          # no growth past the window below
+    ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),  # each stream's window (SETTINGS_INITIAL_WINDOW_SIZE)
+)
 
 log = logging.getLogger("hushwire.server")
 
 # Where a process finds its own open file descriptors (Linux; macOS and the BSDs have /dev/fd).
 _FD_DIRS = ("/proc/self/fd", "/dev/fd")
 
+
+# -- one call's reset in grpc core ---------------------------------------------------------------------
+
+_WORD = ctypes.sizeof(ctypes.c_void_p)
+_HEAD = object.__basicsize__   # a Python object's header: reference count and type
+# cygrpc's structs (grpcio's aio/server.pxd.pxi, call.pxd.pxi), 64-bit:
+#   Call:     header | grpc_call* c_call | list references
+#   RPCState: header | grpc_call* call (its base, GrpcCallWrapper) | Cython's method table |
+#             grpc_call_details details (two 32-byte slices and a 16-byte timespec) |
+#             grpc_metadata_array request_metadata (3 words) | AioServer server | ...
+_CALL_C_CALL = _HEAD
+_CALL_REFERENCES = _HEAD + _WORD
+_STATE_CALL = _HEAD
+_STATE_SERVER = _HEAD + _WORD + _WORD + (2 * 32 + 16) + 3 * _WORD
+
+
+def _word(address: int) -> int:
+    return ctypes.c_void_p.from_address(address).value or 0
+
+
+def _only(objects: list[Any], kind: type) -> Any:
+    found = [o for o in objects if type(o) is kind]
+    return found[0] if len(found) == 1 else None
+
+
+def _core_call(context: object) -> int:
+    """The address of ``context``'s grpc core call, or 0 when this grpcio's layout is not the one
+    proved here (nothing is read at an offset that was not first checked against a visible field)."""
+    if _WORD != 8 or type(context) is not getattr(cygrpc, "_ServicerContext", None):
+        return 0
+    state = _only(gc.get_referents(context), getattr(cygrpc, "RPCState", type(None)))
+    if state is None or type(state).__basicsize__ <= _STATE_SERVER:
+        return 0
+    server = _only(gc.get_referents(state), getattr(cygrpc, "AioServer", type(None)))
+    if server is None or _word(id(state) + _STATE_SERVER) != id(server):
+        return 0
+    return _word(id(state) + _STATE_CALL)
+
+
+def reset_call(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> bool:
+    """Cancel the call of ``context`` in grpc core with ``code`` and ``details``: the client gets that
+    status in a trailers-only HEADERS frame and then RST_STREAM, whatever response data it left
+    unread, and grpc frees the stream. Call it from the call's own handler, before it returns (grpc
+    holds the core call until then). False, doing nothing, where this grpcio does not allow it."""
+    call = _core_call(context)
+    if not call:
+        return False
+    holder = cygrpc.Call()
+    if type(holder).__basicsize__ != _HEAD + 2 * _WORD or _word(id(holder) + _CALL_C_CALL) != 0:
+        return False
+    references = _only(gc.get_referents(holder), list)
+    if references is None or _word(id(holder) + _CALL_REFERENCES) != id(references):
+        return False
+    slot = ctypes.c_void_p.from_address(id(holder) + _CALL_C_CALL)
+    slot.value = call   # borrowed, not owned: cleared before the wrapper could release it
+    try:
+        result = holder.cancel(code.value[0], details)
+    finally:
+        slot.value = None
+    return bool(result == 0)   # GRPC_CALL_OK
+
+
+# -- the fallback: a connection's reset --------------------------------------------------------------
 
 def parse_peer(peer: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
     """``ipv4:1.2.3.4:5`` or ``ipv6:[::1]:5`` as (address, port); None for anything else (unix sockets)."""

@@ -22,16 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
 from hushwire.settings import bind_tcp
+from server.shared import DRAINING, SERVING, STARTING, SharedState
 
-__all__ = ["Health", "HealthMirror", "bind"]
+__all__ = ["Health", "HealthMirror", "HealthView", "bind"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -44,32 +46,60 @@ class Health:
     """Sets the gRPC health service names and remembers the status for the HTTP mirror.
 
     ``serving`` is the whole server's (every name); ``live_full`` (admission control, see
-    server/admission.py) turns only ``live_name`` NOT_SERVING while the server is up.
+    server/admission.py) turns only ``live_name`` NOT_SERVING while the server is up. A sibling of
+    ``serve --processes N`` (``shared``, server/shared.py) publishes its state for the group, and its
+    ``live_name`` answers for the group: NOT_SERVING while every sibling is full.
     """
 
-    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str], live_name: str | None = None) -> None:
+    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str], live_name: str | None = None,
+                 shared: SharedState | None = None) -> None:
         self.servicer = servicer
         self.names = tuple(names)
         self.live_name = live_name
         self.serving = False
         self.live_full = False
+        self.shared = shared
+        self._served = False
+        self._published: dict[str, bool] = {}
 
     @property
     def live_serving(self) -> bool:
-        return self.serving and not self.live_full
+        full = self.shared.group_full() if self.shared is not None else self.live_full
+        return self.serving and not full
 
     async def set(self, serving: bool) -> None:
         self.serving = serving
+        self._served = self._served or serving
+        if self.shared is not None:
+            self.shared.set_state(SERVING if serving else DRAINING if self._served else STARTING, os.getpid())
         await self._publish()
 
     async def set_live_full(self, full: bool) -> None:
         self.live_full = full
+        if self.shared is not None:
+            self.shared.set_full(full)
+        await self._publish()
+
+    async def refresh(self) -> None:
+        """Publish what changed in the group (siblings call this a few times a second)."""
         await self._publish()
 
     async def _publish(self) -> None:
         for name in self.names:
             up = self.live_serving if name == self.live_name else self.serving
-            await self.servicer.set(name, _SERVING if up else _NOT_SERVING)
+            if self._published.get(name) != up:
+                self._published[name] = up
+                await self.servicer.set(name, _SERVING if up else _NOT_SERVING)
+
+
+class HealthView(Protocol):
+    """What the HTTP mirror reads: a :class:`Health`, or the parent's view of a group of siblings."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    @property
+    def live_serving(self) -> bool: ...
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,7 +117,7 @@ class _Server(uvicorn.Server):
 class HealthMirror:
     """A tiny ASGI app on uvicorn answering ``/readyz`` and ``/healthz`` from a :class:`Health`."""
 
-    def __init__(self, health_state: Health, sock: socket.socket) -> None:
+    def __init__(self, health_state: HealthView, sock: socket.socket) -> None:
         self._health = health_state
         self._sock = sock
         self.port: int = sock.getsockname()[1]

@@ -3,6 +3,13 @@
 All counting happens in the server process: job outcomes are counted when a worker's result
 reaches the parent, so the figures add up however many worker processes there are. Labels are
 bounded: codes, paths, states, user and key numbers; never a job id or a raw key.
+
+With ``serve --processes N`` each sibling server process writes its metrics to files that the
+parent sums at scrape time (prometheus_client's multiprocess mode, server/group.py): counters and
+histograms add up; each gauge says how (``multiprocess_mode``): open streams and headroom add up,
+``hushwire_live_full`` is 1 only while every process is full (the group's health), and the
+per-process measurements (cost, CPU available, loop lag) carry a ``pid`` label. The job-queue
+gauges come from the store, once.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from server.store import Store
 
-__all__ = ["METRICS", "Metrics"]
+__all__ = ["METRICS", "Metrics", "StoreCollector", "observe_many"]
 
 # Per-chunk processing time: a 20 ms chunk takes ~0.1-1 ms; the budget for real time is the chunk.
 _CHUNK_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5)
@@ -24,7 +31,7 @@ _RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
-class _StoreCollector(Collector):
+class StoreCollector(Collector):
     """Job-queue figures read from the store at scrape time (so any replica reports the truth)."""
 
     def __init__(self, store: Store) -> None:
@@ -46,10 +53,33 @@ class _StoreCollector(Collector):
                                 value=self._store.webhooks_pending())
 
 
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``n`` observations of ``value`` at the cost of one, exactly as ``n`` calls of ``observe`` count them.
+
+    The live path observes its chunk histograms once per batch: every chunk of a batch has the same
+    share of its processing time, and ``observe`` (a lock and a bucket search each) 50 times a second
+    per stream was a measurable part of a stream's CPU. prometheus_client has no bulk observe, so this
+    adds to the histogram's own values (the same ones ``observe`` adds to, so the exposition and the
+    multiprocess mode's files stay the library's); tests/test_metrics.py checks it against ``observe``.
+    """
+    if n <= 0:
+        return
+    histogram._sum.inc(value * n)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(n)
+            break
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.streams_open = Gauge("hushwire_streams_open", "Live streams open now.", registry=r)
+        self.streams_open = Gauge("hushwire_streams_open", "Live streams open now.", registry=r,
+                                  multiprocess_mode="livesum")
+        self.process_streams_open = Gauge("hushwire_process_streams_open", "Live streams open now in this server "
+                                          "process (with --processes: one series per process, label pid; "
+                                          "shows how evenly connections spread).", registry=r,
+                                          multiprocess_mode="liveall")
         self.streams_total = Counter("hushwire_streams", "Live streams opened.", registry=r)
         self.audio_seconds = Counter("hushwire_audio_seconds", "Seconds of audio processed (x channels).",
                                      ["path"], registry=r)
@@ -59,6 +89,9 @@ class Metrics:
         self.batch_chunks = Histogram("hushwire_stream_batch_chunks",
                                       "Stream chunks denoised together in one batch (one per event-loop turn).",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.denoiser_cpu = Counter("hushwire_stream_denoiser_cpu_seconds",
+                                    "CPU seconds the live streams' batched denoiser used (the DSP alone: not the "
+                                    "codec, gRPC or the servicer).", registry=r)
         self.realtime_factor = Histogram("hushwire_denoiser_realtime_factor",
                                          "Processing time / audio time, per stream chunk.", buckets=_RTF_BUCKETS,
                                          registry=r)
@@ -84,23 +117,31 @@ class Metrics:
                                        "reason (load: admission control; cap: --max-streams).", ["reason"],
                                        registry=r)
         self.live_headroom = Gauge("hushwire_live_headroom_streams", "16 kHz mono streams admission would still "
-                                   "take now (-1: measured admission off).", registry=r)
+                                   "take now (-1 per process: measured admission off).", registry=r,
+                                   multiprocess_mode="livesum")
         self.live_cost = Gauge("hushwire_live_cost_seconds", "Measured server CPU seconds per second of 16 kHz "
-                               "mono live audio (EWMA; the admission's per-stream reservation).", registry=r)
+                               "mono live audio (EWMA; the admission's per-stream reservation).", registry=r,
+                               multiprocess_mode="liveall")
         self.live_full = Gauge("hushwire_live_full", "1 while new live streams are refused for load "
-                               "(health hushwire.v1.Enhancer NOT_SERVING), else 0.", registry=r)
+                               "(health hushwire.v1.Enhancer NOT_SERVING), else 0; with --processes, 1 while every "
+                               "process is.", registry=r, multiprocess_mode="livemin")
         self.live_available = Gauge("hushwire_live_cpu_available", "Share of the CPU it asks for that the server "
                                      "process gets (run / (run + runnable wait), EWMA): scales the live budget.",
-                                     registry=r)
+                                     registry=r, multiprocess_mode="liveall")
         self.loop_lag = Gauge("hushwire_event_loop_lag_seconds", "The event loop's mean lag over the last "
-                              "half second.", registry=r)
-        self._store_collector: _StoreCollector | None = None
+                              "half second.", registry=r, multiprocess_mode="liveall")
+        self._store_collector: StoreCollector | None = None
 
     def bind_store(self, store: Store) -> None:
         if self._store_collector is not None:
             self.registry.unregister(self._store_collector)
-        self._store_collector = _StoreCollector(store)
+        self._store_collector = StoreCollector(store)
         self.registry.register(self._store_collector)
+
+    def streams(self, n: int) -> None:
+        """This process's open live streams."""
+        self.streams_open.set(n)
+        self.process_streams_open.set(n)
 
     def billed(self, uid: int, key_id: int, seconds: float, path: str) -> None:
         self.audio_seconds.labels(path).inc(seconds)

@@ -22,7 +22,7 @@ from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
-from server.connections import Connections
+from server.connections import Connections, reset_call
 from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import (
     IDEMPOTENCY_TTL_SECONDS,
@@ -42,6 +42,7 @@ from server.store import AsyncStore, JobRow, StoreUnavailable
 from server.store.webhooks import OUTBOX_PENDING, OutboxRow, WebhookSecrets
 from server.streams import DenoiserPools, StreamBatcher, StreamRegistry, StreamSession
 from server.tls import peer_subject
+from server.watchdog import Watchdog
 from server.webhooks import ROTATION_GRACE_S
 
 __all__ = ["AccountServicer", "EnhancerServicer", "JobsServicer", "StreamTimeouts"]
@@ -55,6 +56,10 @@ REFUSAL_READ_SECONDS = 1.0
 # How long a stream's final status may wait to reach the client before the call is reset. The status
 # travels behind the response data already queued; a client that reads nothing never lets it through.
 STATUS_FLUSH_SECONDS = 5.0
+
+
+# What a stream's watchdog waits for (server/watchdog.py).
+_READ, _WRITE = "request", "response"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         started = time.monotonic()
         stats = _StreamStats()
         session: StreamSession | None = None
+        watch: Watchdog | None = None
         try:
             try:
                 self._registry.add(task, principal.uid)
@@ -126,20 +132,28 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             # seconds count when it closes).
             if (await self._store.usage_today(principal.uid))[1] >= self._max_audio_s:
                 raise HushwireError("RATE_LIMITED", audio_quota_msg(self._max_audio_s))
-            session = await self._open(context)
+            watch = Watchdog(task, min(self._timeouts.idle_s, self._timeouts.slow_consumer_s))
+            session = await self._open(context, watch)
             if session is not None:
                 METRICS.streams_total.inc()
                 event(log, "stream opened", uid=principal.uid, key_id=principal.key_id,
                       rate=session.sample_rate_hz, channels=session.channels, encoding=session.encoding,
                       **_client_subject(context))
-                await self._run(context, session, stats)
+                await self._run(context, session, stats, watch)
         except HushwireError as err:
             await self._end(context, err, principal.uid)
         except asyncio.CancelledError:
-            if not self._registry.shutting_down:
+            if watch is not None and watch.expired is not None:   # a wait outlasted its clock
+                task.uncancel()
+                await self._end(context, self._expired(*watch.expired), principal.uid)
+            elif not self._registry.shutting_down:
                 raise
-            await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"), principal.uid)
+            else:
+                await self._end(context, HushwireError("SERVICE_UNAVAILABLE", "server shutting down"),
+                                principal.uid)
         finally:
+            if watch is not None:
+                watch.close()
             self._registry.discard(task)
             if session is not None:
                 session.close()
@@ -155,16 +169,22 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
 
     async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
         """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
-        it has not reached the client within ``flush_s``, the call is reset (server/connections.py),
-        and the handler returns either way, so the stream's state and its slot are freed."""
+        it has not reached the client within ``flush_s``, the call's HTTP/2 stream is reset, which
+        delivers the status all the same, and frees grpc's buffers for it (server/connections.py);
+        the handler returns either way, so the stream's state and its slot are freed."""
         try:
             async with asyncio.timeout(self._timeouts.flush_s):
                 await abort_with(context, err)   # raises grpc's AbortError once the status is sent
         except TimeoutError:
             peer = context.peer()
-            closed = self._connections is not None and self._connections.close_for(peer, uid)
-            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer,
-                  connection_closed=closed,
+            # The client gets this status with the reset, without the trailer: the code leads the text.
+            if reset_call(context, err.grpc_status, f"{err.code}: {err.msg} (the stream was reset)"):
+                reset = "stream"
+            elif self._connections is not None and self._connections.close_for(peer, uid):
+                reset = "connection"
+            else:
+                reset = "none"
+            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer, reset=reset,
                   why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
 
     async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float
@@ -185,7 +205,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             event(log, "stream usage not recorded", level=logging.ERROR, uid=uid, key_id=key_id,
                   billed_seconds=round(billed, 3), error=str(exc))
 
-    async def _open(self, context: grpc.aio.ServicerContext) -> StreamSession | None:
+    async def _open(self, context: grpc.aio.ServicerContext, watch: Watchdog) -> StreamSession | None:
         try:
             first = await asyncio.wait_for(context.read(), self._timeouts.config_s)
         except TimeoutError:
@@ -207,20 +227,27 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         try:
             self._registry.configured(task, session.weight)   # its reservation, now that its rate is known
             await self._write(context, enhancer_pb2.StreamEnhanceResponse(
-                algorithmic_delay_samples=session.delay_samples))
+                algorithmic_delay_samples=session.delay_samples), watch)
         except BaseException:   # refused, or the client left before the first response: free its rows
             session.close()
             raise
         return session
 
-    async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats) -> None:
+    async def _run(self, context: grpc.aio.ServicerContext, session: StreamSession, stats: _StreamStats,
+                   watch: Watchdog) -> None:
+        """The per-chunk path, 50 times a second per stream: kept to what each chunk needs. The clocks
+        are the stream's watchdog (no timer per wait); the codec and the chunk histograms run once per
+        batch (server/streams.py)."""
+        idle_s, slow_s = self._timeouts.idle_s, self._timeouts.slow_consumer_s
+        admission = self._admission
+        weighted_s_per_byte = session.weight / (session.frame_bytes * session.sample_rate_hz)
+        response = enhancer_pb2.StreamEnhanceResponse
         while True:
+            watch.begin(idle_s, _READ)   # any request is activity, an update too
             try:
-                async with asyncio.timeout(self._timeouts.idle_s):   # any request is activity, an update too
-                    req = await context.read()
-            except TimeoutError:
-                raise HushwireError("REQUEST_TIMEOUT", f"no audio or update for {self._timeouts.idle_s:g} s: "
-                                    "an idle stream is ended (send audio, or an update, to keep it)") from None
+                req = await context.read()
+            finally:
+                watch.end()
             if req is grpc.aio.EOF:
                 break
             kind = req.WhichOneof("msg")
@@ -229,14 +256,15 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 audio, vp, dt = await self._batcher.process(session, data)
                 stats.chunks += 1
                 stats.processing_s += dt
-                stats.max_processing_s = max(stats.max_processing_s, dt)
-                METRICS.chunk_seconds.observe(dt)
-                chunk_s = len(data) / session.frame_bytes / session.sample_rate_hz
-                if self._admission is not None:
-                    self._admission.audio(chunk_s * session.weight)
-                if chunk_s > 0:
-                    METRICS.realtime_factor.observe(dt / chunk_s)
-                await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=audio, voice_probability=vp))
+                if dt > stats.max_processing_s:
+                    stats.max_processing_s = dt
+                if admission is not None:
+                    admission.audio(len(data) * weighted_s_per_byte)
+                watch.begin(slow_s, _WRITE)
+                try:
+                    await _send(context, response(audio=audio, voice_probability=vp), "stream")
+                finally:
+                    watch.end()
             elif kind == "update":
                 up = req.update
                 session.update(
@@ -247,15 +275,22 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
                 raise HushwireError("INVALID_ARGUMENT", "the config was already sent: send it once, first")
             else:
                 raise HushwireError("INVALID_ARGUMENT", "empty request: set config, audio or update")
-        await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()))
+        await self._write(context, enhancer_pb2.StreamEnhanceResponse(audio=session.flush()), watch)
 
-    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse) -> None:
-        seconds = self._timeouts.slow_consumer_s
+    async def _write(self, context: grpc.aio.ServicerContext, response: enhancer_pb2.StreamEnhanceResponse,
+                     watch: Watchdog) -> None:
+        watch.begin(self._timeouts.slow_consumer_s, _WRITE)
         try:
-            async with asyncio.timeout(seconds):  # no Task per write, unlike wait_for
-                await _send(context, response, "stream")
-        except TimeoutError:
-            raise HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s") from None
+            await _send(context, response, "stream")
+        finally:
+            watch.end()
+
+    def _expired(self, what: str, seconds: float) -> HushwireError:
+        """The error that ends a stream whose ``what`` wait outlasted ``seconds``."""
+        if what == _WRITE:
+            return HushwireError("SLOW_CONSUMER", f"the client read no response for {seconds:g} s")
+        return HushwireError("REQUEST_TIMEOUT", f"no audio or update for {seconds:g} s: an idle stream is ended "
+                             "(send audio, or an update, to keep it)")
 
 
 # -- jobs ------------------------------------------------------------------------------------------

@@ -27,11 +27,13 @@ from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_
 from server.admission import Admission, stream_weight
 from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
-from server.metrics import METRICS
+from server.metrics import METRICS, observe_many
+from server.shared import Refused, SharedState
 
 __all__ = ["DenoiserPools", "StreamBatcher", "StreamRegistry", "StreamSession"]
 
 _FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
+_CAP_MSG = "this server is serving its most live streams ({}); retry, ideally on another replica"
 
 
 class StreamRegistry:
@@ -43,13 +45,16 @@ class StreamRegistry:
     """
 
     def __init__(self, max_per_user: int = 256, max_streams: int | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, shared: SharedState | None = None) -> None:
         self.tasks: dict[asyncio.Task[object], int] = {}  # task -> uid
         self.weights: dict[asyncio.Task[object], float] = {}  # task -> weight reserved in ``admission``
         self.admission = admission
         self.per_user: collections.Counter[int] = collections.Counter()
         self.max_per_user = max_per_user
         self.max_streams = max_streams  # the operator's cap on this server (--max-streams), or None
+        # With serve --processes N, the per-user limit and the cap count every sibling's streams
+        # (server/shared.py); ``per_user`` and ``tasks`` stay this process's own.
+        self.shared = shared
         self.shutting_down = False
         self._live: set[asyncio.Task[object]] = set()  # streams whose config was accepted
         self._idle = asyncio.Event()
@@ -64,21 +69,39 @@ class StreamRegistry:
         """Register a stream; RATE_LIMITED when the user already has ``max_per_user`` open (a quota:
         not worth retrying), OVERLOADED when the server has ``max_streams`` or cannot keep one more stream
         in real time (server/admission.py; retry, ideally elsewhere). Until its config arrives, a stream
-        reserves the cost of one 16 kHz mono stream."""
-        if self.per_user[uid] >= self.max_per_user:
-            raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
-        if self.max_streams is not None and len(self.tasks) >= self.max_streams:
-            METRICS.streams_refused.labels("cap").inc()
-            raise HushwireError("OVERLOADED", f"this server is serving its most live streams "
-                                              f"({self.max_streams}); retry, ideally on another replica")
+        reserves the cost of one 16 kHz mono stream. With sibling processes, both limits count the
+        streams of the whole group; admission control is this process's."""
+        self._count(uid)
         if self.admission is not None:
             if not self.admission.try_reserve(1.0):
+                if self.shared is not None:
+                    self.shared.close_stream(uid)
                 METRICS.streams_refused.labels("load").inc()
                 raise HushwireError("OVERLOADED", _FULL_MSG)
             self.weights[task] = 1.0
         self.tasks[task] = uid
         self.per_user[uid] += 1
         self._idle.clear()
+
+    def _count(self, uid: int) -> None:
+        """Check the per-user limit and the cap; with a group, count the stream in the shared state
+        (atomically with the check)."""
+        if self.shared is None:
+            if self.per_user[uid] >= self.max_per_user:
+                raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
+            if self.max_streams is not None and len(self.tasks) >= self.max_streams:
+                METRICS.streams_refused.labels("cap").inc()
+                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams))
+            return
+        try:
+            self.shared.open_stream(uid, self.max_per_user, self.max_streams)
+        except Refused as refused:
+            if refused.reason == "user":
+                raise HushwireError("RATE_LIMITED",
+                                    f"at most {self.max_per_user} concurrent streams per user") from None
+            METRICS.streams_refused.labels("cap").inc()
+            raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams) if refused.reason == "cap"
+                                else _FULL_MSG) from None
 
     def configured(self, task: asyncio.Task[object], weight: float) -> None:
         """The stream's config was accepted: set its reservation from its rate and channels (OVERLOADED
@@ -95,7 +118,7 @@ class StreamRegistry:
             self.weights[task] = weight
         if task in self.tasks:
             self._live.add(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
 
     def discard(self, task: asyncio.Task[object]) -> None:
         weight = self.weights.pop(task, None)
@@ -103,9 +126,11 @@ class StreamRegistry:
             self.admission.release(weight)
         if task in self._live:
             self._live.discard(task)
-            METRICS.streams_open.set(len(self._live))
+            METRICS.streams(len(self._live))
         uid = self.tasks.pop(task, None)
         if uid is not None:
+            if self.shared is not None:
+                self.shared.close_stream(uid)
             self.per_user[uid] -= 1
             if self.per_user[uid] <= 0:
                 del self.per_user[uid]
@@ -189,6 +214,11 @@ class StreamSession:
 
     def decode(self, audio: bytes) -> npt.NDArray[np.float32]:
         """Check one chunk and decode it to ``(frames, channels)`` floats."""
+        self.check(audio)
+        return pcm.decode(audio, self.encoding, self.channels)
+
+    def check(self, audio: bytes) -> None:
+        """Check one chunk (whole frames, at most a second) and count its frames as input."""
         if len(audio) % self.frame_bytes:
             raise _invalid(
                 f"audio chunk of {len(audio)} bytes is not whole frames "
@@ -199,9 +229,7 @@ class StreamSession:
                 f"audio chunk of {len(audio) // self.frame_bytes} frames is over "
                 f"{MAX_CHUNK_SECONDS:g} s ({self.max_chunk_bytes // self.frame_bytes} frames)"
             )
-        x: npt.NDArray[np.float32] = pcm.decode(audio, self.encoding, self.channels)
-        self.frames_in += x.shape[0]
-        return x
+        self.frames_in += len(audio) // self.frame_bytes
 
     def encode(self, y: npt.NDArray[np.float32]) -> tuple[bytes, float]:
         """The denoiser's output as bytes in the stream's encoding, and the chunk's voice probability."""
@@ -222,7 +250,18 @@ class StreamSession:
         self.denoiser.close()
 
 
-_Queued = tuple[StreamSession, npt.NDArray[np.float32], "asyncio.Future[tuple[bytes, float, float]]"]
+_Queued = tuple[StreamSession, bytes, "asyncio.Future[tuple[bytes, float, float]]"]
+
+
+def _by_encoding(items: list[_Queued]) -> list[list[int]]:
+    """The items' indices grouped by their stream's encoding (one group in the usual case)."""
+    first = items[0][0].encoding
+    if all(session.encoding == first for session, _, _ in items):
+        return [list(range(len(items)))]
+    groups: dict[int, list[int]] = {}
+    for i, (session, _, _) in enumerate(items):
+        groups.setdefault(session.encoding, []).append(i)
+    return list(groups.values())
 
 
 class StreamBatcher:
@@ -257,10 +296,10 @@ class StreamBatcher:
 
         ``seconds`` is this chunk's share of its batch's processing time.
         """
-        x = session.decode(audio)
+        session.check(audio)   # decoded with the rest of its batch
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[bytes, float, float]] = loop.create_future()
-        self._queue.append((session, x, fut))
+        self._queue.append((session, audio, fut))
         if not self._scheduled:
             self._scheduled = True
             if self.window_s > 0 and self._open_streams() >= self.min_streams:
@@ -284,15 +323,38 @@ class StreamBatcher:
         for pool, items in by_pool.items():
             t0 = time.perf_counter()
             try:
-                outs = pool.process_many([(s.denoiser, x) for s, x, _ in items])
-            except Exception as exc:  # a bug, not bad input (chunks are checked in decode): fail this batch only
+                groups = _by_encoding(items)
+                xs: list[npt.NDArray[np.float32]] = [np.empty(0, np.float32)] * len(items)
+                for group in groups:   # the codec runs once per batch and encoding, not once per chunk
+                    decoded = pcm.decode_many([items[i][1] for i in group], items[group[0]][0].encoding,
+                                              [items[i][0].channels for i in group])
+                    for i, x in zip(group, decoded, strict=True):
+                        xs[i] = x
+                cpu1 = time.thread_time()
+                outs = pool.process_many([(item[0].denoiser, x) for item, x in zip(items, xs, strict=True)])
+                cpu2 = time.thread_time()
+                audio: list[bytes] = [b""] * len(items)
+                for group in groups:
+                    encoded = pcm.encode_many([outs[i] for i in group], items[group[0]][0].encoding)
+                    for i, data in zip(group, encoded, strict=True):
+                        audio[i] = data
+            except Exception as exc:  # a bug, not bad input (chunks are checked in process): fail this batch only
                 for _, _, fut in items:
                     fut.set_exception(exc)
                 continue
-            share = (time.perf_counter() - t0) / len(items)
+            n = len(items)
+            share = (time.perf_counter() - t0) / n
             self.batches += 1
-            self.chunks += len(items)
-            METRICS.batch_chunks.observe(len(items))
-            for (session, _, fut), y in zip(items, outs, strict=True):
-                audio, voice = session.encode(y)
-                fut.set_result((audio, voice, share))
+            self.chunks += n
+            METRICS.batch_chunks.observe(n)
+            METRICS.denoiser_cpu.inc(cpu2 - cpu1)
+            observe_many(METRICS.chunk_seconds, share, n)
+            rate = items[0][0].sample_rate_hz   # one pool per rate
+            for (session, _, fut), y, out in zip(items, outs, audio, strict=True):
+                session.frames_out += y.shape[0]
+                fut.set_result((out, float(session.denoiser.voice_probability), share))
+            # Real-time factor: this share over the chunk's duration; chunks of one size share a bucket.
+            sizes = collections.Counter((len(data), session.frame_bytes) for session, data, _ in items)
+            for (nbytes, frame_bytes), count in sizes.items():
+                if nbytes:
+                    observe_many(METRICS.realtime_factor, share * rate * frame_bytes / nbytes, count)

@@ -153,6 +153,9 @@ os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 # tests start run without it unless they ask (tests/test_admission.py and test_replicas.py pass
 # --live-cpu-budget, which wins over the environment).
 os.environ.setdefault("HUSHWIRE_LIVE_CPU_BUDGET", "0")
+# `serve` runs one process per core by default (server/group.py); the tests of everything else start one
+# server process, as they were written for, and tests/test_processes.py starts groups with --processes.
+os.environ.setdefault("HUSHWIRE_PROCESSES", "1")
 
 from replica_fixtures import cluster, store_urls  # noqa: E402, F401  (two replicas behind HAProxy: test_replicas.py)
 

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from hushwire.contract import pcm
 from server.metrics import METRICS
@@ -94,3 +95,34 @@ def test_registry_alone_counts_live_streams() -> None:
         for t in tasks:
             t.cancel()
     asyncio.run(main())
+
+
+def test_a_batch_of_mixed_encodings_and_channels_gives_each_stream_its_own_output() -> None:
+    """The batch decodes and encodes once per encoding (server/streams.py); each stream still gets exactly
+    what it gets on its own: its encoding, its channels, its denoising."""
+    specs = [(pcm.PCM16, 1), (pcm.FLOAT32, 2), (pcm.PCM16, 3), (pcm.FLOAT32, 1), (pcm.PCM16, 1)]
+    rng = np.random.default_rng(3)
+    chunks = [pcm.encode((rng.standard_normal((480, ch)) * 0.1).astype(np.float32), enc) for enc, ch in specs]
+    alone = [StreamSession(16000, ch, enc) for enc, ch in specs]
+    count = "hushwire_chunk_processing_seconds_count"
+    before = METRICS.registry.get_sample_value(count) or 0.0
+
+    async def main() -> tuple[list[tuple[bytes, float, float]], StreamBatcher, list[StreamSession]]:
+        pools = DenoiserPools()
+        batcher = StreamBatcher(lambda: len(specs), window_s=2.0, min_streams=4)
+        sessions = [StreamSession(16000, ch, enc, pools=pools) for enc, ch in specs]
+        outs = await asyncio.gather(*(batcher.process(s, c) for s, c in zip(sessions, chunks, strict=True)))
+        return list(outs), batcher, sessions
+
+    outs, batcher, sessions = asyncio.run(main())
+    assert (batcher.batches, batcher.chunks) == (1, len(specs))
+    for (got, vp, _), solo, chunk, (enc, ch), s in zip(outs, alone, chunks, specs, sessions, strict=True):
+        want, want_vp = solo.process(chunk)
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(pcm.decode(got, enc, ch), pcm.decode(want, enc, ch),
+                                   atol=1e-6 if enc == pcm.FLOAT32 else 1.01 / 32768)
+        assert vp == pytest.approx(want_vp, abs=1e-5)
+        assert (s.frames_in, s.frames_out) == (solo.frames_in, solo.frames_out)   # counted as chunk by chunk
+        s.close()
+    # One observation per chunk in the chunk histogram, though made once per batch.
+    assert (METRICS.registry.get_sample_value(count) or 0.0) - before == len(specs)

@@ -154,3 +154,16 @@ def test_overload_quick_admits_some_and_refuses_the_rest() -> None:
     # here the count must be one of the admitted streams'.
     assert 0 <= int(over["fell behind / dropped"]) <= int(over["admitted"]), over
     assert base["phase"] == "baseline" and base["offered"] == over["admitted"], base
+
+
+@pytest.mark.slow
+def test_processes_quick_measures_both_layouts() -> None:
+    out = run_bench("bench.processes")
+    rows = table_rows(out, "streams per process")
+    assert [(r["server"], r["streams"]) for r in rows] == [("one", "2"), ("two", "4")], rows
+    assert rows[0]["dropped"] == rows[1]["dropped"] == "0", rows
+    assert rows[1]["server CPU per process (siblings + parent)"].count("+") == 2, rows   # all three measured
+    spread = [float(x) for x in rows[1]["streams per process"].split("+")]
+    assert sum(spread) == 4 and spread[2] == 0, rows   # every stream counted in one sibling's metric
+    (summary,) = table_rows(out, "ratio (target ≥ 1.8)")
+    assert float(summary["ratio 2/1 (target ≤ 1.1)"]) > 0, summary

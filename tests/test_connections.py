@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from server.connections import Connections, parse_peer
+from server.connections import Connections, parse_peer, reset_call
 
 
 def test_parse_peer() -> None:
@@ -55,3 +55,11 @@ def test_spares_a_connection_that_carries_another_users_call() -> None:
         conns.closed(peer, 8)
         assert conns.calls == {peer: {7: 1}}
         assert conns.close_for(peer, 7)
+
+
+def test_reset_call_leaves_what_is_not_a_grpc_aio_call_alone() -> None:
+    """reset_call reads grpc core's handle only out of grpc.aio's own servicer context; anything else
+    (a test double, a sync context, a future grpcio's other class) is refused without a read."""
+    import grpc
+
+    assert not reset_call(object(), grpc.StatusCode.RESOURCE_EXHAUSTED, "x")   # type: ignore[arg-type]

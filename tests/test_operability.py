@@ -37,6 +37,9 @@ def test_metrics_and_json_logs_follow_real_traffic(tmp_path: Path) -> None:
         assert m[("hushwire_denoiser_realtime_factor_count", ())] == 50
         assert m[("hushwire_stream_batch_chunks_sum", ())] == 50  # one stream: 50 batches of one chunk
         assert m[("hushwire_stream_batch_chunks_count", ())] == 50
+        # The denoiser's own CPU (bench.streams subtracts it): some, and within the batches' wall time.
+        assert 0 < m[("hushwire_stream_denoiser_cpu_seconds_total", ())] \
+            <= m[("hushwire_chunk_processing_seconds_sum", ())] + 0.01
         assert m[("hushwire_jobs_completed_total", ())] == 1
         assert m[("hushwire_jobs_failed_total", ())] == 0
         assert m[("hushwire_job_processing_seconds_count", ())] == 1

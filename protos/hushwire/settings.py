@@ -70,6 +70,13 @@ def _size(text: str | int | float) -> int:
     return int(float(s))
 
 
+def _positive_int(text: str | int) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError("must be 1 or more")
+    return n
+
+
 def _port(text: str | int) -> int:
     """A TCP port, 0-65535 (0: any free port)."""
     port = int(text)
@@ -140,7 +147,7 @@ class Setting:
             return {"signing_secret": "generated into the data dir", "key_pepper": "generated into the data dir",
                     "database_url": "SQLite in the data dir",
                     "blob_url": "a folder in the data dir", "public_url": "the gateway's own address",
-                    "workers": "one per core", "metrics_port": "off",
+                    "workers": "one per core", "processes": "one per core", "metrics_port": "off",
                     "health_http_port": "off", "tls_cert": "off (plaintext)", "gateway_tls_cert": "off (HTTP)",
                     "grpc_tls_ca": "off (plaintext)", "client_tls_ca": "off (plaintext)",
                     "server_public_url": "none (no `result` in webhooks)",
@@ -174,6 +181,13 @@ _HELP = {
                              "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
     "stream_idle_seconds": "a live stream that sends no request (audio or update) for this long is ended with "
                            "REQUEST_TIMEOUT",
+    "keepalive_seconds": "the server pings every connection this often (HTTP/2 keepalive) to find peers that "
+                         "vanished without closing",
+    "keepalive_timeout_seconds": "a connection whose keepalive ping is not answered this soon is closed, and "
+                                 "its calls are cancelled and freed",
+    "keepalive_min_ping_seconds": "the closest a client's keepalive pings may come without data between them; "
+                                  "a client that pings more often is sent GOAWAY too_many_pings (hushwire's "
+                                  "clients ping every 30 s: keep this at most 30)",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "signing_secret_previous": "while rotating the signing secret: the old one, still accepted on result URLs "
@@ -192,9 +206,11 @@ _HELP = {
                     "sees no activity for this long is cancelled and its upload deleted; the gateway renews "
                     "the hold while it forwards the request, so keep it above the gateway's "
                     "--upload-idle-seconds",
-    "max_streams_per_user": "concurrent live streams per user (RATE_LIMITED beyond)",
-    "max_streams": "live streams this server serves at once, all users together: a new one beyond is refused "
-                   "with OVERLOADED, which clients retry (through a balancer, on another replica); none by default",
+    "max_streams_per_user": "concurrent live streams per user on this server, all its processes together "
+                            "(`--processes`; each replica counts its own) (RATE_LIMITED beyond)",
+    "max_streams": "live streams this server serves at once, all users and processes together: a new one "
+                   "beyond is refused with OVERLOADED, which clients retry (through a balancer, on another "
+                   "replica); none by default",
     "live_cpu_budget": "admission control: the CPU (fraction of one core) a server process lets live streams "
                        "use, against their measured cost; a new stream that would not fit in real time is "
                        "refused with OVERLOADED and health `hushwire.v1.Enhancer` goes NOT_SERVING; 0 turns "
@@ -213,7 +229,16 @@ _HELP = {
     "metrics_port": "serve Prometheus metrics on this port (server)",
     "stream_batch_ms": "live streams: how long the first chunk of a batch waits for other streams' chunks to "
                        "be denoised with it (0: no wait; applies from 4 open streams)",
-    "workers": "job worker processes (0: this replica runs no jobs; others sharing its store do)",
+    "workers": "job worker processes, in all: with --processes, shared out among the server processes "
+               "(0: this replica runs no jobs; others sharing its store do)",
+    "grpc_connections": "the gateway's connections to the server, each its own TCP connection; calls and `/live` "
+                        "streams take turns on them, so they spread over a server's processes (`serve "
+                        "--processes`), which the kernel assigns per connection; a stream refused with "
+                        "OVERLOADED is tried on the others first. A few per server process",
+    "processes": "server processes sharing the port (SO_REUSEPORT, Linux; one event loop serves about one core's "
+                 "worth of live streams). A core is a CPU this process may run on (`os.sched_getaffinity`: "
+                 "taskset, cpusets), capped by a cgroup CPU quota. Only these siblings share the port: another "
+                 "`serve` on it still fails. See docs/deploy.md",
     "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
                         "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
                         "`option httpchk`); `GET /readyz/live` also 503 while new live streams are refused "
@@ -268,6 +293,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
         Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
         Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
+        Setting("grpc_connections", "HUSHWIRE_GATEWAY_GRPC_CONNECTIONS", "gateway.grpc_connections", 8,
+                _positive_int),
         Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
         Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
@@ -280,6 +307,13 @@ SETTINGS: dict[str, Setting] = {
                 10.0, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
                 _positive),
+        # 30.0, 10.0 and 15.0 are hushwire.contract.keepalive's KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S and
+        # MIN_PING_INTERVAL_S, which clients rely on (tests/test_keepalive.py keeps them equal).
+        Setting("keepalive_seconds", "HUSHWIRE_KEEPALIVE_SECONDS", "server.keepalive_seconds", 30.0, _positive),
+        Setting("keepalive_timeout_seconds", "HUSHWIRE_KEEPALIVE_TIMEOUT_SECONDS", "server.keepalive_timeout_seconds",
+                10.0, _positive),
+        Setting("keepalive_min_ping_seconds", "HUSHWIRE_KEEPALIVE_MIN_PING_SECONDS",
+                "server.keepalive_min_ping_seconds", 15.0, _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
@@ -311,6 +345,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
         Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
         Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, _count),
+        Setting("processes", "HUSHWIRE_PROCESSES", "server.processes", None, _positive_int),
         Setting("health_http_port", "HUSHWIRE_HEALTH_HTTP_PORT", "server.health_http_port", None, _port),
         # Plain-HTTP side doors stay on loopback unless asked: a TLS server on 0.0.0.0 must not
         # expose them by accident.

@@ -30,12 +30,13 @@ gain of the top ``HIGH_BAND_SPAN`` bands (fricatives and noise above 8 kHz follo
 silence, a case the training data includes.
 
 Deep filter (weights with ``df.weight``, issue #15): the network also reads the log PSD of the
-lowest ``df_bins`` bins (0-4 kHz: 31.25 Hz bins at every rate, since the analysis window is
+lowest ``lo_bins`` bins (0-4 kHz: 31.25 Hz bins at every rate, since the analysis window is
 32 ms) through a second dense layer that feeds the first GRU, and outputs ``df_taps`` complex
-taps per low bin. The denoiser's low bins become ``gain * Y(t) + sum_i c_i * Y(t - i)``: a
-residual filter over the current and past frames (DeepFilterNet's idea, Schroeter et al.,
-ICASSP 2022), so no delay is added. Band gains alone cannot keep a voice's harmonics and cut
-another's between them; per-bin complex taps can.
+taps for each of the lowest ``df_bins`` bins (``df_bins`` <= ``lo_bins``; training/filter_bins.py
+narrows a trained head to fewer bins, which costs less). The denoiser's low bins become
+``gain * Y(t) + sum_i c_i * Y(t - i)``: a residual filter over the current and past frames
+(DeepFilterNet's idea, Schroeter et al., ICASSP 2022), so no delay is added. Band gains alone
+cannot keep a voice's harmonics and cut another's between them; per-bin complex taps can.
 """
 
 from __future__ import annotations
@@ -282,19 +283,27 @@ class GainModel:
         self._dense_n = self._dense_b.size
         self.df_bins = 0
         self.df_taps = 0
+        self.lo_bins = 0
         if "df.weight" in p:
             _check_df(p)
-            self.df_bins = int(p["lo_mean"].size)
-            self.df_taps = int(p["df.weight"].shape[0]) // (2 * self.df_bins)
-            if self.df_bins > self.n_bins:
-                raise ValueError(f"the deep filter needs {self.df_bins} bins; this rate and frame have {self.n_bins}")
+            # The network reads lo_bins low bins; the filter may cover fewer (the lowest df_bins),
+            # where harmonics are resolved: the head's size says how many.
+            self.lo_bins = int(p["lo_mean"].size)
+            self.df_taps = int(p["df_taps"]) if "df_taps" in p else int(p["df.weight"].shape[0]) // (2 * self.lo_bins)
+            self.df_bins = int(p["df.bias"].size) // (2 * self.df_taps)
+            if max(self.lo_bins, self.df_bins) > self.n_bins:
+                raise ValueError(f"the deep filter needs {self.lo_bins} bins; this rate and frame have {self.n_bins}")
             self._lo_scale = (1.0 / p["lo_std"]).astype(dtype)
             self._lo_offset = ((np.log10(psd_scale) - p["lo_mean"]) / p["lo_std"]).astype(dtype)
+            # The head's outputs come as (bin, tap, re/im); reorder them tap-major, (tap, bin, re/im),
+            # so each tap's coefficients are one contiguous complex row for the filter's products.
+            k, n = self.df_bins, self.df_taps
+            order = np.arange(2 * k * n).reshape(k, n, 2).transpose(1, 0, 2).ravel()
             self._lo_w_t, self._df_w_t, self._lo_b, self._df_b = _shared(
                 (id(p["dense_lo.weight"]), id(p["df.weight"]), key),
                 lambda: (np.ascontiguousarray(p["dense_lo.weight"].T, dtype),
-                         np.ascontiguousarray(p["df.weight"].T, dtype),
-                         p["dense_lo.bias"].astype(dtype), p["df.bias"].astype(dtype),
+                         np.ascontiguousarray(p["df.weight"][order].T, dtype),
+                         p["dense_lo.bias"].astype(dtype), p["df.bias"][order].astype(dtype),
                          p["dense_lo.weight"], p["df.weight"]),
             )[:4]
             # a low-rank head (training's --df-rank): [GRU2, low dense] -> rank -> taps
@@ -328,7 +337,7 @@ class GainModel:
         return g, v
 
     def run_full(self, state: RowState, power: Array) -> tuple[Array, Array, CArray | None]:
-        """As :meth:`run`, plus the deep-filter taps ``(hops, rows, df_bins, df_taps)`` (complex64),
+        """As :meth:`run`, plus the deep-filter taps ``(hops, rows, df_bins, df_taps)`` (complex128),
         None for a band-gain model. Tap ``i`` multiplies the spectrum ``i`` frames back."""
         nd = self._dense_n
         d = _matmul(self.features(power), self._dense_w_t)
@@ -336,7 +345,7 @@ class GainModel:
         np.tanh(d, out=d)
         dl = None
         if self.df_bins:
-            lo = np.asarray(power[..., : self.df_bins], dtype=self.dtype)
+            lo = np.asarray(power[..., : self.lo_bins], dtype=self.dtype)
             lo = np.maximum(lo, self._log_floor)
             np.log10(lo, out=lo)
             lo *= self._lo_scale
@@ -369,9 +378,11 @@ class GainModel:
             c = _matmul(x if self._df_in_t is None else _matmul(x, self._df_in_t), self._df_w_t)
             c += self._df_b
             np.tanh(c, out=c)
-            # (hops, rows, bins * taps * 2) real/imaginary pairs -> (hops, rows, bins, taps) complex
-            taps = c.astype(np.float32, copy=False).reshape(c.shape[:-1] + (self.df_bins, self.df_taps, 2)) \
-                .view(np.complex64)[..., 0]
+            # (hops, rows, taps * bins * 2) real/imaginary pairs -> complex128 (the spectrum's type,
+            # so the filter's products need no casts), laid out (hops, rows, taps, bins) and
+            # returned as its (hops, rows, bins, taps) view
+            taps = c.astype(np.float64).view(np.complex128) \
+                .reshape(c.shape[:-1] + (self.df_taps, self.df_bins)).transpose(0, 1, 3, 2)
         return g, vad[..., 0], taps
 
     def deep_filter(self, state: RowState, spec: CArray, taps: CArray) -> CArray:
@@ -379,14 +390,20 @@ class GainModel:
         last frames' low bins in ``state`` for the next call (so chunking does not matter)."""
         k, n = self.df_bins, self.df_taps
         lo = spec[..., :k]
+        hops = lo.shape[0]
         out: CArray = taps[..., 0] * lo
         if n > 1:
             past = state["model.past_lo"]  # (rows, n - 1, k), newest last
-            hist = np.concatenate([past.transpose(1, 0, 2), lo], axis=0)  # (n - 1 + hops, rows, k)
-            hops = lo.shape[0]
             for i in range(1, n):
-                out += taps[..., i] * hist[n - 1 - i : n - 1 - i + hops]
-            past[...] = hist[hist.shape[0] - (n - 1) :].transpose(1, 0, 2)
+                if hops > i:  # frames t - i inside this call
+                    out[i:] += taps[i:, :, :, i] * lo[: hops - i]
+                for t in range(min(i, hops)):  # frames before this call
+                    out[t] += taps[t, :, :, i] * past[:, n - 1 - i + t]
+            if hops >= n - 1:
+                past[...] = lo[hops - (n - 1):].transpose(1, 0, 2)
+            else:  # fewer new frames than the filter remembers: shift them in
+                past[:, : n - 1 - hops] = past[:, hops:]
+                past[:, n - 1 - hops:] = lo.transpose(1, 0, 2)
         return out
 
     def step(self, power: npt.NDArray[np.floating]) -> tuple[Array, Array]:

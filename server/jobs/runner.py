@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.blobs import BlobStore
+from server.config import cores
 from server.jobs.worker import JobOutcome, Outcome, ready, run_job, worker_init
 from server.logs import event
 from server.metrics import METRICS
@@ -46,7 +47,7 @@ class JobRunner:
         self._database = str(database)
         self._blob_url, self._data_dir = blobs.url, str(data_dir)  # workers reopen the same store
         # 0 workers: a replica that takes jobs in and serves them but leaves the work to its peers.
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.workers = cores() if workers is None else workers
         self._lease = lease_seconds
         self._requeue_on_start = requeue_on_start
         self.owner = uuid.uuid4().hex[:16]

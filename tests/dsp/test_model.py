@@ -242,3 +242,30 @@ def test_deep_filter_matches_torch(rank: int) -> None:
     scale = np.abs(filt_t).max()
     assert scale > 0.1  # the taps are far from zero: the comparison tests the filter
     np.testing.assert_allclose(filt, filt_t.transpose(1, 0, 2), atol=2e-5 * scale)
+
+
+def test_a_narrowed_filter_keeps_its_bins_and_leaves_the_rest() -> None:
+    """training/filter_bins.py keeps the head's outputs for the lowest bins: the narrowed model reads
+    the same low bins and gives exactly the full model's taps on the bins it still filters."""
+    sys.path.insert(0, str(ROOT / "training"))
+    from filter_bins import narrow
+
+    w = _random_weights(df_bins=128, df_taps=2)
+    full = GainModel(16000, 512, 200.0, 2, weights=w)
+    half = GainModel(16000, 512, 200.0, 2, weights=narrow(w, 64))
+    assert (full.df_bins, full.lo_bins) == (128, 128) and (half.df_bins, half.lo_bins, half.df_taps) == (64, 128, 2)
+    rng = np.random.default_rng(9)
+    spec = rng.normal(size=(5, 2, 257)) + 1j * rng.normal(size=(5, 2, 257))
+    outs = []
+    for m in (full, half):
+        state: dict[str, np.ndarray] = {}
+        m.init_state(state, 2)
+        g, _, taps = m.run_full(state, np.abs(spec) ** 2)
+        assert taps is not None
+        outs.append((g, taps, m.deep_filter(state, spec, taps)))
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])  # the band gains do not change
+    np.testing.assert_allclose(outs[1][1], outs[0][1][:, :, :64], rtol=1e-6)
+    assert outs[1][2].shape == (5, 2, 64)
+    np.testing.assert_allclose(outs[1][2], outs[0][2][..., :64], rtol=1e-6)
+    with pytest.raises(ValueError, match="--bins"):
+        narrow(w, 129)

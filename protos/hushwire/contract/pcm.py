@@ -6,11 +6,13 @@ client library encode and decode with this one codec, so both ends agree bit for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from hushwire.v1 import enhancer_pb2
 
-__all__ = ["BYTES_PER_SAMPLE", "ENCODINGS", "FLOAT32", "PCM16", "decode", "encode"]
+__all__ = ["BYTES_PER_SAMPLE", "ENCODINGS", "FLOAT32", "PCM16", "decode", "decode_many", "encode", "encode_many"]
 
 PCM16: int = enhancer_pb2.SAMPLE_ENCODING_PCM16
 FLOAT32: int = enhancer_pb2.SAMPLE_ENCODING_FLOAT32
@@ -39,3 +41,35 @@ def encode(x: np.ndarray, encoding: int) -> bytes:
     if encoding == FLOAT32:
         return bytes(np.ascontiguousarray(x, dtype="<f4").tobytes())
     raise ValueError(f"unsupported encoding {encoding}")
+
+
+def decode_many(chunks: Sequence[bytes], encoding: int, channels: Sequence[int]) -> list[np.ndarray]:
+    """``[decode(c, encoding, ch) for c, ch in zip(chunks, channels)]``, equal to it bit for bit, in one
+    conversion: a live server decodes a whole batch of streams' chunks at once (numpy's cost per call,
+    not per sample, is what a 20 ms chunk pays). Each result is a view of one shared array."""
+    if len(chunks) == 1:
+        return [decode(chunks[0], encoding, channels[0])]
+    flat = decode(b"".join(chunks), encoding, 1).reshape(-1)
+    out = []
+    at = 0
+    width = BYTES_PER_SAMPLE[encoding]
+    for chunk, ch in zip(chunks, channels, strict=True):
+        n = len(chunk) // width
+        out.append(flat[at : at + n].reshape(-1, ch))
+        at += n
+    return out
+
+
+def encode_many(arrays: Sequence[np.ndarray], encoding: int) -> list[bytes]:
+    """``[encode(x, encoding) for x in arrays]``, equal to it byte for byte, in one conversion."""
+    if len(arrays) == 1:
+        return [encode(arrays[0], encoding)]
+    data = encode(np.concatenate([np.asarray(x, dtype=np.float32).reshape(-1) for x in arrays]), encoding)
+    width = BYTES_PER_SAMPLE[encoding]
+    out = []
+    at = 0
+    for x in arrays:
+        n = width * int(np.size(x))
+        out.append(data[at : at + n])
+        at += n
+    return out

@@ -1,0 +1,462 @@
+"""``hushwire serve --processes N``: one server as N sibling processes on one port.
+
+One server process runs one event loop, so it serves at most one core's worth of live streams.
+With ``--processes N`` (default: one per core, :func:`server.config.cores`) a parent process
+starts N sibling server processes that listen on the same port with ``SO_REUSEPORT``; the kernel
+spreads new *connections* over them (calls on one connection stay in its process).
+
+**Only siblings share the port.** ``SO_REUSEPORT`` lets any socket of the same user that also sets
+it join the port, so the parent guards it (:func:`reserve_port`): it binds the address exclusively
+first (a busy port is the same one-line error as with one process), then swaps that for a *holder*
+socket that sets ``SO_REUSEPORT`` but never listens, under a short lock (an abstract Unix socket
+named after the port) so two starting servers cannot interleave. The holder keeps the port for the
+group's whole life: every other ``hushwire serve``, whatever its ``--processes``, first binds the
+address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``. A
+program of the same user that sets ``SO_REUSEPORT`` itself (grpc's default) could still join the
+port: the kernel allows it, and nothing short of a dedicated user prevents it.
+
+**What the parent does**: it opens the store first (schema migrations, generated secrets) and, with
+the embedded SQLite store, requeues the jobs the last run left in flight and frees its webhook
+leases, once (the siblings don't); it serves the metrics port (every sibling's metrics, summed:
+prometheus_client's multiprocess mode, with the job-queue gauges read from the store) and the health
+mirror (the group: ``/readyz`` while every sibling serves, ``/readyz/live`` also 503 while every
+sibling is full); it logs ``listening on HOST:PORT`` once every sibling is SERVING; it forwards
+SIGTERM/SIGINT (drain) and SIGHUP (TLS reload) to the siblings, and exits when they have drained.
+A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
+dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
+jobs are requeued.
+
+**Split between siblings**: ``--workers`` (job worker processes) is the total, shared out as evenly
+as it goes. Admission control is per sibling (each has its own core's budget). The per-user stream
+limit and ``--max-streams`` count the whole group's streams (server/shared.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from hushwire.settings import ConfigError, bind_tcp
+from server.config import ServerConfig, cores
+
+__all__ = ["Member", "reserve_port", "run_group", "split_workers"]
+
+log = logging.getLogger("hushwire.server")
+
+_METRICS_DIR = "metrics"
+_STATE_FILE = "state"
+_RESTART_MIN_S = 1.0
+_RESTART_MAX_S = 30.0
+_STARTED_OK_S = 30.0      # a sibling that ran this long resets the restart pause
+_KILL_AFTER_S = 20.0      # past the drain time, a sibling still running is killed
+_SYNC_S = 0.2             # how often a sibling publishes its load and reads the group's
+
+
+@dataclass(frozen=True)
+class Member:
+    """What a sibling process knows of its group."""
+
+    index: int
+    processes: int
+    run_dir: Path
+    own_ports: tuple[int, ...] = ()   # the parent's metrics and health ports (webhooks may not call them)
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / _STATE_FILE
+
+
+def split_workers(total: int, processes: int) -> list[int]:
+    """``total`` job workers shared out over ``processes`` siblings, the first ones taking the rest."""
+    return [total // processes + (1 if i < total % processes else 0) for i in range(processes)]
+
+
+# -- the port ---------------------------------------------------------------------------------------
+
+
+def _port_lock(port: int) -> socket.socket | None:
+    """An abstract Unix socket named after the port: held while a server swaps its probe for the holder."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(f"\0hushwire-serve-port-{port}")
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind ``host:port`` for a group of siblings: returns the holder socket (``SO_REUSEPORT``, never
+    listening; keep it open while the siblings run) and the port (the one the OS picked for 0).
+    A busy port, or one another server is taking right now, is a :class:`ConfigError`."""
+    for _ in range(3):
+        lock = _port_lock(port) if port else None
+        if port and lock is None:
+            raise ConfigError(f"cannot listen on {host}:{port}: another hushwire serve is starting on it")
+        try:
+            probe = bind_tcp(host, port)   # exclusive: fails on any socket bound there, siblings' included
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        got = int(probe.getsockname()[1])
+        if lock is None:
+            lock = _port_lock(got)
+            if lock is None:   # port 0 gave a port another server is taking: pick again
+                probe.close()
+                continue
+        try:
+            family, address = probe.family, probe.getsockname()
+            probe.close()
+            # No SO_REUSEADDR: another server's probe (which sets it) must not share an address with
+            # this socket just because neither listens.
+            holder = socket.socket(family, socket.SOCK_STREAM)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                holder.bind(address)
+            except OSError as exc:
+                holder.close()
+                raise ConfigError(f"cannot listen on {host}:{got}: {exc.strerror or exc}") from None
+            return holder, got
+        finally:
+            lock.close()
+    raise ConfigError(f"cannot listen on {host}:0: no free port found")
+
+
+# -- a sibling ----------------------------------------------------------------------------------------
+
+
+def _sibling_main(config: ServerConfig, member: Member, conn: Connection) -> None:
+    """A sibling process's entry point (multiprocessing, spawn)."""
+    # Metrics go to per-process files the parent sums. Set before prometheus_client is imported;
+    # server.metrics makes one metric of every kind at import, which opens every file this process
+    # will write, so the variable can go at once: job workers (started later) stay out of the sum,
+    # as their outcomes are counted here.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(member.run_dir / _METRICS_DIR)
+    import server.metrics  # noqa: F401
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    from server.logs import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
+    sys.exit(asyncio.run(_sibling_serve(config, member, conn)))
+
+
+async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection) -> int:
+    from server.app import create_server
+    from server.blobs import BlobStoreError
+    from server.store import StoreError
+
+    try:
+        server = await create_server(config, member)
+    except (ConfigError, StoreError, BlobStoreError, OSError, RuntimeError) as exc:
+        prefix = "blob store: " if isinstance(exc, BlobStoreError) else ""
+        conn.send(("error", f"{prefix}{exc}"))
+        return 2
+    assert server.shared is not None
+    shared = server.shared
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    parent_gone = False
+
+    def on_parent() -> None:
+        nonlocal parent_gone
+        try:
+            conn.recv()   # the parent sends nothing: readable means it closed its end (or died)
+        except (EOFError, OSError):
+            pass
+        loop.remove_reader(conn.fileno())
+        parent_gone = True
+        stop.set()
+
+    loop.add_reader(conn.fileno(), on_parent)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if server.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.tls.reload_now)
+
+    async def sync() -> None:
+        while True:
+            admission = server.registry.admission
+            if admission is not None:
+                shared.set_headroom(admission.headroom())
+            await server.health.refresh()
+            await asyncio.sleep(_SYNC_S)
+
+    syncing = asyncio.create_task(sync())
+    conn.send(("ready", os.getpid()))
+    await stop.wait()
+    syncing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await syncing
+    if parent_gone:
+        log.warning("process %d: the parent process is gone: stopping now", member.index)
+    seconds = 0.0 if parent_gone else config.drain_seconds
+    await server.drain(seconds)
+    return 0
+
+
+# -- the parent -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sibling:
+    index: int
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    started: float
+    ready: bool = False
+
+
+class _Group:
+    def __init__(self, config: ServerConfig, processes: int, run_dir: Path, port: int) -> None:
+        self.config = config
+        self.processes = processes
+        self.run_dir = run_dir
+        self.port = port
+        self.draining = False
+        self.siblings: dict[int, _Sibling] = {}
+        self.pause = {i: _RESTART_MIN_S for i in range(processes)}
+        self.workers = split_workers(config.workers if config.workers is not None else cores(), processes)
+        self.own_ports: tuple[int, ...] = ()
+        self.exited: asyncio.Queue[int] = asyncio.Queue()
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def start(self, index: int) -> None:
+        from server.shared import SharedState  # noqa: F401  (the siblings import it too)
+
+        loop = asyncio.get_running_loop()
+        config = dataclasses.replace(self.config, port=self.port, workers=self.workers[index],
+                                     metrics_port=None, health_http_port=None)
+        member = Member(index, self.processes, self.run_dir, self.own_ports)
+        mine, theirs = self._ctx.Pipe()
+        process = self._ctx.Process(target=_sibling_main, args=(config, member, theirs),
+                                    name=f"hushwire-serve-{index}")
+        process.start()
+        theirs.close()
+        sibling = _Sibling(index, process, mine, time.monotonic())
+        self.siblings[index] = sibling
+        loop.add_reader(process.sentinel, self._on_exit, index)
+
+    def _on_exit(self, index: int) -> None:
+        sibling = self.siblings[index]
+        asyncio.get_running_loop().remove_reader(sibling.process.sentinel)
+        self.exited.put_nowait(index)
+
+    def signal_all(self, sig: int) -> None:
+        for sibling in self.siblings.values():
+            if sibling.process.is_alive() and sibling.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(sibling.process.pid, sig)
+
+
+def _metrics_registry(run_dir: Path, store: Any) -> Any:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from server.metrics import StoreCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(run_dir / _METRICS_DIR))  # type: ignore[no-untyped-call]
+    registry.register(StoreCollector(store))
+    return registry
+
+
+class _GroupHealth:
+    """The group's health for the parent's HTTP mirror, read from the shared state."""
+
+    def __init__(self, group: _Group, shared: Any) -> None:
+        self._group = group
+        self._shared = shared
+
+    @property
+    def serving(self) -> bool:
+        from server.shared import SERVING
+
+        return not self._group.draining and all(v.state == SERVING for v in self._shared.slots())
+
+    @property
+    def live_serving(self) -> bool:
+        return self.serving and not self._shared.group_full()
+
+
+async def _prepare_store(config: ServerConfig) -> Any:
+    """Open the store once before the siblings do (migrations, generated secrets), and do what one
+    process must do for all: requeue the embedded store's unfinished jobs, free its webhook leases."""
+    from server.backends import open_blobs, open_store
+    from server.logs import event
+    from server.signing import load_secret
+
+    blobs = open_blobs(config)
+    await asyncio.to_thread(blobs.check)
+    store = await asyncio.to_thread(open_store, config, timeout=config.store_timeout)
+    try:
+        secret = load_secret(config.signing_secret, config.signing_secret_file, config.data_dir)
+        previous = config.signing_secret_previous.encode() if config.signing_secret_previous else None
+        await asyncio.to_thread(store.check_secret, "signing_secret", secret, previous)
+        if store.dialect == "sqlite":
+            n = await asyncio.to_thread(store.requeue)
+            if n:
+                event(logging.getLogger("hushwire.jobs"), "jobs requeued", count=n,
+                      reason="unfinished at the previous stop")
+            await asyncio.to_thread(store.release_webhook_leases)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+async def run_group(config: ServerConfig, processes: int) -> int:
+    """Run ``processes`` sibling servers on one port until SIGTERM/SIGINT; return the exit status."""
+    from prometheus_client import start_http_server
+
+    from server import health_http
+    from server.shared import SharedState
+
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        raise ConfigError("--processes above 1 needs Linux (SO_REUSEPORT balancing)")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    holder, port = reserve_port(config.host, config.port)
+    mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
+        if config.health_http_port is not None else None
+    run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
+    store = shared = None
+    try:
+        (run_dir / _METRICS_DIR).mkdir()
+        shared = SharedState.create(run_dir / _STATE_FILE, processes)
+        store = await _prepare_store(config)
+        group = _Group(config, processes, run_dir, port)
+        mirror = None
+        if mirror_sock is not None:
+            mirror = health_http.HealthMirror(_GroupHealth(group, shared), mirror_sock)
+            group.own_ports += (mirror.port,)
+        if config.metrics_port is not None:
+            start_http_server(config.metrics_port, addr=config.metrics_host,
+                              registry=_metrics_registry(run_dir, store))
+            group.own_ports += (config.metrics_port,)
+        return await _supervise(group, shared, mirror, holder)
+    finally:
+        holder.close()
+        if store is not None:
+            store.close()
+        if shared is not None:
+            shared.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.socket) -> int:
+    from prometheus_client import multiprocess
+
+    config = group.config
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
+    if mirror is not None:
+        await mirror.start()
+    for i in range(group.processes):
+        group.start(i)
+    status = 0
+    failed: str | None = None
+    pending = set(range(group.processes))
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    stopping = asyncio.create_task(stop.wait())
+    restarts: set[asyncio.Task[None]] = set()
+
+    def read(sibling: _Sibling) -> str | None:
+        """Handle what ``sibling`` sent; returns why it could not start, if it said so."""
+        error = None
+        with contextlib.suppress(EOFError, OSError):
+            while sibling.conn.poll():
+                kind, detail = sibling.conn.recv()
+                if kind == "ready":
+                    sibling.ready = True
+                    log.info("process %d of %d serving (pid %s)", sibling.index + 1, group.processes, detail)
+                    if sibling.index in pending:
+                        pending.discard(sibling.index)
+                        if not pending:
+                            log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
+                                     "" if config.tls_cert is None else " (TLS)")
+                elif kind == "error":
+                    error = str(detail)
+        return error
+    while True:
+        # Messages from siblings (ready, or why they could not start).
+        for sibling in list(group.siblings.values()):
+            failed = read(sibling) or failed
+        if failed is not None and pending:
+            break   # a sibling could not start: the whole server does not start
+        if stop.is_set():
+            break
+        getting = asyncio.create_task(group.exited.get())
+        done, _ = await asyncio.wait({getting, stopping}, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+        if getting not in done:
+            getting.cancel()
+            continue
+        index = getting.result()
+        sibling = group.siblings[index]
+        sibling.process.join()
+        failed = read(sibling) or failed   # its last words, before its pipe goes
+        sibling.conn.close()
+        code = sibling.process.exitcode
+        multiprocess.mark_process_dead(sibling.process.pid, str(group.run_dir / _METRICS_DIR))  # type: ignore[no-untyped-call]
+        shared.clear(index)
+        if index in pending:
+            failed = failed or f"server process {index + 1} exited with status {code} while starting"
+            break
+        pause = group.pause[index] if time.monotonic() - sibling.started < _STARTED_OK_S else _RESTART_MIN_S
+        group.pause[index] = min(_RESTART_MAX_S, pause * 2)
+        log.error("process %d (pid %s) exited with status %s: starting another in %.0f s", index + 1,
+                  sibling.process.pid, code, pause)
+
+        async def restart(i: int = index, wait: float = pause) -> None:
+            await asyncio.sleep(wait)
+            if not stop.is_set():
+                group.start(i)
+
+        task = asyncio.create_task(restart())
+        restarts.add(task)
+        task.add_done_callback(restarts.discard)
+    for task in restarts:
+        task.cancel()
+    stopping.cancel()
+    group.draining = True
+    if failed is not None:
+        log.error("a server process could not start: %s", failed)
+        group.signal_all(signal.SIGTERM)
+        status = 2
+    else:
+        log.info("shutting down: draining %d process(es) for up to %.1f s", group.processes, config.drain_seconds)
+        group.signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + config.drain_seconds + _KILL_AFTER_S
+    for sibling in group.siblings.values():
+        await asyncio.to_thread(sibling.process.join, max(0.0, deadline - time.monotonic()))
+        if sibling.process.is_alive():
+            log.error("process %d did not stop in time: killing it", sibling.index + 1)
+            sibling.process.kill()
+            await asyncio.to_thread(sibling.process.join)
+            status = status or 1
+        elif sibling.process.exitcode not in (0, None) and failed is None:
+            status = status or 1
+        with contextlib.suppress(OSError):
+            sibling.conn.close()
+    if mirror is not None:
+        await mirror.stop()
+    if failed is not None:
+        raise ConfigError(failed)
+    log.info("stopped")
+    return status

@@ -1,0 +1,526 @@
+"""``hushwire serve --processes N`` (server/group.py): sibling server processes on one port.
+
+Real processes on loopback ports: the group shares its port and nobody else gets it; connections
+land on every sibling; the per-user stream limit and ``--max-streams`` count the whole group;
+metrics are summed and health is the group's; SIGTERM drains every sibling; a killed parent takes
+its siblings with it; job workers are shared out and only the parent requeues at start.
+Which sibling serves a channel is read from /proc: the server-side socket of the channel's TCP
+connection belongs to one sibling's file descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.jobs import JobsClient
+from hushwire.contract.job_status import STATUS_NAMES
+from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2
+from server.group import split_workers
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Separate TCP connections per channel (grpc shares one between equal channels otherwise).
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_http_proxy", 0)]
+_PIDS = re.compile(r"process (\d+) of \d+ serving \(pid (\d+)\)")
+
+
+def _siblings(srv: ServerProcess) -> dict[int, int]:
+    """Sibling index (1-based) -> pid, from the parent's log."""
+    return {int(i): int(pid) for i, pid in _PIDS.findall(srv.log)}
+
+
+def _inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(int(link[8:-1]))
+    return found
+
+
+def _tcp() -> list[tuple[int, int, int]]:
+    """Established TCP sockets on this host: (local port, remote port, inode)."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "01":   # ESTABLISHED
+                rows.append((int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16), int(f[9])))
+    return rows
+
+
+def _client_ports(port: int) -> set[int]:
+    """Local ports of this process's connections to ``port``."""
+    mine = _inodes(os.getpid())
+    return {local for local, remote, inode in _tcp() if remote == port and inode in mine}
+
+
+def _serving_sibling(srv: ServerProcess, client_port: int) -> int:
+    """The index of the sibling holding the server side of the connection from ``client_port``."""
+    inode = next(i for local, remote, i in _tcp() if local == srv.port and remote == client_port)
+    owners = [index for index, pid in _siblings(srv).items() if inode in _inodes(pid)]
+    assert len(owners) == 1, owners
+    return owners[0]
+
+
+async def _connect(srv: ServerProcess, n: int) -> list[tuple[grpc.aio.Channel, int]]:
+    """``n`` channels, each on its own connection, with the sibling each one reached."""
+    out = []
+    for _ in range(n):
+        before = _client_ports(srv.port)
+        ch = grpc.aio.insecure_channel(srv.target, options=OWN_CONNECTION)
+        await asyncio.wait_for(ch.channel_ready(), 10)
+        new = _client_ports(srv.port) - before
+        assert len(new) == 1, new
+        out.append((ch, _serving_sibling(srv, new.pop())))
+    return out
+
+
+@dataclass
+class _Stream:
+    call: grpc.aio.StreamStreamCall
+    feed: asyncio.Queue[bytes | None]
+
+    async def close(self) -> None:
+        await self.feed.put(None)
+        while await asyncio.wait_for(self.call.read(), 10) is not grpc.aio.EOF:
+            pass
+
+
+async def _open(ch: grpc.aio.Channel, key: str) -> _Stream | str:
+    """Open a 16 kHz mono stream; the stream once the server answered its config, or the refusal's code."""
+    feed: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[enhancer_pb2.StreamEnhanceRequest]:
+        yield enhancer_pb2.StreamEnhanceRequest(config=enhancer_pb2.StreamConfig(
+            sample_rate_hz=16000, channels=1, encoding=enhancer_pb2.SAMPLE_ENCODING_PCM16))
+        while (chunk := await feed.get()) is not None:
+            yield enhancer_pb2.StreamEnhanceRequest(audio=chunk)
+
+    call = enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(requests(), metadata=(("authorization", key),))
+    try:
+        await asyncio.wait_for(call.read(), 10)
+    except grpc.aio.AioRpcError as err:
+        return str(dict(err.trailing_metadata() or ()).get("hushwire-error-code"))
+    await feed.put(bytes(640))   # one 20 ms chunk: the stream is really running
+    await asyncio.wait_for(call.read(), 10)
+    return _Stream(call, feed)
+
+
+def _health(ch: grpc.Channel, service: str) -> int:
+    return int(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def _mirror(port: int, path: str) -> int:
+    try:
+        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_split_workers() -> None:
+    assert split_workers(3, 2) == [2, 1]
+    assert split_workers(1, 2) == [1, 0]
+    assert split_workers(0, 3) == [0, 0, 0]
+    assert split_workers(8, 4) == [2, 2, 2, 2]
+
+
+def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "3")
+    try:
+        siblings = _siblings(srv)
+        assert sorted(siblings) == [1, 2], srv.log
+        assert srv.log.count("listening on") == 1, srv.log
+
+        async def spread() -> dict[int, int]:
+            chans = await _connect(srv, 12)
+            try:
+                reached: dict[int, int] = {}
+                for _, index in chans:
+                    reached[index] = reached.get(index, 0) + 1
+                return reached
+            finally:
+                for ch, _ in chans:
+                    await ch.close()
+
+        reached = asyncio.run(spread())
+        # The kernel hashes each connection to a sibling: 12 connections all on one has odds 1 in 2048.
+        assert sorted(reached) == [1, 2], reached
+
+        # --workers is the total: 2 + 1 job worker processes under the siblings.
+        workers = sorted(len(_children(pid)) for pid in siblings.values())
+        assert workers == [1, 2], workers
+
+        # Another server on the port fails with a one-line error, however many processes it asks for.
+        for processes in ("2", "1"):
+            out = run_cli("serve", "--port", str(srv.port), "--data-dir", str(tmp_path / f"other{processes}"),
+                          "--workers", "0", "--processes", processes, check=False)
+            assert out.returncode == 2, out.stderr
+            assert f"cannot listen on 127.0.0.1:{srv.port}" in out.stderr and "Traceback" not in out.stderr, \
+                out.stderr
+        # So does any plain socket that does not set SO_REUSEPORT (the parent's holder socket keeps the port).
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind(("127.0.0.1", srv.port))
+    finally:
+        assert srv.stop() == 0, srv.log
+    with socket.socket() as s:   # all gone: the port is free again
+        s.bind(("127.0.0.1", srv.port))
+
+
+def test_a_sibling_that_cannot_start_stops_the_whole_server(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    out = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--processes", "2", "--workers", "0",
+                  "--tls-cert", missing, "--tls-key", missing, check=False)
+    assert out.returncode == 2, out.stderr
+    assert f"hushwire: cannot read the TLS file {missing}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "listening on" not in out.stderr
+
+
+def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
+    key, other = create_key(tmp_path, "--name", "a"), create_key(tmp_path, "--name", "b")
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--max-streams-per-user", "3",
+                       "--max-streams", "4")
+
+    async def scenario() -> None:
+        chans = await _connect(srv, 16)
+        on = {i: [ch for ch, s in chans if s == i] for i in (1, 2)}
+        assert len(on[1]) >= 2 and len(on[2]) >= 2, {i: len(c) for i, c in on.items()}
+        a1, a2, b1, b2 = on[1][0], on[1][1], on[2][0], on[2][1]
+        try:
+            opened = [await _open(ch, key) for ch in (a1, b1, a2)]
+            assert all(isinstance(s, _Stream) for s in opened), opened
+            # The user has 3 streams across the two siblings: a 4th is refused on either one.
+            assert await _open(b2, key) == "RATE_LIMITED"
+            assert await _open(a1, key) == "RATE_LIMITED"
+            # Another user takes the 4th slot of --max-streams; the 5th stream is over the group's cap.
+            fourth = await _open(b2, other)
+            assert isinstance(fourth, _Stream), fourth
+            assert await _open(b1, other) == "OVERLOADED"
+            # A closed stream frees its slot for the whole group.
+            first = opened.pop(0)
+            assert isinstance(first, _Stream)
+            await first.close()
+            await fourth.close()
+            again = await _open(b2, key)
+            assert isinstance(again, _Stream), again
+            opened.append(again)
+            for s in opened:
+                assert isinstance(s, _Stream)
+                await s.close()
+        finally:
+            for ch, _ in chans:
+                await ch.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_metrics_are_summed_and_health_is_the_groups(tmp_path: Path) -> None:
+    """A budget so small that one stream fills a sibling: with one stream on each, the group is full."""
+    key = create_key(tmp_path)
+    metrics, mirror = free_port(), free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--health-http-port", str(mirror), "--live-cpu-budget", "0.001")
+
+    async def scenario() -> None:
+        chans = await _connect(srv, 16)
+        on = {i: [ch for ch, s in chans if s == i] for i in (1, 2)}
+        assert on[1] and on[2], {i: len(c) for i, c in on.items()}
+        try:
+            assert _mirror(mirror, "/readyz") == 200 and _mirror(mirror, "/readyz/live") == 200
+            first = await _open(on[1][0], key)
+            assert isinstance(first, _Stream), first
+            # One sibling full, the other not: the group still takes live streams.
+            await asyncio.sleep(1.0)
+            with grpc.insecure_channel(srv.target) as ch:
+                assert _health(ch, "hushwire.v1.Enhancer") == SERVING
+            assert _mirror(mirror, "/readyz/live") == 200
+            assert await _open(on[1][-1], key) == "OVERLOADED"    # ... but not on the full one
+            second = await _open(on[2][0], key)
+            assert isinstance(second, _Stream), second
+            # Both full: the group's Enhancer health is NOT_SERVING on every sibling; jobs still served.
+            deadline = time.monotonic() + 5
+            while _mirror(mirror, "/readyz/live") != 503:
+                assert time.monotonic() < deadline, "the group never reported full"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)   # each sibling republishes the group's state within 0.2 s
+            for i in (1, 2):
+                for service, want in (("hushwire.v1.Enhancer", NOT_SERVING), ("hushwire.v1.Jobs", SERVING),
+                                      ("", SERVING)):
+                    got = health_pb2_grpc.HealthStub(on[i][0]).Check(
+                        health_pb2.HealthCheckRequest(service=service), timeout=5)
+                    assert (i, service, (await got).status) == (i, service, want)
+            assert _mirror(mirror, "/readyz") == 200
+            m = scrape_metrics(metrics)
+            assert m[("hushwire_streams_open", ())] == 2
+            assert m[("hushwire_streams_total", ())] == 2
+            assert m[("hushwire_live_full", ())] == 1
+            assert m[("hushwire_streams_refused_total", (("reason", "load"),))] == 1
+            assert m[("hushwire_jobs_queued", ())] == 0     # the store's gauges, once
+            assert len([k for k in m if k[0] == "hushwire_event_loop_lag_seconds"]) == 2   # one per sibling
+            assert sorted(v for k, v in m.items() if k[0] == "hushwire_process_streams_open") == [1, 1]
+            for s in (first, second):
+                await s.close()
+            m = scrape_metrics(metrics)
+            assert m[("hushwire_streams_open", ())] == 0
+            assert m[("hushwire_audio_seconds_total", (("path", "stream"),))] == pytest.approx(0.04)
+        finally:
+            for ch, _ in chans:
+                await ch.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_sigterm_drains_every_sibling(tmp_path: Path) -> None:
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--drain-seconds", "10")
+    siblings = _siblings(srv)
+
+    async def scenario() -> None:
+        chans = await _connect(srv, 16)
+        on = {i: [ch for ch, s in chans if s == i] for i in (1, 2)}
+        assert on[1] and on[2], {i: len(c) for i, c in on.items()}
+        streams = [await _open(on[i][0], key) for i in (1, 2)]
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        # Draining: open streams go on (both siblings), new ones are refused.
+        for s in streams:
+            assert isinstance(s, _Stream), s
+            await s.feed.put(bytes(640))
+            assert (await asyncio.wait_for(s.call.read(), 5)).audio is not None
+        refused = await _open(on[1][1] if len(on[1]) > 1 else on[2][-1], key)
+        assert refused in ("SERVICE_UNAVAILABLE", "None"), refused
+        for s in streams:
+            assert isinstance(s, _Stream)
+            await s.close()
+            assert await s.call.code() == grpc.StatusCode.OK
+        for ch, _ in chans:
+            await ch.close()
+
+    asyncio.run(scenario())
+    assert srv.proc.wait(30) == 0, srv.log
+    assert not any(_alive(pid) for pid in siblings.values())
+    assert "stopped" in srv.log
+
+
+@pytest.mark.slow
+def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0")
+    siblings = _siblings(srv)
+    srv.proc.kill()
+    srv.proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in siblings.values()):
+        assert time.monotonic() < deadline, "siblings outlived their parent"
+        time.sleep(0.1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", srv.port))
+
+
+@pytest.mark.slow
+def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
+    """Kill the whole group mid-job (no drain requeues it); the next start requeues it once, and it completes."""
+    key = create_key(tmp_path)
+    src = tmp_path / "long.wav"
+    sf.write(str(src), (np.random.default_rng(0).standard_normal((48000 * 120, 2)) * 0.05).astype(np.float32), 48000)
+    flags = ("--processes", "2", "--workers", "2")
+    srv = start_server(tmp_path, *flags)
+    with JobsClient(srv.target, key) as c:
+        job = c.submit(src)
+        deadline = time.monotonic() + 60
+        while (j := c.get(job.job_id)).status != jobs_pb2.JOB_STATUS_PROCESSING:
+            assert j.status not in (jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED), j
+            assert time.monotonic() < deadline, "job never started processing"
+            time.sleep(0.05)
+    for pid in _siblings(srv).values():   # siblings first (their workers die with them), then the parent
+        os.kill(pid, signal.SIGKILL)
+    srv.proc.kill()
+    srv.proc.wait()
+    srv2 = start_server(tmp_path, *flags)
+    try:
+        with JobsClient(srv2.target, key) as c:
+            done = c.wait(job.job_id, timeout=240)
+            assert STATUS_NAMES[done.status] == "completed", done.error
+        assert srv2.log.count("jobs requeued") == 1, srv2.log
+        assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
+    finally:
+        assert srv2.stop() == 0, srv2.log
+
+
+@pytest.mark.slow
+def test_a_dead_sibling_is_replaced_and_its_streams_forgotten(tmp_path: Path) -> None:
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--max-streams-per-user", "1")
+    try:
+        async def scenario() -> None:
+            chans = await _connect(srv, 16)
+            on = {i: [ch for ch, s in chans if s == i] for i in (1, 2)}
+            assert on[1] and on[2], {i: len(c) for i, c in on.items()}
+            try:
+                stream = await _open(on[1][0], key)
+                assert isinstance(stream, _Stream), stream
+                assert await _open(on[2][0], key) == "RATE_LIMITED"
+                os.kill(_siblings(srv)[1], signal.SIGKILL)   # its stream dies with it ...
+                deadline = time.monotonic() + 30
+                while srv.log.count("process 1 of 2 serving") < 2:
+                    assert time.monotonic() < deadline, srv.log
+                    await asyncio.sleep(0.1)
+                # ... and no longer counts against the user's limit, on the other sibling.
+                again = await _open(on[2][0], key)
+                assert isinstance(again, _Stream), again
+                await again.close()
+            finally:
+                for ch, _ in chans:
+                    await ch.close()
+
+        old = _siblings(srv)[1]
+        asyncio.run(scenario())
+        assert f"process 1 (pid {old}) exited with status -9" in srv.log
+        assert _siblings(srv)[1] != old and _alive(_siblings(srv)[1])
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_the_gateways_connections_reach_every_sibling(tmp_path: Path) -> None:
+    """With a budget so small that one stream fills a sibling, the group holds two streams: the gateway
+    reaches the second only through its pool (and by trying the next connection after OVERLOADED)."""
+    import json
+
+    from test_gateway import start_gateway
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
+    gw = start_gateway(tmp_path, srv.target, "--grpc-connections", "16")
+    sockets: list[Any] = []
+    stack = contextlib.ExitStack()
+    try:
+        for _ in range(16):   # each call takes the next connection: all 16 are up afterwards
+            assert urllib.request.urlopen(gw.url + "/readyz", timeout=10).status == 200
+        ports = {local for local, remote, inode in _tcp() if remote == srv.port and inode in _inodes(gw.proc.pid)}
+        assert len(ports) == 16, ports
+        reached = {_serving_sibling(srv, p) for p in ports}
+        assert reached == {1, 2}, reached   # all 16 on one sibling: odds 1 in 32768
+
+        def live() -> tuple[Any, dict[str, Any]]:
+            ws = stack.enter_context(connect(gw.url.replace("http://", "ws://", 1) + "/live", open_timeout=10))
+            sockets.append(ws)
+            ws.send(json.dumps({"key": key, "sample_rate_hz": 16000}))
+            reply = ws.recv(timeout=20)
+            assert isinstance(reply, str)
+            return ws, json.loads(reply)
+
+        replies = [live()[1] for _ in range(3)]
+        assert "algorithmic_delay_samples" in replies[0] and "algorithmic_delay_samples" in replies[1], replies
+        assert replies[2]["error"]["code"] == "OVERLOADED", replies
+        with pytest.raises(ConnectionClosed) as closed:
+            sockets[2].recv(timeout=20)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    finally:
+        stack.close()
+        assert gw.stop() == 0, gw.log
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_the_client_librarys_connections_reach_every_sibling(tmp_path: Path) -> None:
+    """One stream fills a sibling; a second stream of the same client retries OVERLOADED on its next
+    connections until one reaches the other sibling (with one connection it would never get in)."""
+    import queue
+    import threading
+
+    from client.stream import EnhancerClient
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
+    feed: queue.Queue[np.ndarray | None] = queue.Queue()
+    try:
+        with EnhancerClient(srv.target, key, connections=16, connect_timeout=10) as c:
+            def items() -> Any:
+                while (item := feed.get(timeout=30)) is not None:
+                    yield item
+
+            first = c.stream(items(), 16000)
+            feed.put(np.zeros(320, np.float32))
+            held = threading.Thread(target=lambda: [None for _ in first], daemon=True)
+            held.start()
+            y = c.enhance(np.zeros(1600, np.float32), 16000)
+            assert y.shape == (1600,)
+            feed.put(None)
+            held.join(10)
+            assert not held.is_alive()
+    finally:
+        feed.put(None)
+        assert srv.stop() == 0, srv.log
+
+
+def test_the_default_is_one_process_per_core_the_server_may_use(tmp_path: Path) -> None:
+    """No --processes: as many as the CPUs the command may run on (taskset), so pinned to one, one."""
+    from conftest import HUSHWIRE, ROOT, stop_process
+
+    cpus = sorted(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "HUSHWIRE_PROCESSES"}
+    for allowed in ({cpus[0]}, set(cpus)):
+        log = tmp_path / f"serve-{len(allowed)}.log"
+        with open(log, "wb") as f:
+            proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", "0", "--data-dir", str(tmp_path), "--workers", "0"],
+                                    stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT, env=env,
+                                    preexec_fn=lambda allowed=allowed: os.sched_setaffinity(0, allowed))
+        try:
+            deadline = time.monotonic() + 30
+            while "listening on" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            from server.config import cores
+            expected = min(len(allowed), cores())   # the cgroup's quota caps both
+            text = log.read_text()
+            assert (f"({expected} processes)" in text) if expected > 1 else ("processes)" not in text), text
+        finally:
+            assert stop_process(proc, "server") == 0, log.read_text()
