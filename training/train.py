@@ -467,7 +467,7 @@ def dev_score(npz: Path, exponent: float, mode: str = "model", data: Path | None
 
         from server.dsp import denoiser
         from server.dsp.model import load_weights
-        denoiser._WEIGHTS_CACHE["default"] = load_weights(npz)
+        denoiser.use_weights(load_weights(npz))
         res = score_dev(data, denoiser.enhance)
         return res, tune.summary_line(res)
     import eval_model

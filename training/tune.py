@@ -87,15 +87,13 @@ def main() -> None:
         mod, attr = name.rsplit(".", 1)
         grid.append((importlib.import_module(f"server.dsp.{mod}"), attr, [float(v) for v in vals.split(",")]))
     for w in args.weights:
-        denoiser._WEIGHTS_CACHE.clear()
-        if w is not None:
-            denoiser._WEIGHTS_CACHE["default"] = load_weights(w)
+        weights = load_weights(w) if w is not None else None
         for combo in itertools.product(*[g[2] for g in grid]):
             label = [Path(w).name if w else "shipped"]
             for (mod, attr, _), v in zip(grid, combo, strict=True):
                 setattr(mod, attr, v)
                 label.append(f"{attr}={v:g}")
-            denoiser._ENGINES.clear()  # engines hold constants read at construction
+            denoiser.use_weights(weights)  # fresh engines too: they hold constants read at construction
             res = score_dev(args.dev, denoiser.enhance, include_48k=args.full)
             line = summary_line(res)
             if args.level:

@@ -84,6 +84,19 @@ def _default_weights() -> dict[str, Array] | None:
     return _WEIGHTS_CACHE["default"]
 
 
+def use_weights(weights: dict[str, Array] | None) -> dict[str, Array] | None:
+    """Make ``weights`` the model of every denoiser built from now on in this process (None: the
+    shipped file again) and return the ones in use before. For the tools that score other weights
+    in-process (training/tune.py, train.py's dev checks, tests): the engines built for the old
+    weights are dropped, so no later denoiser mixes them up."""
+    previous = _WEIGHTS_CACHE.get("default")
+    _WEIGHTS_CACHE.clear()
+    if weights is not None:
+        _WEIGHTS_CACHE["default"] = weights
+    _ENGINES.clear()
+    return previous
+
+
 class _Engine:
     """The denoiser's constants for one sample rate, and one batch step on a row state."""
 

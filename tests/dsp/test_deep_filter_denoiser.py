@@ -21,17 +21,11 @@ from server.dsp import denoiser as denoiser_mod
 @pytest.fixture
 def df_weights() -> Iterator[dict[str, np.ndarray]]:
     w = _random_weights(seed=11, df_bins=128, df_taps=2)
-    saved_weights = dict(denoiser_mod._WEIGHTS_CACHE)
-    saved_engines = dict(denoiser_mod._ENGINES)
-    denoiser_mod._WEIGHTS_CACHE["default"] = w
-    denoiser_mod._ENGINES.clear()
+    saved = denoiser_mod.use_weights(w)
     try:
         yield w
     finally:
-        denoiser_mod._WEIGHTS_CACHE.clear()
-        denoiser_mod._WEIGHTS_CACHE.update(saved_weights)
-        denoiser_mod._ENGINES.clear()
-        denoiser_mod._ENGINES.update(saved_engines)
+        denoiser_mod.use_weights(saved)
 
 
 def _mix(sr: int, seconds: float) -> np.ndarray:
@@ -45,9 +39,8 @@ def test_the_engine_runs_the_deep_filter(df_weights: dict[str, np.ndarray]) -> N
     x = _mix(16000, 1.0)
     y = run(den, x)[den.latency_samples :]
     # the same weights with the filter's output layer zeroed: a different output
-    denoiser_mod._WEIGHTS_CACHE["default"] = {**df_weights, "df.weight": df_weights["df.weight"] * 0.0,
-                                              "df.bias": df_weights["df.bias"] * 0.0}
-    denoiser_mod._ENGINES.clear()
+    denoiser_mod.use_weights({**df_weights, "df.weight": df_weights["df.weight"] * 0.0,
+                              "df.bias": df_weights["df.bias"] * 0.0})
     plain = Denoiser(16000)
     z = run(plain, x)[plain.latency_samples :]
     assert np.max(np.abs(y - z)) > 1e-3
