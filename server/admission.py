@@ -19,7 +19,8 @@ measures, not from a count the operator has to guess (``--max-streams`` stays an
 - **CPU it can get**: on a machine shared with other work, the process cannot use the core the
   budget names. Linux counts, per thread, the time spent running and the time spent runnable but
   waiting for a CPU (``/proc/self/task/*/schedstat``); ``run / (run + wait)`` (an EWMA,
-  ``hushwire_live_cpu_available``) scales the budget. Measured while idle too (the probes below
+  ``hushwire_live_cpu_available``) scales the budget: it follows a lower figure measured under
+  load at once, and rises slowly. Measured while idle too (the probes below
   wake the process 20 times a second), so a burst is judged against it before its load shows:
   on the shared 2-core machine of docs/performance.md a server was getting about a quarter of a
   core, and a budget of 0.9 core admitted 36-63 streams that all fell seconds behind.
@@ -77,6 +78,7 @@ _LAG_TICK_S = 0.05    # the lag probe's sleep
 _EWMA = 0.3           # weight of a new window's cost
 _MIN_AUDIO_S = 1.0    # weighted audio seconds a window needs before it updates the cost
 _MIN_AVAILABLE = 0.05  # the CPU share a process is assumed to get at worst
+_BUSY_SHARE = 0.05    # a window whose CPU share is at least this measures availability under load
 
 
 def stream_weight(sample_rate_hz: int, channels: int) -> float:
@@ -236,7 +238,14 @@ class Admission:
         if wall_s <= 0:
             return
         if available is not None:
-            self.available = max(_MIN_AVAILABLE, (1 - _EWMA) * self.available + _EWMA * min(1.0, available))
+            got = min(1.0, available)
+            if got < self.available and cpu_s / wall_s >= _BUSY_SHARE:
+                # Fast down: measured under load, a share this low holds now, and streams admitted on the
+                # old figure would fall behind (bench.overload: a burst admitted while the server got a
+                # third of its core all ran late while the EWMA caught up over several windows).
+                self.available = max(_MIN_AVAILABLE, got)
+            else:   # slow up, and idle windows (short wake-ups, served quickly) only nudge it
+                self.available = max(_MIN_AVAILABLE, (1 - _EWMA) * self.available + _EWMA * got)
         self.cpu_share = cpu_s / wall_s
         self._window_weight, self._window_base = 0.0, self.reserved_weight
         lags, self._lags = self._lags, []

@@ -254,3 +254,18 @@ def test_upload_ingest_yields_while_admitted_streams_are_squeezed() -> None:
     assert idle == room == after == 0.0
     assert squeezed == pytest.approx(MAX_YIELD_S)
     assert took >= MAX_YIELD_S - 0.01
+
+
+def test_cpu_availability_follows_a_drop_under_load_at_once_and_rises_slowly() -> None:
+    """A server whose core is taken by other work must stop admitting as soon as it measures that under
+    load: the EWMA alone took several half-second windows, over which slow start doubled the admissions
+    (bench.overload, docs/performance.md). An idle window's figure only nudges it, and it recovers
+    gradually."""
+    adm = Admission(0.9)
+    adm.sample(0.5, 0.2, available=0.33)     # busy (40 % of a core) and getting a third of what it asks
+    assert adm.available == pytest.approx(0.33)
+    adm.sample(0.5, 0.001, available=0.1)    # idle: a few short wake-ups say little
+    assert adm.available == pytest.approx(0.7 * 0.33 + 0.3 * 0.1)
+    low = adm.available
+    adm.sample(0.5, 0.2, available=1.0)      # the core is back: it climbs, not jumps
+    assert low < adm.available < 0.7
