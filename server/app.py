@@ -174,7 +174,7 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    submitter = Submitter(store, blobs, limits, policy)
+    submitter = Submitter(store, blobs, limits, policy, admission)
     jobs_servicer = JobsServicer(store, blobs, runner, signer, submitter, timeouts, connections)
     jobs_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(store), grpc_server)
