@@ -31,7 +31,8 @@ The rules:
 - never after the caller's own :meth:`StreamCore.cancel`;
 - never when the caller itself stopped reading: a server ends a stream whose client reads nothing
   for :data:`SLOW_CONSUMER_SECONDS` (``SLOW_CONSUMER``), and when that status cannot be delivered
-  behind the unread audio it resets the stream, which looks like a lost server. A call that ended
+  behind the unread audio it resets the stream, which carries the status without its code's trailer
+  (or, through a proxy, looks like a lost server). A call that ended with no code or as a lost server
   while the caller had read nothing for that long fails with code ``SLOW_CONSUMER`` instead;
 - ``resume=False`` fails at the first error of any kind (``enhance()`` restarts the whole signal).
 """
@@ -185,6 +186,7 @@ class Call:
     delay: int = 0         # its algorithmic delay, from its first response
     reading: bool = True   # the caller is waiting for this call's next response
     idle_at_end: float | None = None  # how long the caller had read nothing when grpc ended the call
+    longest_idle: float = 0.0  # the longest the caller read nothing on this call, before it read again
 
     def frames_lost(self) -> int:
         """Input the server took without answering (its output lags the input by ``delay``)."""
@@ -282,6 +284,8 @@ class StreamCore:
         return StreamOutput(np.zeros((0, self.settings.channels), np.float32), 0.0, backend_lost=event)
 
     def reading(self, call: Call) -> None:
+        if not call.reading:
+            call.longest_idle = max(call.longest_idle, self._clock() - call.idle_since)
         call.reading = True
 
     def output(self, call: Call, response: enhancer_pb2.StreamEnhanceResponse) -> StreamOutput:
@@ -334,6 +338,14 @@ class StreamCore:
                 err.status, "SLOW_CONSUMER",
                 f"the stream ended ({err}) while its caller had read no output for {idle:.1f} s; a server ends "
                 f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s, so it was not resumed") from None
+        # A server's own reset of the stream carries its status (RESOURCE_EXHAUSTED "SLOW_CONSUMER: ...")
+        # without the code's trailer, and grpc holds it until the caller has read what was buffered.
+        away = max(idle, call.longest_idle)
+        if err.code is None and not is_retryable(err) and away >= SLOW_CONSUMER_SECONDS:
+            raise HushwireClientError(
+                err.status, "SLOW_CONSUMER",
+                f"the stream ended ({err}) after its caller had read no output for {away:.1f} s; a server ends "
+                f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s") from None
         if not self.resume or not is_retryable(err):
             raise err from None
         self._lost = (err, call, self._clock())

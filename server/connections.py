@@ -55,7 +55,9 @@ __all__ = ["FLOW_CONTROL_OPTIONS", "STREAM_WINDOW_BYTES", "Connections", "parse_
 # machine held 80-380 MiB (tests/test_grpc_hostile.py, issue #18). A fixed 1 MiB still lets one
 # stream carry 10 MB/s at a 100 ms round trip: 7 times the largest live stream (1.5 MB/s of 48 kHz
 # 8-channel float32), and an upload at that rate. A message larger than the window is still taken
-# whole: grpc opens the window for a message its handler is reading.
+# whole: grpc opens the window for a message its handler is reading. The connection's own window is
+# then 1 MiB too (all its streams together in flight per round trip); grpc replenishes it as data
+# arrives, not as handlers read, so stuck streams do not hold up the others on their connection.
 STREAM_WINDOW_BYTES = 1 << 20
 FLOW_CONTROL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.bdp_probe", 0),                          # no growth past the window below

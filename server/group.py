@@ -21,10 +21,12 @@ leases, once (the siblings don't); it serves the metrics port (every sibling's m
 prometheus_client's multiprocess mode, with the job-queue gauges read from the store) and the health
 mirror (the group: ``/readyz`` while every sibling serves, ``/readyz/live`` also 503 while every
 sibling is full); it logs ``listening on HOST:PORT`` once every sibling is SERVING; it forwards
-SIGTERM/SIGINT (drain) and SIGHUP (TLS reload) to the siblings, and exits when they have drained.
+SIGTERM/SIGINT (drain) and, with TLS, SIGHUP (reload) to the siblings, and exits when they have
+drained.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
-jobs are requeued.
+jobs are requeued, and they remove the group's run directory (a temporary directory: the shared
+state and the metrics files), which the parent would have removed.
 
 **Split between siblings**: ``--workers`` (job worker processes) is the total, shared out as evenly
 as it goes. Admission control is per sibling (each has its own core's budget). The per-user stream
@@ -186,7 +188,13 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if server.tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.tls.reload_now)
+        tls = server.tls
+
+        def on_sighup() -> None:
+            log.info("process %d: SIGHUP: new TLS connections re-read %s", member.index + 1, tls.files.cert)
+            tls.reload_now()
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     async def sync() -> None:
         while True:
@@ -197,15 +205,23 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
             await asyncio.sleep(_SYNC_S)
 
     syncing = asyncio.create_task(sync())
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:   # the parent died while this process started
+        on_parent()
     await stop.wait()
     syncing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await syncing
     if parent_gone:
-        log.warning("process %d: the parent process is gone: stopping now", member.index)
+        log.warning("process %d: the parent process is gone: stopping now", member.index + 1)
     seconds = 0.0 if parent_gone else config.drain_seconds
     await server.drain(seconds)
+    if parent_gone:
+        # The parent removes the run directory as it exits; one that was killed could not, and each
+        # crash would leave its shared state and metrics files in the temporary directory for good.
+        # Whichever sibling gets here first removes it (the others' maps and open files stay valid).
+        shutil.rmtree(member.run_dir, ignore_errors=True)
     return 0
 
 
@@ -365,7 +381,8 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
+    if config.tls_cert is not None:   # as with one process: SIGHUP re-reads TLS files, else it ends the server
+        loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
     if mirror is not None:
         await mirror.start()
     for i in range(group.processes):

@@ -29,6 +29,9 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 LOST = HushwireClientError(UNAVAILABLE, None, "Socket closed")              # a server gone, no trailer
 OVERLOADED = HushwireClientError(UNAVAILABLE, "OVERLOADED", "full")         # a server refusing a new stream
 RESET = HushwireClientError(grpc.StatusCode.CANCELLED, None, "Received RST_STREAM with error code 8")
+# A hushwire server's own reset of a stuck stream: its status arrives, without the code's trailer.
+SERVER_RESET = HushwireClientError(grpc.StatusCode.RESOURCE_EXHAUSTED, None,
+                                   "SLOW_CONSUMER: the client read no response for 10 s (the stream was reset)")
 
 
 class Clock:
@@ -173,6 +176,38 @@ def test_a_caller_that_stopped_reading_is_not_resumed(err: HushwireClientError) 
     assert info.value.code == "SLOW_CONSUMER" and info.value.status == err.status
     assert "read no output for 15.0 s" in info.value.msg and "not resumed" in info.value.msg
     assert core.reconnects == []
+
+
+def test_a_server_reset_met_after_the_buffered_output_is_slow_consumer() -> None:
+    """The server's own reset of a stuck stream brings its status without the code's trailer, and grpc
+    hands it over only once the caller has read what was buffered: the call ends while the caller reads
+    again. The caller's earlier absence is what names it SLOW_CONSUMER."""
+    clock = Clock()
+    core = _core(clock)
+    call = core.new_call()
+    core.started(call, _first())
+    core.reading(call)
+    core.output(call, _audio(320))
+    clock.now += SLOW_CONSUMER_SECONDS + 8   # away; meanwhile the server resets the stream
+    core.reading(call)                       # back: it drains the buffered output ...
+    core.output(call, _audio(320))
+    core.reading(call)
+    core.ended(call)                         # ... and only then does grpc end the call
+    with pytest.raises(HushwireClientError) as info:
+        core.call_failed(call, SERVER_RESET)
+    assert info.value.code == "SLOW_CONSUMER" and info.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "read no output for 18.0 s" in info.value.msg
+    # The same status after pauses shorter than the server's patience is left as it came (no code).
+    call = core.new_call()
+    core.started(call, _first())
+    core.reading(call)
+    core.output(call, _audio(320))
+    clock.now += SLOW_CONSUMER_SECONDS - 1
+    core.reading(call)
+    core.ended(call)
+    with pytest.raises(HushwireClientError) as info:
+        core.call_failed(call, SERVER_RESET)
+    assert info.value.code is None
 
 
 def test_the_client_reads_the_servers_default_patience() -> None:

@@ -31,6 +31,7 @@ import pytest
 import soundfile as sf
 from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
 
 from client.jobs import JobsClient
 from hushwire.contract.job_status import STATUS_NAMES
@@ -350,8 +351,11 @@ def test_sigterm_drains_every_sibling(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, "--processes", "2", "--workers", "0")
+    run_root = tmp_path / "tmp"   # where the group's run directory (shared state, metrics files) goes
+    run_root.mkdir()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", env={**os.environ, "TMPDIR": str(run_root)})
     siblings = _siblings(srv)
+    assert [p.name[:15] for p in run_root.iterdir()] == ["hushwire-serve-"]
     srv.proc.kill()
     srv.proc.wait()
     deadline = time.monotonic() + 15
@@ -360,6 +364,8 @@ def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
         time.sleep(0.1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", srv.port))
+    # The parent could not remove its run directory: its last sibling did.
+    assert list(run_root.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -524,3 +530,25 @@ def test_the_default_is_one_process_per_core_the_server_may_use(tmp_path: Path) 
             assert (f"({expected} processes)" in text) if expected > 1 else ("processes)" not in text), text
         finally:
             assert stop_process(proc, "server") == 0, log.read_text()
+
+
+@pytest.mark.slow
+def test_a_group_serves_tls_and_sighup_reaches_every_sibling(tmp_path: Path, pki: PKI) -> None:  # noqa: F811
+    from client.stream import EnhancerClient
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--tls-cert", str(pki.server.cert),
+                       "--tls-key", str(pki.server.key))
+    try:
+        assert f"listening on 127.0.0.1:{srv.port} (2 processes) (TLS)" in srv.log
+        with EnhancerClient(srv.target, key, tls_ca=str(pki.ca.path), connections=8) as c:
+            for _ in range(4):   # streams on several connections, so on both siblings most likely
+                assert c.enhance(np.zeros(1600, np.float32), 16000).shape == (1600,)
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while srv.log.count("SIGHUP: new TLS connections re-read") < 2:
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+        assert srv.proc.poll() is None and srv.log.count("serving (pid") == 2, srv.log   # nobody died
+    finally:
+        assert srv.stop() == 0, srv.log
