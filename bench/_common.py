@@ -295,6 +295,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """Seconds one process's threads have run, and waited runnable for a CPU (Linux schedstat; zeros
+    elsewhere). Over a window, run / (run + wait) is the share of the CPU it asked for that it got: well
+    under 1, other work held its core."""
+    run = wait = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (task / "schedstat").read_text().split()
+                run += int(fields[0])
+                wait += int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
 def child_pids(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():

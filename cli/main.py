@@ -34,7 +34,7 @@ _SERVER_SETTINGS = [
     "health_http_port", "metrics_host", "health_http_host", "tls_cert", "tls_key", "tls_client_ca",
     "server_public_url", "webhook_allow", "webhook_base_delay_seconds", "webhook_max_age_seconds",
     "slow_consumer_seconds", "stream_idle_seconds", "keepalive_seconds", "keepalive_timeout_seconds",
-    "keepalive_min_ping_seconds",
+    "keepalive_min_ping_seconds", "download_idle_seconds",
 ]
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`

@@ -169,12 +169,13 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
             *FLOW_CONTROL_OPTIONS,
         ],
     )
-    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds)
+    timeouts = StreamTimeouts(slow_consumer_s=config.slow_consumer_seconds, idle_s=config.stream_idle_seconds,
+                              download_idle_s=config.download_idle_seconds)
     enhancer = EnhancerServicer(registry, store, config.stream_batch_ms / 1000.0,
                                 config.max_audio_seconds_per_day_per_user, timeouts, connections)
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(enhancer, grpc_server)
-    submitter = Submitter(store, blobs, limits, policy)
-    jobs_servicer = JobsServicer(store, blobs, runner, signer, submitter)
+    submitter = Submitter(store, blobs, limits, policy, admission)
+    jobs_servicer = JobsServicer(store, blobs, runner, signer, submitter, timeouts, connections)
     jobs_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, grpc_server)
     jobs_pb2_grpc.add_AccountServicer_to_server(AccountServicer(store), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

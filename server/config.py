@@ -51,6 +51,7 @@ class ServerConfig:
     drain_seconds: float = 10.0
     slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS
     stream_idle_seconds: float = 30.0
+    download_idle_seconds: float = 60.0
     keepalive_seconds: float = KEEPALIVE_INTERVAL_S
     keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_S
     keepalive_min_ping_seconds: float = MIN_PING_INTERVAL_S

@@ -130,6 +130,8 @@ class Metrics:
                                      registry=r, multiprocess_mode="liveall")
         self.loop_lag = Gauge("hushwire_event_loop_lag_seconds", "The event loop's mean lag over the last "
                               "half second.", registry=r, multiprocess_mode="liveall")
+        self.ingest_yield = Counter("hushwire_upload_yield_seconds", "Seconds upload ingest waited so that admitted "
+                                    "live streams kept the CPU they need (admission's yield_to_live).", registry=r)
         self._store_collector: StoreCollector | None = None
 
     def bind_store(self, store: Store) -> None:

@@ -67,9 +67,33 @@ class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
     slow_consumer_s: float = SLOW_CONSUMER_SECONDS   # no response taken for this long: SLOW_CONSUMER
+    download_idle_s: float = 60.0   # a result download whose client takes nothing this long: SLOW_CONSUMER
     idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
+
+
+async def end_call(context: grpc.aio.ServicerContext, err: HushwireError, uid: int | None, flush_s: float,
+                   connections: Connections | None, what: str) -> None:
+    """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
+    it has not reached the client within ``flush_s``, the call's HTTP/2 stream is reset, which carries
+    the status past flow control, and grpc frees its buffers for it (server/connections.py); this
+    returns either way, so the handler ends and frees what it holds. ``uid``: the caller's user (None:
+    nobody's, a download by result token)."""
+    try:
+        async with asyncio.timeout(flush_s):
+            await abort_with(context, err)   # raises grpc's AbortError once the status is sent
+    except TimeoutError:
+        peer = context.peer()
+        # The client gets this status with the reset, without the trailer: the code leads the text.
+        if reset_call(context, err.grpc_status, f"{err.code}: {err.msg} (the {what} was reset)"):
+            reset = "stream"
+        elif connections is not None and connections.close_for(peer, -1 if uid is None else uid):
+            reset = "connection"
+        else:
+            reset = "none"
+        event(log, f"{what} reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer, reset=reset,
+              why=f"its {err.code} status did not reach the client within {flush_s:g} s")
 
 
 # grpc's error for a failed batch of core operations (not exported by grpc.aio): a write fails with it
@@ -168,24 +192,7 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
             await asyncio.wait_for(context.read(), REFUSAL_READ_SECONDS)
 
     async def _end(self, context: grpc.aio.ServicerContext, err: HushwireError, uid: int) -> None:
-        """End the call with ``err``'s status. The status queues behind the responses not yet taken: if
-        it has not reached the client within ``flush_s``, the call's HTTP/2 stream is reset, which
-        delivers the status all the same, and frees grpc's buffers for it (server/connections.py);
-        the handler returns either way, so the stream's state and its slot are freed."""
-        try:
-            async with asyncio.timeout(self._timeouts.flush_s):
-                await abort_with(context, err)   # raises grpc's AbortError once the status is sent
-        except TimeoutError:
-            peer = context.peer()
-            # The client gets this status with the reset, without the trailer: the code leads the text.
-            if reset_call(context, err.grpc_status, f"{err.code}: {err.msg} (the stream was reset)"):
-                reset = "stream"
-            elif self._connections is not None and self._connections.close_for(peer, uid):
-                reset = "connection"
-            else:
-                reset = "none"
-            event(log, "stream reset", level=logging.WARNING, uid=uid, code=err.code, peer=peer, reset=reset,
-                  why=f"its {err.code} status did not reach the client within {self._timeouts.flush_s:g} s")
+        await end_call(context, err, uid, self._timeouts.flush_s, self._connections, "stream")
 
     async def _closed(self, session: StreamSession, stats: _StreamStats, uid: int, key_id: int, seconds: float
                       ) -> None:
@@ -321,12 +328,15 @@ async def _upload_chunks(context: grpc.aio.ServicerContext) -> AsyncIterator[byt
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def __init__(self, store: AsyncStore, blobs: BlobStore, runner: JobRunner, signer: Signer,
-                 submitter: Submitter) -> None:
+                 submitter: Submitter, timeouts: StreamTimeouts | None = None,
+                 connections: Connections | None = None) -> None:
         self._store = store
         self._blobs = blobs
         self._runner = runner
         self._signer = signer
         self._submitter = submitter
+        self._timeouts = timeouts or StreamTimeouts()
+        self._connections = connections
 
     def status_json(self, job_id: str, public_url: str | None) -> dict[str, object] | None:
         """The job's ``/stat/jobs`` JSON, ``result`` signed now under ``public_url`` (webhook bodies);
@@ -514,16 +524,35 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         job = await self._downloadable(request.job_id, context)
         assert job.result_blob is not None
         fmt = job.result_format or job.format
+        slow_s = self._timeouts.download_idle_s   # longer than a live stream's: a slow link still reads
+        loop = asyncio.get_running_loop()
+        clock = asyncio.timeout(None)   # runs while a write waits for the client: at most slow_s each
         try:
             reader = await asyncio.to_thread(self._blobs.open, job.result_blob)
-            with reader:  # streamed from the store through this server: its URLs are never handed out
-                await _send(context, jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
-                    file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
-                    size_bytes=reader.size)), "download")
-                while chunk := await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES):
-                    await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
+            # Streamed from the store through this server: its URLs are never handed out. A client that
+            # takes nothing for download_idle_s loses the call, and the open blob with it.
+            with reader:
+                async with clock:
+                    clock.reschedule(loop.time() + slow_s)
+                    await _send(context, jobs_pb2.DownloadResultResponse(info=jobs_pb2.ResultInfo(
+                        file_name=result_name(job.file_name, fmt), content_type=content_type(fmt),
+                        size_bytes=reader.size)), "download")
+                    while True:
+                        clock.reschedule(None)   # the store's read is not the client's doing
+                        chunk = await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK_BYTES)
+                        if not chunk:
+                            return
+                        clock.reschedule(loop.time() + slow_s)
+                        await _send(context, jobs_pb2.DownloadResultResponse(chunk=chunk), "download")
         except BlobNotFound:  # cancelled (deleted) between the lookup and the read
             raise HushwireError("JOB_NOT_FOUND", f"no job {quote_input(request.job_id)}") from None
+        except TimeoutError:
+            if not clock.expired():
+                raise
+        principal = maybe_principal()
+        await end_call(context, HushwireError("SLOW_CONSUMER", f"the client read no response for {slow_s:g} s"),
+                       principal.uid if principal is not None else None, self._timeouts.flush_s, self._connections,
+                       "download")
 
     async def _downloadable(self, job_id: str, context: grpc.aio.ServicerContext) -> JobRow:
         """The job if the caller may download it: a valid signed token (whoever presents it, with or

@@ -26,7 +26,7 @@ from conftest import ServerProcess, create_key, free_port, scrape_metrics, start
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
-from server.admission import HOLD_S, PRIOR_COST, SLOW_START_WEIGHT
+from server.admission import HOLD_S, MAX_YIELD_S, PRIOR_COST, SLOW_START_WEIGHT, Admission
 from server.jobs.worker import JOB_NICE
 
 RATE = 16000
@@ -229,3 +229,28 @@ def test_a_burst_onto_an_idle_server_ramps_up(tmp_path: Path) -> None:
     assert all((o.status, o.code) == (grpc.StatusCode.UNAVAILABLE, "OVERLOADED")
                for o in outcomes if not o.admitted), [(o.status, o.code, o.details) for o in outcomes]
     assert all(o.status is None for o in admitted), [(o.status, o.code) for o in admitted]
+
+
+def test_upload_ingest_yields_while_admitted_streams_are_squeezed() -> None:
+    """Uploads checked in the server process (server/jobs/submit.py) wait, per chunk and at most MAX_YIELD_S,
+    while the live streams admitted here need the CPU that the process is over its budget by; without
+    admitted streams, or with room, they never wait."""
+
+    async def main() -> list[float]:
+        adm = Admission(0.5)
+        waits = [await adm.yield_to_live()]   # no live stream: ingest never waits
+        assert adm.try_reserve(10.0)          # ten 16 kHz mono streams: 0.25 of a core reserved
+        adm.sample(0.5, 0.15)                 # the process used 30 % of a core: within its 0.5 budget
+        waits.append(await adm.yield_to_live())
+        adm.sample(0.5, 0.4)                  # 80 %: uploads took the process over the live budget
+        t0 = time.monotonic()
+        waits.append(await adm.yield_to_live())
+        waits.append(time.monotonic() - t0)
+        adm.release(10.0)                     # the streams ended: nothing to yield to
+        waits.append(await adm.yield_to_live())
+        return waits
+
+    idle, room, squeezed, took, after = asyncio.run(main())
+    assert idle == room == after == 0.0
+    assert squeezed == pytest.approx(MAX_YIELD_S)
+    assert took >= MAX_YIELD_S - 0.01

@@ -152,16 +152,21 @@ def test_overload_quick_admits_some_and_refuses_the_rest() -> None:
     assert over["refusal codes"] == f"OVERLOADED×{over['refused']}", over
     # Whether they kept up is timing on a shared machine (tests/test_admission.py holds the server to it);
     # here the count must be one of the admitted streams'.
-    assert 0 <= int(over["fell behind / dropped"]) <= int(over["admitted"]), over
+    assert 0 <= int(over["streams behind"]) <= int(over["admitted"]), over
     assert base["phase"] == "baseline" and base["offered"] == over["admitted"], base
+    # The baseline retries refusals (slow start), so it runs as many of them as the server then takes.
+    assert 1 <= int(base["admitted"]) <= int(base["offered"]), base
+    assert over["server got"].endswith("%") and base["server got"].endswith("%"), (over, base)
 
 
 @pytest.mark.slow
 def test_processes_quick_measures_both_layouts() -> None:
     out = run_bench("bench.processes")
     rows = table_rows(out, "streams per process")
-    assert [(r["server"], r["streams"]) for r in rows] == [("one", "2"), ("two", "4")], rows
-    assert rows[0]["dropped"] == rows[1]["dropped"] == "0", rows
+    rows.sort(key=lambda r: r["server"])
+    assert [(r["server"], r["streams"]) for r in rows] == [("one", "2"), ("one@0", "2"), ("two", "4")], rows
+    assert {r["dropped"] for r in rows} == {"0"}, rows
+    rows = [r for r in rows if r["server"] != "one@0"]
     assert rows[1]["server CPU per process (siblings + parent)"].count("+") == 2, rows   # all three measured
     spread = [float(x) for x in rows[1]["streams per process"].split("+")]
     assert sum(spread) == 4 and spread[2] == 0, rows   # every stream counted in one sibling's metric

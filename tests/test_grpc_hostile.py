@@ -342,3 +342,57 @@ def test_client_keepalive_matches_what_the_server_allows() -> None:
     assert client["grpc.http2.max_pings_without_data"] == 0 == server["grpc.http2.max_pings_without_data"]
     assert server["grpc.keepalive_time_ms"] + server["grpc.keepalive_timeout_ms"] <= 60_000
     assert client["grpc.max_reconnect_backoff_ms"] == 3000
+
+
+def _open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.mark.slow
+def test_a_download_that_is_never_read_is_reset_and_its_blob_closed(tmp_path: Path) -> None:
+    """A DownloadResult whose client takes the first message and then nothing more (its window kept
+    small, so the server's writes wait at once) held the open result blob, and the call, for as long as
+    the client lived. Now it is ended like a stream: SLOW_CONSUMER after --download-idle-seconds, the
+    blob closed at once, the stream reset FLUSH_S later; the client that reads again gets what was
+    delivered and then that status."""
+    import soundfile as sf
+
+    from client import JobsClient
+    from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
+
+    key = create_key(tmp_path)
+    srv = start_server(tmp_path, "--download-idle-seconds", str(SLOW_CONSUMER_S))
+    try:
+        audio = tmp_path / "long.wav"
+        sf.write(str(audio), np.zeros((16000 * 60, 1), np.float32), 16000, subtype="PCM_16")   # 1.9 MB result
+        with JobsClient(srv.target, key) as jobs:
+            job = jobs.wait(jobs.submit(audio).job_id, timeout=120)
+        assert job.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+        async def stalled_download() -> tuple[grpc.StatusCode, str, int, float]:
+            small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+            async with grpc.aio.insecure_channel(srv.target, options=small_window) as ch:
+                call = jobs_pb2_grpc.JobsStub(ch).DownloadResult(
+                    jobs_pb2.DownloadResultRequest(job_id=job.job_id), metadata=((METADATA, key),))
+                first = await call.read()
+                assert first.WhichOneof("msg") == "info"
+                stalled = time.monotonic()
+                fds_held = _open_fds(srv.proc.pid)
+                while "download reset" not in srv.log:
+                    assert time.monotonic() - stalled < SLOW_CONSUMER_S + FLUSH_S + 5, "no reset"
+                    await asyncio.sleep(0.1)
+                reset_after = time.monotonic() - stalled
+                assert _open_fds(srv.proc.pid) < fds_held   # the result blob was closed
+                received = 0
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    while (msg := await call.read()) is not grpc.aio.EOF:
+                        received += len(msg.chunk)
+                return info.value.code(), info.value.details() or "", received, reset_after
+
+        code, details, received, reset_after = asyncio.run(stalled_download())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("SLOW_CONSUMER"), (code, details)
+        assert received < 16000 * 60 * 2   # it stopped short of the whole result
+        assert SLOW_CONSUMER_S + FLUSH_S - 1 < reset_after < SLOW_CONSUMER_S + FLUSH_S + 5, reset_after
+        assert "reset='stream'" in srv.log
+    finally:
+        assert srv.stop() == 0

@@ -351,8 +351,11 @@ def test_sigterm_drains_every_sibling(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, "--processes", "2", "--workers", "0")
+    run_root = tmp_path / "tmp"   # where the group's run directory (shared state, metrics files) goes
+    run_root.mkdir()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", env={**os.environ, "TMPDIR": str(run_root)})
     siblings = _siblings(srv)
+    assert [p.name[:15] for p in run_root.iterdir()] == ["hushwire-serve-"]
     srv.proc.kill()
     srv.proc.wait()
     deadline = time.monotonic() + 15
@@ -361,6 +364,8 @@ def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
         time.sleep(0.1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", srv.port))
+    # The parent could not remove its run directory: its last sibling did.
+    assert list(run_root.iterdir()) == []
 
 
 @pytest.mark.slow

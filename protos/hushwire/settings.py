@@ -181,6 +181,9 @@ _HELP = {
                              "SLOW_CONSUMER (and reset 5 s later if that status cannot reach it)",
     "stream_idle_seconds": "a live stream that sends no request (audio or update) for this long is ended with "
                            "REQUEST_TIMEOUT",
+    "download_idle_seconds": "a result download (Jobs.DownloadResult, so GET /results too) whose client takes "
+                             "nothing for this long is ended with SLOW_CONSUMER (and reset 5 s later if that "
+                             "status cannot reach it); its open result is closed at once",
     "keepalive_seconds": "the server pings every connection this often (HTTP/2 keepalive) to find peers that "
                          "vanished without closing",
     "keepalive_timeout_seconds": "a connection whose keepalive ping is not answered this soon is closed, and "
@@ -306,6 +309,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
                 10.0, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
+                _positive),
+        Setting("download_idle_seconds", "HUSHWIRE_DOWNLOAD_IDLE_SECONDS", "server.download_idle_seconds", 60.0,
                 _positive),
         # 30.0, 10.0 and 15.0 are hushwire.contract.keepalive's KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S and
         # MIN_PING_INTERVAL_S, which clients rely on (tests/test_keepalive.py keeps them equal).

@@ -283,7 +283,7 @@ class DenoiserPool:
     def reset(self, slot: Slot, voice_probability: float = 0.0) -> None:
         """Clear the slot's signal state and counts in place, and report ``voice_probability`` until
         its next hop; its gain floor (a setting) is kept."""
-        self._check(slot)
+        self._check_open(slot)
         min_gain = self._state["min_gain"][slot.rows].copy()
         self._reset_rows(slot.rows)
         self._state["min_gain"][slot.rows] = min_gain
@@ -293,12 +293,18 @@ class DenoiserPool:
 
     def set_min_gain(self, slot: Slot, min_gain: float) -> None:
         """The slot's lowest gain from the next hop on: ``max(floor, limit)``, 1.0 for pass-through."""
-        self._check(slot)
+        self._check_open(slot)
         self._state["min_gain"][slot.rows] = min_gain
 
     def _check(self, slot: Slot) -> None:
         if slot.pool is not self:
             raise ValueError("the denoiser belongs to another pool")
+
+    def _check_open(self, slot: Slot) -> None:
+        """A closed slot's rows may be another stream's by now: writing them would change that stream."""
+        self._check(slot)
+        if slot.closed:
+            raise ValueError("the denoiser is closed")
 
     def _allocate(self, rows: int) -> int:
         """First row of a free run of ``rows`` rows (the arrays grow by doubling)."""

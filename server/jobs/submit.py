@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hushwire.contract import limits
+from server.admission import Admission
 from server.blobs import BlobStore, BlobStoreError
 from server.errors import HushwireError
 from server.jobs.names import MAX_FILE_KEY_CHARS, MAX_FILE_NAME_CHARS, clean_name, new_job_id, upload_blob
@@ -130,8 +131,10 @@ class Submitter:
     """Takes uploads in as jobs (:meth:`submit`) and deletes job blobs off the loop (:meth:`delete_blobs`)."""
 
     def __init__(self, store: AsyncStore, blobs: BlobStore, limits: JobLimits,
-                 webhooks: WebhookPolicy | None = None) -> None:
+                 webhooks: WebhookPolicy | None = None, admission: Admission | None = None) -> None:
         self._store = store
+        # Ingest in this process yields to the live streams admitted here (Admission.yield_to_live).
+        self._admission = admission
         self._blobs = blobs
         self.limits = limits
         self._webhooks = webhooks or WebhookPolicy()
@@ -233,6 +236,8 @@ class Submitter:
         digest = hashlib.sha256()
         try:
             size = await self._spool(tmp, chunks, min(limits.max_upload_bytes, quota_left), quota_msg, digest, renew)
+            if self._admission is not None:
+                await self._admission.yield_to_live()
             info = await asyncio.to_thread(probe, tmp, limits.max_upload_seconds)
             billed = info.frames / info.sample_rate * info.channels
             await self._room(principal.uid, size, billed)
@@ -311,6 +316,8 @@ class Submitter:
         try:
             size, buffered = 0, bytearray()
             async for chunk in chunks:
+                if self._admission is not None:
+                    await self._admission.yield_to_live()
                 if renew is not None and time.monotonic() - renewed > limits.hold_seconds / 3:
                     renewed = time.monotonic()
                     await renew()
