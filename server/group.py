@@ -408,8 +408,12 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
                         if not pending:
                             log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
                                      "" if config.tls_cert is None else " (TLS)")
-                elif kind == "error":
+                elif kind == "error" and sibling.index in pending:
                     error = str(detail)
+                elif kind == "error":
+                    # A replacement: the group serves on without it and tries again (below). Its reason
+                    # is logged now, and it is not the whole server's start-up failure at the drain.
+                    log.error("process %d did not start: %s", sibling.index + 1, detail)
         return error
     while True:
         # Messages from siblings (ready, or why they could not start).

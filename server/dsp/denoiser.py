@@ -39,7 +39,7 @@ import numpy.typing as npt
 from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES, check_attenuation_limit
 
 from .gain import OmLsaGain
-from .model import DEFAULT_WEIGHTS, GainModel, load_weights
+from .model import DEFAULT_WEIGHTS, GainModel, forget_shared, load_weights
 from .noise import NoiseTracker
 from .state import RowState, copy_rows, select
 from .stft import Rechunker, Stft
@@ -94,6 +94,7 @@ def use_weights(weights: dict[str, Array] | None) -> dict[str, Array] | None:
     if weights is not None:
         _WEIGHTS_CACHE["default"] = weights
     _ENGINES.clear()
+    forget_shared()   # and what they derived from the old weights, which the cache kept alive
     return previous
 
 
