@@ -156,9 +156,12 @@ async def _main(args: argparse.Namespace) -> int:
     results: list[Measured] = []
     with Children() as children, temp_dir() as tmp:
         common = ("--max-streams-per-user", "100000", "--live-cpu-budget", "0", "--workers", "0")
-        m1, m2 = free_port(), free_port()
+        m1, m2, m0 = free_port(), free_port(), free_port()
         one = start_hushwire(children, tmp / "one", *common, "--processes", "1", "--metrics-port", str(m1),
                              cpu=args.server_cpu, workers=0)
+        # The control: one process on the load generator's core, as one of the two siblings is.
+        one0 = start_hushwire(children, tmp / "one0", *common, "--processes", "1", "--metrics-port", str(m0),
+                              cpu=args.client_cpu, workers=0)
         two = start_hushwire(children, tmp / "two", *common, "--processes", "2", "--metrics-port", str(m2),
                              cpu=None, workers=0)
         siblings = _siblings(two)
@@ -166,8 +169,9 @@ async def _main(args: argparse.Namespace) -> int:
         for pid, cpu in zip(siblings, (args.server_cpu, args.client_cpu), strict=True):
             _pin(pid, cpu)
         pin_self(args.client_cpu)
-        keys = {"one": create_key(tmp / "one"), "two": create_key(tmp / "two")}
-        print(f"one process: pid {one.pid} on core {args.server_cpu}; two processes: siblings {siblings} on cores "
+        keys = {"one": create_key(tmp / "one"), "two": create_key(tmp / "two"), "one@0": create_key(tmp / "one0")}
+        print(f"one process: pid {one.pid} on core {args.server_cpu} (and, the control 'one@0', pid {one0.pid} on "
+              f"core {args.client_cpu}, with the load generator); two processes: siblings {siblings} on cores "
               f"{args.server_cpu} and {args.client_cpu}, their parent (pid {two.pid}: metrics, health, "
               "supervision; counted as the third figure) unpinned; load generator "
               f"(this process, pid {os.getpid()}) on core {args.client_cpu}; helper processes: "
@@ -176,10 +180,10 @@ async def _main(args: argparse.Namespace) -> int:
         print("  " + " | ".join(HEADERS), flush=True)
         for r in range(1, args.rounds + 1):
             for n in args.per_process:
-                order = [("one", 1), ("two", 2)] if (r + n) % 2 else [("two", 2), ("one", 1)]
-                for layout, k in order:
-                    srv, metrics = (one, m1) if layout == "one" else (two, m2)
-                    pids = [one.pid] if layout == "one" else [*siblings, two.pid]
+                layouts = [("one", 1, one, m1), ("two", 2, two, m2), ("one@0", 1, one0, m0)]
+                shift = (r + args.per_process.index(n)) % 3   # each layout goes first, second and third
+                for layout, k, srv, metrics in layouts[shift:] + layouts[:shift]:
+                    pids = [srv.pid] if k == 1 else [*siblings, two.pid]
                     results.append(await _measure(layout, r, n, k * n, srv, keys[layout], pids, metrics, args,
                                                   requests))
 
@@ -189,20 +193,24 @@ async def _main(args: argparse.Namespace) -> int:
     for n in args.per_process:
         a = [m for m in results if m.layout == "one" and m.per_process == n]
         b = [m for m in results if m.layout == "two" and m.per_process == n]
+        c = [m for m in results if m.layout == "one@0" and m.per_process == n]
         cpu_a, cpu_b = _median([m.cpu_ms_per_stream_s for m in a]), _median([m.cpu_ms_per_stream_s for m in b])
+        cpu_c = _median([m.cpu_ms_per_stream_s for m in c])
         cap_a = _median([m.capacity_filled for m in a])
         filled_b, spread_b = _median([m.capacity_filled for m in b]), _median([m.capacity_as_spread for m in b])
         rows.append([n, 2 * n, round(cpu_a, 2), round(cpu_b, 2), f"{cpu_b / cpu_a:.2f}", _int(cap_a),
                      _int(filled_b), f"{filled_b / cap_a:.2f}", _int(spread_b), f"{spread_b / cap_a:.2f}",
                      f"{100 * _median([m.level.client_cpu for m in a]):.0f} %",
-                     f"{100 * _median([m.level.client_cpu for m in b]):.0f} %"])
+                     f"{100 * _median([m.level.client_cpu for m in b]):.0f} %", round(cpu_c, 2),
+                     f"{2 * cpu_b / (cpu_a + cpu_c):.2f}"])
     print(f"\nsummary (medians of {args.rounds} round(s); 16 kHz mono, {CHUNK_MS:g} ms chunks, one connection "
           "per stream):")
     print_table(["streams per process", "streams (2 processes)", "CPU ms/stream-s, 1 process",
                  "CPU ms/stream-s, 2 processes", "ratio 2/1 (target ≤ 1.1)", "capacity est., 1 process",
                  "capacity est., 2 processes (filled)", "ratio (target ≥ 1.8)",
                  "capacity est., 2 processes (as spread)", "ratio as spread", "load-gen CPU, 1 process",
-                 "load-gen CPU, 2 processes"], rows)
+                 "load-gen CPU, 2 processes", "control: CPU ms/stream-s, 1 process on the load-gen core",
+                 "ratio 2 / mean of 1 on each core"], rows)
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
-from server.connections import Connections
+from server.connections import TOKEN_CALLER, Connections
 from server.errors import ERRORS, MAX_KEY_CHARS, trailing_metadata
 from server.metrics import METRICS
 from server.rpc import DATABASE_DOWN_MSG
@@ -33,6 +33,11 @@ OPEN_SERVICES = (
 
 # DownloadResult also accepts a signed result token instead of a key; the servicer checks it.
 TOKEN_METHODS = ("/hushwire.v1.Jobs/DownloadResult",)
+
+
+def _by_token(details: grpc.HandlerCallDetails) -> bool:
+    """A call of a method that takes a result token, which it carries (checked by the servicer)."""
+    return details.method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in details.invocation_metadata or ())
 
 log = logging.getLogger("hushwire.auth")
 
@@ -116,7 +121,8 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None)
 
 def _counted(handler: grpc.RpcMethodHandler, connections: Connections, uid: int | None) -> grpc.RpcMethodHandler:
     """Wrap the handler's behaviour so ``connections`` knows the calls in flight on each connection, and
-    whose they are (``uid`` None: an open service's call, or one authorised by a result token)."""
+    whose they are (``uid`` None: an open service's call or a refusal; ``TOKEN_CALLER``: one authorised
+    by a result token)."""
     behavior = (
         handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
     )
@@ -162,7 +168,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler, principal = await self._handler(continuation, handler_call_details)
         if handler is not None and self._connections is not None:
-            handler = _counted(handler, self._connections, principal.uid if principal is not None else None)
+            caller = principal.uid if principal is not None else None
+            if caller is None and _by_token(handler_call_details):
+                caller = TOKEN_CALLER   # somebody's download, not an open service's call
+            handler = _counted(handler, self._connections, caller)
         return handler
 
     async def _handler(
@@ -184,7 +193,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except StoreUnavailable as exc:  # down, or no answer within the store timeout
             log.warning("%s", exc)
             return _refusal(handler, "SERVICE_UNAVAILABLE", DATABASE_DOWN_MSG), None
-        if principal is None and method in TOKEN_METHODS and any(k == RESULT_TOKEN_KEY for k, _ in metadata or ()):
+        if principal is None and _by_token(handler_call_details):
             return _with_principal(handler, None), None  # the servicer checks the token
         if principal is None:
             return _refusal(handler, "API_KEY_NOT_FOUND", ERRORS["API_KEY_NOT_FOUND"].default_msg), None

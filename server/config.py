@@ -98,6 +98,10 @@ class ServerConfig:
             raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        if self.keepalive_min_ping_seconds > KEEPALIVE_INTERVAL_S:
+            raise ConfigError(f"--keepalive-min-ping-seconds must be at most {KEEPALIVE_INTERVAL_S:g}: hushwire's "
+                              f"clients ping every {KEEPALIVE_INTERVAL_S:g} s, and a longer minimum would end their "
+                              "streams (GOAWAY too_many_pings)")
 
     @property
     def store_url(self) -> str:

@@ -25,7 +25,8 @@ connection down, when every other call in flight on it belongs to the same user 
 holds one channel; one that multiplexes never-reading streams loses them all). When another user's
 call shares the connection (the gateway or a proxy multiplexing callers), it stays open: the
 servicer still frees its own state, and grpc keeps only its flow-control-bounded buffers until the
-peer reads or leaves. Calls of the open services (health, reflection) belong to no user.
+peer reads or leaves. Calls of the open services (health, reflection) belong to no user; a download
+by result token (``TOKEN_CALLER``) is somebody's, and each counts as another caller's.
 
 Peers are grpc's ``context.peer()`` strings (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``): one per
 connection, since each connection has its own client port.
@@ -46,7 +47,11 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
-__all__ = ["FLOW_CONTROL_OPTIONS", "STREAM_WINDOW_BYTES", "Connections", "parse_peer", "reset_call"]
+__all__ = ["FLOW_CONTROL_OPTIONS", "STREAM_WINDOW_BYTES", "TOKEN_CALLER", "Connections", "parse_peer", "reset_call"]
+
+# The caller of a call authorised by a result token alone (a browser's GET /results through the
+# gateway): nobody's user, but somebody's call, and each such call may be a different person's.
+TOKEN_CALLER = -1
 
 # What grpc may buffer for a call whose handler is not reading: the HTTP/2 window the server grants
 # each stream. A stream stuck on a client that stopped reading stops reading its requests too, and a
@@ -176,9 +181,16 @@ class Connections:
 
     def close_for(self, peer: str, uid: int) -> bool:
         """Shut down the TCP connection ``peer`` unless a call of another user is in flight on it; True if
-        it was shut down."""
-        if any(other is not None and other != uid for other in self.calls.get(peer, ())):
-            return False
+        it was shut down. ``uid`` :data:`TOKEN_CALLER`: the stuck call is a download by result token,
+        and any other such call on the connection counts as another caller's."""
+        for other, n in self.calls.get(peer, collections.Counter()).items():
+            if other is None:
+                continue
+            if other == TOKEN_CALLER:
+                if n > (1 if uid == TOKEN_CALLER else 0):
+                    return False
+            elif other != uid:
+                return False
         address = parse_peer(peer)
         if address is None or self.local_port is None:
             return False

@@ -25,7 +25,8 @@ SIGTERM/SIGINT (drain) and, with TLS, SIGHUP (reload) to the siblings, and exits
 drained.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
-jobs are requeued.
+jobs are requeued, and they remove the group's run directory (a temporary directory: the shared
+state and the metrics files), which the parent would have removed.
 
 **Split between siblings**: ``--workers`` (job worker processes) is the total, shared out as evenly
 as it goes. Admission control is per sibling (each has its own core's budget). The per-user stream
@@ -216,6 +217,11 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
         log.warning("process %d: the parent process is gone: stopping now", member.index + 1)
     seconds = 0.0 if parent_gone else config.drain_seconds
     await server.drain(seconds)
+    if parent_gone:
+        # The parent removes the run directory as it exits; one that was killed could not, and each
+        # crash would leave its shared state and metrics files in the temporary directory for good.
+        # Whichever sibling gets here first removes it (the others' maps and open files stay valid).
+        shutil.rmtree(member.run_dir, ignore_errors=True)
     return 0
 
 
@@ -402,8 +408,12 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
                         if not pending:
                             log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
                                      "" if config.tls_cert is None else " (TLS)")
-                elif kind == "error":
+                elif kind == "error" and sibling.index in pending:
                     error = str(detail)
+                elif kind == "error":
+                    # A replacement: the group serves on without it and tries again (below). Its reason
+                    # is logged now, and it is not the whole server's start-up failure at the drain.
+                    log.error("process %d did not start: %s", sibling.index + 1, detail)
         return error
     while True:
         # Messages from siblings (ready, or why they could not start).

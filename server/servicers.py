@@ -22,7 +22,7 @@ from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import current_principal, maybe_principal
 from server.blobs import BlobNotFound, BlobStore
-from server.connections import Connections, reset_call
+from server.connections import TOKEN_CALLER, Connections, reset_call
 from server.errors import HushwireError, abort_with, quote_input
 from server.jobs import (
     IDEMPOTENCY_TTL_SECONDS,
@@ -88,7 +88,7 @@ async def end_call(context: grpc.aio.ServicerContext, err: HushwireError, uid: i
         # The client gets this status with the reset, without the trailer: the code leads the text.
         if reset_call(context, err.grpc_status, f"{err.code}: {err.msg} (the {what} was reset)"):
             reset = "stream"
-        elif connections is not None and connections.close_for(peer, -1 if uid is None else uid):
+        elif connections is not None and connections.close_for(peer, TOKEN_CALLER if uid is None else uid):
             reset = "connection"
         else:
             reset = "none"

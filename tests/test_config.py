@@ -76,3 +76,13 @@ def test_operations_doc_config_reference_is_current() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_docs.py"), "--check"], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_minimum_ping_interval_that_refuses_the_clients_is_an_error() -> None:
+    """hushwire's clients ping every 30 s on a quiet stream (hushwire.contract.keepalive): a server whose
+    minimum is longer would answer their third ping with GOAWAY too_many_pings and end their streams."""
+    from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S
+
+    assert ServerConfig(data_dir=Path("/d"), keepalive_min_ping_seconds=KEEPALIVE_INTERVAL_S)
+    with pytest.raises(ConfigError, match="--keepalive-min-ping-seconds"):
+        ServerConfig(data_dir=Path("/d"), keepalive_min_ping_seconds=KEEPALIVE_INTERVAL_S + 1)

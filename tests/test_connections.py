@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from server.connections import Connections, parse_peer, reset_call
+from server.connections import TOKEN_CALLER, Connections, parse_peer, reset_call
 
 
 def test_parse_peer() -> None:
@@ -55,6 +55,30 @@ def test_spares_a_connection_that_carries_another_users_call() -> None:
         conns.closed(peer, 8)
         assert conns.calls == {peer: {7: 1}}
         assert conns.close_for(peer, 7)
+
+
+def test_a_result_token_download_is_somebodys_call() -> None:
+    """A download by result token (a browser's GET /results through the gateway) has no user, but it is
+    a caller's call, not an open service's: each one is somebody else, so it keeps a shared connection
+    open for another caller's stuck call, and for another token download's."""
+    listener, client, accepted = _pair()
+    with listener, client, accepted:
+        conns = Connections()
+        conns.local_port = listener.getsockname()[1]
+        host, port = client.getsockname()
+        peer = f"ipv4:{host}:{port}"
+        conns.opened(peer, 7)              # user 7's stuck stream
+        conns.opened(peer, TOKEN_CALLER)   # somebody's download by token
+        assert not conns.close_for(peer, 7)
+        conns.opened(peer, TOKEN_CALLER)   # a second one, stuck
+        assert not conns.close_for(peer, TOKEN_CALLER)
+        conns.closed(peer, 7)
+        conns.closed(peer, TOKEN_CALLER)
+        accepted.sendall(b"still open")
+        client.settimeout(5)
+        assert client.recv(10) == b"still open"
+        assert conns.close_for(peer, TOKEN_CALLER)   # the stuck download alone on its connection
+        assert client.recv(1) == b""
 
 
 def test_reset_call_leaves_what_is_not_a_grpc_aio_call_alone() -> None:

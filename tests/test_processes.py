@@ -351,8 +351,11 @@ def test_sigterm_drains_every_sibling(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, "--processes", "2", "--workers", "0")
+    run_root = tmp_path / "tmp"   # where the group's run directory (shared state, metrics files) goes
+    run_root.mkdir()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", env={**os.environ, "TMPDIR": str(run_root)})
     siblings = _siblings(srv)
+    assert [p.name[:15] for p in run_root.iterdir()] == ["hushwire-serve-"]
     srv.proc.kill()
     srv.proc.wait()
     deadline = time.monotonic() + 15
@@ -361,6 +364,8 @@ def test_a_killed_parent_takes_its_siblings_along(tmp_path: Path) -> None:
         time.sleep(0.1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", srv.port))
+    # The parent could not remove its run directory: its last sibling did.
+    assert list(run_root.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -547,3 +552,32 @@ def test_a_group_serves_tls_and_sighup_reaches_every_sibling(tmp_path: Path, pki
         assert srv.proc.poll() is None and srv.log.count("serving (pid") == 2, srv.log   # nobody died
     finally:
         assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_a_replacement_that_could_not_start_does_not_fail_the_later_drain(tmp_path: Path, pki: PKI) -> None:  # noqa: F811
+    """A sibling's replacement may fail to start for a while (here its TLS file is gone; a database that
+    is down does the same): its reason is logged when it happens, the next try succeeds, and a later
+    SIGTERM is still a clean drain (exit 0), not the start-up failure of the whole server."""
+    import shutil
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        cert.rename(tmp_path / "away.pem")
+        os.kill(_siblings(srv)[2], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while f"cannot read the TLS file {cert}" not in srv.log:   # the replacement's reason, at once
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+        (tmp_path / "away.pem").rename(cert)
+        while srv.log.count("process 2 of 2 serving") < 2:
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+    finally:
+        status = srv.stop()
+    assert status == 0, srv.log
+    assert f"process 2 did not start: cannot read the TLS file {cert}" in srv.log
+    assert "a server process could not start" not in srv.log, srv.log

@@ -190,7 +190,7 @@ _HELP = {
                                  "its calls are cancelled and freed",
     "keepalive_min_ping_seconds": "the closest a client's keepalive pings may come without data between them; "
                                   "a client that pings more often is sent GOAWAY too_many_pings (hushwire's "
-                                  "clients ping every 30 s: keep this at most 30)",
+                                  "clients ping every 30 s: at most 30, or the server refuses to start)",
     "signing_secret_file": "a file holding the result-URL signing secret (the flag)",
     "signing_secret": "the result-URL signing secret itself (environment or TOML); replicas share it",
     "signing_secret_previous": "while rotating the signing secret: the old one, still accepted on result URLs "

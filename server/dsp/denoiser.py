@@ -39,7 +39,7 @@ import numpy.typing as npt
 from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES, check_attenuation_limit
 
 from .gain import OmLsaGain
-from .model import DEFAULT_WEIGHTS, GainModel, load_weights
+from .model import DEFAULT_WEIGHTS, GainModel, forget_shared, load_weights
 from .noise import NoiseTracker
 from .state import RowState, copy_rows, select
 from .stft import Rechunker, Stft
@@ -94,6 +94,7 @@ def use_weights(weights: dict[str, Array] | None) -> dict[str, Array] | None:
     if weights is not None:
         _WEIGHTS_CACHE["default"] = weights
     _ENGINES.clear()
+    forget_shared()   # and what they derived from the old weights, which the cache kept alive
     return previous
 
 
@@ -283,7 +284,7 @@ class DenoiserPool:
     def reset(self, slot: Slot, voice_probability: float = 0.0) -> None:
         """Clear the slot's signal state and counts in place, and report ``voice_probability`` until
         its next hop; its gain floor (a setting) is kept."""
-        self._check(slot)
+        self._check_open(slot)
         min_gain = self._state["min_gain"][slot.rows].copy()
         self._reset_rows(slot.rows)
         self._state["min_gain"][slot.rows] = min_gain
@@ -293,12 +294,18 @@ class DenoiserPool:
 
     def set_min_gain(self, slot: Slot, min_gain: float) -> None:
         """The slot's lowest gain from the next hop on: ``max(floor, limit)``, 1.0 for pass-through."""
-        self._check(slot)
+        self._check_open(slot)
         self._state["min_gain"][slot.rows] = min_gain
 
     def _check(self, slot: Slot) -> None:
         if slot.pool is not self:
             raise ValueError("the denoiser belongs to another pool")
+
+    def _check_open(self, slot: Slot) -> None:
+        """A closed slot's rows may be another stream's by now: writing them would change that stream."""
+        self._check(slot)
+        if slot.closed:
+            raise ValueError("the denoiser is closed")
 
     def _allocate(self, rows: int) -> int:
         """First row of a free run of ``rows`` rows (the arrays grow by doubling)."""

@@ -50,7 +50,8 @@ import numpy.typing as npt
 
 from .stft import RowState
 
-__all__ = ["GainModel", "band_centres_hz", "band_weights", "load_weights", "DEFAULT_WEIGHTS", "CArray"]
+__all__ = ["GainModel", "band_centres_hz", "band_weights", "forget_shared", "load_weights", "DEFAULT_WEIGHTS",
+           "CArray"]
 
 N_BANDS = 40
 BAND_TOP_HZ = 8000.0
@@ -128,6 +129,12 @@ def _check_df(p: dict[str, Array]) -> None:
 # Read-only arrays derived from a weights dict (transposed matrices) and from a (weights, rate,
 # frame) triple (band matrices), shared by every stream: per-stream copies cost 1.15 MiB a stream.
 _SHARED: dict[tuple[int, ...], tuple[Any, ...]] = {}
+
+
+def forget_shared() -> None:
+    """Drop every derived array (models built already keep theirs): for switching weights in one
+    process (``denoiser.use_weights``), so the old weights' arrays do not stay alive here."""
+    _SHARED.clear()
 
 
 def _shared(key: tuple[int, ...], make: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:

@@ -81,3 +81,21 @@ def test_output_never_louder_per_bin_and_finite(df_weights: dict[str, np.ndarray
     y = run(Denoiser(sr), x[:, None].astype(np.float32))
     assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= 1.0
     assert energy_db(y) <= energy_db(x) + 0.5
+
+
+def test_switching_weights_keeps_no_old_weights_alive() -> None:
+    """A tool that scores many weights in one process (train.py's dev checks, tune.py) switches with
+    use_weights: what was derived from the old weights (transposed matrices, band matrices) goes with
+    their engines, so the process does not grow by a model per check."""
+    from server.dsp import model as model_mod
+
+    saved = denoiser_mod.use_weights(_random_weights(seed=1, df_bins=32, df_taps=2))
+    try:
+        Denoiser(16000).process(np.zeros((1600, 1), np.float32))
+        held = len(model_mod._SHARED)
+        for seed in range(2, 6):
+            denoiser_mod.use_weights(_random_weights(seed=seed, df_bins=32, df_taps=2))
+            Denoiser(16000).process(np.zeros((1600, 1), np.float32))
+        assert len(model_mod._SHARED) == held
+    finally:
+        denoiser_mod.use_weights(saved)

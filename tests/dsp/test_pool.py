@@ -127,3 +127,27 @@ def test_no_object_reaches_into_anothers_private_members() -> None:
                 if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                     found.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert not found, found
+
+
+def test_a_closed_slot_cannot_touch_the_rows_it_gave_back() -> None:
+    """After close, the rows may be another stream's: a late setting or reset through the old handle
+    is refused instead of rewriting that stream's gain floor or clearing its signal state."""
+    sr = 16000
+    pool = DenoiserPool(sr)
+    old = Denoiser(sr, 1, pool=pool)
+    old.close()
+    new = Denoiser(sr, 1, pool=pool, attenuation_limit_db=0.0)   # pass-through, on the rows `old` had
+    assert new.slot.rows == old.slot.rows
+    x = _signal(sr, 0.5, 1, seed=7)
+    head = new.process(x[:4000])
+    with pytest.raises(ValueError, match="closed"):
+        old.attenuation_limit_db = 40.0
+    with pytest.raises(ValueError, match="closed"):
+        old.bypass = True
+    with pytest.raises(ValueError, match="closed"):
+        old.reset()
+    with pytest.raises(ValueError, match="closed"):
+        old.flush()
+    y = np.concatenate([head, new.process(x[4000:]), new.flush()])
+    d = new.latency_samples
+    np.testing.assert_allclose(y[d:, 0], x[:, 0], atol=1e-6)   # still pass-through, state untouched
