@@ -488,7 +488,9 @@ def test_the_client_librarys_connections_reach_every_sibling(tmp_path: Path) -> 
     srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
     feed: queue.Queue[np.ndarray | None] = queue.Queue()
     try:
-        with EnhancerClient(srv.target, key, connections=16, connect_timeout=10) as c:
+        # Its retries take the next connections in turn: within 20 s some 14, all on the full sibling
+        # with odds of 1 in 16384.
+        with EnhancerClient(srv.target, key, connections=16, connect_timeout=20) as c:
             def items() -> Any:
                 while (item := feed.get(timeout=30)) is not None:
                     yield item
