@@ -86,8 +86,7 @@ class Server:
         if self.webhooks is not None:
             await self.webhooks.stop()   # an attempt cut short is retried (its lease runs out, or a restart frees it)
         await self.grpc_server.stop(grace=1.0)
-        await self.store.settled()  # each call is bounded by the store timeout
-        await self.submitter.cleanups()
+        await self.submitter.cleanups()  # store calls (each bounded by its timeout) and the deletions they start
         await asyncio.to_thread(self.store.close)
         if self.mirror is not None:
             await self.mirror.stop()

@@ -196,12 +196,12 @@ def test_job_workers_yield_to_live_streams(tmp_path: Path) -> None:
                    if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
         assert len(workers) == 2, workers
         server_nice = _nice(s.proc.pid)
+        want = min(19, server_nice + JOB_NICE)   # (a suite already run at nice 19 cannot go lower)
         # A worker lowers its priority first thing in its initializer; one may still be importing.
         deadline = time.monotonic() + 30
-        while (nice := {k: _nice(k) for k in workers}) and any(n == server_nice for n in nice.values()):
+        while (nice := {k: _nice(k) for k in workers}) and any(n != want for n in nice.values()):
             assert time.monotonic() < deadline, (server_nice, nice)
             time.sleep(0.1)
-        assert all(n == min(19, server_nice + JOB_NICE) for n in nice.values()), (server_nice, nice)
     finally:
         assert s.stop() == 0, s.log
 

@@ -10,6 +10,7 @@ import io
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,6 @@ class Desk:
             try:
                 return await coro_fn(submitter)  # type: ignore[operator]
             finally:
-                await aio.settled()
                 await submitter.cleanups()
         return asyncio.run(main())
 
@@ -220,6 +220,30 @@ def test_a_job_created_after_its_client_gave_up_is_withdrawn(tmp_path: Path, cap
     assert "job withdrawn" in caplog.text  # it was created, late, then undone
     assert desk.store.list_jobs(desk.principal.uid, 10) == []
     assert desk.uploads() == [] and desk.usage_bytes() == 0
+
+
+def test_a_withdrawal_that_settles_late_still_deletes_the_blob(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """As above, and the withdrawal itself outlasts the facade's timeout (the database is slow again)
+    but completes: its blob goes too, and the drain (cleanups) waits for that deletion."""
+    desk = Desk(tmp_path, timeout=0.3, store_timeout=10.0)
+    withdraw = desk.store.withdraw_job
+
+    def slow_withdraw(job: object) -> bool:
+        time.sleep(0.6)
+        return withdraw(job)  # type: ignore[arg-type]
+
+    desk.store.withdraw_job = slow_withdraw  # type: ignore[method-assign]
+
+    async def submit(s: Submitter) -> None:
+        with pytest.raises(StoreUnavailable, match="did not answer within 0.3 s"):
+            await s.submit(desk.principal, UploadSpec(), _chunks(_wav()))
+
+    with caplog.at_level(logging.INFO, "hushwire.jobs"), _write_locked(desk.db_path, 1.0):
+        desk.run(submit)   # returns after Submitter.cleanups(): every late call and deletion is done
+    assert desk.store.list_jobs(desk.principal.uid, 10) == []
+    assert desk.uploads() == [] and desk.usage_bytes() == 0
+    assert "could not be withdrawn in time" in caplog.text and "job withdrawn" in caplog.text
 
 
 def test_an_idempotent_retry_gets_the_first_job_and_creates_nothing(tmp_path: Path) -> None:

@@ -352,15 +352,22 @@ class Submitter:
             self.delete_blobs_soon(job.upload_blob)
 
     async def _withdraw(self, job: JobRow) -> None:
+        def late(settled: Settled[bool]) -> None:   # the withdrawal finished after its caller gave up
+            if settled.ran and settled.value:
+                self._withdrawn(job)
+
         try:
-            withdrawn = await self._store.run(self._store.sync.withdraw_job, job)
-        except StoreUnavailable as exc:  # the job stays: it runs, and is billed, like any other
-            log.error("job %s was created after its client was told to retry, and could not be withdrawn: %s",
-                      job.job_id, exc)
+            withdrawn = await self._store.run_or_undo(late, self._store.sync.withdraw_job, job)
+        except StoreUnavailable as exc:  # unless the database still finishes it (late), the job stays and runs
+            log.error("job %s was created after its client was told to retry, and could not be withdrawn in time: "
+                      "%s", job.job_id, exc)
             return
         if withdrawn:
-            event(log, "job withdrawn", job_id=job.job_id, uid=job.uid, reason="created after its client gave up")
-            await self.delete_blobs(job.upload_blob)
+            self._withdrawn(job)
+
+    def _withdrawn(self, job: JobRow) -> None:
+        event(log, "job withdrawn", job_id=job.job_id, uid=job.uid, reason="created after its client gave up")
+        self.delete_blobs_soon(job.upload_blob)
 
     async def _commit(self, tmp: Path, name: str) -> None:
         """Store an upload. If the call is cancelled (the client went away) while the store is still
@@ -393,6 +400,12 @@ class Submitter:
                 except (BlobStoreError, OSError) as exc:
                     log.error("could not delete blob %s: %s", name, exc)
 
-    def cleanups(self) -> Awaitable[object]:
-        """Wait for the blob deletions still in flight (a drain does, before the process exits)."""
-        return asyncio.gather(*self._cleanups, return_exceptions=True)
+    async def cleanups(self) -> None:
+        """Wait for the store calls still in flight (abandoned ones included) and the blob deletions
+        they lead to, until none is left (a drain does, before the process exits): a call that
+        settles late can start a deletion after an earlier wait ended."""
+        while True:
+            await self._store.settled()
+            if not self._cleanups:
+                return
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
