@@ -375,7 +375,10 @@ def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
     src = tmp_path / "long.wav"
     sf.write(str(src), (np.random.default_rng(0).standard_normal((48000 * 120, 2)) * 0.05).astype(np.float32), 48000)
     flags = ("--processes", "2", "--workers", "2")
-    srv = start_server(tmp_path, *flags)
+    # Everything is SIGKILLed below, so nobody removes the group's run directory: keep it in tmp_path.
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    srv = start_server(tmp_path, *flags, env=env)
     with JobsClient(srv.target, key) as c:
         job = c.submit(src)
         deadline = time.monotonic() + 60
@@ -387,7 +390,7 @@ def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     srv.proc.kill()
     srv.proc.wait()
-    srv2 = start_server(tmp_path, *flags)
+    srv2 = start_server(tmp_path, *flags, env=env)
     try:
         with JobsClient(srv2.target, key) as c:
             done = c.wait(job.job_id, timeout=240)
@@ -488,7 +491,9 @@ def test_the_client_librarys_connections_reach_every_sibling(tmp_path: Path) -> 
     srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--live-cpu-budget", "0.001")
     feed: queue.Queue[np.ndarray | None] = queue.Queue()
     try:
-        with EnhancerClient(srv.target, key, connections=16, connect_timeout=10) as c:
+        # Its retries take the next connections in turn: within 20 s some 14, all on the full sibling
+        # with odds of 1 in 16384.
+        with EnhancerClient(srv.target, key, connections=16, connect_timeout=20) as c:
             def items() -> Any:
                 while (item := feed.get(timeout=30)) is not None:
                     yield item
