@@ -96,8 +96,10 @@ class _Upstream:
 
     A small pool (``--grpc-connections``): a server of several processes on one port (``serve
     --processes``) serves each connection in one process, so the calls take turns on the connections
-    to spread over the processes. A ``/live`` stream refused with OVERLOADED when it opens is tried
-    on the pool's other connections (each maybe another process) before the refusal goes to the client.
+    to spread over the processes. A ``/live`` stream refused with OVERLOADED for this process's load
+    (trailer ``hushwire-refused-for: load``) when it opens is tried on up to two of the pool's other
+    connections (each maybe another process) before the refusal goes to the client; a refusal for the
+    group's ``--max-streams`` (``cap``) goes to the client at once (gateway/live.py).
     """
 
     def __init__(self, target: str, tls: ClientTLS | None, connections: int = 1) -> None:

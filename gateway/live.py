@@ -67,7 +67,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.contract.errors import quote_input
-from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS, error_code
+from hushwire.contract.metadata import (AUTHORIZATION_KEY, MAX_KEY_CHARS, REFUSED_FOR_LOAD, error_code, pool_retries,
+                                        refused_for)
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 
@@ -266,16 +267,21 @@ class LiveBridge:
         try:
             key, config = parse_hello(await self._receive_hello(ws))
             request = enhancer_pb2.StreamEnhanceRequest(config=config)
-            for attempt, stub in enumerate(self._stubs):
-                # A refusal for load (OVERLOADED) came from the process serving that connection; with a
-                # server of several processes (serve --processes), another connection may reach another.
+            # A refusal for load (OVERLOADED, hushwire-refused-for: load) came from the process serving
+            # that connection; with a server of several processes (serve --processes), another connection
+            # may reach another. A refusal for the group's cap would come again from any, so it is final,
+            # and so is the last of a few tries (pool_retries): a full group is not asked N times.
+            tries = self._stubs[:1 + pool_retries(len(self._stubs))]
+            for attempt, stub in enumerate(tries):
                 call = stub.StreamEnhance(metadata=[(AUTHORIZATION_KEY, key)])
                 status = CallStatus(call)
                 try:
                     first = await self._open(call, request)
                     break
                 except grpc.aio.AioRpcError as exc:
-                    if attempt + 1 == len(self._stubs) or error_code(exc.trailing_metadata()) != "OVERLOADED":
+                    trailers = exc.trailing_metadata()
+                    if (attempt + 1 == len(tries) or error_code(trailers) != "OVERLOADED"
+                            or refused_for(trailers) != REFUSED_FOR_LOAD):
                         raise
                     call.cancel()
             await self._send(ws, text=json.dumps({"algorithmic_delay_samples": first.algorithmic_delay_samples}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import grpc
 
 from hushwire.contract.errors import ERRORS, MAX_QUOTED_CHARS, ErrorSpec, quote_input
-from hushwire.contract.metadata import ERROR_CODE_KEY, MAX_KEY_CHARS
+from hushwire.contract.metadata import ERROR_CODE_KEY, MAX_KEY_CHARS, REFUSED_FOR_KEY
 
 __all__ = ["ERRORS", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_QUOTED_CHARS", "ErrorSpec", "HushwireError", "abort_with",
            "quote_input", "trailing_metadata"]
@@ -22,11 +22,13 @@ __all__ = ["ERRORS", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_QUOTED_CHARS", "Err
 class HushwireError(Exception):
     """A refusal with a contract code (a key of :data:`ERRORS`) and a human message."""
 
-    def __init__(self, code: str, msg: str | None = None) -> None:
+    def __init__(self, code: str, msg: str | None = None, refused_for: str | None = None) -> None:
+        """``refused_for``: with OVERLOADED, why ("load" or "cap"; the ``hushwire-refused-for`` trailer)."""
         if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
         self.msg = msg or ERRORS[code].default_msg
+        self.refused_for = refused_for
         super().__init__(f"{code}: {self.msg}")
 
     @property
@@ -38,8 +40,10 @@ class HushwireError(Exception):
         return ERRORS[self.code].http_status
 
 
-def trailing_metadata(code: str) -> tuple[tuple[str, str], ...]:
-    return ((ERROR_CODE_KEY, code),)
+def trailing_metadata(code: str, refused_for: str | None = None) -> tuple[tuple[str, str], ...]:
+    if refused_for is None:
+        return ((ERROR_CODE_KEY, code),)
+    return ((ERROR_CODE_KEY, code), (REFUSED_FOR_KEY, refused_for))
 
 
 async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> None:
@@ -47,4 +51,4 @@ async def abort_with(context: grpc.aio.ServicerContext, err: HushwireError) -> N
     from server.metrics import METRICS  # here, so importing the error class stays light
 
     METRICS.errors.labels(err.code).inc()
-    await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code))
+    await context.abort(err.grpc_status, err.msg, trailing_metadata=trailing_metadata(err.code, err.refused_for))

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hushwire.contract import pcm
+from hushwire.contract.metadata import REFUSED_FOR_CAP, REFUSED_FOR_LOAD
 from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
 from server.admission import Admission, stream_weight
 from server.dsp import Denoiser, DenoiserPool
@@ -77,7 +78,7 @@ class StreamRegistry:
                 if self.shared is not None:
                     self.shared.close_stream(uid)
                 METRICS.streams_refused.labels("load").inc()
-                raise HushwireError("OVERLOADED", _FULL_MSG)
+                raise HushwireError("OVERLOADED", _FULL_MSG, REFUSED_FOR_LOAD)
             self.weights[task] = 1.0
         self.tasks[task] = uid
         self.per_user[uid] += 1
@@ -91,7 +92,7 @@ class StreamRegistry:
                 raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
             if self.max_streams is not None and len(self.tasks) >= self.max_streams:
                 METRICS.streams_refused.labels("cap").inc()
-                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams))
+                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams), REFUSED_FOR_CAP)
             return
         try:
             self.shared.open_stream(uid, self.max_per_user, self.max_streams)
@@ -101,7 +102,7 @@ class StreamRegistry:
                                     f"at most {self.max_per_user} concurrent streams per user") from None
             METRICS.streams_refused.labels("cap").inc()
             raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams) if refused.reason == "cap"
-                                else _FULL_MSG) from None
+                                else _FULL_MSG, REFUSED_FOR_CAP) from None
 
     def configured(self, task: asyncio.Task[object], weight: float) -> None:
         """The stream's config was accepted: set its reservation from its rate and channels (OVERLOADED
@@ -112,7 +113,7 @@ class StreamRegistry:
                 self.admission.release(old - weight)
             elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
                 METRICS.streams_refused.labels("load").inc()
-                raise HushwireError("OVERLOADED", _FULL_MSG)
+                raise HushwireError("OVERLOADED", _FULL_MSG, REFUSED_FOR_LOAD)
             elif len(self.weights) <= 1:
                 self.admission.reserved_weight += weight - old
             self.weights[task] = weight

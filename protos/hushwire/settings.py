@@ -236,8 +236,9 @@ _HELP = {
                "(0: this replica runs no jobs; others sharing its store do)",
     "grpc_connections": "the gateway's connections to the server, each its own TCP connection; calls and `/live` "
                         "streams take turns on them, so they spread over a server's processes (`serve "
-                        "--processes`), which the kernel assigns per connection; a stream refused with "
-                        "OVERLOADED is tried on the others first. A few per server process",
+                        "--processes`), which the kernel assigns per connection; a `/live` stream a process refused "
+                        "for its own load (OVERLOADED, `hushwire-refused-for: load`) is tried on at most 2 "
+                        "others; one refused for the group's `--max-streams` is not. A few per server process",
     "processes": "server processes sharing the port (SO_REUSEPORT, Linux; one event loop serves about one core's "
                  "worth of live streams). A core is a CPU this process may run on (`os.sched_getaffinity`: "
                  "taskset, cpusets), capped by a cgroup CPU quota. Only these siblings share the port: another "

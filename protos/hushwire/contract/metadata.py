@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["AUTHORIZATION_KEY", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "RESULT_TOKEN_KEY", "error_code"]
+__all__ = ["AUTHORIZATION_KEY", "ERROR_CODE_KEY", "MAX_KEY_CHARS", "MAX_POOL_RETRIES", "REFUSED_FOR_CAP",
+           "REFUSED_FOR_KEY", "REFUSED_FOR_LOAD", "RESULT_TOKEN_KEY", "error_code", "pool_retries", "refused_for"]
 
 # ``<key>`` or ``Bearer <key>`` on every RPC but health, reflection and a token-authorised download.
 AUTHORIZATION_KEY = "authorization"
@@ -16,11 +17,36 @@ RESULT_TOKEN_KEY = "hushwire-result-token"
 # Trailing metadata: the contract code (a key of :data:`hushwire.contract.errors.ERRORS`) of an error
 # a hushwire server sent; its absence means the error came from elsewhere (grpc, a proxy).
 ERROR_CODE_KEY = "hushwire-error-code"
+# Trailing metadata beside an OVERLOADED code: why the stream was refused. "load": this server process
+# cannot keep one more stream in real time (its own admission control), so a sibling process of the
+# same group (serve --processes) may accept it. "cap": a limit counted over the whole group
+# (--max-streams, the users' table), which no other connection to that server can pass.
+REFUSED_FOR_KEY = "hushwire-refused-for"
+REFUSED_FOR_LOAD = "load"
+REFUSED_FOR_CAP = "cap"
+# A pool of connections (the gateway's --grpc-connections, the client's connections=N) tries a
+# stream refused for "load" on at most this many other connections, and never more than the pool's
+# size less one, before the refusal is the answer: bounded, so a full group is not asked N times.
+MAX_POOL_RETRIES = 2
+
+
+def _value(trailers: Iterable[tuple[str, str | bytes]] | None, wanted: str) -> str | None:
+    for key, value in trailers or ():
+        if key == wanted:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def error_code(trailers: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The ``hushwire-error-code`` in a call's trailing metadata, or None when there is none."""
-    for key, value in trailers or ():
-        if key == ERROR_CODE_KEY:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+    return _value(trailers, ERROR_CODE_KEY)
+
+
+def refused_for(trailers: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The ``hushwire-refused-for`` in a call's trailing metadata ("load" or "cap"), or None."""
+    return _value(trailers, REFUSED_FOR_KEY)
+
+
+def pool_retries(connections: int) -> int:
+    """How many other connections of a pool of ``connections`` a refusal for "load" may be tried on."""
+    return max(0, min(connections - 1, MAX_POOL_RETRIES))
