@@ -67,8 +67,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.contract.errors import quote_input
-from hushwire.contract.metadata import (AUTHORIZATION_KEY, MAX_KEY_CHARS, REFUSED_FOR_LOAD, error_code, pool_retries,
-                                        refused_for)
+from hushwire.contract.metadata import (
+    AUTHORIZATION_KEY,
+    MAX_KEY_CHARS,
+    REFUSED_FOR_LOAD,
+    error_code,
+    pool_retries,
+    refused_for,
+)
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc
 

@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from hushwire.contract import pcm
-from hushwire.contract.metadata import REFUSED_FOR_CAP, REFUSED_FOR_LOAD
 from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
+from hushwire.contract.metadata import REFUSED_FOR_CAP, REFUSED_FOR_LOAD
 from server.admission import Admission, stream_weight
 from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
