@@ -10,14 +10,14 @@ import pytest
 from server.watchdog import Watchdog
 
 
-async def _wait_until_ended(limit_s: float, wait_s: float, shortest_s: float) -> tuple[float, tuple[str, float] | None]:
-    """One task that waits ``wait_s`` under a watchdog clock of ``limit_s``: (seconds it waited, expired)."""
+async def _wait_out(watch: Watchdog, limit_s: float, what: str, wait_s: float = 5.0) -> float:
+    """Wait ``wait_s`` under ``watch``'s clock ``what`` of ``limit_s``: the seconds it waited, whether
+    the watchdog ended it (its ``expired`` says) or not."""
     task = asyncio.current_task()
     assert task is not None
-    watch = Watchdog(task, shortest_s)
     t0 = time.monotonic()
     try:
-        watch.begin(limit_s, "response")
+        watch.begin(limit_s, what)
         try:
             await asyncio.sleep(wait_s)
         finally:
@@ -25,9 +25,19 @@ async def _wait_until_ended(limit_s: float, wait_s: float, shortest_s: float) ->
     except asyncio.CancelledError:
         assert watch.expired is not None
         assert task.uncancel() == 0   # the watchdog's cancel was the only one: the task is clean again
+    return time.monotonic() - t0
+
+
+async def _wait_until_ended(limit_s: float, wait_s: float, shortest_s: float) -> tuple[float, tuple[str, float] | None]:
+    """One task that waits ``wait_s`` under a watchdog clock of ``limit_s``: (seconds it waited, expired)."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = Watchdog(task, shortest_s)
+    try:
+        waited = await _wait_out(watch, limit_s, "response", wait_s)
     finally:
         watch.close()
-    return time.monotonic() - t0, watch.expired
+    return waited, watch.expired
 
 
 def test_a_wait_that_outlasts_its_clock_is_ended_at_the_limit() -> None:
@@ -80,17 +90,9 @@ def test_the_timer_catches_a_wait_that_begins_between_checks() -> None:
         assert task is not None
         watch = Watchdog(task, 0.1)
         await asyncio.sleep(0.25)   # idle: the timer checked at 0.1 and 0.2 s and is armed for 0.3 s
-        t0 = time.monotonic()
-        try:
-            watch.begin(0.4, "request")
-            try:
-                await asyncio.sleep(5.0)
-            finally:
-                watch.end()
-        except asyncio.CancelledError:
-            task.uncancel()
+        waited = await _wait_out(watch, 0.4, "request")
         watch.close()
-        return time.monotonic() - t0, watch.expired
+        return waited, watch.expired
 
     waited, expired = asyncio.run(run())
     assert expired == ("request", 0.4)
@@ -109,17 +111,9 @@ def test_a_short_clock_after_a_long_one_is_kept() -> None:
         watch.begin(3.0, "request")      # in progress when the timer fires at 0.2 s
         await asyncio.sleep(0.3)
         watch.end()
-        t0 = time.monotonic()
-        try:
-            watch.begin(0.2, "response")   # never taken
-            try:
-                await asyncio.sleep(5.0)
-            finally:
-                watch.end()
-        except asyncio.CancelledError:
-            task.uncancel()
+        waited = await _wait_out(watch, 0.2, "response")   # never taken
         watch.close()
-        return time.monotonic() - t0, watch.expired
+        return waited, watch.expired
 
     waited, expired = asyncio.run(run())
     assert expired == ("response", 0.2)
