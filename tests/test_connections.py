@@ -23,13 +23,18 @@ def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
     return listener, client, accepted
 
 
+def _watching(listener: socket.socket, client: socket.socket) -> tuple[Connections, str]:
+    """A registry of the server's connections on ``listener``'s port, and ``client``'s peer string as grpc writes it."""
+    conns = Connections()
+    conns.local_port = listener.getsockname()[1]
+    host, port = client.getsockname()
+    return conns, f"ipv4:{host}:{port}"
+
+
 def test_closes_the_connection_of_a_user_alone_on_it() -> None:
     listener, client, accepted = _pair()
     with listener, client, accepted:
-        conns = Connections()
-        conns.local_port = listener.getsockname()[1]
-        host, port = client.getsockname()
-        peer = f"ipv4:{host}:{port}"
+        conns, peer = _watching(listener, client)
         conns.opened(peer, 7)
         conns.opened(peer, 7)      # the same user's second call
         conns.opened(peer, None)   # a health check: nobody's
@@ -42,10 +47,7 @@ def test_closes_the_connection_of_a_user_alone_on_it() -> None:
 def test_spares_a_connection_that_carries_another_users_call() -> None:
     listener, client, accepted = _pair()
     with listener, client, accepted:
-        conns = Connections()
-        conns.local_port = listener.getsockname()[1]
-        host, port = client.getsockname()
-        peer = f"ipv4:{host}:{port}"
+        conns, peer = _watching(listener, client)
         conns.opened(peer, 7)
         conns.opened(peer, 8)
         assert not conns.close_for(peer, 7)
@@ -63,10 +65,7 @@ def test_a_result_token_download_is_somebodys_call() -> None:
     open for another caller's stuck call, and for another token download's."""
     listener, client, accepted = _pair()
     with listener, client, accepted:
-        conns = Connections()
-        conns.local_port = listener.getsockname()[1]
-        host, port = client.getsockname()
-        peer = f"ipv4:{host}:{port}"
+        conns, peer = _watching(listener, client)
         conns.opened(peer, 7)              # user 7's stuck stream
         conns.opened(peer, TOKEN_CALLER)   # somebody's download by token
         assert not conns.close_for(peer, 7)
