@@ -712,3 +712,57 @@ def test_a_replacement_that_could_not_start_does_not_fail_the_later_drain(tmp_pa
     assert status == 0, srv.log
     assert f"process 2 did not start: cannot read the TLS file {cert}" in srv.log
     assert "a server process could not start" not in srv.log, srv.log
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker``: a server and every process it started."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in env.split(b"\0") and _alive(int(d.name)):
+                found.append(int(d.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("processes", "moment"), [
+    ("2", "starting 2 server processes"),   # the parent prepares the store; no sibling yet
+    ("2", "database "),                     # a sibling opened the store: its job worker is starting
+    ("2", "process 1 of 2 serving"),        # one sibling serves, the other may still be starting
+    ("1", "database "),                     # one process, its job worker starting
+])
+def test_a_sigterm_while_starting_is_a_normal_stop(tmp_path: Path, processes: str, moment: str) -> None:
+    """SIGTERM before the server is up is a stop like any other: whatever was starting finishes and
+    drains, the command exits 0 with no traceback, and no process of it is left behind."""
+    from conftest import HUSHWIRE, ROOT
+
+    marker = f"HUSHWIRE_TEST_RUN={time.monotonic_ns()}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as f:
+        proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", "0", "--data-dir", str(tmp_path), "--processes",
+                                 processes, "--workers", processes], stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while moment not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.005)
+        assert proc.pid in _marked(marker)   # the marker finds the server's processes
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert status == 0, text
+    assert "Traceback" not in text and "stopped" in text, text
+    deadline = time.monotonic() + 5
+    while left := _marked(marker):
+        assert time.monotonic() < deadline, f"left running: {left}\n{text}"
+        time.sleep(0.05)
