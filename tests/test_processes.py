@@ -268,6 +268,53 @@ def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
         assert srv.stop() == 0, srv.log
 
 
+def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> None:
+    """The group counts streams per user in a table of USER_ROWS rows (server/shared.py). With that many
+    other users streaming, a new user's stream is OVERLOADED for ``users``, not for ``cap``: the
+    operator's --max-streams was never reached. The test plays those users itself, through the
+    group's own shared state, as a sibling would count them."""
+    from hushwire.contract.metadata import REFUSED_FOR_KEY, REFUSED_FOR_USERS
+    from server.shared import USER_ROWS, SharedState
+
+    key = create_key(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    metrics = free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--max-streams", str(10 * USER_ROWS), env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    [run_dir] = (tmp_path / "tmp").iterdir()
+    others = SharedState.attach(run_dir / "state", 2, 0)
+    others_uids = range(10**6, 10**6 + USER_ROWS)
+
+    async def refusal() -> tuple[str | None, str | None]:
+        async with grpc.aio.insecure_channel(srv.target) as ch:
+            opened = await _open(ch, key)
+            if isinstance(opened, _Stream):
+                await opened.close()
+                return None, None
+            call = enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(iter([enhancer_pb2.StreamEnhanceRequest(
+                config=enhancer_pb2.StreamConfig(sample_rate_hz=16000, channels=1,
+                                                 encoding=enhancer_pb2.SAMPLE_ENCODING_PCM16))]),
+                metadata=(("authorization", key),))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            trailers = dict(err.value.trailing_metadata() or ())
+            return opened, trailers.get(REFUSED_FOR_KEY)
+
+    try:
+        for uid in others_uids:
+            others.open_stream(uid, 256, None)
+        assert asyncio.run(refusal()) == ("OVERLOADED", REFUSED_FOR_USERS)
+        m = scrape_metrics(metrics)
+        assert m[("hushwire_streams_refused_total", (("reason", REFUSED_FOR_USERS),))] == 2
+        assert ("hushwire_streams_refused_total", (("reason", "cap"),)) not in m
+        for uid in reversed(others_uids):   # they leave (last first: each deletion then ends at once)
+            others.close_stream(uid)
+        assert asyncio.run(refusal()) == (None, None)
+    finally:
+        others.close()
+        assert srv.stop() == 0, srv.log
+
+
 @pytest.mark.slow
 def test_metrics_are_summed_and_health_is_the_groups(tmp_path: Path) -> None:
     """A budget so small that one stream fills a sibling: with one stream on each, the group is full."""
