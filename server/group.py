@@ -18,11 +18,11 @@ port: the kernel allows it, and nothing short of a dedicated user prevents it.
 **What the parent does**: it opens the store first (schema migrations, generated secrets) and, with
 the embedded SQLite store, requeues the jobs the last run left in flight and frees its webhook
 leases, once (the siblings don't); it serves the metrics port (every sibling's metrics, summed:
-prometheus_client's multiprocess mode, with the job-queue gauges read from the store) and the health
-mirror (the group: ``/readyz`` while every sibling serves, ``/readyz/live`` also 503 while every
-sibling is full); it logs ``listening on HOST:PORT`` once every sibling is SERVING; it forwards
-SIGTERM/SIGINT (drain) and, with TLS, SIGHUP (reload) to the siblings, and exits when they have
-drained.
+prometheus_client's multiprocess mode, with the job-queue gauges read from the store, and the
+siblings by state) and the health mirror (the group, :class:`_GroupHealth`: ``/readyz`` while at
+least one sibling serves, ``/readyz/live`` also 503 while every sibling is full); it logs
+``listening on HOST:PORT`` once every sibling is SERVING; it forwards SIGTERM/SIGINT (drain) and,
+with TLS, SIGHUP (reload) to the siblings, and exits when they have drained.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
 jobs are requeued, and they remove the group's run directory (a temporary directory: the shared
@@ -243,7 +243,8 @@ class _Group:
         self.processes = processes
         self.run_dir = run_dir
         self.port = port
-        self.draining = False
+        self.started = False    # every sibling served once (the ``listening on`` moment)
+        self.draining = False   # from the stop signal (or a failed start) on
         self.siblings: dict[int, _Sibling] = {}
         self.pause = {i: _RESTART_MIN_S for i in range(processes)}
         self.workers = split_workers(config.workers if config.workers is not None else cores(), processes)
@@ -279,20 +280,29 @@ class _Group:
                     os.kill(sibling.process.pid, sig)
 
 
-def _metrics_registry(run_dir: Path, store: Any) -> Any:
+def _metrics_registry(run_dir: Path, store: Any, health: _GroupHealth) -> Any:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from server.metrics import StoreCollector
+    from server.metrics import GroupCollector, StoreCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(run_dir / _METRICS_DIR))  # type: ignore[no-untyped-call]
     registry.register(StoreCollector(store))
+    registry.register(GroupCollector(health))
     return registry
 
 
 class _GroupHealth:
-    """The group's health for the parent's HTTP mirror, read from the shared state."""
+    """The group's health for the parent's HTTP mirror and metrics, read from the shared state.
+
+    The rule (docs/deploy.md, "Every core"): the group is ready once every sibling has started
+    (the ``listening on`` moment) and from then on while at least one sibling serves and the group
+    is not draining. A sibling that dies is replaced, and while it is away the kernel gives new
+    connections to the siblings that still listen on the port, so the replica still serves: a
+    balancer must not take it out for that. It is not ready before start-up ends, while no sibling
+    serves, or once the drain began. Each sibling's state is in the answer's body and in the
+    ``hushwire_server_processes`` metric."""
 
     def __init__(self, group: _Group, shared: Any) -> None:
         self._group = group
@@ -302,11 +312,32 @@ class _GroupHealth:
     def serving(self) -> bool:
         from server.shared import SERVING
 
-        return not self._group.draining and all(v.state == SERVING for v in self._shared.slots())
+        group = self._group
+        return group.started and not group.draining and any(v.state == SERVING for v in self._shared.slots())
 
     @property
     def live_serving(self) -> bool:
         return self.serving and not self._shared.group_full()
+
+    def states(self) -> dict[str, int]:
+        """How many siblings are in each state (every state named, 0 included)."""
+        from server.shared import STATE_NAMES
+
+        counts = dict.fromkeys(STATE_NAMES.values(), 0)
+        for v in self._shared.slots():
+            counts[STATE_NAMES[v.state]] += 1
+        return counts
+
+    def describe(self) -> str:
+        """One line per sibling: its number, state, whether it is full, and its pid."""
+        from server.shared import SERVING, STATE_NAMES
+
+        lines = []
+        for i, v in enumerate(self._shared.slots()):
+            full = ", full" if v.state == SERVING and v.full else ""
+            pid = f" (pid {v.pid})" if v.pid else ""
+            lines.append(f"process {i + 1} of {self._group.processes}: {STATE_NAMES[v.state]}{full}{pid}\n")
+        return "".join(lines)
 
 
 async def _prepare_store(config: ServerConfig) -> Any:
@@ -355,13 +386,14 @@ async def run_group(config: ServerConfig, processes: int) -> int:
         shared = SharedState.create(run_dir / _STATE_FILE, processes)
         store = await _prepare_store(config)
         group = _Group(config, processes, run_dir, port)
+        health = _GroupHealth(group, shared)
         mirror = None
         if mirror_sock is not None:
-            mirror = health_http.HealthMirror(_GroupHealth(group, shared), mirror_sock)
+            mirror = health_http.HealthMirror(health, mirror_sock)
             group.own_ports += (mirror.port,)
         if config.metrics_port is not None:
             start_http_server(config.metrics_port, addr=config.metrics_host,
-                              registry=_metrics_registry(run_dir, store))
+                              registry=_metrics_registry(run_dir, store, health))
             group.own_ports += (config.metrics_port,)
         return await _supervise(group, shared, mirror, holder)
     finally:
@@ -379,8 +411,12 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     config = group.config
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    def on_stop() -> None:
+        group.draining = True   # the mirror answers 503 from this moment, before any sibling heard of it
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
     if config.tls_cert is not None:   # as with one process: SIGHUP re-reads TLS files, else it ends the server
         loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
     if mirror is not None:
@@ -406,6 +442,7 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
                     if sibling.index in pending:
                         pending.discard(sibling.index)
                         if not pending:
+                            group.started = True
                             log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
                                      "" if config.tls_cert is None else " (TLS)")
                 elif kind == "error" and sibling.index in pending:

@@ -31,9 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STARTING", "SERVING", "DRAINING", "STOPPED", "USER_ROWS", "Refused", "SharedState", "SlotView"]
+__all__ = ["DRAINING", "SERVING", "STARTING", "STATE_NAMES", "STOPPED", "USER_ROWS", "Refused", "SharedState",
+           "SlotView"]
 
 STARTING, SERVING, DRAINING, STOPPED = 0, 1, 2, 3
+# A process's state as the health mirror's body and the ``hushwire_server_processes`` metric name it.
+STATE_NAMES = {STARTING: "starting", SERVING: "serving", DRAINING: "draining", STOPPED: "stopped"}
 USER_ROWS = 8192
 _SLOT_FIELDS = 5         # pid, state, full, streams, headroom (float)
 _MAGIC = 0x68757368      # "hush"

@@ -136,10 +136,22 @@ def _health(ch: grpc.Channel, service: str) -> int:
 
 
 def _mirror(port: int, path: str) -> int:
+    return _mirror_answer(port, path)[0]
+
+
+def _mirror_answer(port: int, path: str) -> tuple[int, str]:
     try:
-        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status), r.read().decode()
     except urllib.error.HTTPError as err:
-        return err.code
+        return err.code, err.read().decode()
+
+
+def _wait_log(srv: ServerProcess, text: str, count: int = 1, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while srv.log.count(text) < count:
+        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log
+        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -399,6 +411,71 @@ def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
         assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
     finally:
         assert srv2.stop() == 0, srv2.log
+
+
+@pytest.mark.slow
+def test_the_group_stays_ready_while_one_sibling_is_replaced(tmp_path: Path) -> None:
+    """A balancer in front of the group sees it ready while at least one sibling serves (the kernel gives
+    new connections to the siblings still listening), with each sibling's state in the body and the
+    metrics; not ready while none serves, nor once it drains."""
+    key = create_key(tmp_path)
+    metrics, mirror = free_port(), free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--health-http-port", str(mirror), "--drain-seconds", "10")
+
+    def processes() -> dict[str, float]:
+        return {dict(labels)["state"]: v for (name, labels), v in scrape_metrics(metrics).items()
+                if name == "hushwire_server_processes"}
+
+    try:
+        old = _siblings(srv)
+        assert _mirror_answer(mirror, "/readyz") == (200, f"SERVING\nprocess 1 of 2: serving (pid {old[1]})\n"
+                                                           f"process 2 of 2: serving (pid {old[2]})\n")
+        assert processes() == {"starting": 0, "serving": 2, "draining": 0, "stopped": 0}
+        assert scrape_metrics(metrics)[("hushwire_ready", ())] == 1
+
+        # One sibling dead: it is replaced after a pause of 1 s, and meanwhile the other serves the port.
+        os.kill(old[1], signal.SIGKILL)
+        _wait_log(srv, f"process 1 (pid {old[1]}) exited with status -9")
+        status, body = _mirror_answer(mirror, "/readyz")
+        assert status == 200, body
+        assert re.search(r"^process 1 of 2: (stopped|starting)", body, re.M) and \
+            f"process 2 of 2: serving (pid {old[2]})" in body, body
+        assert _mirror(mirror, "/readyz/live") == 200
+        assert processes()["serving"] == 1 and scrape_metrics(metrics)[("hushwire_ready", ())] == 1
+        with grpc.insecure_channel(srv.target) as ch:   # and the port does serve
+            assert _health(ch, "") == SERVING
+
+        # Both dead: nothing serves the port, so the group is not ready until a replacement serves.
+        os.kill(old[2], signal.SIGKILL)
+        _wait_log(srv, f"process 2 (pid {old[2]}) exited with status -9")
+        status, body = _mirror_answer(mirror, "/readyz")
+        assert status == 503 and body.startswith("NOT_SERVING\n") and "serving" not in body.split("\n", 1)[1], body
+        assert processes()["serving"] == 0 and scrape_metrics(metrics)[("hushwire_ready", ())] == 0
+        _wait_log(srv, "process 1 of 2 serving", 2)
+        _wait_log(srv, "process 2 of 2 serving", 2)
+        assert _mirror(mirror, "/readyz") == 200
+
+        # Draining: not ready at once, while its streams finish.
+        async def drain() -> None:
+            chans = await _connect(srv, 1)
+            try:
+                stream = await _open(chans[0][0], key)
+                assert isinstance(stream, _Stream), stream
+                os.kill(srv.proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 5
+                while (answer := _mirror_answer(mirror, "/readyz"))[0] != 503:
+                    assert time.monotonic() < deadline, answer
+                    await asyncio.sleep(0.02)
+                await stream.feed.put(bytes(640))   # the stream still flows
+                assert (await asyncio.wait_for(stream.call.read(), 5)).audio is not None
+                await stream.close()
+            finally:
+                await chans[0][0].close()
+
+        asyncio.run(drain())
+    finally:
+        assert srv.stop() == 0, srv.log
 
 
 @pytest.mark.slow
