@@ -16,7 +16,7 @@ from grpc._cython import cygrpc
 
 from hushwire.contract.job_status import STATUS_PROTO
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
-from hushwire.contract.metadata import RESULT_TOKEN_KEY
+from hushwire.contract.metadata import RESULT_TOKEN_KEY, SLOW_CONSUMER_SECONDS_KEY
 from hushwire.contract.rest import job_to_dict, result_url
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
@@ -233,6 +233,9 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         assert task is not None
         try:
             self._registry.configured(task, session.weight)   # its reservation, now that its rate is known
+            # With the first response: how long this server waits for a client that reads nothing, so
+            # the client library can tell that end from a lost server (hushwire.contract.metadata).
+            await context.send_initial_metadata(((SLOW_CONSUMER_SECONDS_KEY, f"{self._timeouts.slow_consumer_s:g}"),))
             await self._write(context, enhancer_pb2.StreamEnhanceResponse(
                 algorithmic_delay_samples=session.delay_samples), watch)
         except BaseException:   # refused, or the client left before the first response: free its rows
