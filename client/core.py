@@ -52,6 +52,7 @@ import numpy as np
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
 from hushwire.contract import pcm
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2
@@ -203,8 +204,8 @@ def _error(failure: grpc.RpcError | HushwireClientError) -> HushwireClientError:
 class StreamCore:
     """One live stream's state and decisions (see the module docstring); no I/O."""
 
-    def __init__(self, settings: Settings, *, resume: bool = True, target: str = "", budget_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, settings: Settings, *, resume: bool = True, target: str = "",
+                 budget_s: float = CONNECT_TIMEOUT_SECONDS, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.resume = resume

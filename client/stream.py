@@ -61,6 +61,7 @@ from client.core import (
     as_frames,
 )
 from client.errors import CallStatus, HushwireClientError, from_rpc_error
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS, TARGET
 from hushwire.contract.metadata import AUTHORIZATION_KEY, slow_consumer_seconds
 from hushwire.v1 import enhancer_pb2_grpc
 
@@ -429,7 +430,7 @@ class EnhancerClient(_Client):
     ``connections``: how many connections its streams take turns on (see the module docstring)."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        self, target: str = TARGET, key: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,
@@ -495,7 +496,7 @@ class AsyncEnhancerClient(_Client):
     """asyncio client (grpc.aio) with the same methods as :class:`EnhancerClient`."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        self, target: str = TARGET, key: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,
