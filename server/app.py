@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 from hushwire.contract import keepalive
 from hushwire.settings import bind_tcp
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http
+from server import health_http, signals
 from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
@@ -222,16 +222,27 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, drain, and return the exit status (0)."""
-    server = await create_server(config)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("listening on %s:%d%s", host, server.port,
-             "" if server.tls is None else " (TLS, client certificates required)" if config.tls_client_ca
-             else " (TLS)")
+    """Run until SIGTERM/SIGINT, drain, and return the exit status (0).
+
+    A stop signal at any moment is a normal stop (server/signals.py): one that comes while the
+    server starts lets it finish starting, then it drains at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals.catch(loop, stop.set)
+    try:
+        return await _serve(config, stop)
+    finally:
+        signals.hold()   # asyncio.run removes its handlers as it ends: a late signal must not kill the exit
+
+
+async def _serve(config: ServerConfig, stop: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
+    server = await create_server(config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    if not stop.is_set():
+        log.info("listening on %s:%d%s", host, server.port,
+                 "" if server.tls is None else " (TLS, client certificates required)" if config.tls_client_ca
+                 else " (TLS)")
     if server.tls is not None:
         tls = server.tls
 

@@ -22,7 +22,9 @@ prometheus_client's multiprocess mode, with the job-queue gauges read from the s
 siblings by state) and the health mirror (the group, :class:`_GroupHealth`: ``/readyz`` while at
 least one sibling serves, ``/readyz/live`` also 503 while every sibling is full); it logs
 ``listening on HOST:PORT`` once every sibling is SERVING; it forwards SIGTERM/SIGINT (drain) and,
-with TLS, SIGHUP (reload) to the siblings, and exits when they have drained.
+with TLS, SIGHUP (reload) to the siblings, and exits when they have drained. A SIGTERM that comes
+while the group starts is a stop like any other (server/signals.py): what was starting finishes
+starting, then drains, and the exit status is 0.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
 jobs are requeued, and they remove the group's run directory (a temporary directory: the shared
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from hushwire.settings import ConfigError, bind_tcp
+from server import signals
 from server.config import ServerConfig, cores
 
 __all__ = ["Member", "reserve_port", "run_group", "split_workers"]
@@ -148,6 +151,7 @@ def _sibling_main(config: ServerConfig, member: Member, conn: Connection) -> Non
     # server.metrics makes one metric of every kind at import, which opens every file this process
     # will write, so the variable can go at once: job workers (started later) stay out of the sum,
     # as their outcomes are counted here.
+    signals.record()   # a stop signal while this process starts is a drain once it has started
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(member.run_dir / _METRICS_DIR)
     import server.metrics  # noqa: F401
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
@@ -162,31 +166,44 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
     from server.blobs import BlobStoreError
     from server.store import StoreError
 
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # A stop signal recorded since the process began (server/signals.py) is delivered here, and the
+    # sibling finishes starting, then drains: it must not die half-started.
+    signals.catch(loop, stop.set)
     try:
-        server = await create_server(config, member)
-    except (ConfigError, StoreError, BlobStoreError, OSError, RuntimeError) as exc:
-        prefix = "blob store: " if isinstance(exc, BlobStoreError) else ""
-        conn.send(("error", f"{prefix}{exc}"))
-        return 2
+        try:
+            server = await create_server(config, member)
+        except (ConfigError, StoreError, BlobStoreError, OSError, RuntimeError) as exc:
+            prefix = "blob store: " if isinstance(exc, BlobStoreError) else ""
+            conn.send(("error", f"{prefix}{exc}"))
+            return 2
+        return await _sibling_run(config, member, conn, server, stop)
+    finally:
+        signals.hold()
+
+
+async def _sibling_run(config: ServerConfig, member: Member, conn: Connection, server: Any,
+                       stop: asyncio.Event) -> int:
     assert server.shared is not None
     shared = server.shared
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     parent_gone = False
 
     def on_parent() -> None:
         nonlocal parent_gone
         try:
-            conn.recv()   # the parent sends nothing: readable means it closed its end (or died)
-        except (EOFError, OSError):
-            pass
+            kind, _ = conn.recv()
+        except (EOFError, OSError):   # the parent closed its end, or died
+            kind = None
+        if kind == "stop":   # the group stops (sent before this process could read it, perhaps): drain
+            stop.set()
+            return
         loop.remove_reader(conn.fileno())
         parent_gone = True
         stop.set()
 
     loop.add_reader(conn.fileno(), on_parent)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if server.tls is not None:
         tls = server.tls
 
@@ -272,6 +289,13 @@ class _Group:
         sibling = self.siblings[index]
         asyncio.get_running_loop().remove_reader(sibling.process.sentinel)
         self.exited.put_nowait(index)
+
+    def stop_all(self) -> None:
+        """Ask every sibling to drain, through its pipe: a sibling still starting reads it once it
+        serves (a signal could find it before it can handle one)."""
+        for sibling in self.siblings.values():
+            with contextlib.suppress(OSError):
+                sibling.conn.send(("stop", None))
 
     def signal_all(self, sig: int) -> None:
         for sibling in self.siblings.values():
@@ -368,13 +392,24 @@ async def _prepare_store(config: ServerConfig) -> Any:
 
 async def run_group(config: ServerConfig, processes: int) -> int:
     """Run ``processes`` sibling servers on one port until SIGTERM/SIGINT; return the exit status."""
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        raise ConfigError("--processes above 1 needs Linux (SO_REUSEPORT balancing)")
+    # A stop signal at any moment is a normal stop (server/signals.py): caught from here on, and the
+    # siblings are started only if none came while the store was being prepared.
+    stop = asyncio.Event()
+    signals.catch(asyncio.get_running_loop(), stop.set)
+    try:
+        return await _run_group(config, processes, stop)
+    finally:
+        signals.hold()   # asyncio.run removes its handlers as it ends: a late signal must not kill the exit
+
+
+async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) -> int:
     from prometheus_client import start_http_server
 
     from server import health_http
     from server.shared import SharedState
 
-    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
-        raise ConfigError("--processes above 1 needs Linux (SO_REUSEPORT balancing)")
     config.data_dir.mkdir(parents=True, exist_ok=True)
     holder, port = reserve_port(config.host, config.port)
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
@@ -384,7 +419,11 @@ async def run_group(config: ServerConfig, processes: int) -> int:
     try:
         (run_dir / _METRICS_DIR).mkdir()
         shared = SharedState.create(run_dir / _STATE_FILE, processes)
+        log.info("starting %d server processes on %s:%d", processes, config.host, port)
         store = await _prepare_store(config)
+        if stop.is_set():
+            log.info("stopped before the server processes started")
+            return 0
         group = _Group(config, processes, run_dir, port)
         health = _GroupHealth(group, shared)
         mirror = None
@@ -395,7 +434,7 @@ async def run_group(config: ServerConfig, processes: int) -> int:
             start_http_server(config.metrics_port, addr=config.metrics_host,
                               registry=_metrics_registry(run_dir, store, health))
             group.own_ports += (config.metrics_port,)
-        return await _supervise(group, shared, mirror, holder)
+        return await _supervise(group, shared, mirror, stop)
     finally:
         holder.close()
         if store is not None:
@@ -405,24 +444,25 @@ async def run_group(config: ServerConfig, processes: int) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.socket) -> int:
+async def _supervise(group: _Group, shared: Any, mirror: Any, stop: asyncio.Event) -> int:
     from prometheus_client import multiprocess
 
     config = group.config
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+
     def on_stop() -> None:
         group.draining = True   # the mirror answers 503 from this moment, before any sibling heard of it
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals.STOP_SIGNALS:
         loop.add_signal_handler(sig, on_stop)
     if config.tls_cert is not None:   # as with one process: SIGHUP re-reads TLS files, else it ends the server
         loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
     if mirror is not None:
         await mirror.start()
-    for i in range(group.processes):
-        group.start(i)
+    if not stop.is_set():   # a stop meanwhile: nothing to start (the loop below ends at once)
+        for i in range(group.processes):
+            group.start(i)
     status = 0
     failed: str | None = None
     pending = set(range(group.processes))
@@ -495,11 +535,11 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     group.draining = True
     if failed is not None:
         log.error("a server process could not start: %s", failed)
-        group.signal_all(signal.SIGTERM)
+        group.stop_all()
         status = 2
     else:
         log.info("shutting down: draining %d process(es) for up to %.1f s", group.processes, config.drain_seconds)
-        group.signal_all(signal.SIGTERM)
+        group.stop_all()
     deadline = time.monotonic() + config.drain_seconds + _KILL_AFTER_S
     for sibling in group.siblings.values():
         await asyncio.to_thread(sibling.process.join, max(0.0, deadline - time.monotonic()))
@@ -508,7 +548,9 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
             sibling.process.kill()
             await asyncio.to_thread(sibling.process.join)
             status = status or 1
-        elif sibling.process.exitcode not in (0, None) and failed is None:
+        elif sibling.process.exitcode not in (0, None, *(-sig for sig in signals.STOP_SIGNALS)) and failed is None:
+            # A stop signal sent to every process (a service manager's, Ctrl-C) can end a sibling in the
+            # first moments of its interpreter, before it can drain: nothing had started there to drain.
             status = status or 1
         with contextlib.suppress(OSError):
             sibling.conn.close()

@@ -142,7 +142,9 @@ class Metrics:
                                                  "Time of one webhook delivery attempt.",
                                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.streams_refused = Counter("hushwire_streams_refused", "New live streams refused with OVERLOADED, by "
-                                       "reason (load: admission control; cap: --max-streams).", ["reason"],
+                                       "reason, the hushwire-refused-for trailer's value (load: admission control; "
+                                       "cap: --max-streams; users: the group's table of users streaming at once "
+                                       "is full).", ["reason"],
                                        registry=r)
         self.live_headroom = Gauge("hushwire_live_headroom_streams", "16 kHz mono streams admission would still "
                                    "take now (-1 per process: measured admission off).", registry=r,

@@ -17,7 +17,8 @@ sibling's slot and column (:meth:`SharedState.clear`) before it starts a replace
 
 The users' table has ``USER_ROWS`` rows found by linear probing from the uid; a user's row goes as
 soon as their last stream closes. It is full only with ``USER_ROWS`` users streaming at once, far
-past what one machine's processes can carry, and then a new stream is refused as OVERLOADED.
+past what one machine's processes can carry, and then a new stream of another user is refused as
+OVERLOADED with ``hushwire-refused-for: users`` (not ``cap``: no configured limit was reached).
 
 Standard library only; used from each process's event-loop thread.
 """

@@ -268,6 +268,53 @@ def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
         assert srv.stop() == 0, srv.log
 
 
+def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> None:
+    """The group counts streams per user in a table of USER_ROWS rows (server/shared.py). With that many
+    other users streaming, a new user's stream is OVERLOADED for ``users``, not for ``cap``: the
+    operator's --max-streams was never reached. The test plays those users itself, through the
+    group's own shared state, as a sibling would count them."""
+    from hushwire.contract.metadata import REFUSED_FOR_KEY, REFUSED_FOR_USERS
+    from server.shared import USER_ROWS, SharedState
+
+    key = create_key(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    metrics = free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--max-streams", str(10 * USER_ROWS), env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    [run_dir] = (tmp_path / "tmp").iterdir()
+    others = SharedState.attach(run_dir / "state", 2, 0)
+    others_uids = range(10**6, 10**6 + USER_ROWS)
+
+    async def refusal() -> tuple[str | None, str | None]:
+        async with grpc.aio.insecure_channel(srv.target) as ch:
+            opened = await _open(ch, key)
+            if isinstance(opened, _Stream):
+                await opened.close()
+                return None, None
+            call = enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(iter([enhancer_pb2.StreamEnhanceRequest(
+                config=enhancer_pb2.StreamConfig(sample_rate_hz=16000, channels=1,
+                                                 encoding=enhancer_pb2.SAMPLE_ENCODING_PCM16))]),
+                metadata=(("authorization", key),))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            trailers = dict(err.value.trailing_metadata() or ())
+            return opened, trailers.get(REFUSED_FOR_KEY)
+
+    try:
+        for uid in others_uids:
+            others.open_stream(uid, 256, None)
+        assert asyncio.run(refusal()) == ("OVERLOADED", REFUSED_FOR_USERS)
+        m = scrape_metrics(metrics)
+        assert m[("hushwire_streams_refused_total", (("reason", REFUSED_FOR_USERS),))] == 2
+        assert ("hushwire_streams_refused_total", (("reason", "cap"),)) not in m
+        for uid in reversed(others_uids):   # they leave (last first: each deletion then ends at once)
+            others.close_stream(uid)
+        assert asyncio.run(refusal()) == (None, None)
+    finally:
+        others.close()
+        assert srv.stop() == 0, srv.log
+
+
 @pytest.mark.slow
 def test_metrics_are_summed_and_health_is_the_groups(tmp_path: Path) -> None:
     """A budget so small that one stream fills a sibling: with one stream on each, the group is full."""
@@ -712,3 +759,57 @@ def test_a_replacement_that_could_not_start_does_not_fail_the_later_drain(tmp_pa
     assert status == 0, srv.log
     assert f"process 2 did not start: cannot read the TLS file {cert}" in srv.log
     assert "a server process could not start" not in srv.log, srv.log
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker``: a server and every process it started."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in env.split(b"\0") and _alive(int(d.name)):
+                found.append(int(d.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("processes", "moment"), [
+    ("2", "starting 2 server processes"),   # the parent prepares the store; no sibling yet
+    ("2", "database "),                     # a sibling opened the store: its job worker is starting
+    ("2", "process 1 of 2 serving"),        # one sibling serves, the other may still be starting
+    ("1", "database "),                     # one process, its job worker starting
+])
+def test_a_sigterm_while_starting_is_a_normal_stop(tmp_path: Path, processes: str, moment: str) -> None:
+    """SIGTERM before the server is up is a stop like any other: whatever was starting finishes and
+    drains, the command exits 0 with no traceback, and no process of it is left behind."""
+    from conftest import HUSHWIRE, ROOT
+
+    marker = f"HUSHWIRE_TEST_RUN={time.monotonic_ns()}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as f:
+        proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", "0", "--data-dir", str(tmp_path), "--processes",
+                                 processes, "--workers", processes], stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while moment not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.005)
+        assert proc.pid in _marked(marker)   # the marker finds the server's processes
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert status == 0, text
+    assert "Traceback" not in text and "stopped" in text, text
+    deadline = time.monotonic() + 5
+    while left := _marked(marker):
+        assert time.monotonic() < deadline, f"left running: {left}\n{text}"
+        time.sleep(0.05)
