@@ -318,10 +318,11 @@ class Frontend:
         self.w_synth = torch.tensor(w.T, dtype=torch.float32)  # (bands, bins)
         self.w_ana = torch.tensor(w / w.sum(0), dtype=torch.float32)  # (bins, bands): band means
         self.f = torch.tensor(self.freqs, dtype=torch.float32)
-        self.periodicity = PitchFeatures(SR, FRAME_LEN, HOP, ana, w)
+        self.periodicity = PitchFeatures(SR, HOP, ana, w)
 
     def pitch(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, L) time signal -> (B, T, bands + 1) periodicity features, by the server's own code."""
+        """(B, L) time signal -> (B, T, bands + 1) periodicity features, by the server's own code
+        (on the signal before the random colouration: a smooth response barely changes them)."""
         state: dict = {}
         self.periodicity.init_state(state, y.shape[0])  # type: ignore[arg-type]
         f = self.periodicity.run(state, y.detach().double().numpy(), None)  # type: ignore[arg-type]

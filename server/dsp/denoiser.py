@@ -113,8 +113,8 @@ class _Engine:
         weights = _default_weights() if model else None
         self.model = (GainModel(sample_rate, frame_len, float(np.sum(self.stft.analysis**2)), 1, weights,
                                 MODEL_GAIN_EXPONENT, ESTIMATOR_DTYPE) if weights is not None else None)
-        self.pitch = (PitchFeatures(sample_rate, frame_len, self.hop, self.stft.analysis, self.model.band_matrix,
-                                    ESTIMATOR_DTYPE) if self.model is not None and self.model.n_pitch else None)
+        self.pitch = (PitchFeatures(sample_rate, self.hop, self.stft.analysis, self.model.band_matrix, ESTIMATOR_DTYPE)
+                      if self.model is not None and self.model.n_pitch else None)
         self.gain_rule = OmLsaGain(n_bins, CLASSICAL_GAIN_EXPONENT if self.model is not None else 1.0,
                                    ESTIMATOR_DTYPE)
         freqs = np.arange(n_bins) * sample_rate / frame_len

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from server.dsp.model import DEFAULT_WEIGHTS, GainModel, band_centres_hz, band_weights, load_weights
+from server.dsp.pitch import PitchFeatures
+from server.dsp.stft import Stft
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -314,15 +316,12 @@ def test_periodicity_model_matches_torch() -> None:
         gb_t = (g_t @ fe.w_synth).numpy()
     import tempfile
 
-    from server.dsp.pitch import PitchFeatures
-    from server.dsp.stft import Stft
-
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "w.npz"
         export_npz(net, path)
         m = GainModel(16000, FRAME_LEN, float(np.sum(fe.window.numpy().astype(np.float64) ** 2)), 2, path)
     stft = Stft(FRAME_LEN, 160)
-    pitch = PitchFeatures(16000, FRAME_LEN, 160, stft.analysis, m.band_matrix)
+    pitch = PitchFeatures(16000, 160, stft.analysis, m.band_matrix)
     state: dict[str, np.ndarray] = {}
     stft.init_state(state, 2)  # type: ignore[arg-type]
     pitch.init_state(state, 2)  # type: ignore[arg-type]
