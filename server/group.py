@@ -11,7 +11,10 @@ first (a busy port is the same one-line error as with one process), then swaps t
 socket that sets ``SO_REUSEPORT`` but never listens, under a short lock (an abstract Unix socket
 named after the port) so two starting servers cannot interleave. The holder keeps the port for the
 group's whole life: every other ``hushwire serve``, whatever its ``--processes``, first binds the
-address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``. A
+address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``.
+A host name that resolves to several addresses (``localhost``: 127.0.0.1 and ::1) is held, and
+served, on every one of them (:func:`listen_hosts`), so no other server can take one of them while
+the siblings are down (being replaced); the siblings listen on exactly the addresses the parent holds. A
 program of the same user that sets ``SO_REUSEPORT`` itself (grpc's default) could still join the
 port: the kernel allows it, and nothing short of a dedicated user prevents it.
 
@@ -40,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -54,11 +59,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hushwire.settings import ConfigError, bind_tcp
+from hushwire.settings import ConfigError
 from server import signals
 from server.config import ServerConfig, cores
 
-__all__ = ["Member", "reserve_port", "run_group", "split_workers"]
+__all__ = ["Member", "bind_all", "grpc_host", "listen_hosts", "reserve_port", "run_group", "split_workers"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -69,6 +74,7 @@ _RESTART_MAX_S = 30.0
 _STARTED_OK_S = 30.0      # a sibling that ran this long resets the restart pause
 _KILL_AFTER_S = 20.0      # past the drain time, a sibling still running is killed
 _SYNC_S = 0.2             # how often a sibling publishes its load and reads the group's
+_PORT_TRIES = 5           # picks of a free port (0) before giving up
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Member:
     processes: int
     run_dir: Path
     own_ports: tuple[int, ...] = ()   # the parent's metrics and health ports (webhooks may not call them)
+    hosts: tuple[str, ...] = ()       # the addresses the parent holds, as grpc's host part: listen on each
 
     @property
     def state_path(self) -> Path:
@@ -104,39 +111,95 @@ def _port_lock(port: int) -> socket.socket | None:
     return sock
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind ``host:port`` for a group of siblings: returns the holder socket (``SO_REUSEPORT``, never
-    listening; keep it open while the siblings run) and the port (the one the OS picked for 0).
-    A busy port, or one another server is taking right now, is a :class:`ConfigError`."""
-    for _ in range(3):
+def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses ``host`` names, each once, in the resolver's order: a name may have several
+    (``localhost`` is often 127.0.0.1 and ::1), and the server listens on, and holds, every one of
+    them. A wildcard (``0.0.0.0``, ``::``) stands alone: grpc listens on it as given."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    found: list[tuple[socket.AddressFamily, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, str(sockaddr[0])) not in found:
+            found.append((family, str(sockaddr[0])))
+    if not found:
+        raise ConfigError(f"cannot listen on {host}:{port}: it names no IPv4 or IPv6 address")
+    if ipaddress.ip_address(found[0][1].split("%", 1)[0]).is_unspecified:
+        return found[:1]
+    return found
+
+
+def grpc_host(family: socket.AddressFamily, address: str) -> str:
+    """An address as grpc's ``host:port`` wants its host part (IPv6 in brackets)."""
+    return f"[{address}]" if family == socket.AF_INET6 else address
+
+
+def bind_all(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Exclusive probes (no ``SO_REUSEPORT``) on every address of ``host`` (:func:`listen_hosts`), all on
+    one port: ``port``, or for 0 one the OS picked that is free on every address. A busy address is a
+    :class:`ConfigError` naming it."""
+    hosts = listen_hosts(host, port)
+    for _ in range(_PORT_TRIES):
+        probes: list[socket.socket] = []
+        got = port
+        try:
+            for family, address in hosts:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                probes.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address, got))
+                got = int(sock.getsockname()[1])
+            return probes, got
+        except OSError as exc:
+            for sock in probes:
+                sock.close()
+            if port == 0 and len(probes) > 1 and exc.errno == errno.EADDRINUSE:
+                continue   # the OS's pick for the first address is taken on another: pick again
+            where = f" ({address})" if len(hosts) > 1 else ""
+            raise ConfigError(f"cannot listen on {host}:{got}{where}: {exc.strerror or exc}") from None
+    raise ConfigError(f"cannot listen on {host}:0: no port free on all of its addresses")
+
+
+def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Bind ``host:port`` for a group of siblings, on every address ``host`` names: returns the holder
+    sockets (``SO_REUSEPORT``, never listening; keep them open while the siblings run) and the port
+    (the one the OS picked for 0). A busy port, or one another server is taking right now, is a
+    :class:`ConfigError`."""
+    for _ in range(_PORT_TRIES):
         lock = _port_lock(port) if port else None
         if port and lock is None:
             raise ConfigError(f"cannot listen on {host}:{port}: another hushwire serve is starting on it")
         try:
-            probe = bind_tcp(host, port)   # exclusive: fails on any socket bound there, siblings' included
+            probes, got = bind_all(host, port)   # exclusive: fails on any socket bound there, siblings' included
         except BaseException:
             if lock is not None:
                 lock.close()
             raise
-        got = int(probe.getsockname()[1])
         if lock is None:
             lock = _port_lock(got)
             if lock is None:   # port 0 gave a port another server is taking: pick again
-                probe.close()
+                for probe in probes:
+                    probe.close()
                 continue
+        holders: list[socket.socket] = []
         try:
-            family, address = probe.family, probe.getsockname()
-            probe.close()
+            addresses = [(probe.family, probe.getsockname()) for probe in probes]
+            for probe in probes:
+                probe.close()
             # No SO_REUSEADDR: another server's probe (which sets it) must not share an address with
-            # this socket just because neither listens.
-            holder = socket.socket(family, socket.SOCK_STREAM)
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                holder.bind(address)
-            except OSError as exc:
-                holder.close()
-                raise ConfigError(f"cannot listen on {host}:{got}: {exc.strerror or exc}") from None
-            return holder, got
+            # a holder just because neither listens.
+            for family, address in addresses:
+                holder = socket.socket(family, socket.SOCK_STREAM)
+                holders.append(holder)
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    holder.bind(address)
+                except OSError as exc:
+                    for h in holders:
+                        h.close()
+                    raise ConfigError(f"cannot listen on {host}:{got}: {exc.strerror or exc}") from None
+            return holders, got
         finally:
             lock.close()
     raise ConfigError(f"cannot listen on {host}:0: no free port found")
@@ -255,8 +318,10 @@ class _Sibling:
 
 
 class _Group:
-    def __init__(self, config: ServerConfig, processes: int, run_dir: Path, port: int) -> None:
+    def __init__(self, config: ServerConfig, processes: int, run_dir: Path, port: int,
+                 hosts: tuple[str, ...]) -> None:
         self.config = config
+        self.hosts = hosts
         self.processes = processes
         self.run_dir = run_dir
         self.port = port
@@ -275,7 +340,7 @@ class _Group:
         loop = asyncio.get_running_loop()
         config = dataclasses.replace(self.config, port=self.port, workers=self.workers[index],
                                      metrics_port=None, health_http_port=None)
-        member = Member(index, self.processes, self.run_dir, self.own_ports)
+        member = Member(index, self.processes, self.run_dir, self.own_ports, self.hosts)
         mine, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=_sibling_main, args=(config, member, theirs),
                                     name=f"hushwire-serve-{index}")
@@ -411,7 +476,7 @@ async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) 
     from server.shared import SharedState
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    holder, port = reserve_port(config.host, config.port)
+    holders, port = reserve_port(config.host, config.port)
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
     run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
@@ -424,7 +489,8 @@ async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) 
         if stop.is_set():
             log.info("stopped before the server processes started")
             return 0
-        group = _Group(config, processes, run_dir, port)
+        hosts = tuple(grpc_host(h.family, h.getsockname()[0]) for h in holders)
+        group = _Group(config, processes, run_dir, port, hosts)
         health = _GroupHealth(group, shared)
         mirror = None
         if mirror_sock is not None:
@@ -436,7 +502,8 @@ async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) 
             group.own_ports += (config.metrics_port,)
         return await _supervise(group, shared, mirror, stop)
     finally:
-        holder.close()
+        for holder in holders:
+            holder.close()
         if store is not None:
             store.close()
         if shared is not None:

@@ -218,6 +218,49 @@ def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None
         s.bind(("127.0.0.1", srv.port))
 
 
+def _nss_wrapper() -> str:
+    """libnss_wrapper (Debian's libnss-wrapper, installed by .ci/run): with ``NSS_WRAPPER_HOSTS`` it makes
+    one process resolve names from a hosts file of its own, so a test can give ``localhost`` two addresses."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so"))
+    if not found:
+        pytest.skip("libnss-wrapper is not installed (apt-get install libnss-wrapper)")
+    return found[0]
+
+
+@pytest.mark.slow
+def test_a_name_with_several_addresses_is_held_and_served_on_each(tmp_path: Path) -> None:
+    """``--host localhost`` where it names 127.0.0.1 and ::1: the group serves on both, and holds both, so
+    while its siblings are down (being replaced) nobody else can bind either address on its port."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+    env = {**os.environ, "LD_PRELOAD": _nss_wrapper(), "NSS_WRAPPER_HOSTS": str(hosts)}
+    srv = start_server(tmp_path, "--host", "localhost", "--processes", "2", "--workers", "0", env=env)
+    try:
+        assert f"listening on localhost:{srv.port} (2 processes)" in srv.log
+        for target in (f"127.0.0.1:{srv.port}", f"[::1]:{srv.port}"):
+            with grpc.insecure_channel(target) as ch:
+                assert _health(ch, "") == SERVING, target
+        old = _siblings(srv)
+        for index, pid in old.items():
+            os.kill(pid, signal.SIGKILL)
+            _wait_log(srv, f"process {index} (pid {pid}) exited with status -9")
+        # No sibling listens now (each is replaced after a pause of at least 1 s): only the holders keep
+        # the port, on both addresses. Neither a plain socket nor another serve gets either one.
+        for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family) as s, pytest.raises(OSError):
+                s.bind((address, srv.port))
+        assert srv.log.count("serving (pid") == 2, "a replacement already serves: the check above proved nothing"
+        out = run_cli("serve", "--host", "::1", "--port", str(srv.port), "--data-dir", str(tmp_path / "other"),
+                      "--workers", "0", "--processes", "1", check=False)
+        assert out.returncode == 2 and f"cannot listen on ::1:{srv.port}" in out.stderr, out.stderr
+        _wait_log(srv, "process 1 of 2 serving", 2)
+        _wait_log(srv, "process 2 of 2 serving", 2)
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
 def test_a_sibling_that_cannot_start_stops_the_whole_server(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     out = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--processes", "2", "--workers", "0",

@@ -165,7 +165,8 @@ _FLAG_NAMES = {
 
 _HELP = {
     "data_dir": "where the SQLite file, blobs and the signing secret live",
-    "host": "the gRPC server's listen address",
+    "host": "the gRPC server's listen address: an address, or a name, served on every address it resolves to "
+            "(`localhost`: 127.0.0.1 and ::1 where both are configured)",
     "port": "the gRPC server's port (0: any free port, logged at start)",
     "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
     "gateway_port": "the gateway's port (`hushwire gateway --port`)",
