@@ -315,6 +315,7 @@ def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
         assert srv.stop() == 0, srv.log
 
 
+@pytest.mark.slow
 def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> None:
     """The group counts streams per user in a table of USER_ROWS rows (server/shared.py). With that many
     other users streaming, a new user's stream is OVERLOADED for ``users``, not for ``cap``: the
