@@ -23,6 +23,7 @@ class GatewayConfig:
     connect_timeout: float = 10.0
     max_upload_bytes: int = 200 * 1000**2
     upload_idle_seconds: float = 60.0
+    http_keepalive_seconds: int = 75
     gateway_tls_cert: str | None = None
     gateway_tls_key: str | None = None
     grpc_tls_ca: str | None = None
