@@ -103,6 +103,9 @@ def _tls(cfg: ClientConfig) -> dict[str, Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from server import signals
+
+    signals.hold()   # a SIGTERM from here on is a normal stop, however far start-up has got
     import asyncio
 
     from server.app import serve

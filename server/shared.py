@@ -17,7 +17,8 @@ sibling's slot and column (:meth:`SharedState.clear`) before it starts a replace
 
 The users' table has ``USER_ROWS`` rows found by linear probing from the uid; a user's row goes as
 soon as their last stream closes. It is full only with ``USER_ROWS`` users streaming at once, far
-past what one machine's processes can carry, and then a new stream is refused as OVERLOADED.
+past what one machine's processes can carry, and then a new stream of another user is refused as
+OVERLOADED with ``hushwire-refused-for: users`` (not ``cap``: no configured limit was reached).
 
 Standard library only; used from each process's event-loop thread.
 """
@@ -31,9 +32,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STARTING", "SERVING", "DRAINING", "STOPPED", "USER_ROWS", "Refused", "SharedState", "SlotView"]
+__all__ = ["DRAINING", "SERVING", "STARTING", "STATE_NAMES", "STOPPED", "USER_ROWS", "Refused", "SharedState",
+           "SlotView"]
 
 STARTING, SERVING, DRAINING, STOPPED = 0, 1, 2, 3
+# A process's state as the health mirror's body and the ``hushwire_server_processes`` metric name it.
+STATE_NAMES = {STARTING: "starting", SERVING: "serving", DRAINING: "draining", STOPPED: "stopped"}
 USER_ROWS = 8192
 _SLOT_FIELDS = 5         # pid, state, full, streams, headroom (float)
 _MAGIC = 0x68757368      # "hush"

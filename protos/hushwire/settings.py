@@ -165,7 +165,8 @@ _FLAG_NAMES = {
 
 _HELP = {
     "data_dir": "where the SQLite file, blobs and the signing secret live",
-    "host": "the gRPC server's listen address",
+    "host": "the gRPC server's listen address: an address, or a name, served on every address it resolves to "
+            "(`localhost`: 127.0.0.1 and ::1 where both are configured)",
     "port": "the gRPC server's port (0: any free port, logged at start)",
     "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
     "gateway_port": "the gateway's port (`hushwire gateway --port`)",
@@ -250,7 +251,8 @@ _HELP = {
     "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
                         "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
                         "`option httpchk`); `GET /readyz/live` also 503 while new live streams are refused "
-                        "for load",
+                        "for load. With --processes: ready while at least one process serves, each one's state "
+                        "in the body",
     "metrics_host": "the metrics port's listen address (plain HTTP, whatever the gRPC port speaks)",
     "health_http_host": "the health mirror's listen address (plain HTTP, whatever the gRPC port speaks)",
     "tls_cert": "serve gRPC over TLS only, with this certificate chain (PEM); re-read when the file changes or "

@@ -13,7 +13,8 @@ Tree (docs/design.md, "Errors")::
     RESULT_URL_EXPIRED     410 / FAILED_PRECONDITION
     SLOW_CONSUMER          –   / RESOURCE_EXHAUSTED   (stream only; 429 if it ever reached HTTP)
     REQUEST_TIMEOUT        408 / DEADLINE_EXCEEDED
-    OVERLOADED             503 / UNAVAILABLE          (with Retry-After; /live closes with 1013)
+    OVERLOADED             503 / UNAVAILABLE          (with Retry-After; /live closes with 1013; why in the
+                                                      trailer hushwire-refused-for: load, cap or users)
     IDEMPOTENCY_CONFLICT   409 / ALREADY_EXISTS
     SERVICE_UNAVAILABLE    503 / UNAVAILABLE          (with Retry-After)
     INTERNAL               500 / INTERNAL
