@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, resolve
+from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, default, resolve
 from server.config import ServerConfig, one_blas_thread
 
 __all__ = ["ClientConfig", "main"]
@@ -48,12 +48,12 @@ _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url"
 class ClientConfig:
     """What a client command needs to reach the server."""
 
-    target: str = "127.0.0.1:50051"
-    key: str | None = None
-    connect_timeout: float = 10.0
-    client_tls_ca: str | None = None
-    client_tls_cert: str | None = None
-    client_tls_key: str | None = None
+    target: str = default("target")
+    key: str | None = default("key")
+    connect_timeout: float = default("connect_timeout")
+    client_tls_ca: str | None = default("client_tls_ca")
+    client_tls_cert: str | None = default("client_tls_cert")
+    client_tls_key: str | None = default("client_tls_key")
 
     def __post_init__(self) -> None:
         check_client_tls("--tls-", self.client_tls_ca, self.client_tls_cert, self.client_tls_key)
