@@ -191,21 +191,28 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     # Every address the host names (``localhost``: 127.0.0.1 and ::1, where both are configured), on
     # one port: with --port 0, the one grpc picks for the first. With TLS files the port speaks TLS
     # only: a plaintext client fails its handshake.
-    port = config.port
-    for host in hosts:
-        try:
-            got = grpc_server.add_secure_port(f"{host}:{port}", tls.credentials()) if tls is not None \
-                else grpc_server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            await asyncio.to_thread(store.close)
-            raise ConfigError(f"cannot listen on {config.host}:{port} ({host})") from None
-        port = port or got
-    connections.local_port = port
-    policy.own_ports.add(port)   # with --port 0, the one it got
+    async def listen(port: int) -> int:
+        for host in hosts:
+            try:
+                got = grpc_server.add_secure_port(f"{host}:{port}", tls.credentials()) if tls is not None \
+                    else grpc_server.add_insecure_port(f"{host}:{port}")
+            except RuntimeError:
+                await asyncio.to_thread(store.close)
+                raise ConfigError(f"cannot listen on {config.host}:{port} ({host})") from None
+            port = port or got
+        connections.local_port = port
+        policy.own_ports.add(port)   # with --port 0, the one it got
+        await grpc_server.start()
+        return port
+
+    await health_state.set(False)  # until the workers are up
+    # One server listens at once, and refuses calls (UNAVAILABLE) until its workers are up: its health
+    # service must answer meanwhile. A sibling of a group listens only once it serves: the kernel gives
+    # each new connection to a sibling that listens, so a sibling that starts (a replacement) takes no
+    # connection it would have to refuse while the others serve the port (server/group.py).
+    port = await listen(config.port) if member is None else config.port
     if mirror_sock is not None:
         policy.own_ports.add(mirror_sock.getsockname()[1])
-    await health_state.set(False)  # until the workers are up
-    await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
     if mirror is not None:
         await mirror.start()  # answers 503 during the warm-up below
@@ -225,6 +232,8 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     webhooks.start()
     admission.start()
     await health_state.set(True)
+    if member is not None:
+        await listen(port)   # SERVING already, so its first connection's calls are served
     return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls,
                   webhooks, shared)
 

@@ -389,7 +389,8 @@ class _GroupHealth:
     (the ``listening on`` moment) and from then on while at least one sibling serves and the group
     is not draining. A sibling that dies is replaced, and while it is away the kernel gives new
     connections to the siblings that still listen on the port, so the replica still serves: a
-    balancer must not take it out for that. It is not ready before start-up ends, while no sibling
+    balancer must not take it out for that (and the replacement listens only once it serves,
+    server/app.py, so it takes no connection it would refuse). It is not ready before start-up ends, while no sibling
     serves, or once the drain began. Each sibling's state is in the answer's body and in the
     ``hushwire_server_processes`` metric."""
 

@@ -350,7 +350,7 @@ def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> No
         m = scrape_metrics(metrics)
         assert m[("hushwire_streams_refused_total", (("reason", REFUSED_FOR_USERS),))] == 2
         assert ("hushwire_streams_refused_total", (("reason", "cap"),)) not in m
-        for uid in reversed(others_uids):   # they leave (last first: each deletion then ends at once)
+        for uid in others_uids:   # they leave: the table has room again
             others.close_stream(uid)
         assert asyncio.run(refusal()) == (None, None)
     finally:
@@ -564,6 +564,31 @@ def test_the_group_stays_ready_while_one_sibling_is_replaced(tmp_path: Path) -> 
                 await chans[0][0].close()
 
         asyncio.run(drain())
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_a_replacement_takes_no_connection_before_it_serves(tmp_path: Path) -> None:
+    """The group stays ready while a sibling is replaced (above), so the replacement must not take new
+    connections while it starts: it listens only once it serves, and until then the kernel gives every
+    new connection to the sibling that serves. Its job workers' warm-up makes that start last."""
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "4")
+    try:
+        old = _siblings(srv)
+        os.kill(old[1], signal.SIGKILL)
+        _wait_log(srv, f"process 1 (pid {old[1]}) exited with status -9")
+        during = []   # health of "" on a new connection each time, while the replacement starts
+        deadline = time.monotonic() + 60
+        while srv.log.count("process 1 of 2 serving") < 2:
+            assert time.monotonic() < deadline, srv.log
+            starting = srv.log.count("database ") == 3   # the replacement opened the store: it is starting
+            with grpc.insecure_channel(srv.target, options=OWN_CONNECTION) as ch:
+                status = _health(ch, "")
+            if starting and srv.log.count("process 1 of 2 serving") < 2:
+                during.append(status)
+        assert len(during) >= 10, f"only {len(during)} connections while the replacement started"
+        assert set(during) == {SERVING}, during
     finally:
         assert srv.stop() == 0, srv.log
 
