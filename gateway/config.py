@@ -24,6 +24,7 @@ class GatewayConfig:
     connect_timeout: float = default("connect_timeout")
     max_upload_bytes: int = default("max_upload_bytes")
     upload_idle_seconds: float = default("upload_idle_seconds")
+    http_keepalive_seconds: int = default("http_keepalive_seconds")
     gateway_tls_cert: str | None = default("gateway_tls_cert")
     gateway_tls_key: str | None = default("gateway_tls_key")
     grpc_tls_ca: str | None = default("grpc_tls_ca")

@@ -180,6 +180,10 @@ _HELP = {
     "grpc_target": "the gRPC server the gateway forwards to",
     "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
     "upload_idle_seconds": "an upload body that sends nothing for this long gets 408 REQUEST_TIMEOUT",
+    "http_keepalive_seconds": "the gateway closes an HTTP/1.1 connection idle for this long between requests; "
+                              "keep it above the idle time of the clients and balancers in front (httpx 5 s, "
+                              "aiohttp 15 s, HAProxy's server pool 5 s, AWS ALB 60 s), so that they close "
+                              "first: a request sent as the gateway closes its connection gets no reply",
     "target": "the server a client command talks to",
     "key": "the API key of a client command",
     "log_level": "debug, info, warning or error",
@@ -309,6 +313,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("grpc_connections", "HUSHWIRE_GATEWAY_GRPC_CONNECTIONS", "gateway.grpc_connections", 8,
                 _positive_int),
         Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
+        Setting("http_keepalive_seconds", "HUSHWIRE_GATEWAY_HTTP_KEEPALIVE_SECONDS", "gateway.http_keepalive_seconds",
+                75, _positive_int),
         Setting("target", "HUSHWIRE_TARGET", None, TARGET),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
