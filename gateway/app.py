@@ -58,7 +58,7 @@ from gateway.openapi import ENHANCE_BODY, ENHANCE_PARAMETERS, ERROR_REPLIES, ope
 from gateway.upload import UploadLimits, enhance_upload, finish_cleanups
 from hushwire.contract.metadata import AUTHORIZATION_KEY, MAX_KEY_CHARS, RESULT_TOKEN_KEY
 from hushwire.contract.rest import job_to_dict, result_url
-from hushwire.settings import ConfigError, bind_tcp
+from hushwire.settings import ConfigError, bind_all
 from hushwire.v1 import enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 __all__ = ["MAX_FILES_PER_REQUEST", "create_app", "public_url_of", "run"]
@@ -471,10 +471,13 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    sock = bind_tcp(host, port)
-    sock.set_inheritable(True)
-    return sock
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """One socket per address ``host`` names (``localhost``: 127.0.0.1 and ::1), all on one port,
+    as the gRPC server listens."""
+    socks, _ = bind_all(host, port)
+    for sock in socks:
+        sock.set_inheritable(True)
+    return socks
 
 
 async def _serve(server: uvicorn.Server, sockets: Sequence[socket.socket], url: str) -> None:
@@ -509,8 +512,8 @@ def run(config: GatewayConfig) -> int:
     if not config.public_url and config.gateway_host in WILDCARD_HOSTS:
         public_url_of(config, config.gateway_port)   # raises the one-line ConfigError
     _check_tls_files(config)
-    sock = _bind(config.gateway_host, config.gateway_port)
-    port = sock.getsockname()[1]
+    socks = _bind(config.gateway_host, config.gateway_port)
+    port = socks[0].getsockname()[1]
     config = dataclasses.replace(config, gateway_port=port)
     app = create_app(config)
     # uvicorn's own TLS (the ssl module): HTTPS, and wss:// for /live, when the gateway has a certificate.
@@ -522,7 +525,8 @@ def run(config: GatewayConfig) -> int:
                                     ssl_certfile=config.gateway_tls_cert, ssl_keyfile=config.gateway_tls_key))
     url = f"{_scheme(config)}://{_url_host(config.gateway_host)}:{port}"
     try:
-        asyncio.run(_serve(server, [sock], url))
+        asyncio.run(_serve(server, socks, url))
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
     return 0

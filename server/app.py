@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from hushwire.contract import keepalive
+from hushwire.settings import bind_all
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http, signals
+from server import health_http, metrics, signals
 from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
 from server.connections import FLOW_CONTROL_OPTIONS, Connections
-from server.group import Member, bind_all, grpc_host
+from server.group import Member, grpc_host
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
@@ -111,9 +111,12 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
             probe.close()
     else:
         hosts = member.hosts   # what the parent holds for the group
-    # Bound first: a busy port is a configuration error before anything has started.
-    mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
+    # Bound first, on every address of their host: a busy port is a configuration error before
+    # anything has started.
+    mirror_socks = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
+    metrics_socks = metrics.bind(config.metrics_host, config.metrics_port) \
+        if config.metrics_port is not None else None
     tls = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
@@ -211,17 +214,17 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     # each new connection to a sibling that listens, so a sibling that starts (a replacement) takes no
     # connection it would have to refuse while the others serve the port (server/group.py).
     port = await listen(config.port) if member is None else config.port
-    if mirror_sock is not None:
-        policy.own_ports.add(mirror_sock.getsockname()[1])
-    mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
+    for own in (mirror_socks or []) + (metrics_socks or []):
+        policy.own_ports.add(own.getsockname()[1])   # with port 0, the one it got
+    mirror = HealthMirror(health_state, mirror_socks) if mirror_socks is not None else None
     if mirror is not None:
         await mirror.start()  # answers 503 during the warm-up below
     await runner.start()
     sweeper = Sweeper(store, blobs, config.hold_seconds)
     sweeper.start()
     await runner.warm_up()
-    if config.metrics_port is not None:
-        start_http_server(config.metrics_port, addr=config.metrics_host, registry=METRICS.registry)
+    if metrics_socks is not None:
+        metrics.serve_http(metrics_socks, METRICS.registry)
     # As for jobs: an embedded store's delivery leases are this server's own (the group's parent frees them).
     if store.sync.dialect == "sqlite" and member is None:
         await store.run(store.sync.release_webhook_leases)

@@ -13,7 +13,7 @@ named after the port) so two starting servers cannot interleave. The holder keep
 group's whole life: every other ``hushwire serve``, whatever its ``--processes``, first binds the
 address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``.
 A host name that resolves to several addresses (``localhost``: 127.0.0.1 and ::1) is held, and
-served, on every one of them (:func:`listen_hosts`), so no other server can take one of them while
+served, on every one of them (``hushwire.settings.listen_hosts``), so no other server can take one of them while
 the siblings are down (being replaced); the siblings listen on exactly the addresses the parent holds. A
 program of the same user that sets ``SO_REUSEPORT`` itself (grpc's default) could still join the
 port: the kernel allows it, and nothing short of a dedicated user prevents it.
@@ -43,8 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
-import ipaddress
 import logging
 import multiprocessing
 import os
@@ -59,11 +57,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hushwire.settings import ConfigError
+from hushwire.settings import ConfigError, bind_all, tcp_socket
 from server import signals
 from server.config import ServerConfig, cores
 
-__all__ = ["Member", "bind_all", "grpc_host", "listen_hosts", "reserve_port", "run_group", "split_workers"]
+__all__ = ["Member", "grpc_host", "reserve_port", "run_group", "split_workers"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -111,74 +109,9 @@ def _port_lock(port: int) -> socket.socket | None:
     return sock
 
 
-def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, str]]:
-    """The addresses ``host`` names, each once, in the resolver's order: a name may have several
-    (``localhost`` is often 127.0.0.1 and ::1), and the server listens on, and holds, every one of
-    them. A wildcard (``0.0.0.0``, ``::``, or no host) is one address: grpc serves either from one
-    dual-stack socket on ``[::]`` (IPv4 and IPv6) where the machine has IPv6, so that is what is
-    held and listened on; ``0.0.0.0`` alone where it has not."""
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    found: list[tuple[socket.AddressFamily, str]] = []
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6) and (family, str(sockaddr[0])) not in found:
-            found.append((family, str(sockaddr[0])))
-    if not found:
-        raise ConfigError(f"cannot listen on {host}:{port}: it names no IPv4 or IPv6 address")
-    if any(ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified for _, address in found):
-        return [(socket.AF_INET6, "::")] if _dual_stack() else [(socket.AF_INET, "0.0.0.0")]
-    return found
-
-
-def _dual_stack() -> bool:
-    """Whether a socket on ``[::]`` can take IPv4 as well (IPv6 configured, dual-stack allowed)."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0))
-    except OSError:
-        return False
-    return True
-
-
-def _socket(family: socket.AddressFamily) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if family == socket.AF_INET6:   # a wildcard [::] takes IPv4 too, whatever the system's default
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    return sock
-
-
 def grpc_host(family: socket.AddressFamily, address: str) -> str:
     """An address as grpc's ``host:port`` wants its host part (IPv6 in brackets)."""
     return f"[{address}]" if family == socket.AF_INET6 else address
-
-
-def bind_all(host: str, port: int) -> tuple[list[socket.socket], int]:
-    """Exclusive probes (no ``SO_REUSEPORT``) on every address of ``host`` (:func:`listen_hosts`), all on
-    one port: ``port``, or for 0 one the OS picked that is free on every address. A busy address is a
-    :class:`ConfigError` naming it."""
-    hosts = listen_hosts(host, port)
-    for _ in range(_PORT_TRIES):
-        probes: list[socket.socket] = []
-        got = port
-        try:
-            for family, address in hosts:
-                sock = _socket(family)
-                probes.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((address, got))
-                got = int(sock.getsockname()[1])
-            return probes, got
-        except OSError as exc:
-            for sock in probes:
-                sock.close()
-            if port == 0 and len(probes) > 1 and exc.errno == errno.EADDRINUSE:
-                continue   # the OS's pick for the first address is taken on another: pick again
-            where = f" ({address})" if len(hosts) > 1 else ""
-            raise ConfigError(f"cannot listen on {host}:{got}{where}: {exc.strerror or exc}") from None
-    raise ConfigError(f"cannot listen on {host}:0: no port free on all of its addresses")
 
 
 def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
@@ -210,7 +143,7 @@ def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
             # No SO_REUSEADDR: another server's probe (which sets it) must not share an address with
             # a holder just because neither listens.
             for family, address in addresses:
-                holder = _socket(family)
+                holder = tcp_socket(family)
                 holders.append(holder)
                 holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 try:
@@ -491,15 +424,21 @@ async def run_group(config: ServerConfig, processes: int) -> int:
 
 
 async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) -> int:
-    from prometheus_client import start_http_server
-
-    from server import health_http
+    from server import health_http, metrics
     from server.shared import SharedState
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     holders, port = reserve_port(config.host, config.port)
-    mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
-        if config.health_http_port is not None else None
+    mirror_socks: list[socket.socket] = []
+    try:   # every address of their host, bound before anything starts: a busy port is a ConfigError
+        if config.health_http_port is not None:
+            mirror_socks = health_http.bind(config.health_http_host, config.health_http_port)
+        metrics_socks = metrics.bind(config.metrics_host, config.metrics_port) \
+            if config.metrics_port is not None else []
+    except BaseException:
+        for sock in (*holders, *mirror_socks):
+            sock.close()
+        raise
     run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
     store = shared = None
     try:
@@ -514,13 +453,12 @@ async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) 
         group = _Group(config, processes, run_dir, port, hosts)
         health = _GroupHealth(group, shared)
         mirror = None
-        if mirror_sock is not None:
-            mirror = health_http.HealthMirror(health, mirror_sock)
+        if mirror_socks:
+            mirror = health_http.HealthMirror(health, mirror_socks)
             group.own_ports += (mirror.port,)
-        if config.metrics_port is not None:
-            start_http_server(config.metrics_port, addr=config.metrics_host,
-                              registry=_metrics_registry(run_dir, store, health))
-            group.own_ports += (config.metrics_port,)
+        if metrics_socks:
+            metrics.serve_http(metrics_socks, _metrics_registry(run_dir, store, health))
+            group.own_ports += (metrics_socks[0].getsockname()[1],)
         return await _supervise(group, shared, mirror, stop)
     finally:
         for holder in holders:

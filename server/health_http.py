@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from hushwire.settings import bind_tcp
+from hushwire.settings import bind_all
 from server.shared import DRAINING, SERVING, STARTING, SharedState
 
 __all__ = ["Health", "HealthMirror", "HealthView", "bind"]
@@ -112,10 +112,11 @@ class HealthView(Protocol):
         ...
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The mirror's listening socket, bound before anything else starts, so a busy port is a clear
-    configuration error (exit status 2) rather than a half-started server."""
-    return bind_tcp(host, port, "--health-http-port: ")
+def bind(host: str, port: int) -> list[socket.socket]:
+    """The mirror's sockets, one per address ``host`` names (``localhost``: 127.0.0.1 and ::1), all on
+    one port, bound before anything else starts, so a busy port is a clear configuration error (exit
+    status 2) rather than a half-started server."""
+    return bind_all(host, port, "--health-http-port: ")[0]
 
 
 class _Server(uvicorn.Server):
@@ -127,10 +128,10 @@ class _Server(uvicorn.Server):
 class HealthMirror:
     """A tiny ASGI app on uvicorn answering ``/readyz`` and ``/healthz`` from a :class:`Health`."""
 
-    def __init__(self, health_state: HealthView, sock: socket.socket) -> None:
+    def __init__(self, health_state: HealthView, socks: Sequence[socket.socket]) -> None:
         self._health = health_state
-        self._sock = sock
-        self.port: int = sock.getsockname()[1]
+        self._socks = list(socks)
+        self.port: int = socks[0].getsockname()[1]
         config = uvicorn.Config(self._app, lifespan="off", log_config=None, log_level="warning", access_log=False,
                                 server_header=False, date_header=False, http="h11",
                                 interface="asgi3", proxy_headers=False)
@@ -155,14 +156,15 @@ class HealthMirror:
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        self._task = asyncio.create_task(self._server.serve(sockets=self._socks))
         while not self._server.started:
             if self._task.done():  # it could not start: say why
                 await self._task
                 raise RuntimeError("the health mirror did not start")
             await asyncio.sleep(0.01)
-        host, port = self._sock.getsockname()[:2]
-        log.info("health mirror on http://%s:%d/readyz", f"[{host}]" if ":" in host else host, port)
+        for sock in self._socks:
+            host, port = sock.getsockname()[:2]
+            log.info("health mirror on http://%s:%d/readyz", f"[{host}]" if ":" in host else host, port)
 
     async def stop(self) -> None:
         if self._task is None:
@@ -170,4 +172,5 @@ class HealthMirror:
         self._server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._task, 5.0)
-        self._sock.close()
+        for sock in self._socks:
+            sock.close()

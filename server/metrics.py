@@ -14,22 +14,61 @@ gauges come from the store, once.
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 import time
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from hushwire.settings import bind_all
 from server.store import Store
 
-__all__ = ["METRICS", "GroupCollector", "GroupView", "Metrics", "StoreCollector", "observe_many"]
+__all__ = ["METRICS", "GroupCollector", "GroupView", "Metrics", "StoreCollector", "bind", "observe_many", "serve_http"]
+
+log = logging.getLogger("hushwire.server")
 
 # Per-chunk processing time: a 20 ms chunk takes ~0.1-1 ms; the budget for real time is the chunk.
 _CHUNK_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5)
 _RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """The metrics port's sockets, one per address ``host`` names (``localhost``: 127.0.0.1 and ::1),
+    bound before anything else starts, so a busy port is a one-line configuration error (exit status
+    2), not a traceback from a server that had already started."""
+    return bind_all(host, port, "--metrics-port: ")[0]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:   # noqa: A002  (the base's name)
+        """A scrape is not worth a log line."""
+
+
+def serve_http(socks: Sequence[socket.socket], registry: CollectorRegistry) -> None:
+    """Serve ``registry`` at ``/metrics`` on each of ``socks`` (from :func:`bind`), each from a daemon
+    thread, as prometheus_client's ``start_http_server`` does for the one address it binds itself:
+    scrapes read the store, so they stay off the event loop."""
+    app = make_wsgi_app(registry)
+    for sock in socks:
+        httpd = ThreadingWSGIServer(sock.getsockname()[:2], _Quiet, bind_and_activate=False)
+        httpd.socket.close()   # the one it made for an address of its own: the bound one serves instead
+        httpd.socket = sock
+        host, port = sock.getsockname()[:2]
+        httpd.server_address = (host, port)
+        httpd.server_name, httpd.server_port = host, port
+        httpd.setup_environ()
+        httpd.server_activate()
+        httpd.set_app(app)
+        threading.Thread(target=httpd.serve_forever, name="hushwire-metrics", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
 
 
 class StoreCollector(Collector):

@@ -44,6 +44,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def localhost_twice(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``localhost`` names 127.0.0.1 and ::1 (in that order), whatever this
+    machine's /etc/hosts says: nss_wrapper (Debian's libnss-wrapper, installed by .ci/run) makes the
+    processes started with it resolve names from a hosts file of their own."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so"))
+    if not found:
+        pytest.skip("libnss-wrapper is not installed (apt-get install libnss-wrapper)")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+    return {**os.environ, "LD_PRELOAD": found[0], "NSS_WRAPPER_HOSTS": str(hosts)}
+
+
 def stop_process(proc: subprocess.Popen[bytes], what: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
     """Signal ``proc`` and return its exit status; kill it (and fail) if it does not exit in time."""
     if proc.poll() is None:

@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, free_port, run_cli, scrape_metrics, start_server
+from conftest import ServerProcess, create_key, free_port, localhost_twice, run_cli, scrape_metrics, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tls_fixtures import PKI, pki  # noqa: F401  (fixture)
 
@@ -218,28 +218,13 @@ def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None
         s.bind(("127.0.0.1", srv.port))
 
 
-def _nss_wrapper() -> str:
-    """libnss_wrapper (Debian's libnss-wrapper, installed by .ci/run): with ``NSS_WRAPPER_HOSTS`` it makes
-    one process resolve names from a hosts file of its own, so a test can give ``localhost`` two addresses."""
-    import glob
-
-    found = sorted(glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so"))
-    if not found:
-        pytest.skip("libnss-wrapper is not installed (apt-get install libnss-wrapper)")
-    return found[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("host", ["localhost", "0.0.0.0"])
 def test_a_name_with_several_addresses_is_held_and_served_on_each(tmp_path: Path, host: str) -> None:
     """``--host localhost`` where it names 127.0.0.1 and ::1: the group serves on both, and holds both, so
     while its siblings are down (being replaced) nobody else can bind either address on its port. The
     same for ``0.0.0.0``, which grpc serves from one dual-stack ``[::]`` socket: IPv6 is held too."""
-    env = None
-    if host == "localhost":
-        hosts = tmp_path / "hosts"
-        hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
-        env = {**os.environ, "LD_PRELOAD": _nss_wrapper(), "NSS_WRAPPER_HOSTS": str(hosts)}
+    env = localhost_twice(tmp_path) if host == "localhost" else None
     srv = start_server(tmp_path, "--host", host, "--processes", "2", "--workers", "0", env=env)
     try:
         assert f"listening on {host}:{srv.port} (2 processes)" in srv.log

@@ -14,6 +14,8 @@ config classes take theirs from :func:`default`).
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import socket
 import tomllib
@@ -31,27 +33,85 @@ __all__ = [
     "SECRET_SETTINGS",
     "SETTINGS",
     "Setting",
-    "bind_tcp",
+    "bind_all",
     "check_client_tls",
     "default",
     "default_data_dir",
+    "listen_hosts",
     "reference_table",
     "resolve",
+    "tcp_socket",
 ]
 
 
-def bind_tcp(host: str, port: int, what: str = "") -> socket.socket:
-    """A TCP socket bound to ``host:port`` (not listening yet), so a busy or bad address is a
-    one-line :class:`ConfigError` before anything else starts. ``what`` names the setting."""
+_PORT_TRIES = 5   # picks of a port free on every address (port 0) before giving up
+
+
+def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses ``host`` names, each once, in the resolver's order: a name may have several
+    (``localhost`` is often 127.0.0.1 and ::1), and every listener (gRPC, gateway, health mirror,
+    metrics) serves on every one of them. A wildcard (``0.0.0.0``, ``::``, or no host) is one
+    address: grpc serves either from one dual-stack socket on ``[::]`` (IPv4 and IPv6) where the
+    machine has IPv6, so that is what is listened on; ``0.0.0.0`` alone where it has not."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
-        raise ConfigError(f"{what}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    found: list[tuple[socket.AddressFamily, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, str(sockaddr[0])) not in found:
+            found.append((family, str(sockaddr[0])))
+    if not found:
+        raise ConfigError(f"cannot listen on {host}:{port}: it names no IPv4 or IPv6 address")
+    if any(ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified for _, address in found):
+        return [(socket.AF_INET6, "::")] if _dual_stack() else [(socket.AF_INET, "0.0.0.0")]
+    return found
+
+
+def _dual_stack() -> bool:
+    """Whether a socket on ``[::]`` can take IPv4 as well (IPv6 configured, dual-stack allowed)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def tcp_socket(family: socket.AddressFamily) -> socket.socket:
+    """A TCP socket of ``family``; an IPv6 one also takes IPv4 on ``[::]``, whatever the system's default."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     return sock
+
+
+def bind_all(host: str, port: int, what: str = "") -> tuple[list[socket.socket], int]:
+    """Sockets bound (not listening, no ``SO_REUSEPORT``) on every address of ``host``
+    (:func:`listen_hosts`), all on one port: ``port``, or for 0 one the OS picked that is free on every
+    address. A busy or bad address is a one-line :class:`ConfigError` (``what`` names the setting)
+    before anything else starts."""
+    hosts = listen_hosts(host, port)
+    for _ in range(_PORT_TRIES):
+        bound: list[socket.socket] = []
+        got = port
+        try:
+            for family, address in hosts:
+                sock = tcp_socket(family)
+                bound.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address, got))
+                got = int(sock.getsockname()[1])
+            return bound, got
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            if port == 0 and len(bound) > 1 and exc.errno == errno.EADDRINUSE:
+                continue   # the OS's pick for the first address is taken on another: pick again
+            where = f" ({address})" if len(hosts) > 1 else ""
+            raise ConfigError(f"{what}cannot listen on {host}:{got}{where}: {exc.strerror or exc}") from None
+    raise ConfigError(f"{what}cannot listen on {host}:0: no port free on all of its addresses")
 
 
 class ConfigError(ValueError):
@@ -175,7 +235,8 @@ _HELP = {
     "host": "the gRPC server's listen address: an address, or a name, served on every address it resolves to "
             "(`localhost`: 127.0.0.1 and ::1 where both are configured)",
     "port": "the gRPC server's port (0: any free port, logged at start)",
-    "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
+    "gateway_host": "the gateway's listen address (`hushwire gateway --host`): an address, or a name, served "
+                    "on every address it resolves to",
     "gateway_port": "the gateway's port (`hushwire gateway --port`)",
     "grpc_target": "the gRPC server the gateway forwards to",
     "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
@@ -260,8 +321,10 @@ _HELP = {
                         "`option httpchk`); `GET /readyz/live` also 503 while new live streams are refused "
                         "for load. With --processes: ready while at least one process serves, each one's state "
                         "in the body",
-    "metrics_host": "the metrics port's listen address (plain HTTP, whatever the gRPC port speaks)",
-    "health_http_host": "the health mirror's listen address (plain HTTP, whatever the gRPC port speaks)",
+    "metrics_host": "the metrics port's listen address (plain HTTP, whatever the gRPC port speaks), served on "
+                    "every address it resolves to",
+    "health_http_host": "the health mirror's listen address (plain HTTP, whatever the gRPC port speaks), "
+                        "served on every address it resolves to",
     "tls_cert": "serve gRPC over TLS only, with this certificate chain (PEM); re-read when the file changes or "
                 "on SIGHUP (server)",
     "tls_key": "the private key (PEM) of `--tls-cert` (server)",
