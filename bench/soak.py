@@ -282,6 +282,8 @@ class Upload:
 class UploadStats:
     uploads: list[Upload] = field(default_factory=list)
     poll_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    # (UTC time, job id, what) of each failed download, to find its request in the gateway's log
+    broken_downloads: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def audio_files(count: int) -> list[AudioFile]:
@@ -310,6 +312,18 @@ def _error_code(r: httpx.Response) -> str:
         return r.text[:40].replace("\n", " ")
 
 
+def _error_text(r: httpx.Response) -> str:
+    """The code and the start of the message: which part of the service refused, and why (the gateway's
+    "cannot be reached" and the server's "database is unavailable" are both SERVICE_UNAVAILABLE)."""
+    try:
+        msg = str(r.json()["error"]["msg"])
+    except Exception:  # noqa: BLE001 - not our JSON error: the code line shows the body
+        msg = ""
+    retry = r.headers.get("retry-after")
+    return (f"{_error_code(r)}" + (f" ({msg[:70]})" if msg else "")
+            + (f" Retry-After {retry}" if retry is not None else ""))
+
+
 async def upload_one(http: httpx.AsyncClient, key: str, up: Upload, poll_s: float, give_up_at: float,
                      stats: UploadStats) -> None:
     headers = {"Authorization": key}
@@ -318,11 +332,11 @@ async def upload_one(http: httpx.AsyncClient, key: str, up: Upload, poll_s: floa
         r = await http.post("/enhance", headers=headers,
                             files={"file": (up.name, up.file.data, up.file.content_type)})
     except httpx.HTTPError as exc:
-        up.outcome, up.reason = "error", f"{type(exc).__name__} (no reply)"
+        up.outcome, up.reason = "error", f"{type(exc).__name__} (no reply: {str(exc)[:60] or 'no detail'})"
         return
     up.post_s = time.monotonic() - t0
     if r.status_code != 200:
-        up.outcome, up.reason = "refused", f"{r.status_code} {_error_code(r)}"
+        up.outcome, up.reason = "refused", f"{r.status_code} {_error_text(r)}"
         return
     up.outcome, up.job_id = "accepted", str(r.json()["file"])
     body: dict[str, object] = {}
@@ -352,10 +366,11 @@ async def upload_one(http: httpx.AsyncClient, key: str, up: Upload, poll_s: floa
     try:
         d = await http.get(str(body["result"]))
     except httpx.HTTPError as exc:
-        up.download = f"error: {type(exc).__name__}"
+        up.download = f"error: {type(exc).__name__} ({str(exc)[:60] or 'no detail'})"
+        stats.broken_downloads.append((time.strftime("%H:%M:%S", time.gmtime()), up.job_id, up.download))
         return
     if d.status_code != 200:
-        up.download = f"error: {d.status_code} {_error_code(d)}"
+        up.download = f"error: {d.status_code} {_error_text(d)}"
         return
     try:
         info = sf.info(io.BytesIO(d.content))
@@ -569,6 +584,8 @@ def report(args: argparse.Namespace, out: Outcome) -> int:
                                                                          / 1000)]])
     if out.uploads.poll_errors:
         print(f"status polls answered with an error (retried): {_counts(list(out.uploads.poll_errors.elements()))}")
+    for when, job_id, what in out.uploads.broken_downloads:
+        print(f"download of job {job_id} at {when} UTC: {what}")
     wrong = [u for u in completed if u.download != "match"]
     if wrong:
         problems.append(f"{len(wrong)} completed job(s) whose download did not match the upload")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, resolve
+from hushwire.settings import SECRET_SETTINGS, SETTINGS, ConfigError, check_client_tls, default, resolve
 from server.config import ServerConfig, one_blas_thread
 
 __all__ = ["ClientConfig", "main"]
@@ -39,20 +39,21 @@ _SERVER_SETTINGS = [
 _CLIENT_SETTINGS = ["target", "key", "connect_timeout", "client_tls_ca", "client_tls_cert", "client_tls_key"]
 _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
-                     "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "gateway_tls_cert",
-                     "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections"]
+                     "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "http_keepalive_seconds",
+                     "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key",
+                     "grpc_connections"]
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     """What a client command needs to reach the server."""
 
-    target: str = "127.0.0.1:50051"
-    key: str | None = None
-    connect_timeout: float = 10.0
-    client_tls_ca: str | None = None
-    client_tls_cert: str | None = None
-    client_tls_key: str | None = None
+    target: str = default("target")
+    key: str | None = default("key")
+    connect_timeout: float = default("connect_timeout")
+    client_tls_ca: str | None = default("client_tls_ca")
+    client_tls_cert: str | None = default("client_tls_cert")
+    client_tls_key: str | None = default("client_tls_key")
 
     def __post_init__(self) -> None:
         check_client_tls("--tls-", self.client_tls_ca, self.client_tls_cert, self.client_tls_key)
@@ -102,6 +103,9 @@ def _tls(cfg: ClientConfig) -> dict[str, Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from server import signals
+
+    signals.hold()   # a SIGTERM from here on is a normal stop, however far start-up has got
     import asyncio
 
     from server.app import serve
@@ -392,8 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--host", default=None, help="listen host [env HUSHWIRE_GATEWAY_HOST] (default: 127.0.0.1)")
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
     for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
-                 "upload_idle_seconds", "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert",
-                 "grpc_tls_key", "grpc_connections"):
+                 "upload_idle_seconds", "http_keepalive_seconds", "gateway_tls_cert", "gateway_tls_key",
+                 "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 

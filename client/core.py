@@ -30,7 +30,9 @@ The rules:
   ``budget_s`` seconds from the first failure, then the stream fails, saying so;
 - never after the caller's own :meth:`StreamCore.cancel`;
 - never when the caller itself stopped reading: a server ends a stream whose client reads nothing
-  for :data:`SLOW_CONSUMER_SECONDS` (``SLOW_CONSUMER``), and when that status cannot be delivered
+  for its slow-consumer time (``SLOW_CONSUMER``; the server states it in the stream's initial metadata,
+  :data:`hushwire.contract.metadata.SLOW_CONSUMER_SECONDS_KEY`, and :data:`SLOW_CONSUMER_SECONDS`,
+  the servers' default, stands in for a server that does not), and when that status cannot be delivered
   behind the unread audio it resets the stream, which carries the status without its code's trailer
   (or, through a proxy, looks like a lost server). A call that ended with no code or as a lost server
   while the caller had read nothing for that long fails with code ``SLOW_CONSUMER`` instead;
@@ -50,6 +52,7 @@ import numpy as np
 
 from client.errors import HushwireClientError, from_rpc_error, is_retryable
 from hushwire.contract import pcm
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS
 from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.contract.pcm import ENCODINGS
 from hushwire.v1 import enhancer_pb2
@@ -187,6 +190,7 @@ class Call:
     reading: bool = True   # the caller is waiting for this call's next response
     idle_at_end: float | None = None  # how long the caller had read nothing when grpc ended the call
     longest_idle: float = 0.0  # the longest the caller read nothing on this call, before it read again
+    slow_consumer_s: float = SLOW_CONSUMER_SECONDS  # its server's slow-consumer time, as the server stated it
 
     def frames_lost(self) -> int:
         """Input the server took without answering (its output lags the input by ``delay``)."""
@@ -200,8 +204,8 @@ def _error(failure: grpc.RpcError | HushwireClientError) -> HushwireClientError:
 class StreamCore:
     """One live stream's state and decisions (see the module docstring); no I/O."""
 
-    def __init__(self, settings: Settings, *, resume: bool = True, target: str = "", budget_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, settings: Settings, *, resume: bool = True, target: str = "",
+                 budget_s: float = CONNECT_TIMEOUT_SECONDS, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.resume = resume
@@ -267,9 +271,13 @@ class StreamCore:
         call.sent += frames
         return req
 
-    def started(self, call: Call, first: enhancer_pb2.StreamEnhanceResponse) -> StreamOutput | None:
-        """The call's first response arrived. After a resume, returns the output announcing it."""
+    def started(self, call: Call, first: enhancer_pb2.StreamEnhanceResponse,
+                slow_consumer_s: float | None = None) -> StreamOutput | None:
+        """The call's first response arrived, with the slow-consumer time its server stated in the
+        initial metadata (None: it stated none). After a resume, returns the output announcing it."""
         call.delay = first.algorithmic_delay_samples
+        if slow_consumer_s is not None:
+            call.slow_consumer_s = slow_consumer_s
         call.accepted = True
         self.wake()
         self._handed(call)
@@ -333,19 +341,20 @@ class StreamCore:
             raise self.cancelled_error() from None
         idle = call.idle_at_end or 0.0  # grpc runs the done callback as the call ends, long before a
         # caller that stopped reading comes back to see the error; None only if it never ran
-        if idle >= SLOW_CONSUMER_SECONDS and is_retryable(err):
+        patience = call.slow_consumer_s
+        if idle >= patience and is_retryable(err):
             raise HushwireClientError(
                 err.status, "SLOW_CONSUMER",
-                f"the stream ended ({err}) while its caller had read no output for {idle:.1f} s; a server ends "
-                f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s, so it was not resumed") from None
+                f"the stream ended ({err}) while its caller had read no output for {idle:.1f} s; its server ends "
+                f"a stream whose client stops reading for {patience:g} s, so it was not resumed") from None
         # A server's own reset of the stream carries its status (RESOURCE_EXHAUSTED "SLOW_CONSUMER: ...")
         # without the code's trailer, and grpc holds it until the caller has read what was buffered.
         away = max(idle, call.longest_idle)
-        if err.code is None and not is_retryable(err) and away >= SLOW_CONSUMER_SECONDS:
+        if err.code is None and not is_retryable(err) and away >= patience:
             raise HushwireClientError(
                 err.status, "SLOW_CONSUMER",
-                f"the stream ended ({err}) after its caller had read no output for {away:.1f} s; a server ends "
-                f"a stream whose client stops reading for {SLOW_CONSUMER_SECONDS:g} s") from None
+                f"the stream ended ({err}) after its caller had read no output for {away:.1f} s; its server ends "
+                f"a stream whose client stops reading for {patience:g} s") from None
         if not self.resume or not is_retryable(err):
             raise err from None
         self._lost = (err, call, self._clock())

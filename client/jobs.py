@@ -13,6 +13,7 @@ import grpc
 from client.channel import ClientTLS, open_channel
 from client.errors import HushwireClientError, from_rpc_error
 from hushwire.contract import job_status
+from hushwire.contract.defaults import TARGET
 from hushwire.contract.job_status import STATUS_NAMES
 from hushwire.contract.metadata import AUTHORIZATION_KEY, RESULT_TOKEN_KEY
 from hushwire.contract.rest import callback_to_dict, job_to_dict, result_url
@@ -30,7 +31,7 @@ class JobsClient:
     """Blocking client for file jobs. ``key`` goes in metadata ``authorization``; ``tls_*`` as in
     :class:`client.EnhancerClient`."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", key: str | None = None, *, timeout: float = 30.0,
+    def __init__(self, target: str = TARGET, key: str | None = None, *, timeout: float = 30.0,
                  tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.target = target
         self.key = key

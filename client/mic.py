@@ -29,6 +29,7 @@ import numpy as np
 from client.core import RetryBudget
 from client.errors import HushwireClientError
 from client.stream import BackendLost, EnhancerClient
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS
 from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES
 
 __all__ = ["MicError", "MicOptions", "run_mic"]
@@ -48,7 +49,7 @@ class MicError(Exception):
 class MicOptions:
     target: str
     key: str | None
-    connect_timeout: float = 10.0
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
     input_device: str | None = None
     output_device: str | None = None
     rate: int | None = None

@@ -61,7 +61,8 @@ from client.core import (
     as_frames,
 )
 from client.errors import CallStatus, HushwireClientError, from_rpc_error
-from hushwire.contract.metadata import AUTHORIZATION_KEY
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS, TARGET
+from hushwire.contract.metadata import AUTHORIZATION_KEY, slow_consumer_seconds
 from hushwire.v1 import enhancer_pb2_grpc
 
 __all__ = ["AsyncEnhancerClient", "AsyncLiveStream", "BackendLost", "EnhancerClient", "LiveStream", "StreamOutput",
@@ -210,7 +211,7 @@ class LiveStream(_Live):
             first = next(self._call)
         except StopIteration:
             raise _no_response() from None
-        return self._core.started(call, first)
+        return self._core.started(call, first, slow_consumer_seconds(self._call.initial_metadata()))
 
     def _open(self, wait_s: float) -> StreamOutput | None:
         """Open a call, as the core decides after each failure; returns the resume's note, if any."""
@@ -346,7 +347,7 @@ class AsyncLiveStream(_Live):
         self._call.add_done_callback(lambda _: self._core.ended(call))
         if (first := await self._read()) is grpc.aio.EOF:
             raise _no_response()
-        return self._core.started(call, first)
+        return self._core.started(call, first, slow_consumer_seconds(await self._call.initial_metadata()))
 
     async def open(self, wait_s: float = 0.0) -> StreamOutput | None:
         """Open a call, as the core decides after each failure; returns the resume's note, if any."""
@@ -429,7 +430,7 @@ class EnhancerClient(_Client):
     ``connections``: how many connections its streams take turns on (see the module docstring)."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        self, target: str = TARGET, key: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,
@@ -495,7 +496,7 @@ class AsyncEnhancerClient(_Client):
     """asyncio client (grpc.aio) with the same methods as :class:`EnhancerClient`."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", key: str | None = None, *, connect_timeout: float = 10.0,
+        self, target: str = TARGET, key: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None, connections: int = 1,
     ) -> None:
         super().__init__(target, key, connect_timeout,

@@ -514,7 +514,10 @@ def run(config: GatewayConfig) -> int:
     config = dataclasses.replace(config, gateway_port=port)
     app = create_app(config)
     # uvicorn's own TLS (the ssl module): HTTPS, and wss:// for /live, when the gateway has a certificate.
+    # timeout_keep_alive: uvicorn's own default (5 s) is httpx's idle expiry too, so a client reusing a
+    # connection idle just under 5 s met the gateway's close and got no reply (the soak's ReadError).
     server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False,
+                                    timeout_keep_alive=config.http_keepalive_seconds,
                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, ws_max_size=MAX_MESSAGE_BYTES,
                                     ssl_certfile=config.gateway_tls_cert, ssl_keyfile=config.gateway_tls_key))
     url = f"{_scheme(config)}://{_url_host(config.gateway_host)}:{port}"

@@ -5,30 +5,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hushwire.settings import ConfigError, check_client_tls
+from hushwire.settings import ConfigError, check_client_tls, default
 
 __all__ = ["GatewayConfig"]
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Everything the gateway needs. ``public_url`` defaults to ``http://host:port``."""
+    """Everything the gateway needs. ``public_url`` defaults to ``http://host:port``. Each field's default
+    is the settings table's (:func:`hushwire.settings.default`), written there once."""
 
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8080
-    grpc_target: str = "127.0.0.1:50051"
-    public_url: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    connect_timeout: float = 10.0
-    max_upload_bytes: int = 200 * 1000**2
-    upload_idle_seconds: float = 60.0
-    gateway_tls_cert: str | None = None
-    gateway_tls_key: str | None = None
-    grpc_tls_ca: str | None = None
-    grpc_tls_cert: str | None = None
-    grpc_tls_key: str | None = None
-    grpc_connections: int = 8
+    gateway_host: str = default("gateway_host")
+    gateway_port: int = default("gateway_port")
+    grpc_target: str = default("grpc_target")
+    public_url: str | None = default("public_url")
+    log_level: str = default("log_level")
+    log_format: str = default("log_format")
+    connect_timeout: float = default("connect_timeout")
+    max_upload_bytes: int = default("max_upload_bytes")
+    upload_idle_seconds: float = default("upload_idle_seconds")
+    http_keepalive_seconds: int = default("http_keepalive_seconds")
+    gateway_tls_cert: str | None = default("gateway_tls_cert")
+    gateway_tls_key: str | None = default("gateway_tls_key")
+    grpc_tls_ca: str | None = default("grpc_tls_ca")
+    grpc_tls_cert: str | None = default("grpc_tls_cert")
+    grpc_tls_key: str | None = default("grpc_tls_key")
+    grpc_connections: int = default("grpc_connections")
 
     def __post_init__(self) -> None:
         if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):

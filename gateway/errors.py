@@ -7,7 +7,7 @@ Tree::
     GatewayError                     an HTTP error reply: status, contract code, message
     ├── from a hushwire server       trailer ``hushwire-error-code`` → hushwire.contract.errors.ERRORS[code]
     ├── from anything else (no trailer), by gRPC status:
-    │     UNAVAILABLE        503 SERVICE_UNAVAILABLE
+    │     UNAVAILABLE        503 SERVICE_UNAVAILABLE (with Retry-After, as every RETRYABLE code)
     │     DEADLINE_EXCEEDED  504 UPSTREAM_TIMEOUT
     │     anything else      502 UPSTREAM_ERROR
     └── raised by the gateway itself for the HTTP shape of a request:
@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 
 from client.errors import CallStatus
 from gateway.metrics import METRICS
-from hushwire.contract.errors import ERRORS
+from hushwire.contract.errors import ERRORS, RETRY_AFTER_SECONDS, RETRYABLE
 from hushwire.contract.metadata import error_code
 
 __all__ = ["GatewayError", "error_response", "from_call_error", "from_rpc_error", "has_server_code"]
@@ -60,8 +60,11 @@ class GatewayError(Exception):
 
 
 def error_response(status: int, code: str, msg: str) -> JSONResponse:
+    """The error reply; a refusal for now (a RETRYABLE code: draining, unreachable, a store that does
+    not answer, full) says when to try again, in ``Retry-After``."""
     METRICS.errors.labels(code).inc()
-    return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if code in RETRYABLE else None
+    return JSONResponse({"error": {"code": code, "msg": msg}}, status_code=status, headers=headers)
 
 
 def has_server_code(exc: grpc.aio.AioRpcError) -> bool:

@@ -67,6 +67,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.errors import CallStatus
 from gateway.errors import GatewayError, error_response, from_call_error
 from hushwire.contract.errors import quote_input
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
 from hushwire.contract.metadata import (
     AUTHORIZATION_KEY,
     MAX_KEY_CHARS,
@@ -86,7 +87,7 @@ __all__ = [
 log = logging.getLogger("hushwire.gateway")
 
 HELLO_TIMEOUT_S = 10.0     # a socket that sends no first message for this long is closed (REQUEST_TIMEOUT)
-SEND_TIMEOUT_S = 10.0      # as the server's SLOW_CONSUMER_SECONDS: a client that takes nothing this long is ended
+SEND_TIMEOUT_S = SLOW_CONSUMER_SECONDS   # as the server's default: a client that takes nothing this long is ended
 # Audio in flight through the server (sent, not yet answered), beyond which the client is not read.
 # Above the largest valid chunk plus the delay, so one chunk always fits: the stream never stalls.
 MAX_AHEAD_BYTES = 4 * 1024 * 1024

@@ -79,10 +79,13 @@ Reply = dict[str, str | list[str]]
 
 @dataclass(frozen=True)
 class UploadLimits:
+    """The gateway's settings for uploads (gateway/app.py fills them from its config; no defaults here,
+    so each stays written once)."""
+
     max_body_bytes: int
-    max_files: int = 32
-    idle_seconds: float = 60.0    # a body that sends nothing for this long is a stalled upload (408)
-    rpc_timeout: float = 10.0     # deadline of the unary calls (StartJob, CancelJob)
+    max_files: int
+    idle_seconds: float    # a body that sends nothing for this long is a stalled upload (408)
+    rpc_timeout: float     # deadline of the unary calls (StartJob, CancelJob)
 
 
 @dataclass

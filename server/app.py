@@ -18,15 +18,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from hushwire.contract import keepalive
-from hushwire.settings import bind_tcp
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from server import health_http
+from server import health_http, signals
 from server.admission import Admission
 from server.auth import AuthInterceptor
 from server.backends import open_blobs, open_store
 from server.config import ConfigError, ServerConfig
 from server.connections import FLOW_CONTROL_OPTIONS, Connections
-from server.group import Member
+from server.group import Member, bind_all, grpc_host
 from server.health_http import Health, HealthMirror
 from server.jobs import JobLimits, JobRunner, Submitter, Sweeper
 from server.metrics import METRICS
@@ -104,8 +103,14 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if member is None:
         # A busy port is a one-line configuration error, not grpc's traceback: bind it exclusively
-        # first (a group of siblings holds its port with a socket this probe conflicts with).
-        bind_tcp(config.host, config.port).close()
+        # first, on every address the host names (a group of siblings holds its port with sockets
+        # these probes conflict with).
+        probes, _ = bind_all(config.host, config.port)
+        hosts = tuple(grpc_host(probe.family, probe.getsockname()[0]) for probe in probes)
+        for probe in probes:
+            probe.close()
+    else:
+        hosts = member.hosts   # what the parent holds for the group
     # Bound first: a busy port is a configuration error before anything has started.
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
@@ -183,21 +188,31 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
          reflection.SERVICE_NAME),
         grpc_server,
     )
-    host = config.host
-    address = f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}"
-    # With TLS files the port speaks TLS only: a plaintext client fails its handshake.
-    try:
-        port = grpc_server.add_secure_port(address, tls.credentials()) if tls is not None \
-            else grpc_server.add_insecure_port(address)
-    except RuntimeError:
-        await asyncio.to_thread(store.close)
-        raise ConfigError(f"cannot listen on {host}:{config.port}") from None
-    connections.local_port = port
-    policy.own_ports.add(port)   # with --port 0, the one it got
+    # Every address the host names (``localhost``: 127.0.0.1 and ::1, where both are configured), on
+    # one port: with --port 0, the one grpc picks for the first. With TLS files the port speaks TLS
+    # only: a plaintext client fails its handshake.
+    async def listen(port: int) -> int:
+        for host in hosts:
+            try:
+                got = grpc_server.add_secure_port(f"{host}:{port}", tls.credentials()) if tls is not None \
+                    else grpc_server.add_insecure_port(f"{host}:{port}")
+            except RuntimeError:
+                await asyncio.to_thread(store.close)
+                raise ConfigError(f"cannot listen on {config.host}:{port} ({host})") from None
+            port = port or got
+        connections.local_port = port
+        policy.own_ports.add(port)   # with --port 0, the one it got
+        await grpc_server.start()
+        return port
+
+    await health_state.set(False)  # until the workers are up
+    # One server listens at once, and refuses calls (UNAVAILABLE) until its workers are up: its health
+    # service must answer meanwhile. A sibling of a group listens only once it serves: the kernel gives
+    # each new connection to a sibling that listens, so a sibling that starts (a replacement) takes no
+    # connection it would have to refuse while the others serve the port (server/group.py).
+    port = await listen(config.port) if member is None else config.port
     if mirror_sock is not None:
         policy.own_ports.add(mirror_sock.getsockname()[1])
-    await health_state.set(False)  # until the workers are up
-    await grpc_server.start()
     mirror = HealthMirror(health_state, mirror_sock) if mirror_sock is not None else None
     if mirror is not None:
         await mirror.start()  # answers 503 during the warm-up below
@@ -217,21 +232,34 @@ async def create_server(config: ServerConfig, member: Member | None = None) -> S
     webhooks.start()
     admission.start()
     await health_state.set(True)
+    if member is not None:
+        await listen(port)   # SERVING already, so its first connection's calls are served
     return Server(grpc_server, port, health_state, registry, store, runner, submitter, sweeper, mirror, tls,
                   webhooks, shared)
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, drain, and return the exit status (0)."""
-    server = await create_server(config)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("listening on %s:%d%s", host, server.port,
-             "" if server.tls is None else " (TLS, client certificates required)" if config.tls_client_ca
-             else " (TLS)")
+    """Run until SIGTERM/SIGINT, drain, and return the exit status (0).
+
+    A stop signal at any moment is a normal stop (server/signals.py): one that comes while the
+    server starts lets it finish starting, then it drains at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals.catch(loop, stop.set)
+    try:
+        return await _serve(config, stop)
+    finally:
+        signals.hold()   # asyncio.run removes its handlers as it ends: a late signal must not kill the exit
+
+
+async def _serve(config: ServerConfig, stop: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
+    server = await create_server(config)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    if not stop.is_set():
+        log.info("listening on %s:%d%s", host, server.port,
+                 "" if server.tls is None else " (TLS, client certificates required)" if config.tls_client_ca
+                 else " (TLS)")
     if server.tls is not None:
         tls = server.tls
 

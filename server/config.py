@@ -8,9 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S, MIN_PING_INTERVAL_S
-from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
-from hushwire.settings import ConfigError
+from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S
+from hushwire.settings import ConfigError, default
 
 __all__ = ["ConfigError", "ServerConfig", "cores", "one_blas_thread"]
 
@@ -43,53 +42,54 @@ def one_blas_thread() -> None:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``create_server`` needs. Built by the CLI from :func:`hushwire.settings.resolve`."""
+    """Everything ``create_server`` needs. Built by the CLI from :func:`hushwire.settings.resolve`; each
+    field's default is the settings table's (:func:`hushwire.settings.default`), written there once."""
 
     data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 50051
-    drain_seconds: float = 10.0
-    slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS
-    stream_idle_seconds: float = 30.0
-    download_idle_seconds: float = 60.0
-    keepalive_seconds: float = KEEPALIVE_INTERVAL_S
-    keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_S
-    keepalive_min_ping_seconds: float = MIN_PING_INTERVAL_S
-    database_url: str | None = None
-    blob_url: str | None = None
-    store_timeout: float = 5.0
-    signing_secret_file: str | None = None
-    signing_secret: str | None = None
-    key_pepper: str | None = None
-    signing_secret_previous: str | None = None
-    key_pepper_previous: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    max_streams_per_user: int = 256
-    max_streams: int | None = None
-    live_cpu_budget: float = 0.9
-    max_queued_jobs_per_user: int = 100
-    max_bytes_per_day_per_user: int = 10 * 1000**3
-    max_audio_seconds_per_day_per_user: float = 360000.0
-    max_idempotency_keys_per_user: int = 10000
-    max_upload_bytes: int = 200 * 1000**2
-    max_upload_seconds: float = 7200.0
-    lease_seconds: float = 30.0
-    hold_seconds: float = 120.0
-    metrics_port: int | None = None
-    workers: int | None = None
-    processes: int | None = None
-    stream_batch_ms: float = 1.0
-    health_http_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    health_http_host: str = "127.0.0.1"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    server_public_url: str | None = None
-    webhook_allow: tuple[str, ...] | None = None
-    webhook_base_delay_seconds: float = 10.0
-    webhook_max_age_seconds: float = 86400.0
+    host: str = default("host")
+    port: int = default("port")
+    drain_seconds: float = default("drain_seconds")
+    slow_consumer_seconds: float = default("slow_consumer_seconds")
+    stream_idle_seconds: float = default("stream_idle_seconds")
+    download_idle_seconds: float = default("download_idle_seconds")
+    keepalive_seconds: float = default("keepalive_seconds")
+    keepalive_timeout_seconds: float = default("keepalive_timeout_seconds")
+    keepalive_min_ping_seconds: float = default("keepalive_min_ping_seconds")
+    database_url: str | None = default("database_url")
+    blob_url: str | None = default("blob_url")
+    store_timeout: float = default("store_timeout")
+    signing_secret_file: str | None = default("signing_secret_file")
+    signing_secret: str | None = default("signing_secret")
+    key_pepper: str | None = default("key_pepper")
+    signing_secret_previous: str | None = default("signing_secret_previous")
+    key_pepper_previous: str | None = default("key_pepper_previous")
+    log_level: str = default("log_level")
+    log_format: str = default("log_format")
+    max_streams_per_user: int = default("max_streams_per_user")
+    max_streams: int | None = default("max_streams")
+    live_cpu_budget: float = default("live_cpu_budget")
+    max_queued_jobs_per_user: int = default("max_queued_jobs_per_user")
+    max_bytes_per_day_per_user: int = default("max_bytes_per_day_per_user")
+    max_audio_seconds_per_day_per_user: float = default("max_audio_seconds_per_day_per_user")
+    max_idempotency_keys_per_user: int = default("max_idempotency_keys_per_user")
+    max_upload_bytes: int = default("max_upload_bytes")
+    max_upload_seconds: float = default("max_upload_seconds")
+    lease_seconds: float = default("lease_seconds")
+    hold_seconds: float = default("hold_seconds")
+    metrics_port: int | None = default("metrics_port")
+    workers: int | None = default("workers")
+    processes: int | None = default("processes")
+    stream_batch_ms: float = default("stream_batch_ms")
+    health_http_port: int | None = default("health_http_port")
+    metrics_host: str = default("metrics_host")
+    health_http_host: str = default("health_http_host")
+    tls_cert: str | None = default("tls_cert")
+    tls_key: str | None = default("tls_key")
+    tls_client_ca: str | None = default("tls_client_ca")
+    server_public_url: str | None = default("server_public_url")
+    webhook_allow: tuple[str, ...] | None = default("webhook_allow")
+    webhook_base_delay_seconds: float = default("webhook_base_delay_seconds")
+    webhook_max_age_seconds: float = default("webhook_max_age_seconds")
 
     def __post_init__(self) -> None:
         if self.server_public_url is not None and not self.server_public_url.startswith(("http://", "https://")):

@@ -23,7 +23,8 @@ class HushwireError(Exception):
     """A refusal with a contract code (a key of :data:`ERRORS`) and a human message."""
 
     def __init__(self, code: str, msg: str | None = None, refused_for: str | None = None) -> None:
-        """``refused_for``: with OVERLOADED, why ("load" or "cap"; the ``hushwire-refused-for`` trailer)."""
+        """``refused_for``: with OVERLOADED, why (the ``hushwire-refused-for`` trailer: one of the contract's
+        ``REFUSED_FOR_*``, hushwire.contract.metadata)."""
         if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code

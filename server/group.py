@@ -11,18 +11,23 @@ first (a busy port is the same one-line error as with one process), then swaps t
 socket that sets ``SO_REUSEPORT`` but never listens, under a short lock (an abstract Unix socket
 named after the port) so two starting servers cannot interleave. The holder keeps the port for the
 group's whole life: every other ``hushwire serve``, whatever its ``--processes``, first binds the
-address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``. A
+address without ``SO_REUSEPORT`` and fails on it. The siblings then bind with ``SO_REUSEPORT``.
+A host name that resolves to several addresses (``localhost``: 127.0.0.1 and ::1) is held, and
+served, on every one of them (:func:`listen_hosts`), so no other server can take one of them while
+the siblings are down (being replaced); the siblings listen on exactly the addresses the parent holds. A
 program of the same user that sets ``SO_REUSEPORT`` itself (grpc's default) could still join the
 port: the kernel allows it, and nothing short of a dedicated user prevents it.
 
 **What the parent does**: it opens the store first (schema migrations, generated secrets) and, with
 the embedded SQLite store, requeues the jobs the last run left in flight and frees its webhook
 leases, once (the siblings don't); it serves the metrics port (every sibling's metrics, summed:
-prometheus_client's multiprocess mode, with the job-queue gauges read from the store) and the health
-mirror (the group: ``/readyz`` while every sibling serves, ``/readyz/live`` also 503 while every
-sibling is full); it logs ``listening on HOST:PORT`` once every sibling is SERVING; it forwards
-SIGTERM/SIGINT (drain) and, with TLS, SIGHUP (reload) to the siblings, and exits when they have
-drained.
+prometheus_client's multiprocess mode, with the job-queue gauges read from the store, and the
+siblings by state) and the health mirror (the group, :class:`_GroupHealth`: ``/readyz`` while at
+least one sibling serves, ``/readyz/live`` also 503 while every sibling is full); it logs
+``listening on HOST:PORT`` once every sibling is SERVING; it forwards SIGTERM/SIGINT (drain) and,
+with TLS, SIGHUP (reload) to the siblings, and exits when they have drained. A SIGTERM that comes
+while the group starts is a stop like any other (server/signals.py): what was starting finishes
+starting, then drains, and the exit status is 0.
 A sibling that dies is replaced (after a pause that doubles while they keep dying). If the parent
 dies, its siblings notice (their pipe to it closes) and stop at once: streams end with UNAVAILABLE,
 jobs are requeued, and they remove the group's run directory (a temporary directory: the shared
@@ -38,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -52,10 +59,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from hushwire.settings import ConfigError, bind_tcp
+from hushwire.settings import ConfigError
+from server import signals
 from server.config import ServerConfig, cores
 
-__all__ = ["Member", "reserve_port", "run_group", "split_workers"]
+__all__ = ["Member", "bind_all", "grpc_host", "listen_hosts", "reserve_port", "run_group", "split_workers"]
 
 log = logging.getLogger("hushwire.server")
 
@@ -66,6 +74,7 @@ _RESTART_MAX_S = 30.0
 _STARTED_OK_S = 30.0      # a sibling that ran this long resets the restart pause
 _KILL_AFTER_S = 20.0      # past the drain time, a sibling still running is killed
 _SYNC_S = 0.2             # how often a sibling publishes its load and reads the group's
+_PORT_TRIES = 5           # picks of a free port (0) before giving up
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class Member:
     processes: int
     run_dir: Path
     own_ports: tuple[int, ...] = ()   # the parent's metrics and health ports (webhooks may not call them)
+    hosts: tuple[str, ...] = ()       # the addresses the parent holds, as grpc's host part: listen on each
 
     @property
     def state_path(self) -> Path:
@@ -101,39 +111,115 @@ def _port_lock(port: int) -> socket.socket | None:
     return sock
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind ``host:port`` for a group of siblings: returns the holder socket (``SO_REUSEPORT``, never
-    listening; keep it open while the siblings run) and the port (the one the OS picked for 0).
-    A busy port, or one another server is taking right now, is a :class:`ConfigError`."""
-    for _ in range(3):
+def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses ``host`` names, each once, in the resolver's order: a name may have several
+    (``localhost`` is often 127.0.0.1 and ::1), and the server listens on, and holds, every one of
+    them. A wildcard (``0.0.0.0``, ``::``, or no host) is one address: grpc serves either from one
+    dual-stack socket on ``[::]`` (IPv4 and IPv6) where the machine has IPv6, so that is what is
+    held and listened on; ``0.0.0.0`` alone where it has not."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    found: list[tuple[socket.AddressFamily, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, str(sockaddr[0])) not in found:
+            found.append((family, str(sockaddr[0])))
+    if not found:
+        raise ConfigError(f"cannot listen on {host}:{port}: it names no IPv4 or IPv6 address")
+    if any(ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified for _, address in found):
+        return [(socket.AF_INET6, "::")] if _dual_stack() else [(socket.AF_INET, "0.0.0.0")]
+    return found
+
+
+def _dual_stack() -> bool:
+    """Whether a socket on ``[::]`` can take IPv4 as well (IPv6 configured, dual-stack allowed)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _socket(family: socket.AddressFamily) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:   # a wildcard [::] takes IPv4 too, whatever the system's default
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
+
+
+def grpc_host(family: socket.AddressFamily, address: str) -> str:
+    """An address as grpc's ``host:port`` wants its host part (IPv6 in brackets)."""
+    return f"[{address}]" if family == socket.AF_INET6 else address
+
+
+def bind_all(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Exclusive probes (no ``SO_REUSEPORT``) on every address of ``host`` (:func:`listen_hosts`), all on
+    one port: ``port``, or for 0 one the OS picked that is free on every address. A busy address is a
+    :class:`ConfigError` naming it."""
+    hosts = listen_hosts(host, port)
+    for _ in range(_PORT_TRIES):
+        probes: list[socket.socket] = []
+        got = port
+        try:
+            for family, address in hosts:
+                sock = _socket(family)
+                probes.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address, got))
+                got = int(sock.getsockname()[1])
+            return probes, got
+        except OSError as exc:
+            for sock in probes:
+                sock.close()
+            if port == 0 and len(probes) > 1 and exc.errno == errno.EADDRINUSE:
+                continue   # the OS's pick for the first address is taken on another: pick again
+            where = f" ({address})" if len(hosts) > 1 else ""
+            raise ConfigError(f"cannot listen on {host}:{got}{where}: {exc.strerror or exc}") from None
+    raise ConfigError(f"cannot listen on {host}:0: no port free on all of its addresses")
+
+
+def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Bind ``host:port`` for a group of siblings, on every address ``host`` names: returns the holder
+    sockets (``SO_REUSEPORT``, never listening; keep them open while the siblings run) and the port
+    (the one the OS picked for 0). A busy port, or one another server is taking right now, is a
+    :class:`ConfigError`."""
+    for _ in range(_PORT_TRIES):
         lock = _port_lock(port) if port else None
         if port and lock is None:
             raise ConfigError(f"cannot listen on {host}:{port}: another hushwire serve is starting on it")
         try:
-            probe = bind_tcp(host, port)   # exclusive: fails on any socket bound there, siblings' included
+            probes, got = bind_all(host, port)   # exclusive: fails on any socket bound there, siblings' included
         except BaseException:
             if lock is not None:
                 lock.close()
             raise
-        got = int(probe.getsockname()[1])
         if lock is None:
             lock = _port_lock(got)
             if lock is None:   # port 0 gave a port another server is taking: pick again
-                probe.close()
+                for probe in probes:
+                    probe.close()
                 continue
+        holders: list[socket.socket] = []
         try:
-            family, address = probe.family, probe.getsockname()
-            probe.close()
+            addresses = [(probe.family, probe.getsockname()) for probe in probes]
+            for probe in probes:
+                probe.close()
             # No SO_REUSEADDR: another server's probe (which sets it) must not share an address with
-            # this socket just because neither listens.
-            holder = socket.socket(family, socket.SOCK_STREAM)
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                holder.bind(address)
-            except OSError as exc:
-                holder.close()
-                raise ConfigError(f"cannot listen on {host}:{got}: {exc.strerror or exc}") from None
-            return holder, got
+            # a holder just because neither listens.
+            for family, address in addresses:
+                holder = _socket(family)
+                holders.append(holder)
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    holder.bind(address)
+                except OSError as exc:
+                    for h in holders:
+                        h.close()
+                    raise ConfigError(f"cannot listen on {host}:{got}: {exc.strerror or exc}") from None
+            return holders, got
         finally:
             lock.close()
     raise ConfigError(f"cannot listen on {host}:0: no free port found")
@@ -148,6 +234,7 @@ def _sibling_main(config: ServerConfig, member: Member, conn: Connection) -> Non
     # server.metrics makes one metric of every kind at import, which opens every file this process
     # will write, so the variable can go at once: job workers (started later) stay out of the sum,
     # as their outcomes are counted here.
+    signals.record()   # a stop signal while this process starts is a drain once it has started
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(member.run_dir / _METRICS_DIR)
     import server.metrics  # noqa: F401
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
@@ -162,31 +249,44 @@ async def _sibling_serve(config: ServerConfig, member: Member, conn: Connection)
     from server.blobs import BlobStoreError
     from server.store import StoreError
 
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # A stop signal recorded since the process began (server/signals.py) is delivered here, and the
+    # sibling finishes starting, then drains: it must not die half-started.
+    signals.catch(loop, stop.set)
     try:
-        server = await create_server(config, member)
-    except (ConfigError, StoreError, BlobStoreError, OSError, RuntimeError) as exc:
-        prefix = "blob store: " if isinstance(exc, BlobStoreError) else ""
-        conn.send(("error", f"{prefix}{exc}"))
-        return 2
+        try:
+            server = await create_server(config, member)
+        except (ConfigError, StoreError, BlobStoreError, OSError, RuntimeError) as exc:
+            prefix = "blob store: " if isinstance(exc, BlobStoreError) else ""
+            conn.send(("error", f"{prefix}{exc}"))
+            return 2
+        return await _sibling_run(config, member, conn, server, stop)
+    finally:
+        signals.hold()
+
+
+async def _sibling_run(config: ServerConfig, member: Member, conn: Connection, server: Any,
+                       stop: asyncio.Event) -> int:
     assert server.shared is not None
     shared = server.shared
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     parent_gone = False
 
     def on_parent() -> None:
         nonlocal parent_gone
         try:
-            conn.recv()   # the parent sends nothing: readable means it closed its end (or died)
-        except (EOFError, OSError):
-            pass
+            kind, _ = conn.recv()
+        except (EOFError, OSError):   # the parent closed its end, or died
+            kind = None
+        if kind == "stop":   # the group stops (sent before this process could read it, perhaps): drain
+            stop.set()
+            return
         loop.remove_reader(conn.fileno())
         parent_gone = True
         stop.set()
 
     loop.add_reader(conn.fileno(), on_parent)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if server.tls is not None:
         tls = server.tls
 
@@ -238,12 +338,15 @@ class _Sibling:
 
 
 class _Group:
-    def __init__(self, config: ServerConfig, processes: int, run_dir: Path, port: int) -> None:
+    def __init__(self, config: ServerConfig, processes: int, run_dir: Path, port: int,
+                 hosts: tuple[str, ...]) -> None:
         self.config = config
+        self.hosts = hosts
         self.processes = processes
         self.run_dir = run_dir
         self.port = port
-        self.draining = False
+        self.started = False    # every sibling served once (the ``listening on`` moment)
+        self.draining = False   # from the stop signal (or a failed start) on
         self.siblings: dict[int, _Sibling] = {}
         self.pause = {i: _RESTART_MIN_S for i in range(processes)}
         self.workers = split_workers(config.workers if config.workers is not None else cores(), processes)
@@ -257,7 +360,7 @@ class _Group:
         loop = asyncio.get_running_loop()
         config = dataclasses.replace(self.config, port=self.port, workers=self.workers[index],
                                      metrics_port=None, health_http_port=None)
-        member = Member(index, self.processes, self.run_dir, self.own_ports)
+        member = Member(index, self.processes, self.run_dir, self.own_ports, self.hosts)
         mine, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=_sibling_main, args=(config, member, theirs),
                                     name=f"hushwire-serve-{index}")
@@ -272,6 +375,13 @@ class _Group:
         asyncio.get_running_loop().remove_reader(sibling.process.sentinel)
         self.exited.put_nowait(index)
 
+    def stop_all(self) -> None:
+        """Ask every sibling to drain, through its pipe: a sibling still starting reads it once it
+        serves (a signal could find it before it can handle one)."""
+        for sibling in self.siblings.values():
+            with contextlib.suppress(OSError):
+                sibling.conn.send(("stop", None))
+
     def signal_all(self, sig: int) -> None:
         for sibling in self.siblings.values():
             if sibling.process.is_alive() and sibling.process.pid is not None:
@@ -279,20 +389,30 @@ class _Group:
                     os.kill(sibling.process.pid, sig)
 
 
-def _metrics_registry(run_dir: Path, store: Any) -> Any:
+def _metrics_registry(run_dir: Path, store: Any, health: _GroupHealth) -> Any:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from server.metrics import StoreCollector
+    from server.metrics import GroupCollector, StoreCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(run_dir / _METRICS_DIR))  # type: ignore[no-untyped-call]
     registry.register(StoreCollector(store))
+    registry.register(GroupCollector(health))
     return registry
 
 
 class _GroupHealth:
-    """The group's health for the parent's HTTP mirror, read from the shared state."""
+    """The group's health for the parent's HTTP mirror and metrics, read from the shared state.
+
+    The rule (docs/deploy.md, "Every core"): the group is ready once every sibling has started
+    (the ``listening on`` moment) and from then on while at least one sibling serves and the group
+    is not draining. A sibling that dies is replaced, and while it is away the kernel gives new
+    connections to the siblings that still listen on the port, so the replica still serves: a
+    balancer must not take it out for that (and the replacement listens only once it serves,
+    server/app.py, so it takes no connection it would refuse). It is not ready before start-up ends, while no sibling
+    serves, or once the drain began. Each sibling's state is in the answer's body and in the
+    ``hushwire_server_processes`` metric."""
 
     def __init__(self, group: _Group, shared: Any) -> None:
         self._group = group
@@ -302,11 +422,32 @@ class _GroupHealth:
     def serving(self) -> bool:
         from server.shared import SERVING
 
-        return not self._group.draining and all(v.state == SERVING for v in self._shared.slots())
+        group = self._group
+        return group.started and not group.draining and any(v.state == SERVING for v in self._shared.slots())
 
     @property
     def live_serving(self) -> bool:
         return self.serving and not self._shared.group_full()
+
+    def states(self) -> dict[str, int]:
+        """How many siblings are in each state (every state named, 0 included)."""
+        from server.shared import STATE_NAMES
+
+        counts = dict.fromkeys(STATE_NAMES.values(), 0)
+        for v in self._shared.slots():
+            counts[STATE_NAMES[v.state]] += 1
+        return counts
+
+    def describe(self) -> str:
+        """One line per sibling: its number, state, whether it is full, and its pid."""
+        from server.shared import SERVING, STATE_NAMES
+
+        lines = []
+        for i, v in enumerate(self._shared.slots()):
+            full = ", full" if v.state == SERVING and v.full else ""
+            pid = f" (pid {v.pid})" if v.pid else ""
+            lines.append(f"process {i + 1} of {self._group.processes}: {STATE_NAMES[v.state]}{full}{pid}\n")
+        return "".join(lines)
 
 
 async def _prepare_store(config: ServerConfig) -> Any:
@@ -337,15 +478,26 @@ async def _prepare_store(config: ServerConfig) -> Any:
 
 async def run_group(config: ServerConfig, processes: int) -> int:
     """Run ``processes`` sibling servers on one port until SIGTERM/SIGINT; return the exit status."""
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        raise ConfigError("--processes above 1 needs Linux (SO_REUSEPORT balancing)")
+    # A stop signal at any moment is a normal stop (server/signals.py): caught from here on, and the
+    # siblings are started only if none came while the store was being prepared.
+    stop = asyncio.Event()
+    signals.catch(asyncio.get_running_loop(), stop.set)
+    try:
+        return await _run_group(config, processes, stop)
+    finally:
+        signals.hold()   # asyncio.run removes its handlers as it ends: a late signal must not kill the exit
+
+
+async def _run_group(config: ServerConfig, processes: int, stop: asyncio.Event) -> int:
     from prometheus_client import start_http_server
 
     from server import health_http
     from server.shared import SharedState
 
-    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
-        raise ConfigError("--processes above 1 needs Linux (SO_REUSEPORT balancing)")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    holder, port = reserve_port(config.host, config.port)
+    holders, port = reserve_port(config.host, config.port)
     mirror_sock = health_http.bind(config.health_http_host, config.health_http_port) \
         if config.health_http_port is not None else None
     run_dir = Path(tempfile.mkdtemp(prefix="hushwire-serve-"))
@@ -353,19 +505,26 @@ async def run_group(config: ServerConfig, processes: int) -> int:
     try:
         (run_dir / _METRICS_DIR).mkdir()
         shared = SharedState.create(run_dir / _STATE_FILE, processes)
+        log.info("starting %d server processes on %s:%d", processes, config.host, port)
         store = await _prepare_store(config)
-        group = _Group(config, processes, run_dir, port)
+        if stop.is_set():
+            log.info("stopped before the server processes started")
+            return 0
+        hosts = tuple(grpc_host(h.family, h.getsockname()[0]) for h in holders)
+        group = _Group(config, processes, run_dir, port, hosts)
+        health = _GroupHealth(group, shared)
         mirror = None
         if mirror_sock is not None:
-            mirror = health_http.HealthMirror(_GroupHealth(group, shared), mirror_sock)
+            mirror = health_http.HealthMirror(health, mirror_sock)
             group.own_ports += (mirror.port,)
         if config.metrics_port is not None:
             start_http_server(config.metrics_port, addr=config.metrics_host,
-                              registry=_metrics_registry(run_dir, store))
+                              registry=_metrics_registry(run_dir, store, health))
             group.own_ports += (config.metrics_port,)
-        return await _supervise(group, shared, mirror, holder)
+        return await _supervise(group, shared, mirror, stop)
     finally:
-        holder.close()
+        for holder in holders:
+            holder.close()
         if store is not None:
             store.close()
         if shared is not None:
@@ -373,20 +532,25 @@ async def run_group(config: ServerConfig, processes: int) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.socket) -> int:
+async def _supervise(group: _Group, shared: Any, mirror: Any, stop: asyncio.Event) -> int:
     from prometheus_client import multiprocess
 
     config = group.config
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_stop() -> None:
+        group.draining = True   # the mirror answers 503 from this moment, before any sibling heard of it
+        stop.set()
+
+    for sig in signals.STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_stop)
     if config.tls_cert is not None:   # as with one process: SIGHUP re-reads TLS files, else it ends the server
         loop.add_signal_handler(signal.SIGHUP, lambda: group.signal_all(signal.SIGHUP))
     if mirror is not None:
         await mirror.start()
-    for i in range(group.processes):
-        group.start(i)
+    if not stop.is_set():   # a stop meanwhile: nothing to start (the loop below ends at once)
+        for i in range(group.processes):
+            group.start(i)
     status = 0
     failed: str | None = None
     pending = set(range(group.processes))
@@ -406,6 +570,7 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
                     if sibling.index in pending:
                         pending.discard(sibling.index)
                         if not pending:
+                            group.started = True
                             log.info("listening on %s:%d (%d processes)%s", host, group.port, group.processes,
                                      "" if config.tls_cert is None else " (TLS)")
                 elif kind == "error" and sibling.index in pending:
@@ -458,11 +623,11 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
     group.draining = True
     if failed is not None:
         log.error("a server process could not start: %s", failed)
-        group.signal_all(signal.SIGTERM)
+        group.stop_all()
         status = 2
     else:
         log.info("shutting down: draining %d process(es) for up to %.1f s", group.processes, config.drain_seconds)
-        group.signal_all(signal.SIGTERM)
+        group.stop_all()
     deadline = time.monotonic() + config.drain_seconds + _KILL_AFTER_S
     for sibling in group.siblings.values():
         await asyncio.to_thread(sibling.process.join, max(0.0, deadline - time.monotonic()))
@@ -471,7 +636,9 @@ async def _supervise(group: _Group, shared: Any, mirror: Any, holder: socket.soc
             sibling.process.kill()
             await asyncio.to_thread(sibling.process.join)
             status = status or 1
-        elif sibling.process.exitcode not in (0, None) and failed is None:
+        elif sibling.process.exitcode not in (0, None, *(-sig for sig in signals.STOP_SIGNALS)) and failed is None:
+            # A stop signal sent to every process (a service manager's, Ctrl-C) can end a sibling in the
+            # first moments of its interpreter, before it can drain: nothing had started there to drain.
             status = status or 1
         with contextlib.suppress(OSError):
             sibling.conn.close()

@@ -10,6 +10,9 @@ over plain HTTP (``--health-http-port``) for ``option httpchk``:
   while admission control finds the server full (server/admission.py), so a balancer sends new
   ``/hushwire.v1.Enhancer/`` calls elsewhere while jobs still come here;
 - ``GET /healthz``: 200 while the process runs (liveness);
+- with ``serve --processes N`` the parent answers for the group (server/group.py): ready while at
+  least one sibling serves (not only while all do), and the body's next lines give each sibling's
+  state;
 - anything else: 404.
 
 Both answers come from the same :class:`Health` object, so the mirror cannot disagree with the gRPC
@@ -80,6 +83,9 @@ class Health:
             self.shared.set_full(full)
         await self._publish()
 
+    def describe(self) -> str:
+        return ""   # one process: the status line says it all
+
     async def refresh(self) -> None:
         """Publish what changed in the group (siblings call this a few times a second)."""
         await self._publish()
@@ -100,6 +106,10 @@ class HealthView(Protocol):
 
     @property
     def live_serving(self) -> bool: ...
+
+    def describe(self) -> str:
+        """Lines the mirror's answers carry after the status (a group's per-process states; or none)."""
+        ...
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -132,10 +142,10 @@ class HealthMirror:
             return
         if scope["method"] not in ("GET", "HEAD"):
             status, body = 405, b"method not allowed\n"
-        elif scope["path"] == "/readyz":
-            status, body = (200, b"SERVING\n") if self._health.serving else (503, b"NOT_SERVING\n")
-        elif scope["path"] == "/readyz/live":
-            status, body = (200, b"SERVING\n") if self._health.live_serving else (503, b"NOT_SERVING\n")
+        elif scope["path"] in ("/readyz", "/readyz/live"):
+            up = self._health.serving if scope["path"] == "/readyz" else self._health.live_serving
+            status = 200 if up else 503
+            body = (b"SERVING\n" if up else b"NOT_SERVING\n") + self._health.describe().encode()
         elif scope["path"] == "/healthz":
             status, body = 200, b"alive\n"
         else:

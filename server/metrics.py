@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -23,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from server.store import Store
 
-__all__ = ["METRICS", "Metrics", "StoreCollector", "observe_many"]
+__all__ = ["METRICS", "GroupCollector", "GroupView", "Metrics", "StoreCollector", "observe_many"]
 
 # Per-chunk processing time: a 20 ms chunk takes ~0.1-1 ms; the budget for real time is the chunk.
 _CHUNK_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5)
@@ -51,6 +52,33 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("hushwire_webhooks_pending",
                                 "Job webhooks not delivered yet (due, or waiting to be retried).",
                                 value=self._store.webhooks_pending())
+
+
+class GroupView(Protocol):
+    """What :class:`GroupCollector` reads: the parent's view of its sibling processes (server/group.py)."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    def states(self) -> dict[str, int]: ...
+
+
+class GroupCollector(Collector):
+    """``serve --processes N``: the parent's own figures of the group, read at scrape time."""
+
+    def __init__(self, view: GroupView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily("hushwire_server_processes", "Server processes of the group (serve --processes) "
+                                   "by state: starting, serving, draining, stopped (dead, or not started yet).",
+                                   labels=["state"])
+        for state, n in self._view.states().items():
+            states.add_metric([state], n)
+        yield states
+        yield GaugeMetricFamily("hushwire_ready", "1 while the group is ready (the health mirror's /readyz "
+                                "answers 200: at least one process serves, and it is not draining), else 0.",
+                                value=1 if self._view.serving else 0)
 
 
 def observe_many(histogram: Histogram, value: float, n: int) -> None:
@@ -114,7 +142,9 @@ class Metrics:
                                                  "Time of one webhook delivery attempt.",
                                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.streams_refused = Counter("hushwire_streams_refused", "New live streams refused with OVERLOADED, by "
-                                       "reason (load: admission control; cap: --max-streams).", ["reason"],
+                                       "reason, the hushwire-refused-for trailer's value (load: admission control; "
+                                       "cap: --max-streams; users: the group's table of users streaming at once "
+                                       "is full).", ["reason"],
                                        registry=r)
         self.live_headroom = Gauge("hushwire_live_headroom_streams", "16 kHz mono streams admission would still "
                                    "take now (-1 per process: measured admission off).", registry=r,

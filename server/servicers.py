@@ -15,9 +15,9 @@ import grpc
 from grpc._cython import cygrpc
 
 from hushwire.contract.job_status import STATUS_PROTO
-from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
-from hushwire.contract.metadata import RESULT_TOKEN_KEY
+from hushwire.contract.metadata import RESULT_TOKEN_KEY, SLOW_CONSUMER_SECONDS_KEY
 from hushwire.contract.rest import job_to_dict, result_url
+from hushwire.settings import default
 from hushwire.v1 import enhancer_pb2, enhancer_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server import store as store_mod
 from server.auth import current_principal, maybe_principal
@@ -66,9 +66,9 @@ _READ, _WRITE = "request", "response"
 class StreamTimeouts:
     """The live streams' clocks (server settings, see server/config.py)."""
 
-    slow_consumer_s: float = SLOW_CONSUMER_SECONDS   # no response taken for this long: SLOW_CONSUMER
-    download_idle_s: float = 60.0   # a result download whose client takes nothing this long: SLOW_CONSUMER
-    idle_s: float = 30.0            # no request (audio or update) for this long: REQUEST_TIMEOUT
+    slow_consumer_s: float = default("slow_consumer_seconds")   # no response taken for this long: SLOW_CONSUMER
+    download_idle_s: float = default("download_idle_seconds")   # a download whose client takes nothing: the same
+    idle_s: float = default("stream_idle_seconds")   # no request (audio or update) for this long: REQUEST_TIMEOUT
     config_s: float = CONFIG_TIMEOUT_SECONDS
     flush_s: float = STATUS_FLUSH_SECONDS
 
@@ -238,6 +238,9 @@ class EnhancerServicer(enhancer_pb2_grpc.EnhancerServicer):
         assert task is not None
         try:
             self._registry.configured(task, session.weight)   # its reservation, now that its rate is known
+            # With the first response: how long this server waits for a client that reads nothing, so
+            # the client library can tell that end from a lost server (hushwire.contract.metadata).
+            await context.send_initial_metadata(((SLOW_CONSUMER_SECONDS_KEY, f"{self._timeouts.slow_consumer_s:g}"),))
             await self._write(context, enhancer_pb2.StreamEnhanceResponse(
                 algorithmic_delay_samples=session.delay_samples), watch)
         except BaseException:   # refused, or the client left before the first response: free its rows

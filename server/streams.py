@@ -24,17 +24,19 @@ import numpy.typing as npt
 
 from hushwire.contract import pcm
 from hushwire.contract.limits import MAX_CHANNELS, MAX_CHUNK_SECONDS, SUPPORTED_RATES, check_attenuation_limit
-from hushwire.contract.metadata import REFUSED_FOR_CAP, REFUSED_FOR_LOAD
+from hushwire.contract.metadata import REFUSED_FOR_CAP, REFUSED_FOR_LOAD, REFUSED_FOR_USERS
 from server.admission import Admission, stream_weight
 from server.dsp import Denoiser, DenoiserPool
 from server.errors import HushwireError
 from server.metrics import METRICS, observe_many
-from server.shared import Refused, SharedState
+from server.shared import USER_ROWS, Refused, SharedState
 
 __all__ = ["DenoiserPools", "StreamBatcher", "StreamRegistry", "StreamSession"]
 
 _FULL_MSG = "this server cannot take another live stream in real time; retry, ideally on another replica"
 _CAP_MSG = "this server is serving its most live streams ({}); retry, ideally on another replica"
+_USERS_MSG = "this server is serving live streams for the most users it counts at once ({}); retry, ideally on " \
+             "another replica"
 
 
 class StreamRegistry:
@@ -77,7 +79,7 @@ class StreamRegistry:
             if not self.admission.try_reserve(1.0):
                 if self.shared is not None:
                     self.shared.close_stream(uid)
-                METRICS.streams_refused.labels("load").inc()
+                METRICS.streams_refused.labels(REFUSED_FOR_LOAD).inc()
                 raise HushwireError("OVERLOADED", _FULL_MSG, REFUSED_FOR_LOAD)
             self.weights[task] = 1.0
         self.tasks[task] = uid
@@ -91,7 +93,7 @@ class StreamRegistry:
             if self.per_user[uid] >= self.max_per_user:
                 raise HushwireError("RATE_LIMITED", f"at most {self.max_per_user} concurrent streams per user")
             if self.max_streams is not None and len(self.tasks) >= self.max_streams:
-                METRICS.streams_refused.labels("cap").inc()
+                METRICS.streams_refused.labels(REFUSED_FOR_CAP).inc()
                 raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams), REFUSED_FOR_CAP)
             return
         try:
@@ -100,9 +102,12 @@ class StreamRegistry:
             if refused.reason == "user":
                 raise HushwireError("RATE_LIMITED",
                                     f"at most {self.max_per_user} concurrent streams per user") from None
-            METRICS.streams_refused.labels("cap").inc()
-            raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams) if refused.reason == "cap"
-                                else _FULL_MSG, REFUSED_FOR_CAP) from None
+            if refused.reason == "cap":
+                METRICS.streams_refused.labels(REFUSED_FOR_CAP).inc()
+                raise HushwireError("OVERLOADED", _CAP_MSG.format(self.max_streams), REFUSED_FOR_CAP) from None
+            # The users' table is full: not the operator's cap, and no sibling would take it either.
+            METRICS.streams_refused.labels(REFUSED_FOR_USERS).inc()
+            raise HushwireError("OVERLOADED", _USERS_MSG.format(USER_ROWS), REFUSED_FOR_USERS) from None
 
     def configured(self, task: asyncio.Task[object], weight: float) -> None:
         """The stream's config was accepted: set its reservation from its rate and channels (OVERLOADED
@@ -112,7 +117,7 @@ class StreamRegistry:
             if weight <= old:
                 self.admission.release(old - weight)
             elif len(self.weights) > 1 and not self.admission.try_reserve(weight - old):
-                METRICS.streams_refused.labels("load").inc()
+                METRICS.streams_refused.labels(REFUSED_FOR_LOAD).inc()
                 raise HushwireError("OVERLOADED", _FULL_MSG, REFUSED_FOR_LOAD)
             elif len(self.weights) <= 1:
                 self.admission.reserved_weight += weight - old

@@ -167,6 +167,7 @@ ALLOWED_SKIPS: dict[str, str] = {
     "tests/dsp/test_model.py::test_matches_torch": "torch is a training-only dependency, not in the test extra",
     "tests/dsp/test_model.py::test_deep_filter_matches_torch[0]": "the same, for the deep-filter model",
     "tests/dsp/test_model.py::test_deep_filter_matches_torch[16]": "the same, with a low-rank filter head",
+    "tests/dsp/test_model.py::test_periodicity_model_matches_torch": "the same, for a model with periodicity features",
 }
 NO_SKIPS_ENV = "HUSHWIRE_NO_SKIPS"
 _unexpected_skips: list[tuple[str, str]] = []

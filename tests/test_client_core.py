@@ -214,6 +214,28 @@ def test_the_client_reads_the_servers_default_patience() -> None:
     assert SETTINGS["slow_consumer_seconds"].default == SLOW_CONSUMER_SECONDS
 
 
+@pytest.mark.parametrize("stated", [3.0, 30.0])
+def test_the_servers_stated_patience_decides_not_the_default(stated: float) -> None:
+    """A server run with another --slow-consumer-seconds says so in the stream's initial metadata: a
+    pause of 5 s is SLOW_CONSUMER against a server that waits 3 s, and a lost server (resumed) against
+    one that waits 30 s, whatever the default (10 s) would say."""
+    clock = Clock()
+    core = _core(clock)
+    call = core.new_call()
+    core.started(call, _first(), stated)
+    core.reading(call)
+    core.output(call, _audio(320))
+    clock.now += 5.0
+    core.ended(call)
+    core.reading(call)
+    if stated < 5.0:
+        with pytest.raises(HushwireClientError) as info:
+            core.call_failed(call, RESET)
+        assert info.value.code == "SLOW_CONSUMER" and "stops reading for 3 s" in info.value.msg, info.value
+    else:
+        assert core.call_failed(call, RESET) == 0.0
+
+
 def test_a_caller_that_paused_briefly_is_resumed() -> None:
     clock = Clock()
     core = _core(clock)

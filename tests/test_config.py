@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
-from hushwire.settings import ConfigError, default_data_dir, resolve
+from hushwire.settings import SETTINGS, ConfigError, default_data_dir, resolve
 from server.config import ServerConfig
 
 
@@ -86,3 +87,56 @@ def test_a_minimum_ping_interval_that_refuses_the_clients_is_an_error() -> None:
     assert ServerConfig(data_dir=Path("/d"), keepalive_min_ping_seconds=KEEPALIVE_INTERVAL_S)
     with pytest.raises(ConfigError, match="--keepalive-min-ping-seconds"):
         ServerConfig(data_dir=Path("/d"), keepalive_min_ping_seconds=KEEPALIVE_INTERVAL_S + 1)
+
+
+def _class_defaults(path: Path, name: str) -> dict[str, ast.expr]:
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
+    return {n.target.id: n.value for n in cls.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None}
+
+
+def _literal(node: ast.expr) -> bool:
+    """A number or string written out (``60.0``, ``10 * 1000**3``, ``"127.0.0.1:50051"``); None is no value."""
+    if isinstance(node, ast.Constant):
+        return node.value is not None
+    if isinstance(node, ast.BinOp | ast.UnaryOp):
+        return all(_literal(n) for n in ast.iter_child_nodes(node) if isinstance(n, ast.expr))
+    return False
+
+
+def test_each_default_is_written_once() -> None:
+    """A default is one fact: the settings table's (hushwire.settings.default), or the contract's, which
+    the table takes. No config class, timeout bundle or client signature writes a number of its own
+    beside it, so a changed default changes everywhere (download_idle_seconds was 60.0 in three files)."""
+    from conftest import ROOT
+
+    classes = [("server/config.py", "ServerConfig"), ("gateway/config.py", "GatewayConfig"),
+               ("cli/main.py", "ClientConfig"), ("server/servicers.py", "StreamTimeouts"),
+               ("gateway/upload.py", "UploadLimits")]
+    written = [f"{path}: {cls}.{field}" for path, cls in classes
+               for field, value in _class_defaults(ROOT / path, cls).items() if _literal(value)]
+    # The client library cannot import the settings table: its defaults are the contract's.
+    for path in sorted((ROOT / "client").glob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = fn.args.args[len(fn.args.args) - len(fn.args.defaults):] + fn.args.kwonlyargs
+                values = list(fn.args.defaults) + list(fn.args.kw_defaults)
+                for arg, value in zip(args, values, strict=True):
+                    empty = isinstance(value, ast.Constant) and value.value == ""   # "no target": not a default
+                    if value is not None and arg.arg in ("target", "connect_timeout", "budget_s") \
+                            and _literal(value) and not empty:
+                        written.append(f"client/{path.name}: {fn.name}({arg.arg}=...)")
+    # The table itself takes the contract's numbers rather than repeating them.
+    table = ast.parse((ROOT / "protos" / "hushwire" / "settings.py").read_text())
+    contract = {"slow_consumer_seconds", "keepalive_seconds", "keepalive_timeout_seconds",
+                "keepalive_min_ping_seconds", "connect_timeout", "target", "grpc_target"}
+    for call in ast.walk(table):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Setting" \
+                and isinstance(call.args[0], ast.Constant) and call.args[0].value in contract \
+                and _literal(call.args[3]):
+            written.append(f"settings.py: {call.args[0].value}")
+    assert written == []
+    # And the classes' defaults are the table's values.
+    assert ServerConfig(data_dir=Path("x")).download_idle_seconds == SETTINGS["download_idle_seconds"].default
+    assert ServerConfig(data_dir=Path("x")).max_upload_bytes == 200_000_000

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h11
 import httpx
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ import requests
 import soundfile as sf
 from conftest import HUSHWIRE, ROOT, ServerProcess, create_key, free_port, start_logged, start_server, stop_process
 
+from hushwire.contract.errors import RETRY_AFTER_SECONDS
 from hushwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
@@ -386,6 +388,53 @@ def test_poll_to_completed_and_download_without_a_key(
     assert np.all(np.isfinite(y)) and np.max(np.abs(y)) > 0
 
 
+def _exchange(sock: socket.socket, conn: h11.Connection, target: str) -> tuple[int, bytes] | str:
+    """One GET on an open HTTP/1.1 connection: (status, body), or how the connection failed."""
+    try:
+        sock.sendall(conn.send(h11.Request(method="GET", target=target, headers=[("Host", "hushwire")])) or b"")
+        sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+    except OSError as exc:
+        return f"no reply: {type(exc).__name__} {exc}"
+    status, body = 0, bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+                continue
+        except (OSError, h11.RemoteProtocolError) as exc:
+            return f"no reply: {type(exc).__name__} {exc}"
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            conn.start_next_cycle()
+            return status, bytes(body)
+        elif isinstance(event, h11.ConnectionClosed):
+            return "no reply: the gateway closed the connection"
+
+
+def test_a_connection_idle_past_a_clients_keepalive_expiry_still_gets_its_download(
+        gateway: GatewayProcess, http: httpx.Client, key: str, wav16: Audio) -> None:
+    """The soak's broken download (httpx ReadError, no reply): httpx keeps an idle connection for 5 s,
+    and so did the gateway (uvicorn's default), so a request sent on a connection idle just under 5 s
+    could meet the gateway's close. The gateway now keeps idle connections longer than the usual
+    clients and balancers (--http-keepalive-seconds, 75 s), so they close first."""
+    expiry_s = httpx.Limits().keepalive_expiry or 5.0   # httpx's default: the most common Python client
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        conn = h11.Connection(h11.CLIENT)
+        first = _exchange(sock, conn, "/healthz")
+        idle_from = time.monotonic()
+        assert isinstance(first, tuple) and first[0] == 200, first
+        url = httpx.URL(wait_completed(http, key, submit(http, key, ("f", wav16.path))["f"])["result"])
+        time.sleep(max(0.0, idle_from + expiry_s + 0.5 - time.monotonic()))   # idle past the client's expiry
+        download = _exchange(sock, conn, url.raw_path.decode())
+    assert isinstance(download, tuple), download
+    assert download[0] == 200 and sf.info(io.BytesIO(download[1])).frames == wav16.frames, download[0]
+
+
 def test_download_with_the_owners_key_header_too(http: httpx.Client, key: str, wav16: Audio) -> None:
     job_id = submit(http, key, ("f", wav16.path))["f"]
     url = wait_completed(http, key, job_id)["result"]
@@ -669,6 +718,7 @@ def test_server_down_is_503_and_the_gateway_recovers(tmp_path: Path) -> None:
             upload = multipart([("f", "a.wav", b"RIFF....WAVEfmt ")])
             resp = http.post("/enhance", headers={**auth("k"), "Content-Type": MULTIPART_TYPE}, content=upload)
             assert_error(resp, 503, "SERVICE_UNAVAILABLE")
+            assert resp.headers.get("retry-after") == str(RETRY_AFTER_SECONDS), resp.headers   # try again soon
 
             (tmp_path / "data").mkdir()
             srv = start_server(tmp_path / "data", "--port", str(port))

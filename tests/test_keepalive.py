@@ -69,9 +69,8 @@ def _streams_open(metrics_port: int) -> float:
 
 
 def test_settings_default_to_the_contract() -> None:
-    """The settings table repeats the contract's numbers (it imports nothing first-party), so a server at
-    its defaults takes exactly the contract's options, and the client library's channels carry the
-    clients' side of it."""
+    """The settings table takes the contract's numbers as its defaults, so a server at its defaults takes
+    exactly the contract's options, and the client library's channels carry the clients' side of it."""
     defaults = [SETTINGS[name].default for name in
                 ("keepalive_seconds", "keepalive_timeout_seconds", "keepalive_min_ping_seconds")]
     assert defaults == [keepalive.KEEPALIVE_INTERVAL_S, keepalive.KEEPALIVE_TIMEOUT_S, keepalive.MIN_PING_INTERVAL_S]

@@ -39,7 +39,7 @@ FIRST_PARTY = {"server", "client", "gateway", "cli", "hushwire"}
 ALLOWED = {
     "hushwire.v1": set(),
     "hushwire.contract": {"hushwire.v1"},
-    "hushwire.settings": set(),
+    "hushwire.settings": {"hushwire.contract"},   # the contract's pure-Python defaults (keepalive, limits)
     "hushwire": set(),                       # protos/hushwire/__init__.py
     "client": {"hushwire.v1", "hushwire.contract"},
     "gateway": {"hushwire.v1", "hushwire.contract", "hushwire.settings", "client"},

@@ -136,10 +136,22 @@ def _health(ch: grpc.Channel, service: str) -> int:
 
 
 def _mirror(port: int, path: str) -> int:
+    return _mirror_answer(port, path)[0]
+
+
+def _mirror_answer(port: int, path: str) -> tuple[int, str]:
     try:
-        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status), r.read().decode()
     except urllib.error.HTTPError as err:
-        return err.code
+        return err.code, err.read().decode()
+
+
+def _wait_log(srv: ServerProcess, text: str, count: int = 1, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while srv.log.count(text) < count:
+        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log
+        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -206,6 +218,53 @@ def test_siblings_share_the_port_and_nobody_else_gets_it(tmp_path: Path) -> None
         s.bind(("127.0.0.1", srv.port))
 
 
+def _nss_wrapper() -> str:
+    """libnss_wrapper (Debian's libnss-wrapper, installed by .ci/run): with ``NSS_WRAPPER_HOSTS`` it makes
+    one process resolve names from a hosts file of its own, so a test can give ``localhost`` two addresses."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so"))
+    if not found:
+        pytest.skip("libnss-wrapper is not installed (apt-get install libnss-wrapper)")
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["localhost", "0.0.0.0"])
+def test_a_name_with_several_addresses_is_held_and_served_on_each(tmp_path: Path, host: str) -> None:
+    """``--host localhost`` where it names 127.0.0.1 and ::1: the group serves on both, and holds both, so
+    while its siblings are down (being replaced) nobody else can bind either address on its port. The
+    same for ``0.0.0.0``, which grpc serves from one dual-stack ``[::]`` socket: IPv6 is held too."""
+    env = None
+    if host == "localhost":
+        hosts = tmp_path / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+        env = {**os.environ, "LD_PRELOAD": _nss_wrapper(), "NSS_WRAPPER_HOSTS": str(hosts)}
+    srv = start_server(tmp_path, "--host", host, "--processes", "2", "--workers", "0", env=env)
+    try:
+        assert f"listening on {host}:{srv.port} (2 processes)" in srv.log
+        for target in (f"127.0.0.1:{srv.port}", f"[::1]:{srv.port}"):
+            with grpc.insecure_channel(target) as ch:
+                assert _health(ch, "") == SERVING, target
+        old = _siblings(srv)
+        for index, pid in old.items():
+            os.kill(pid, signal.SIGKILL)
+            _wait_log(srv, f"process {index} (pid {pid}) exited with status -9")
+        # No sibling listens now (each is replaced after a pause of at least 1 s): only the holders keep
+        # the port, on both addresses. Neither a plain socket nor another serve gets either one.
+        for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family) as s, pytest.raises(OSError):
+                s.bind((address, srv.port))
+        assert srv.log.count("serving (pid") == 2, "a replacement already serves: the check above proved nothing"
+        out = run_cli("serve", "--host", "::1", "--port", str(srv.port), "--data-dir", str(tmp_path / "other"),
+                      "--workers", "0", "--processes", "1", check=False)
+        assert out.returncode == 2 and f"cannot listen on ::1:{srv.port}" in out.stderr, out.stderr
+        _wait_log(srv, "process 1 of 2 serving", 2)
+        _wait_log(srv, "process 2 of 2 serving", 2)
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
 def test_a_sibling_that_cannot_start_stops_the_whole_server(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.pem")
     out = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--processes", "2", "--workers", "0",
@@ -253,6 +312,54 @@ def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
     try:
         asyncio.run(scenario())
     finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> None:
+    """The group counts streams per user in a table of USER_ROWS rows (server/shared.py). With that many
+    other users streaming, a new user's stream is OVERLOADED for ``users``, not for ``cap``: the
+    operator's --max-streams was never reached. The test plays those users itself, through the
+    group's own shared state, as a sibling would count them."""
+    from hushwire.contract.metadata import REFUSED_FOR_KEY, REFUSED_FOR_USERS
+    from server.shared import USER_ROWS, SharedState
+
+    key = create_key(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    metrics = free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--max-streams", str(10 * USER_ROWS), env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    [run_dir] = (tmp_path / "tmp").iterdir()
+    others = SharedState.attach(run_dir / "state", 2, 0)
+    others_uids = range(10**6, 10**6 + USER_ROWS)
+
+    async def refusal() -> tuple[str | None, str | None]:
+        async with grpc.aio.insecure_channel(srv.target) as ch:
+            opened = await _open(ch, key)
+            if isinstance(opened, _Stream):
+                await opened.close()
+                return None, None
+            call = enhancer_pb2_grpc.EnhancerStub(ch).StreamEnhance(iter([enhancer_pb2.StreamEnhanceRequest(
+                config=enhancer_pb2.StreamConfig(sample_rate_hz=16000, channels=1,
+                                                 encoding=enhancer_pb2.SAMPLE_ENCODING_PCM16))]),
+                metadata=(("authorization", key),))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            trailers = dict(err.value.trailing_metadata() or ())
+            return opened, trailers.get(REFUSED_FOR_KEY)
+
+    try:
+        for uid in others_uids:
+            others.open_stream(uid, 256, None)
+        assert asyncio.run(refusal()) == ("OVERLOADED", REFUSED_FOR_USERS)
+        m = scrape_metrics(metrics)
+        assert m[("hushwire_streams_refused_total", (("reason", REFUSED_FOR_USERS),))] == 2
+        assert ("hushwire_streams_refused_total", (("reason", "cap"),)) not in m
+        for uid in others_uids:   # they leave: the table has room again
+            others.close_stream(uid)
+        assert asyncio.run(refusal()) == (None, None)
+    finally:
+        others.close()
         assert srv.stop() == 0, srv.log
 
 
@@ -399,6 +506,96 @@ def test_only_the_parent_requeues_at_start(tmp_path: Path) -> None:
         assert "jobs requeued count=1 reason='unfinished at the previous stop'" in srv2.log
     finally:
         assert srv2.stop() == 0, srv2.log
+
+
+@pytest.mark.slow
+def test_the_group_stays_ready_while_one_sibling_is_replaced(tmp_path: Path) -> None:
+    """A balancer in front of the group sees it ready while at least one sibling serves (the kernel gives
+    new connections to the siblings still listening), with each sibling's state in the body and the
+    metrics; not ready while none serves, nor once it drains."""
+    key = create_key(tmp_path)
+    metrics, mirror = free_port(), free_port()
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "0", "--metrics-port", str(metrics),
+                       "--health-http-port", str(mirror), "--drain-seconds", "10")
+
+    def processes() -> dict[str, float]:
+        return {dict(labels)["state"]: v for (name, labels), v in scrape_metrics(metrics).items()
+                if name == "hushwire_server_processes"}
+
+    try:
+        old = _siblings(srv)
+        assert _mirror_answer(mirror, "/readyz") == (200, f"SERVING\nprocess 1 of 2: serving (pid {old[1]})\n"
+                                                           f"process 2 of 2: serving (pid {old[2]})\n")
+        assert processes() == {"starting": 0, "serving": 2, "draining": 0, "stopped": 0}
+        assert scrape_metrics(metrics)[("hushwire_ready", ())] == 1
+
+        # One sibling dead: it is replaced after a pause of 1 s, and meanwhile the other serves the port.
+        os.kill(old[1], signal.SIGKILL)
+        _wait_log(srv, f"process 1 (pid {old[1]}) exited with status -9")
+        status, body = _mirror_answer(mirror, "/readyz")
+        assert status == 200, body
+        assert re.search(r"^process 1 of 2: (stopped|starting)", body, re.M) and \
+            f"process 2 of 2: serving (pid {old[2]})" in body, body
+        assert _mirror(mirror, "/readyz/live") == 200
+        assert processes()["serving"] == 1 and scrape_metrics(metrics)[("hushwire_ready", ())] == 1
+        with grpc.insecure_channel(srv.target) as ch:   # and the port does serve
+            assert _health(ch, "") == SERVING
+
+        # Both dead: nothing serves the port, so the group is not ready until a replacement serves.
+        os.kill(old[2], signal.SIGKILL)
+        _wait_log(srv, f"process 2 (pid {old[2]}) exited with status -9")
+        status, body = _mirror_answer(mirror, "/readyz")
+        assert status == 503 and body.startswith("NOT_SERVING\n") and "serving" not in body.split("\n", 1)[1], body
+        assert processes()["serving"] == 0 and scrape_metrics(metrics)[("hushwire_ready", ())] == 0
+        _wait_log(srv, "process 1 of 2 serving", 2)
+        _wait_log(srv, "process 2 of 2 serving", 2)
+        assert _mirror(mirror, "/readyz") == 200
+
+        # Draining: not ready at once, while its streams finish.
+        async def drain() -> None:
+            chans = await _connect(srv, 1)
+            try:
+                stream = await _open(chans[0][0], key)
+                assert isinstance(stream, _Stream), stream
+                os.kill(srv.proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 5
+                while (answer := _mirror_answer(mirror, "/readyz"))[0] != 503:
+                    assert time.monotonic() < deadline, answer
+                    await asyncio.sleep(0.02)
+                await stream.feed.put(bytes(640))   # the stream still flows
+                assert (await asyncio.wait_for(stream.call.read(), 5)).audio is not None
+                await stream.close()
+            finally:
+                await chans[0][0].close()
+
+        asyncio.run(drain())
+    finally:
+        assert srv.stop() == 0, srv.log
+
+
+@pytest.mark.slow
+def test_a_replacement_takes_no_connection_before_it_serves(tmp_path: Path) -> None:
+    """The group stays ready while a sibling is replaced (above), so the replacement must not take new
+    connections while it starts: it listens only once it serves, and until then the kernel gives every
+    new connection to the sibling that serves. Its job workers' warm-up makes that start last."""
+    srv = start_server(tmp_path, "--processes", "2", "--workers", "4")
+    try:
+        old = _siblings(srv)
+        os.kill(old[1], signal.SIGKILL)
+        _wait_log(srv, f"process 1 (pid {old[1]}) exited with status -9")
+        during = []   # health of "" on a new connection each time, while the replacement starts
+        deadline = time.monotonic() + 60
+        while srv.log.count("process 1 of 2 serving") < 2:
+            assert time.monotonic() < deadline, srv.log
+            starting = srv.log.count("database ") == 3   # the replacement opened the store: it is starting
+            with grpc.insecure_channel(srv.target, options=OWN_CONNECTION) as ch:
+                status = _health(ch, "")
+            if starting and srv.log.count("process 1 of 2 serving") < 2:
+                during.append(status)
+        assert len(during) >= 10, f"only {len(during)} connections while the replacement started"
+        assert set(during) == {SERVING}, during
+    finally:
+        assert srv.stop() == 0, srv.log
 
 
 @pytest.mark.slow
@@ -635,3 +832,57 @@ def test_a_replacement_that_could_not_start_does_not_fail_the_later_drain(tmp_pa
     assert status == 0, srv.log
     assert f"process 2 did not start: cannot read the TLS file {cert}" in srv.log
     assert "a server process could not start" not in srv.log, srv.log
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker``: a server and every process it started."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in env.split(b"\0") and _alive(int(d.name)):
+                found.append(int(d.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("processes", "moment"), [
+    ("2", "starting 2 server processes"),   # the parent prepares the store; no sibling yet
+    ("2", "database "),                     # a sibling opened the store: its job worker is starting
+    ("2", "process 1 of 2 serving"),        # one sibling serves, the other may still be starting
+    ("1", "database "),                     # one process, its job worker starting
+])
+def test_a_sigterm_while_starting_is_a_normal_stop(tmp_path: Path, processes: str, moment: str) -> None:
+    """SIGTERM before the server is up is a stop like any other: whatever was starting finishes and
+    drains, the command exits 0 with no traceback, and no process of it is left behind."""
+    from conftest import HUSHWIRE, ROOT
+
+    marker = f"HUSHWIRE_TEST_RUN={time.monotonic_ns()}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as f:
+        proc = subprocess.Popen([*HUSHWIRE, "serve", "--port", "0", "--data-dir", str(tmp_path), "--processes",
+                                 processes, "--workers", processes], stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while moment not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.005)
+        assert proc.pid in _marked(marker)   # the marker finds the server's processes
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert status == 0, text
+    assert "Traceback" not in text and "stopped" in text, text
+    deadline = time.monotonic() + 5
+    while left := _marked(marker):
+        assert time.monotonic() < deadline, f"left running: {left}\n{text}"
+        time.sleep(0.05)

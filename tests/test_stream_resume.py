@@ -133,13 +133,18 @@ def test_a_stream_resumes_after_its_server_is_sigkilled(tmp_path: Path) -> None:
             assert srv2.stop() == 0
 
 
+STATED_S = 2.0   # the server's --slow-consumer-seconds below
+
+
 @pytest.mark.slow
 def test_a_stream_whose_caller_stopped_reading_is_not_resumed(tmp_path: Path) -> None:
     """The server ends a stream whose client reads nothing (SLOW_CONSUMER). Whether that status gets
     through behind the unread audio or the server has to reset the stream (which looks like a lost
-    server), the library must not open a new stream for a caller that stopped reading."""
+    server), the library must not open a new stream for a caller that stopped reading. The server here
+    waits 2 s, not the default 10 s, and says so when the stream opens: the caller's pause of 9 s
+    (2 s, the reset's 5 s grace, and a margin) is judged against what the server stated."""
     key = create_key(tmp_path)
-    srv = start_server(tmp_path, "--workers", "0")
+    srv = start_server(tmp_path, "--workers", "0", "--slow-consumer-seconds", str(STATED_S))
     stop = threading.Event()
     sent = 0
 
@@ -154,10 +159,11 @@ def test_a_stream_whose_caller_stopped_reading_is_not_resumed(tmp_path: Path) ->
             live = c.stream(flood(), 48000)
             outputs = iter(live)
             next(outputs)
-            time.sleep(SLOW_CONSUMER_SECONDS + 8)  # past the server's patience, and a reset's grace
+            time.sleep(STATED_S + 7)  # past the server's patience and a reset's grace, short of the default's
             with pytest.raises(HushwireClientError) as info:
                 for _ in outputs:
                     pass
+        assert STATED_S + 7 < SLOW_CONSUMER_SECONDS
         assert info.value.code == "SLOW_CONSUMER", info.value
         assert live.reconnects == []
         assert srv.log.count("stream opened") == 1, srv.log  # no second stream was opened

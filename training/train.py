@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devscore import add_dev_argument  # noqa: E402
 
 from server.dsp.model import LOG_FLOOR, REF_RATE_HZ, band_centres_hz, band_weights  # noqa: E402
+from server.dsp.pitch import PitchFeatures  # noqa: E402
 from server.dsp.stft import window_pair  # noqa: E402
 
 SR = 16000
@@ -55,6 +56,7 @@ SEG_S = 3.0
 DF_BINS = 128  # deep-filtered bins: 0 - 3.97 kHz at 31.25 Hz (every rate: the analysis window is 32 ms)
 DF_TAPS = 2  # the current frame and the one before (causal: no added delay)
 LO_DENSE = 48
+PITCH_DENSE = 32  # the periodicity features' dense layer (--pitch), into the first GRU
 WEIGHTS_OUT = ROOT / "server" / "dsp" / "weights" / "gain_model.npz"
 CKPT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -77,14 +79,18 @@ class GainNet(nn.Module):
     """
 
     def __init__(self, n_bands: int = 40, dense: int = 96, hidden: int = 96, df_bins: int = 0,
-                 df_taps: int = DF_TAPS, lo_dense: int = LO_DENSE, df_rank: int = 0) -> None:
+                 df_taps: int = DF_TAPS, lo_dense: int = LO_DENSE, df_rank: int = 0, pitch: bool = False) -> None:
         super().__init__()
         self.df_bins, self.df_taps, self.df_rank = df_bins, df_taps, df_rank
+        self.n_pitch = n_bands + 1 if pitch else 0  # server/dsp/pitch.py: rho per band + the frame's
         self.dense = nn.Linear(n_bands, dense)
         gru_in = dense
         if df_bins:
             self.dense_lo = nn.Linear(df_bins, lo_dense)
             gru_in += lo_dense
+        if pitch:
+            self.dense_p = nn.Linear(self.n_pitch, PITCH_DENSE)
+            gru_in += PITCH_DENSE
         self.gru1 = nn.GRU(gru_in, hidden, batch_first=True)
         self.gru2 = nn.GRU(hidden, hidden, batch_first=True)
         self.gain = nn.Linear(dense + 2 * hidden, n_bands)
@@ -105,23 +111,27 @@ class GainNet(nn.Module):
     @staticmethod
     def from_state(state: dict) -> GainNet:
         """An empty model of the architecture a state dict (or .npz dict) describes."""
+        pitch = "dense_p.weight" in state
         if "df.weight" not in state:
-            return GainNet()
+            return GainNet(pitch=pitch)
         df_bins = int(state["lo_mean"].shape[0])
         return GainNet(df_bins=df_bins, df_taps=int(state["df.weight"].shape[0]) // (2 * df_bins),
                        lo_dense=int(state["dense_lo.weight"].shape[0]),
-                       df_rank=int(state["df_in.weight"].shape[0]) if "df_in.weight" in state else 0)
+                       df_rank=int(state["df_in.weight"].shape[0]) if "df_in.weight" in state else 0, pitch=pitch)
 
-    def forward(self, logband: torch.Tensor, loglo: torch.Tensor | None = None):
+    def forward(self, logband: torch.Tensor, loglo: torch.Tensor | None = None, pitch: torch.Tensor | None = None):
         """-> band gains (B, T, bands), voice (B, T) and, with ``df_bins``, taps (B, T, bins, taps, 2)."""
         x = (logband - self.feat_mean) / self.feat_std
         d = torch.tanh(self.dense(x))
+        gru_in = [d]
         if self.df_bins:
             assert loglo is not None
             dl = torch.tanh(self.dense_lo((loglo - self.lo_mean) / self.lo_std))
-            h1, _ = self.gru1(torch.cat([d, dl], dim=-1))
-        else:
-            h1, _ = self.gru1(d)
+            gru_in.append(dl)
+        if self.n_pitch:
+            assert pitch is not None
+            gru_in.append(torch.tanh(self.dense_p(pitch)))
+        h1, _ = self.gru1(torch.cat(gru_in, dim=-1) if len(gru_in) > 1 else d)
         h2, _ = self.gru2(h1)
         g = torch.sigmoid(self.gain(torch.cat([d, h1, h2], dim=-1)))
         v = torch.sigmoid(self.vad(h1))[..., 0]
@@ -308,6 +318,15 @@ class Frontend:
         self.w_synth = torch.tensor(w.T, dtype=torch.float32)  # (bands, bins)
         self.w_ana = torch.tensor(w / w.sum(0), dtype=torch.float32)  # (bins, bands): band means
         self.f = torch.tensor(self.freqs, dtype=torch.float32)
+        self.periodicity = PitchFeatures(SR, HOP, ana, w)
+
+    def pitch(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, L) time signal -> (B, T, bands + 1) periodicity features, by the server's own code
+        (on the signal before the random colouration: a smooth response barely changes them)."""
+        state: dict = {}
+        self.periodicity.init_state(state, y.shape[0])  # type: ignore[arg-type]
+        f = self.periodicity.run(state, y.detach().double().numpy(), None)  # type: ignore[arg-type]
+        return torch.from_numpy(np.ascontiguousarray(f.transpose(1, 0, 2)))
 
     def stft(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, T, bins) complex, frame t ends at sample (t + 1) * HOP."""
@@ -411,7 +430,8 @@ def losses(fe: Frontend, model: GainNet, s: torch.Tensor, n: torch.Tensor, col: 
     Y = (S if s_in is None else fe.stft(s_in) * col) + N
     py, ps = fe.power(Y), fe.power(S)
     feats = fe.logband(py)
-    g, v, coefs = model(feats, fe.loglo(py, model.df_bins) if model.df_bins else None)
+    pf = fe.pitch((s if s_in is None else s_in) + n) if model.n_pitch else None
+    g, v, coefs = model(feats, fe.loglo(py, model.df_bins) if model.df_bins else None, pf)
     ey = (py @ fe.w_ana) * fe.psd_scale
     es = (ps @ fe.w_ana) * fe.psd_scale
     target = torch.clamp(torch.sqrt(es / (ey + 1e-14)), 0.0, 1.0)
@@ -502,6 +522,7 @@ def main() -> None:
     ap.add_argument("--df", action="store_true", help=f"the deep-filter model ({DF_BINS} low bins, {DF_TAPS} taps)")
     ap.add_argument("--df-rank", type=int, default=0,
                     help="low-rank deep-filter head (--df, or --resume of a full-rank one: factored by SVD)")
+    ap.add_argument("--pitch", action="store_true", help="periodicity features (server/dsp/pitch.py) into GRU1")
     ap.add_argument("--init", default="", help="warm start from a shipped .npz (see warm_start)")
     ap.add_argument("--complex-weight", type=float, default=0.5, help="weight of the compressed complex loss (--df)")
     args = ap.parse_args()
@@ -523,7 +544,7 @@ def main() -> None:
             model = GainNet.from_state(state)
             model.load_state_dict(state)
     else:
-        model = GainNet(df_bins=DF_BINS if args.df else 0, df_rank=args.df_rank)
+        model = GainNet(df_bins=DF_BINS if args.df else 0, df_rank=args.df_rank, pitch=args.pitch)
         fresh = warm_start(model, Path(args.init)) if args.init else list(model.state_dict())
         # feature normalisation from a few batches (the ones the initial weights do not fix)
         with torch.no_grad():
@@ -553,7 +574,8 @@ def main() -> None:
         log.write(msg + "\n")
         log.flush()
 
-    say(f"model {'deep filter ' + str(model.df_bins) + ' bins' if model.df_bins else 'band gains'}, "
+    say(f"model {'deep filter ' + str(model.df_bins) + ' bins' if model.df_bins else 'band gains'}"
+        f"{' + periodicity' if model.n_pitch else ''}, "
         f"init {args.init or '-'}, reverb {mixer.reverb_p}, telephone {TELEPHONE_P}")
     say(f"params {n_params}, batch {args.batch} x {SEG_S} s, {args.minutes} min, seed {args.seed}, "
         f"lr {args.lr}, under {args.under}, combined {args.combined}, "

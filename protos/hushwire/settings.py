@@ -7,7 +7,9 @@ role receives a typed config object built from what it returns (``server.config.
 every role's settings; ``docs/operations.md`` embeds it (``scripts/gen_docs.py``).
 
 It sits beside the contract, not in ``server``, because every role's command reads it and the
-gateway may not import the server. Standard library only.
+gateway may not import the server. Standard library only, and the contract's pure-Python modules,
+whose numbers it takes as defaults (each default is written once: here, or in the contract; the
+config classes take theirs from :func:`default`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hushwire.contract.defaults import CONNECT_TIMEOUT_SECONDS, TARGET
+from hushwire.contract.keepalive import KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S, MIN_PING_INTERVAL_S
+from hushwire.contract.limits import SLOW_CONSUMER_SECONDS
+
 __all__ = [
     "ConfigError",
     "SECRET_SETTINGS",
@@ -27,6 +33,7 @@ __all__ = [
     "Setting",
     "bind_tcp",
     "check_client_tls",
+    "default",
     "default_data_dir",
     "reference_table",
     "resolve",
@@ -165,13 +172,18 @@ _FLAG_NAMES = {
 
 _HELP = {
     "data_dir": "where the SQLite file, blobs and the signing secret live",
-    "host": "the gRPC server's listen address",
+    "host": "the gRPC server's listen address: an address, or a name, served on every address it resolves to "
+            "(`localhost`: 127.0.0.1 and ::1 where both are configured)",
     "port": "the gRPC server's port (0: any free port, logged at start)",
     "gateway_host": "the gateway's listen address (`hushwire gateway --host`)",
     "gateway_port": "the gateway's port (`hushwire gateway --port`)",
     "grpc_target": "the gRPC server the gateway forwards to",
     "public_url": "prefix of result URLs; required when the gateway binds 0.0.0.0",
     "upload_idle_seconds": "an upload body that sends nothing for this long gets 408 REQUEST_TIMEOUT",
+    "http_keepalive_seconds": "the gateway closes an HTTP/1.1 connection idle for this long between requests; "
+                              "keep it above the idle time of the clients and balancers in front (httpx 5 s, "
+                              "aiohttp 15 s, HAProxy's server pool 5 s, AWS ALB 60 s), so that they close "
+                              "first: a request sent as the gateway closes its connection gets no reply",
     "target": "the server a client command talks to",
     "key": "the API key of a client command",
     "log_level": "debug, info, warning or error",
@@ -246,7 +258,8 @@ _HELP = {
     "health_http_port": "serve a plain-HTTP readiness mirror of grpc.health.v1 on this port (server): "
                         "`GET /readyz` is 200 while SERVING, 503 while starting or draining (for HAProxy's "
                         "`option httpchk`); `GET /readyz/live` also 503 while new live streams are refused "
-                        "for load",
+                        "for load. With --processes: ready while at least one process serves, each one's state "
+                        "in the body",
     "metrics_host": "the metrics port's listen address (plain HTTP, whatever the gRPC port speaks)",
     "health_http_host": "the health mirror's listen address (plain HTTP, whatever the gRPC port speaks)",
     "tls_cert": "serve gRPC over TLS only, with this certificate chain (PEM); re-read when the file changes or "
@@ -295,31 +308,30 @@ SETTINGS: dict[str, Setting] = {
         Setting("port", "HUSHWIRE_PORT", "server.port", 50051, int),
         Setting("gateway_host", "HUSHWIRE_GATEWAY_HOST", "gateway.host", "127.0.0.1"),
         Setting("gateway_port", "HUSHWIRE_GATEWAY_PORT", "gateway.port", 8080, int),
-        Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", "127.0.0.1:50051"),
+        Setting("grpc_target", "HUSHWIRE_TARGET", "gateway.grpc_target", TARGET),
         Setting("public_url", "HUSHWIRE_PUBLIC_URL", "gateway.public_url", None),
         Setting("grpc_connections", "HUSHWIRE_GATEWAY_GRPC_CONNECTIONS", "gateway.grpc_connections", 8,
                 _positive_int),
         Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
-        Setting("target", "HUSHWIRE_TARGET", None, "127.0.0.1:50051"),
+        Setting("http_keepalive_seconds", "HUSHWIRE_GATEWAY_HTTP_KEEPALIVE_SECONDS", "gateway.http_keepalive_seconds",
+                75, _positive_int),
+        Setting("target", "HUSHWIRE_TARGET", None, TARGET),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
         Setting("log_format", "HUSHWIRE_LOG_FORMAT", "log.format", "text", str.lower),
         Setting("drain_seconds", "HUSHWIRE_DRAIN_SECONDS", "server.drain_seconds", 10.0, float),
-        # 10.0 is hushwire.contract.limits.SLOW_CONSUMER_SECONDS, which the client library also reads
-        # (this table imports nothing first-party; tests/test_client_core.py keeps the two equal).
         Setting("slow_consumer_seconds", "HUSHWIRE_SLOW_CONSUMER_SECONDS", "server.slow_consumer_seconds",
-                10.0, _positive),
+                SLOW_CONSUMER_SECONDS, _positive),
         Setting("stream_idle_seconds", "HUSHWIRE_STREAM_IDLE_SECONDS", "server.stream_idle_seconds", 30.0,
                 _positive),
         Setting("download_idle_seconds", "HUSHWIRE_DOWNLOAD_IDLE_SECONDS", "server.download_idle_seconds", 60.0,
                 _positive),
-        # 30.0, 10.0 and 15.0 are hushwire.contract.keepalive's KEEPALIVE_INTERVAL_S, KEEPALIVE_TIMEOUT_S and
-        # MIN_PING_INTERVAL_S, which clients rely on (tests/test_keepalive.py keeps them equal).
-        Setting("keepalive_seconds", "HUSHWIRE_KEEPALIVE_SECONDS", "server.keepalive_seconds", 30.0, _positive),
+        Setting("keepalive_seconds", "HUSHWIRE_KEEPALIVE_SECONDS", "server.keepalive_seconds",
+                float(KEEPALIVE_INTERVAL_S), _positive),
         Setting("keepalive_timeout_seconds", "HUSHWIRE_KEEPALIVE_TIMEOUT_SECONDS", "server.keepalive_timeout_seconds",
-                10.0, _positive),
+                float(KEEPALIVE_TIMEOUT_S), _positive),
         Setting("keepalive_min_ping_seconds", "HUSHWIRE_KEEPALIVE_MIN_PING_SECONDS",
-                "server.keepalive_min_ping_seconds", 15.0, _positive),
+                "server.keepalive_min_ping_seconds", float(MIN_PING_INTERVAL_S), _positive),
         # The flag names a file holding the secret; the environment and TOML give the secret itself.
         Setting("signing_secret_file", None, None, None),
         Setting("signing_secret", "HUSHWIRE_SIGNING_SECRET", "server.signing_secret", None),
@@ -347,7 +359,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("max_upload_bytes", "HUSHWIRE_MAX_UPLOAD_BYTES", "limits.max_upload_bytes", "200 MB", _size),
         Setting("max_upload_seconds", "HUSHWIRE_MAX_UPLOAD_SECONDS", "limits.max_upload_seconds",
                 7200.0, float),
-        Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, 10.0, float),
+        Setting("connect_timeout", "HUSHWIRE_CONNECT_TIMEOUT", None, CONNECT_TIMEOUT_SECONDS, float),
         Setting("metrics_port", "HUSHWIRE_METRICS_PORT", "server.metrics_port", None, int),
         Setting("stream_batch_ms", "HUSHWIRE_STREAM_BATCH_MS", "server.stream_batch_ms", 1.0, float),
         Setting("workers", "HUSHWIRE_WORKERS", "jobs.workers", None, _count),
@@ -376,6 +388,16 @@ SETTINGS: dict[str, Setting] = {
         Setting("client_tls_key", "HUSHWIRE_CLIENT_TLS_KEY", None, None),
     ]
 }
+
+
+def default(name: str) -> Any:
+    """The default of setting ``name``, parsed as a value of it ("200 MB" as bytes), or None: what a
+    config class's field defaults to (server.config.ServerConfig, gateway.config.GatewayConfig), so the
+    table is the one place a default is written."""
+    setting = SETTINGS[name]
+    if setting.default is None or callable(setting.default):
+        return None
+    return setting.parse(setting.default)
 
 
 def _toml_lookup(doc: Mapping[str, Any], dotted: str) -> Any:

@@ -41,6 +41,7 @@ from hushwire.contract.limits import MAX_CHANNELS, SUPPORTED_RATES, check_attenu
 from .gain import OmLsaGain
 from .model import DEFAULT_WEIGHTS, GainModel, forget_shared, load_weights
 from .noise import NoiseTracker
+from .pitch import PitchFeatures
 from .state import RowState, copy_rows, select
 from .stft import Rechunker, Stft
 
@@ -112,6 +113,8 @@ class _Engine:
         weights = _default_weights() if model else None
         self.model = (GainModel(sample_rate, frame_len, float(np.sum(self.stft.analysis**2)), 1, weights,
                                 MODEL_GAIN_EXPONENT, ESTIMATOR_DTYPE) if weights is not None else None)
+        self.pitch = (PitchFeatures(sample_rate, self.hop, self.stft.analysis, self.model.band_matrix, ESTIMATOR_DTYPE)
+                      if self.model is not None and self.model.n_pitch else None)
         self.gain_rule = OmLsaGain(n_bins, CLASSICAL_GAIN_EXPONENT if self.model is not None else 1.0,
                                    ESTIMATOR_DTYPE)
         freqs = np.arange(n_bins) * sample_rate / frame_len
@@ -125,6 +128,8 @@ class _Engine:
         self.gain_rule.init_state(state, rows)
         if self.model is not None:
             self.model.init_state(state, rows)
+        if self.pitch is not None:
+            self.pitch.init_state(state, rows)
         state["min_gain"] = np.full(rows, self.floor, ESTIMATOR_DTYPE)  # per row: max(floor, limit); 1.0 = pass-through
 
     def run(self, state: RowState, x: Array) -> tuple[Array, Array]:
@@ -139,7 +144,8 @@ class _Engine:
         gain, xi, gamma = self.gain_rule.run(state, power, noise_psd)
         taps = None
         if self.model is not None:
-            model_gain, voice, taps = self.model.run_full(state, power)
+            pitch = self.pitch.run(state, x, spec) if self.pitch is not None else None
+            model_gain, voice, taps = self.model.run_full(state, power, pitch)
             if taps is not None:  # the low bins' filtered part takes the classical gain too
                 filtered = self.model.deep_filter(state, spec, taps)
                 k = filtered.shape[-1]

@@ -288,6 +288,17 @@ class GainModel:
         self._gru1 = _Gru(p, "gru1", dtype)
         self._gru2 = _Gru(p, "gru2", dtype)
         self._dense_n = self._dense_b.size
+        # periodicity features (server/dsp/pitch.py, training's --pitch): rho per band and the frame's
+        # pitch correlation, through their own dense layer into the first GRU after the others
+        self.n_pitch = 0
+        self._p_w_t: Array | None = None
+        if "dense_p.weight" in p:
+            self.n_pitch = int(p["dense_p.weight"].shape[1])
+            if self.n_pitch != self.n_bands + 1:
+                raise ValueError(f"dense_p reads {self.n_pitch} features; the model has {self.n_bands} bands")
+            self._p_w_t, self._p_b = _shared((id(p["dense_p.weight"]), key),
+                                             lambda: (np.ascontiguousarray(p["dense_p.weight"].T, dtype),
+                                                      p["dense_p.bias"].astype(dtype), p["dense_p.weight"]))[:2]
         self.df_bins = 0
         self.df_taps = 0
         self.lo_bins = 0
@@ -338,18 +349,33 @@ class GainModel:
         feat += self._feat_offset
         return feat
 
-    def run(self, state: RowState, power: Array) -> tuple[Array, Array]:
+    @property
+    def band_matrix(self) -> Array:
+        """The triangular band weights ``(n_bins, n_bands)`` (the periodicity features' bands)."""
+        return self._synth_w.T  # type: ignore[no-any-return]
+
+    def run(self, state: RowState, power: Array, pitch: Array | None = None) -> tuple[Array, Array]:
         """``power`` ``(hops, rows, n_bins)`` -> (bin gains, same shape; voice ``(hops, rows)``)."""
-        g, v, _ = self.run_full(state, power)
+        g, v, _ = self.run_full(state, power, pitch)
         return g, v
 
-    def run_full(self, state: RowState, power: Array) -> tuple[Array, Array, CArray | None]:
+    def run_full(self, state: RowState, power: Array,
+                 pitch: Array | None = None) -> tuple[Array, Array, CArray | None]:
         """As :meth:`run`, plus the deep-filter taps ``(hops, rows, df_bins, df_taps)`` (complex128),
-        None for a band-gain model. Tap ``i`` multiplies the spectrum ``i`` frames back."""
+        None for a band-gain model. Tap ``i`` multiplies the spectrum ``i`` frames back. ``pitch``:
+        the periodicity features ``(hops, rows, n_pitch)`` of a model that reads them."""
         nd = self._dense_n
         d = _matmul(self.features(power), self._dense_w_t)
         d += self._dense_b
         np.tanh(d, out=d)
+        extra = []
+        if self._p_w_t is not None:
+            if pitch is None:
+                raise ValueError("this model reads periodicity features (server/dsp/pitch.py)")
+            dp = _matmul(np.asarray(pitch, self.dtype), self._p_w_t)
+            dp += self._p_b
+            np.tanh(dp, out=dp)
+            extra.append(dp)
         dl = None
         if self.df_bins:
             lo = np.asarray(power[..., : self.lo_bins], dtype=self.dtype)
@@ -360,9 +386,8 @@ class GainModel:
             dl = _matmul(lo, self._lo_w_t)
             dl += self._lo_b
             np.tanh(dl, out=dl)
-            h1 = self._gru1.run(state["model.h1"], np.concatenate([d, dl], axis=-1))
-        else:
-            h1 = self._gru1.run(state["model.h1"], d)
+            extra.insert(0, dl)
+        h1 = self._gru1.run(state["model.h1"], np.concatenate([d, *extra], axis=-1) if extra else d)
         h2 = self._gru2.run(state["model.h2"], h1)
         n1 = h1.shape[-1]
         w = self._gain_w_t  # rows: [dense, gru1, gru2]

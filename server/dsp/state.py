@@ -39,6 +39,7 @@ RowState = TypedDict("RowState", {
     "model.h1": _F,           # (rows, gru1 hidden) first GRU's hidden state
     "model.h2": _F,           # (rows, gru2 hidden) second GRU's hidden state
     "model.past_lo": _C,      # (rows, df_taps - 1, df_bins) deep filter: last frames' low bins, newest last
+    "pitch.history": _F,      # (rows, frame_len - hop + max lag) the last input samples (periodicity), float64
     "min_gain": _F,           # (rows,) max(floor, attenuation limit); 1.0 = pass-through (bypass)
 }, total=False)
 

@@ -16,7 +16,11 @@ chance:
   failed rolled back its transaction;
 - a call still queued when its caller gave up is never run;
 - calls in flight (running, queued, or abandoned but still running) are at most
-  :data:`MAX_PENDING`; past that a new call fails at once instead of piling up;
+  :data:`MAX_PENDING`; a call past that waits on the event loop for a turn, first come first
+  served, within the same timeout: a burst (200 live streams and 100 uploads opening at once each
+  check their key) is served in turn by a database that answers, and only a database that does not
+  answer within the timeout turns calls away. At most :data:`MAX_WAITING` calls wait; past that a
+  new call fails at once instead of piling up;
 - a write whose caller must know its fate (:meth:`AsyncStore.run_or_undo`) names an ``undo``
   callback: when the caller does not get the result, it runs once the thread is done, told whether
   the write took effect (a commit that won the race with the timeout), and undoes or completes it
@@ -26,6 +30,7 @@ chance:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -36,7 +41,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from server.store.core import JobRow, Principal, Store
 from server.store.engines import StoreUnavailable
 
-__all__ = ["MAX_PENDING", "STORE_THREADS", "AsyncStore", "Settled"]
+__all__ = ["MAX_PENDING", "MAX_WAITING", "STORE_THREADS", "AsyncStore", "Settled"]
 
 log = logging.getLogger("hushwire.store")
 
@@ -44,8 +49,13 @@ log = logging.getLogger("hushwire.store")
 # would not make it faster; a few let a stuck call and the calls behind it time out independently.
 STORE_THREADS = 4
 # Calls in flight at once (running, queued, or abandoned by their caller but still running); a call
-# beyond this fails at once with StoreUnavailable, so a stalled database cannot pile up work.
+# beyond this waits for a turn, so a stalled database cannot pile up work in the threads' queue.
 MAX_PENDING = 64
+# Calls waiting for a turn; a call beyond this fails at once with StoreUnavailable. Each is an RPC
+# already received, waiting at most the store timeout: this bounds what a stalled database holds on
+# the event loop, far above a burst of healthy calls (a few hundred: every stream of a replica that
+# died reconnecting to this one).
+MAX_WAITING = 1024
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -70,12 +80,14 @@ class AsyncStore:
     the event loop's thread only."""
 
     def __init__(self, store: Store, timeout: float, threads: int = STORE_THREADS,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, max_waiting: int = MAX_WAITING) -> None:
         self.sync = store
         self.timeout = timeout
         self.max_pending = max_pending
+        self.max_waiting = max_waiting
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hushwire-store")
-        self._pending = 0
+        self._pending = 0   # calls in flight, and turns handed to waiting calls not yet submitted
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -83,6 +95,11 @@ class AsyncStore:
     def pending(self) -> int:
         """Calls in flight now (including abandoned ones still running)."""
         return self._pending
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a turn now."""
+        return len(self._waiting)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` (a method of :attr:`sync`) in a store thread, within the timeout."""
@@ -94,10 +111,14 @@ class AsyncStore:
         ``fn``'s result (``fn`` failed, timed out, or the caller was cancelled), ``undo(settled)`` runs
         once on the event loop after ``fn``'s thread is done with it: ``settled.ran`` says whether
         ``fn`` completed (its effects stand: undo or finish them), ``settled.value`` is its result."""
-        if self._pending >= self.max_pending:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout   # the wait for a turn counts: one bound for the caller
+        try:
+            await self._turn(deadline)
+        except BaseException:   # no turn (StoreUnavailable) or the caller was cancelled: nothing ran
             if undo is not None:
                 undo(Settled(False, None))
-            raise StoreUnavailable(f"the database is not keeping up: {self._pending} calls in flight")
+            raise
         abandoned = threading.Event()
 
         def call() -> T:
@@ -105,14 +126,15 @@ class AsyncStore:
                 raise _Abandoned
             return fn(*args, **kwargs)
 
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, call)
-        self._pending += 1
-        self._idle.clear()
+        try:
+            fut = loop.run_in_executor(self._pool, call)
+        except BaseException:   # the pool is shut down: give the turn back
+            self._release()
+            raise
         fut.add_done_callback(self._finished)
         name = getattr(fn, "__name__", "call")
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(fut)
         except TimeoutError:
             if fut.done():  # finished at the deadline: its answer stands
@@ -129,10 +151,48 @@ class AsyncStore:
                 undo(Settled(False, None))
             raise
 
-    def _finished(self, fut: asyncio.Future[Any]) -> None:
-        self._pending -= 1
-        if not self._pending:
+    async def _turn(self, deadline: float) -> None:
+        """Take one of the :attr:`max_pending` places, waiting for it in arrival order until ``deadline``;
+        StoreUnavailable when none comes in time, or when :attr:`max_waiting` calls wait already."""
+        if self._pending < self.max_pending and not self._waiting:
+            self._pending += 1
+            self._idle.clear()
+            return
+        if len(self._waiting) >= self.max_waiting:
+            raise StoreUnavailable(f"the database is not keeping up: {self._pending} calls in flight and "
+                                   f"{len(self._waiting)} waiting")
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        self._idle.clear()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await turn
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():   # handed a turn as the wait ended: pass it on
+                self._release()
+            else:
+                turn.cancel()
+                if turn in self._waiting:   # (_release drops a cancelled turn it comes to)
+                    self._waiting.remove(turn)
+                self._release(0)
+            if isinstance(exc, TimeoutError):
+                raise StoreUnavailable(f"the database did not answer within {self.timeout:g} s (no turn among "
+                                       f"{self._pending} calls in flight)") from None
+            raise
+
+    def _release(self, places: int = 1) -> None:
+        """Give ``places`` back and hand free places to the calls waiting, in arrival order."""
+        self._pending -= places
+        while self._waiting and self._pending < self.max_pending:
+            turn = self._waiting.popleft()
+            if not turn.done():   # a cancelled caller's turn is cancelled already: skip it
+                self._pending += 1
+                turn.set_result(None)
+        if not self._pending and not self._waiting:
             self._idle.set()
+
+    def _finished(self, fut: asyncio.Future[Any]) -> None:
+        self._release()
         if not fut.cancelled():
             fut.exception()  # retrieved here: an abandoned call's error is logged by _settle
 
@@ -150,7 +210,8 @@ class AsyncStore:
                 log.exception("store call %s: undoing it failed", name)
 
     async def settled(self) -> None:
-        """Wait until no call is in flight, abandoned ones included, and their ``undo`` callbacks ran."""
+        """Wait until no call is in flight or waiting, abandoned ones included, and their ``undo``
+        callbacks ran."""
         await self._idle.wait()
 
     def close(self) -> None:

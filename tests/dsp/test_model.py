@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from server.dsp.model import DEFAULT_WEIGHTS, GainModel, band_centres_hz, band_weights, load_weights
+from server.dsp.pitch import PitchFeatures
+from server.dsp.stft import Stft
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -17,9 +19,9 @@ RATES_FRAMES = [(8000, 256), (16000, 512), (24000, 768), (44100, 1411), (48000, 
 
 
 def _random_weights(seed: int = 0, n_bands: int = 40, dense: int = 24, hidden: int = 16, df_bins: int = 0,
-                    df_taps: int = 2, lo_dense: int = 8) -> dict:
+                    df_taps: int = 2, lo_dense: int = 8, pitch_dense: int = 0) -> dict:
     """Small random weights with the layout train.py exports (no torch needed); ``df_bins`` > 0
-    adds the deep-filter layers."""
+    adds the deep-filter layers, ``pitch_dense`` > 0 the periodicity features' layer."""
     rng = np.random.default_rng(seed)
 
     def r(*shape: int) -> np.ndarray:
@@ -31,7 +33,9 @@ def _random_weights(seed: int = 0, n_bands: int = 40, dense: int = 24, hidden: i
               "lo_mean": r(df_bins) - 6.0, "lo_std": np.abs(r(df_bins)) + 1.0,
               "df.weight": r(df_bins * df_taps * 2, hidden + lo_dense), "df.bias": r(df_bins * df_taps * 2),
               "df_taps": np.array(df_taps)}
-    gru_in = dense + (lo_dense if df_bins else 0)
+    if pitch_dense:
+        df.update({"dense_p.weight": r(pitch_dense, n_bands + 1), "dense_p.bias": r(pitch_dense)})
+    gru_in = dense + (lo_dense if df_bins else 0) + pitch_dense
     return {
         **df,
         "centres_hz": band_centres_hz(n_bands),
@@ -269,3 +273,65 @@ def test_a_narrowed_filter_keeps_its_bins_and_leaves_the_rest() -> None:
     np.testing.assert_allclose(outs[1][2], outs[0][2][..., :64], rtol=1e-6)
     with pytest.raises(ValueError, match="--bins"):
         narrow(w, 129)
+
+
+def test_periodicity_weights_need_their_features() -> None:
+    m = GainModel(16000, 512, 200.0, 2, weights=_random_weights(pitch_dense=6))
+    assert m.n_pitch == 41
+    state: dict[str, np.ndarray] = {}
+    m.init_state(state, 2)
+    p = _power(np.random.default_rng(9), 2, 512, 4)
+    with pytest.raises(ValueError, match="periodicity"):
+        m.run_full(state, p)
+    g0, _, _ = m.run_full(state, p, np.zeros((4, 2, 41)))
+    m.init_state(state, 2)
+    g1, _, _ = m.run_full(state, p, np.ones((4, 2, 41)))
+    assert g0.shape == p.shape and not np.allclose(g0, g1)  # the features reach the gains
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (training-only dependency)")
+def test_periodicity_model_matches_torch() -> None:
+    """A model with periodicity features (training's --pitch): the same gains and voice as torch,
+    with the features computed by the server's own code in both."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from train import FRAME_LEN, Frontend, GainNet, export_npz
+
+    torch.manual_seed(2)
+    net = GainNet(pitch=True)
+    with torch.no_grad():
+        net.feat_mean.uniform_(-8, -4)
+        net.feat_std.uniform_(1, 2)
+        net.gru1.weight_ih_l0.normal_(0.0, 0.3)
+    rng = np.random.default_rng(7)
+    t = np.arange(16000) / 16000
+    voice = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 12))
+    x = (0.05 * voice[None] + rng.normal(size=(2, 16000)) * np.linspace(0.001, 0.1, 16000)).astype(np.float32)
+    fe = Frontend()
+    with torch.no_grad():
+        power = fe.power(fe.stft(torch.from_numpy(x)))
+        pf = fe.pitch(torch.from_numpy(x))
+        g_t, v_t, _ = net(fe.logband(power), None, pf)
+        gb_t = (g_t @ fe.w_synth).numpy()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.npz"
+        export_npz(net, path)
+        m = GainModel(16000, FRAME_LEN, float(np.sum(fe.window.numpy().astype(np.float64) ** 2)), 2, path)
+    stft = Stft(FRAME_LEN, 160)
+    pitch = PitchFeatures(16000, 160, stft.analysis, m.band_matrix)
+    state: dict[str, np.ndarray] = {}
+    stft.init_state(state, 2)  # type: ignore[arg-type]
+    pitch.init_state(state, 2)  # type: ignore[arg-type]
+    m.init_state(state, 2)  # type: ignore[arg-type]
+    xs = x.astype(np.float64)
+    pw = power.numpy().astype(np.float64).transpose(1, 0, 2)  # (hops, rows, bins)
+    gains = []
+    for first, last in ((0, 37), (37, 100)):  # two calls: the state carries over
+        samples = xs[:, first * 160 : last * 160]
+        spec, _ = stft.analyze(state, samples)  # type: ignore[arg-type]
+        g, _ = m.run(state, pw[first:last], pitch.run(state, samples, spec))  # type: ignore[arg-type]
+        gains.append(g)
+    np.testing.assert_allclose(np.concatenate(gains), gb_t.transpose(1, 0, 2), atol=5e-5)

@@ -5,6 +5,7 @@ copied. The modules, lightest first:
 
 - :mod:`hushwire.contract.limits`: supported sample rates, the channel limit, the longest chunk,
   the attenuation-limit rule. Pure Python, so ``server/dsp`` may import it.
+- :mod:`hushwire.contract.defaults`: the clients' default target and connect timeout. Pure Python.
 - :mod:`hushwire.contract.keepalive`: the HTTP/2 keepalive interval both ends keep, as grpc options.
   Pure Python.
 - :mod:`hushwire.contract.webhooks`: the webhook headers and the signature's construction. Pure

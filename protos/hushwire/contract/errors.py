@@ -13,9 +13,10 @@ Tree (docs/design.md, "Errors")::
     RESULT_URL_EXPIRED     410 / FAILED_PRECONDITION
     SLOW_CONSUMER          –   / RESOURCE_EXHAUSTED   (stream only; 429 if it ever reached HTTP)
     REQUEST_TIMEOUT        408 / DEADLINE_EXCEEDED
-    OVERLOADED             503 / UNAVAILABLE          (with Retry-After; /live closes with 1013)
+    OVERLOADED             503 / UNAVAILABLE          (with Retry-After; /live closes with 1013; why in the
+                                                      trailer hushwire-refused-for: load, cap or users)
     IDEMPOTENCY_CONFLICT   409 / ALREADY_EXISTS
-    SERVICE_UNAVAILABLE    503 / UNAVAILABLE
+    SERVICE_UNAVAILABLE    503 / UNAVAILABLE          (with Retry-After)
     INTERNAL               500 / INTERNAL
 
 A hushwire server puts the code in the trailing metadata key ``hushwire-error-code``
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["ERRORS", "MAX_QUOTED_CHARS", "RETRYABLE", "ErrorSpec", "quote_input"]
+__all__ = ["ERRORS", "MAX_QUOTED_CHARS", "RETRYABLE", "RETRY_AFTER_SECONDS", "ErrorSpec", "quote_input"]
 
 # Client input quoted in an error message is cut to this many characters: messages travel in gRPC
 # metadata (8 KiB for all of it by default) and logs, and must never carry a hostile value whole.
@@ -66,6 +67,10 @@ ERRORS: dict[str, ErrorSpec] = {
 # cannot take another live stream in real time. A client tries again (with backoff; through a balancer
 # the retry lands on another replica); both are UNAVAILABLE, which standard gRPC clients retry too.
 RETRYABLE: frozenset[str] = frozenset({"SERVICE_UNAVAILABLE", "OVERLOADED"})
+# The ``Retry-After`` (seconds) of an HTTP reply with a RETRYABLE code: a balancer takes a draining or
+# full replica out of rotation within about a second (deploy/haproxy: checks every second), and a
+# store that did not answer within --store-timeout gets a moment before the retry. Clients add jitter.
+RETRY_AFTER_SECONDS = 1
 
 
 def quote_input(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
