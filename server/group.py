@@ -114,7 +114,9 @@ def _port_lock(port: int) -> socket.socket | None:
 def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, str]]:
     """The addresses ``host`` names, each once, in the resolver's order: a name may have several
     (``localhost`` is often 127.0.0.1 and ::1), and the server listens on, and holds, every one of
-    them. A wildcard (``0.0.0.0``, ``::``) stands alone: grpc listens on it as given."""
+    them. A wildcard (``0.0.0.0``, ``::``, or no host) is one address: grpc serves either from one
+    dual-stack socket on ``[::]`` (IPv4 and IPv6) where the machine has IPv6, so that is what is
+    held and listened on; ``0.0.0.0`` alone where it has not."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
@@ -125,9 +127,27 @@ def listen_hosts(host: str, port: int = 0) -> list[tuple[socket.AddressFamily, s
             found.append((family, str(sockaddr[0])))
     if not found:
         raise ConfigError(f"cannot listen on {host}:{port}: it names no IPv4 or IPv6 address")
-    if ipaddress.ip_address(found[0][1].split("%", 1)[0]).is_unspecified:
-        return found[:1]
+    if any(ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified for _, address in found):
+        return [(socket.AF_INET6, "::")] if _dual_stack() else [(socket.AF_INET, "0.0.0.0")]
     return found
+
+
+def _dual_stack() -> bool:
+    """Whether a socket on ``[::]`` can take IPv4 as well (IPv6 configured, dual-stack allowed)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _socket(family: socket.AddressFamily) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:   # a wildcard [::] takes IPv4 too, whatever the system's default
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
 
 
 def grpc_host(family: socket.AddressFamily, address: str) -> str:
@@ -145,7 +165,7 @@ def bind_all(host: str, port: int) -> tuple[list[socket.socket], int]:
         got = port
         try:
             for family, address in hosts:
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = _socket(family)
                 probes.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((address, got))
@@ -190,7 +210,7 @@ def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
             # No SO_REUSEADDR: another server's probe (which sets it) must not share an address with
             # a holder just because neither listens.
             for family, address in addresses:
-                holder = socket.socket(family, socket.SOCK_STREAM)
+                holder = _socket(family)
                 holders.append(holder)
                 holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 try:

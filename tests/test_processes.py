@@ -230,15 +230,19 @@ def _nss_wrapper() -> str:
 
 
 @pytest.mark.slow
-def test_a_name_with_several_addresses_is_held_and_served_on_each(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["localhost", "0.0.0.0"])
+def test_a_name_with_several_addresses_is_held_and_served_on_each(tmp_path: Path, host: str) -> None:
     """``--host localhost`` where it names 127.0.0.1 and ::1: the group serves on both, and holds both, so
-    while its siblings are down (being replaced) nobody else can bind either address on its port."""
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
-    env = {**os.environ, "LD_PRELOAD": _nss_wrapper(), "NSS_WRAPPER_HOSTS": str(hosts)}
-    srv = start_server(tmp_path, "--host", "localhost", "--processes", "2", "--workers", "0", env=env)
+    while its siblings are down (being replaced) nobody else can bind either address on its port. The
+    same for ``0.0.0.0``, which grpc serves from one dual-stack ``[::]`` socket: IPv6 is held too."""
+    env = None
+    if host == "localhost":
+        hosts = tmp_path / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+        env = {**os.environ, "LD_PRELOAD": _nss_wrapper(), "NSS_WRAPPER_HOSTS": str(hosts)}
+    srv = start_server(tmp_path, "--host", host, "--processes", "2", "--workers", "0", env=env)
     try:
-        assert f"listening on localhost:{srv.port} (2 processes)" in srv.log
+        assert f"listening on {host}:{srv.port} (2 processes)" in srv.log
         for target in (f"127.0.0.1:{srv.port}", f"[::1]:{srv.port}"):
             with grpc.insecure_channel(target) as ch:
                 assert _health(ch, "") == SERVING, target
@@ -311,6 +315,7 @@ def test_stream_limits_count_every_sibling(tmp_path: Path) -> None:
         assert srv.stop() == 0, srv.log
 
 
+@pytest.mark.slow
 def test_a_full_users_table_is_its_own_refusal_not_the_cap(tmp_path: Path) -> None:
     """The group counts streams per user in a table of USER_ROWS rows (server/shared.py). With that many
     other users streaming, a new user's stream is OVERLOADED for ``users``, not for ``cap``: the
