@@ -197,9 +197,9 @@ class Children:
         self.stop_all()
 
     def _spawn(self, name: str, argv: Sequence[str], log_path: Path, cpu: int | None,
-               env: dict[str, str] | None) -> Child:
+               env: dict[str, str] | None, cwd: Path = ROOT) -> Child:
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                     env=env or child_env(), preexec_fn=_preexec(cpu), start_new_session=True)
         child = Child(name, proc, log_path)
         self._children.append(child)
@@ -220,9 +220,9 @@ class Children:
         raise RuntimeError(f"{name} did not become ready:\n{child.log()[-3000:]}")
 
     def start(self, name: str, argv: Sequence[str], log_path: Path, cpu: int | None = None,
-              ready_timeout: float = 60.0, env: dict[str, str] | None = None) -> Child:
+              ready_timeout: float = 60.0, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
         """Start ``argv`` (stderr to ``log_path``) and wait for its ``listening on HOST:PORT`` line."""
-        child = self._spawn(name, argv, log_path, cpu, env)
+        child = self._spawn(name, argv, log_path, cpu, env, cwd)
         proc = child.proc
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -252,11 +252,12 @@ class Children:
 
 
 def start_hushwire(children: Children, data_dir: Path, *extra: str, cpu: int | None = None,
-                   workers: int = 1) -> Child:
+                   workers: int = 1, tree: Path = ROOT) -> Child:
+    """``hushwire serve`` of this tree, or of another checkout ``tree`` (see :func:`baseline_tree`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [*HUSHWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir),
             "--workers", str(workers), *extra]
-    return children.start("hushwire serve", argv, data_dir / "server.log", cpu)
+    return children.start("hushwire serve", argv, data_dir / "server.log", cpu, env=tree_env(tree), cwd=tree)
 
 
 def start_gateway(children: Children, log_dir: Path, grpc_target: str, *extra: str, cpu: int | None = None) -> Child:
@@ -264,11 +265,37 @@ def start_gateway(children: Children, log_dir: Path, grpc_target: str, *extra: s
     return children.start("hushwire gateway", argv, log_dir / "gateway.log", cpu)
 
 
-def create_key(data_dir: Path) -> str:
-    """``hushwire keys create`` prints the key alone on stdout's last line."""
+def create_key(data_dir: Path, tree: Path = ROOT) -> str:
+    """``hushwire keys create`` (of ``tree``) prints the key alone on stdout's last line."""
     proc = subprocess.run([*HUSHWIRE, "keys", "create", "--data-dir", str(data_dir), "--name", "bench"],
-                          capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=60, check=True)
+                          capture_output=True, text=True, cwd=tree, env=tree_env(tree), timeout=60, check=True)
     return proc.stdout.strip().splitlines()[-1]
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """:func:`child_env` for a process of the checkout ``tree``: its own packages come first on the
+    path (this tree's are installed in the venv in editable mode)."""
+    env = child_env()
+    if tree != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "protos"), str(tree)])
+    return env
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str, tmp: Path) -> Iterator[tuple[Path, str]]:
+    """The commit ``ref`` names, checked out in a temporary git worktree under ``tmp`` and removed
+    afterwards: ``(its root, its short id)``. Start its server with ``start_hushwire(..., tree=root)``."""
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    tree = tmp / "baseline-tree"
+    git("worktree", "add", "--detach", str(tree), commit)
+    try:
+        yield tree, commit[:9]
+    finally:
+        git("worktree", "remove", "--force", str(tree))
 
 
 def free_port() -> int:

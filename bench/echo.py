@@ -43,8 +43,16 @@ class EchoEnhancer(enhancer_pb2_grpc.EnhancerServicer):
 
 
 async def serve(host: str, port: int) -> None:
+    import os
+    extra = []
+    if os.environ.get("HWX_ECHO_OPTS") in ("ka", "all"):
+        from hushwire.contract import keepalive
+        extra += list(keepalive.server_options())
+    if os.environ.get("HWX_ECHO_OPTS") in ("fc", "all"):
+        from server.connections import FLOW_CONTROL_OPTIONS
+        extra += list(FLOW_CONTROL_OPTIONS)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.so_reuseport", 0)])
+                                      ("grpc.so_reuseport", 0), *extra])
     enhancer_pb2_grpc.add_EnhancerServicer_to_server(EchoEnhancer(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

@@ -26,6 +26,12 @@ if CPU were the only limit.
     python -m bench.streams                 # full search (a few minutes)
     python -m bench.streams --quick         # tiny sizes, a smoke test
     python -m bench.streams --profile-streams 60 --profile-out /tmp/server.txt   # plus a py-spy profile
+    python -m bench.streams --baseline main --levels 20,40,60 --bisect 0 --rounds 3 --p99-ms 1000
+
+``--baseline REF`` also searches ``hushwire serve`` of git commit REF (checked out in a temporary
+worktree), alternating with this tree's server round by round, and prints, besides each one's split
+against the echo, this tree's CPU per stream-second outside the denoiser over the baseline's: the
+before/after figure to quote on a shared machine, where absolute figures drift with the load.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import math
 import random
 import re
@@ -47,8 +54,11 @@ from pathlib import Path
 import grpc
 
 from bench._common import (
+    ROOT,
     BenchTimeout,
+    Child,
     Children,
+    baseline_tree,
     cpu_seconds,
     create_key,
     free_port,
@@ -433,13 +443,45 @@ def _split(hw: Search, echo: Search) -> list[object] | None:
     def med(values: list[float]) -> float:
         return round(float(statistics.median(values)), 2)
 
-    return [hw.round, ",".join(str(a.streams) for a, _ in pairs), med([a.cpu_ms() for a, _ in pairs]),
+    return [hw.round, hw.label, ",".join(str(a.streams) for a, _ in pairs), med([a.cpu_ms() for a, _ in pairs]),
             med([a.cpu_ms() - a.around_ms() for a, _ in pairs]), med([a.around_ms() - b.cpu_ms() for a, b in pairs]),
             med([b.cpu_ms() for _, b in pairs]), med([a.around_ms() / b.cpu_ms() for a, b in pairs])]
 
 
-SPLIT_HEADERS = ["round", "levels (streams)", "hushwire", "denoiser", "servicer", "gRPC (echo)",
+SPLIT_HEADERS = ["round", "server", "levels (streams)", "hushwire", "denoiser", "servicer", "gRPC (echo)",
                  "(hushwire − denoiser) / echo"]
+# A hushwire server's label (this tree's, or the --baseline commit's) in the searches.
+HUSHWIRES = ("hushwire", "baseline")
+
+
+def _around_vs(hw: Search, base: Search) -> float | None:
+    """One round's ``this tree / baseline`` ratio of the CPU per stream-second outside the denoiser, median
+    over the levels both measured with every chunk answered below SPLIT_MAX_CPU (as ``_paired``)."""
+    pairs = _paired(hw, base)
+    pairs = [(a, b) for a, b in pairs if b.server_cpu < SPLIT_MAX_CPU]
+    if not pairs or any(a.denoiser_cpu is None or b.denoiser_cpu is None for a, b in pairs):
+        return None
+    return float(statistics.median(a.around_ms() / b.around_ms() for a, b in pairs))
+
+
+async def _start_servers(args: argparse.Namespace, children: Children, tmp: Path, server_cpu: int | None,
+                         labels: list[str], base_tree: Path | None) -> dict[str, tuple[Child, str | None, int | None]]:
+    """label -> (server, its API key, its metrics port)."""
+    servers: dict[str, tuple[Child, str | None, int | None]] = {}
+    for label in labels:
+        if label in HUSHWIRES:
+            data = tmp / label
+            tree = base_tree if label == "baseline" and base_tree is not None else ROOT
+            metrics_port = free_port()
+            # Admission control off: the search offers more than the knee on purpose.
+            srv = start_hushwire(children, data, "--max-streams-per-user", "100000", "--live-cpu-budget", "0",
+                                 "--metrics-port", str(metrics_port), cpu=server_cpu, tree=tree)
+            servers[label] = (srv, create_key(data, tree), metrics_port)
+        else:
+            srv = children.start("echo", [sys.executable, "-m", "bench.echo", "--port", "0"],
+                                 tmp / "echo.log", server_cpu)
+            servers[label] = (srv, None, None)
+    return servers
 
 
 async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
@@ -447,88 +489,33 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
     deadline = time.monotonic() + args.max_seconds - min(30.0, 0.2 * args.max_seconds)
     requests = audio_requests(min(30.0, args.warmup + args.seconds + 1))
     searches: list[Search] = []
-    with Children() as children, temp_dir() as tmp:
+    with Children() as children, temp_dir() as tmp, contextlib.ExitStack() as trees:
         labels = ["hushwire", "echo"] if not args.only else [args.only]
-        servers = {}
-        metrics_port = free_port()
-        for label in labels:
-            if label == "hushwire":
-                data = tmp / "hushwire"
-                # Admission control off: the search offers more than the knee on purpose.
-                srv = start_hushwire(children, data, "--max-streams-per-user", "100000", "--live-cpu-budget", "0",
-                                     "--metrics-port", str(metrics_port), cpu=server_cpu)
-                servers[label] = (srv, create_key(data))
-            else:
-                srv = children.start("echo", [sys.executable, "-m", "bench.echo", "--port", "0"],
-                                     tmp / "echo.log", server_cpu)
-                servers[label] = (srv, None)
+        base_tree = None
+        if args.baseline is not None:
+            base_tree, commit = trees.enter_context(baseline_tree(args.baseline, tmp))
+            labels.insert(1, "baseline")
+            print(f"baseline: hushwire serve of {args.baseline} ({commit}), searched like this tree's")
+        servers = await _start_servers(args, children, tmp, server_cpu, labels, base_tree)
         print("\nper level (as measured):")
         print("  " + " | ".join(LEVEL_HEADERS), flush=True)
-        # Rounds alternate the servers, so slow drifts in what else runs on the machine hit both.
-        order = [(r, label) for r in range(args.rounds) for label in labels]
+        # Rounds alternate the servers, so slow drifts in what else runs on the machine hit both; with a
+        # baseline, this tree's server and the baseline's swap places every other round.
+        order: list[tuple[int, str]] = []
+        for r in range(args.rounds):
+            ordered = list(labels)
+            if r % 2 and "baseline" in ordered:
+                ordered[0], ordered[1] = ordered[1], ordered[0]
+            order += [(r, label) for label in ordered]
         for i, (r, label) in enumerate(order):
-            srv, key = servers[label]
+            srv, key, metrics_port = servers[label]
             share = time.monotonic() + (deadline - time.monotonic()) / (len(order) - i)
-            search = await find_knee(label, srv.target, key, srv.pid, args, requests, share,
-                                     metrics_port if label == "hushwire" else None)
+            search = await find_knee(label, srv.target, key, srv.pid, args, requests, share, metrics_port)
             search.round = r + 1
             searches.append(search)
-
-        print("\nlevels measured:")
-        print_table(["round", *LEVEL_HEADERS],
-                    [[s.round, *lv.row(s.label, args.p99_ms)] for s in searches for lv in s.levels])
-        summary = []
-        for s in searches:
-            at = next((lv for lv in s.levels if lv.streams == s.knee), None)
-            summary.append([s.round, s.label, knee_text(s), s.first_fail if s.first_fail is not None else "–",
-                            round(at.p(50), 2) if at else "–", round(at.p(99), 2) if at else "–",
-                            f"{100 * at.server_cpu:.0f} %" if at else "–",
-                            f"{100 * at.client_cpu:.0f} %" if at else "–",
-                            f"{100 * max((lv.client_cpu for lv in s.levels), default=0):.0f} %",
-                            round(_cpu_per_stream_ms(s), 1), round(_capacity(s))])
-        print(f"knees (p99 added latency ≤ {args.p99_ms:g} ms, nothing dropped; 16 kHz mono PCM16, "
-              f"{CHUNK_MS:g} ms chunks at real time; server on one core):")
-        print_table(["round", "server", "knee (streams)", "first failing level", "p50 ms at knee", "p99 ms at knee",
-                     "server CPU at knee", "load-gen CPU at knee", "load-gen CPU max",
-                     "server CPU ms per stream-second", "streams at 100 % CPU (est.)"], summary)
-        by_label = {label: [s for s in searches if s.label == label] for label in labels}
-        if len(labels) == 2 and not all(s.levels for s in searches):
-            print("the time budget (--max-seconds) ran out before both servers were measured")
-        elif len(labels) == 2:
-            hw_knee = statistics.median(s.knee for s in by_label["hushwire"])
-            echo_knee = statistics.median(s.knee for s in by_label["echo"])
-            hw_cap = statistics.median(_capacity(s) for s in by_label["hushwire"])
-            echo_cap = statistics.median(_capacity(s) for s in by_label["echo"])
-            ratio = hw_knee / echo_knee if echo_knee else float("nan")
-            bound = (" (an upper bound: the echo knee is a lower bound)"
-                     if any(s.first_fail is None for s in by_label["echo"]) else "")
-            rounds = f" (medians of {args.rounds} rounds)" if args.rounds > 1 else ""
-            print(f"hushwire knee / echo knee{rounds} = {hw_knee:g} / {echo_knee:g} = {100 * ratio:.0f} %{bound}")
-            print(f"CPU-bound capacity estimate{rounds}: hushwire {hw_cap:.0f} / echo {echo_cap:.0f} streams = "
-                  f"{100 * hw_cap / echo_cap:.0f} %")
-            print(f"target hushwire ≥ 60 % of echo: {'met' if ratio >= 0.6 else 'MISSED'}; "
-                  f"stretch 100 streams per core: {'met' if hw_knee >= 100 else 'MISSED'}")
-            splits = [row for hw, echo in zip(by_label["hushwire"], by_label["echo"], strict=False)
-                      if (row := _split(hw, echo)) is not None]
-            if splits:
-                print(f"\nserver CPU ms per stream-second at the levels both servers ran with every chunk answered "
-                      f"and hushwire under {100 * SPLIT_MAX_CPU:.0f} % of its core (medians over those levels; "
-                      "servicer = hushwire − denoiser − echo):")
-                print_table(SPLIT_HEADERS, splits)
-                around = statistics.median(float(row[-1]) for row in splits)  # type: ignore[arg-type]
-                print(f"hushwire's CPU outside the denoiser / the echo's{rounds} = {around:.2f} "
-                      f"(issue #17 target ≤ 1.25: {'met' if around <= 1.25 else 'MISSED'})")
-        for s in searches:
-            at20 = next((lv for lv in s.levels if lv.streams == 20), None)
-            if at20 is not None and s.label == "hushwire":
-                print(f"round {s.round} {s.label}: p50 added latency at 20 streams {at20.p(50):.2f} ms")
-            busy = next((lv for lv in sorted(s.levels, key=lambda v: v.streams)
-                         if lv.client_cpu >= CLIENT_SATURATED), None)
-            if busy is not None:
-                print(f"round {s.round} {s.label}: the load generator used ≥ {100 * CLIENT_SATURATED:.0f} % of its "
-                      f"core from {busy.streams} streams on ({100 * busy.client_cpu:.0f} % there)")
+        _summary(args, labels, searches)
         if args.profile_streams and args.profile_server in servers:
-            srv, key = servers[args.profile_server]
+            srv, key, _ = servers[args.profile_server]
             out = Path(args.profile_out)
             print(f"\nprofiling {args.profile_server} at {args.profile_streams} streams for "
                   f"{args.profile_seconds:g} s → {out}")
@@ -537,6 +524,76 @@ async def _main(args: argparse.Namespace, server_cpu: int | None) -> int:
             print("  " + " | ".join(str(c) for c in level.row(f"{args.profile_server}+py-spy", args.p99_ms)))
             print_profile(out, f"{args.profile_server} under {args.profile_streams} streams")
     return 0
+
+
+def _summary(args: argparse.Namespace, labels: list[str], searches: list[Search]) -> None:
+    print("\nlevels measured:")
+    print_table(["round", *LEVEL_HEADERS],
+                [[s.round, *lv.row(s.label, args.p99_ms)] for s in searches for lv in s.levels])
+    summary = []
+    for s in searches:
+        at = next((lv for lv in s.levels if lv.streams == s.knee), None)
+        summary.append([s.round, s.label, knee_text(s), s.first_fail if s.first_fail is not None else "–",
+                        round(at.p(50), 2) if at else "–", round(at.p(99), 2) if at else "–",
+                        f"{100 * at.server_cpu:.0f} %" if at else "–",
+                        f"{100 * at.client_cpu:.0f} %" if at else "–",
+                        f"{100 * max((lv.client_cpu for lv in s.levels), default=0):.0f} %",
+                        round(_cpu_per_stream_ms(s), 1), round(_capacity(s))])
+    print(f"knees (p99 added latency ≤ {args.p99_ms:g} ms, nothing dropped; 16 kHz mono PCM16, "
+          f"{CHUNK_MS:g} ms chunks at real time; server on one core):")
+    print_table(["round", "server", "knee (streams)", "first failing level", "p50 ms at knee", "p99 ms at knee",
+                 "server CPU at knee", "load-gen CPU at knee", "load-gen CPU max",
+                 "server CPU ms per stream-second", "streams at 100 % CPU (est.)"], summary)
+    by_label = {label: [s for s in searches if s.label == label] for label in labels}
+    rounds = f" (medians of {args.rounds} rounds)" if args.rounds > 1 else ""
+    hws = [label for label in labels if label in HUSHWIRES]
+    if "echo" in labels and hws and not all(s.levels for s in searches):
+        print("the time budget (--max-seconds) ran out before every server was measured")
+    elif "echo" in labels and hws:
+        echo_knee = statistics.median(s.knee for s in by_label["echo"])
+        echo_cap = statistics.median(_capacity(s) for s in by_label["echo"])
+        bound = (" (an upper bound: the echo knee is a lower bound)"
+                 if any(s.first_fail is None for s in by_label["echo"]) else "")
+        for label in hws:
+            hw_knee = statistics.median(s.knee for s in by_label[label])
+            hw_cap = statistics.median(_capacity(s) for s in by_label[label])
+            ratio = hw_knee / echo_knee if echo_knee else float("nan")
+            name = "hushwire" if label == "hushwire" else "baseline hushwire"
+            print(f"{name} knee / echo knee{rounds} = {hw_knee:g} / {echo_knee:g} = {100 * ratio:.0f} %{bound}")
+            print(f"CPU-bound capacity estimate{rounds}: {name} {hw_cap:.0f} / echo {echo_cap:.0f} streams = "
+                  f"{100 * hw_cap / echo_cap:.0f} %")
+            print(f"target {name} ≥ 60 % of echo: {'met' if ratio >= 0.6 else 'MISSED'}; "
+                  f"stretch 100 streams per core: {'met' if hw_knee >= 100 else 'MISSED'}")
+        splits = {label: [row for hw, echo in zip(by_label[label], by_label["echo"], strict=False)
+                          if (row := _split(hw, echo)) is not None] for label in hws}
+        if any(splits.values()):
+            print(f"\nserver CPU ms per stream-second at the levels both servers ran with every chunk answered "
+                  f"and hushwire under {100 * SPLIT_MAX_CPU:.0f} % of its core (medians over those levels; "
+                  "servicer = hushwire − denoiser − echo):")
+            print_table(SPLIT_HEADERS, sorted((row for rows in splits.values() for row in rows),
+                                              key=lambda row: (row[0], row[1] != "hushwire")))
+            for label, rows in splits.items():
+                if rows:
+                    around = statistics.median(float(row[-1]) for row in rows)  # type: ignore[arg-type]
+                    name = "hushwire's" if label == "hushwire" else "the baseline's"
+                    print(f"{name} CPU outside the denoiser / the echo's{rounds} = {around:.2f} "
+                          f"(issue #17 target ≤ 1.25: {'met' if around <= 1.25 else 'MISSED'})")
+    if "baseline" in labels and "hushwire" in labels:
+        vs = [(hw.round, r) for hw, base in zip(by_label["hushwire"], by_label["baseline"], strict=False)
+              if (r := _around_vs(hw, base)) is not None]
+        if vs:
+            print("this tree's CPU per stream-second outside the denoiser / the baseline's, per round: "
+                  + ", ".join(f"{r:.2f}" for _, r in vs)
+                  + f"; median {statistics.median(r for _, r in vs):.2f}")
+    for s in searches:
+        at20 = next((lv for lv in s.levels if lv.streams == 20), None)
+        if at20 is not None and s.label in HUSHWIRES:
+            print(f"round {s.round} {s.label}: p50 added latency at 20 streams {at20.p(50):.2f} ms")
+        busy = next((lv for lv in sorted(s.levels, key=lambda v: v.streams)
+                     if lv.client_cpu >= CLIENT_SATURATED), None)
+        if busy is not None:
+            print(f"round {s.round} {s.label}: the load generator used ≥ {100 * CLIENT_SATURATED:.0f} % of its "
+                  f"core from {busy.streams} streams on ({100 * busy.client_cpu:.0f} % there)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,11 +610,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--only", choices=["hushwire", "echo"], help="search one server only")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also search hushwire serve of git REF (a temporary worktree), alternating with "
+                             "this tree's, and print this tree's CPU outside the denoiser over the baseline's")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat both searches, alternating the servers; the summary takes medians")
     parser.add_argument("--profile-streams", type=int, default=0,
                         help="after the search, profile hushwire serve with py-spy at this many streams")
-    parser.add_argument("--profile-server", choices=["hushwire", "echo"], default="hushwire",
+    parser.add_argument("--profile-server", choices=["hushwire", "baseline", "echo"], default="hushwire",
                         help="which server --profile-streams profiles")
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--profile-out", default="server-profile.txt", help="py-spy collapsed stacks")

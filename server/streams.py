@@ -302,21 +302,27 @@ class StreamBatcher:
 
         ``seconds`` is this chunk's share of its batch's processing time.
         """
+        return await self.submit(session, audio)
+
+    def submit(self, session: StreamSession, audio: bytes) -> asyncio.Future[tuple[bytes, float, float]]:
+        """Queue one chunk (checked now, decoded with its batch); the future gets what :meth:`process`
+        returns. The servicer awaits it directly: one coroutine frame less to resume per chunk."""
         session.check(audio)   # decoded with the rest of its batch
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[bytes, float, float]] = loop.create_future()
-        self._queue.append((session, audio, fut))
+        queue = self._queue
+        queue.append((session, audio, fut))
         if not self._scheduled:
             self._scheduled = True
             if self.window_s > 0 and self._open_streams() >= self.min_streams:
                 self._timer = loop.call_later(self.window_s, self._run)
             else:
                 loop.call_soon(self._run)
-        elif self._timer is not None and len(self._queue) >= self._open_streams():
+        elif self._timer is not None and len(queue) >= self._open_streams():
             self._timer.cancel()  # every open stream is waiting: no one else can join
             self._timer = None
             loop.call_soon(self._run)
-        return await fut
+        return fut
 
     def _run(self) -> None:
         self._scheduled = False
@@ -327,10 +333,23 @@ class StreamBatcher:
             if not item[2].done():  # a cancelled stream's chunk is dropped (its state may be freed)
                 by_pool.setdefault(item[0].denoiser.pool, []).append(item)
         for pool, items in by_pool.items():
-            t0 = time.perf_counter()
-            try:
-                groups = _by_encoding(items)
-                xs: list[npt.NDArray[np.float32]] = [np.empty(0, np.float32)] * len(items)
+            self._run_batch(pool, items)
+
+    def _run_batch(self, pool: DenoiserPool, items: list[_Queued]) -> None:
+        """One pool's chunks: decode, denoise, encode, answer; the metrics once per batch."""
+        t0 = time.perf_counter()
+        n = len(items)
+        try:
+            groups = _by_encoding(items)
+            if len(groups) == 1:   # the usual case: one encoding, the codec once for the batch
+                encoding = items[0][0].encoding
+                xs = pcm.decode_many([item[1] for item in items], encoding, [item[0].channels for item in items])
+                cpu1 = time.thread_time()
+                outs = pool.process_many([(item[0].denoiser, x) for item, x in zip(items, xs, strict=True)])
+                cpu2 = time.thread_time()
+                audio = pcm.encode_many(outs, encoding)
+            else:
+                xs = [np.empty(0, np.float32)] * n
                 for group in groups:   # the codec runs once per batch and encoding, not once per chunk
                     decoded = pcm.decode_many([items[i][1] for i in group], items[group[0]][0].encoding,
                                               [items[i][0].channels for i in group])
@@ -339,28 +358,33 @@ class StreamBatcher:
                 cpu1 = time.thread_time()
                 outs = pool.process_many([(item[0].denoiser, x) for item, x in zip(items, xs, strict=True)])
                 cpu2 = time.thread_time()
-                audio: list[bytes] = [b""] * len(items)
+                audio = [b""] * n
                 for group in groups:
                     encoded = pcm.encode_many([outs[i] for i in group], items[group[0]][0].encoding)
                     for i, data in zip(group, encoded, strict=True):
                         audio[i] = data
-            except Exception as exc:  # a bug, not bad input (chunks are checked in process): fail this batch only
-                for _, _, fut in items:
-                    fut.set_exception(exc)
-                continue
-            n = len(items)
-            share = (time.perf_counter() - t0) / n
-            self.batches += 1
-            self.chunks += n
-            METRICS.batch_chunks.observe(n)
-            METRICS.denoiser_cpu.inc(cpu2 - cpu1)
-            observe_many(METRICS.chunk_seconds, share, n)
-            rate = items[0][0].sample_rate_hz   # one pool per rate
-            for (session, _, fut), y, out in zip(items, outs, audio, strict=True):
-                session.frames_out += y.shape[0]
-                fut.set_result((out, float(session.denoiser.voice_probability), share))
-            # Real-time factor: this share over the chunk's duration; chunks of one size share a bucket.
-            sizes = collections.Counter((len(data), session.frame_bytes) for session, data, _ in items)
-            for (nbytes, frame_bytes), count in sizes.items():
-                if nbytes:
-                    observe_many(METRICS.realtime_factor, share * rate * frame_bytes / nbytes, count)
+        except Exception as exc:  # a bug, not bad input (chunks are checked in process): fail this batch only
+            for _, _, fut in items:
+                fut.set_exception(exc)
+            return
+        share = (time.perf_counter() - t0) / n
+        self.batches += 1
+        self.chunks += n
+        METRICS.batch_chunks.observe(n)
+        METRICS.denoiser_cpu.inc(cpu2 - cpu1)
+        observe_many(METRICS.chunk_seconds, share, n)
+        for (session, _, fut), y, out in zip(items, outs, audio, strict=True):
+            session.frames_out += y.shape[0]
+            fut.set_result((out, session.denoiser.voice_probability, share))
+        # Real-time factor: this share over the chunk's duration; chunks of one size share a bucket
+        # (all of them, in the usual batch: equal chunks of streams of one layout).
+        rate = items[0][0].sample_rate_hz   # one pool per rate
+        first, first_bytes = items[0][0].frame_bytes, len(items[0][1])
+        if all(len(data) == first_bytes and session.frame_bytes == first for session, data, _ in items):
+            if first_bytes:
+                observe_many(METRICS.realtime_factor, share * rate * first / first_bytes, n)
+            return
+        sizes = collections.Counter((len(data), session.frame_bytes) for session, data, _ in items)
+        for (nbytes, frame_bytes), count in sizes.items():
+            if nbytes:
+                observe_many(METRICS.realtime_factor, share * rate * frame_bytes / nbytes, count)

@@ -40,11 +40,14 @@ def table_rows(out: str, column: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_streams_quick_prints_both_knees() -> None:
-    out = run_bench("bench.streams")
+def test_streams_quick_prints_the_knees_of_this_tree_the_baseline_and_the_echo() -> None:
+    out = run_bench("bench.streams", "--baseline", "HEAD")
     knees = table_rows(out, "knee (streams)")
-    assert {r["server"] for r in knees} == {"hushwire", "echo"}
-    assert "hushwire knee / echo knee" in out
+    assert {r["server"] for r in knees} == {"hushwire", "baseline", "echo"}
+    assert "hushwire knee / echo knee" in out and "baseline hushwire knee / echo knee" in out
+    worktrees = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout
+    assert "hushwire-bench-" not in worktrees  # the baseline's temporary worktree is gone
 
 
 def test_denoiser_quick_prints_hop_costs_and_job_throughput() -> None:
