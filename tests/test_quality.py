@@ -57,7 +57,20 @@ def test_every_snr_band_and_noise_type_improves(set16k: dict[str, Any]) -> None:
         # babble is the hard case: measured ΔPESQ +0.101, ΔESTOI +0.011; the others ΔPESQ >= +0.37
         floor = 0.08 if kind == "babble" else 0.35
         assert a["pesq_delta"] >= floor, (kind, a)
-        assert a["estoi_delta"] >= 0.005, (kind, a)
+
+
+# Each noise type's ΔESTOI as measured with the shipped weights (issue #15), less 0.005: a group
+# holds 5 clips, so that is about its noise; a model that trades one type's intelligibility for
+# the mean fails here even when test_mean_improvement_holds passes.
+ESTOI_DELTA_MEASURED = {"babble": 0.0108, "car": 0.0814, "fan": 0.1444, "hum": 0.1072, "keyboard": 0.0521,
+                        "music": 0.0640, "pink": 0.1013, "white": 0.0997}
+
+
+def test_no_noise_types_intelligibility_drops(set16k: dict[str, Any]) -> None:
+    types = set16k["groups"]["noise_type"]
+    assert set(types) == set(ESTOI_DELTA_MEASURED)
+    for kind, a in types.items():
+        assert a["estoi_delta"] >= ESTOI_DELTA_MEASURED[kind] - 0.005, (kind, a["estoi_delta"])
 
 
 def test_no_clip_gets_worse(set16k: dict[str, Any]) -> None:
