@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -56,6 +58,18 @@ def localhost_twice(tmp_path: Path) -> dict[str, str]:
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
     return {**os.environ, "LD_PRELOAD": found[0], "NSS_WRAPPER_HOSTS": str(hosts)}
+
+
+@contextlib.contextmanager
+def sqlite_write_lock(path: Path | str) -> Iterator[None]:
+    """Hold the SQLite file's write lock from another connection inside the block (reads go on: WAL)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        yield
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes], what: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

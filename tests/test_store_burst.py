@@ -15,15 +15,12 @@ the writes under way take every store thread while the burst arrives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, create_key, start_server
+from conftest import ServerProcess, create_key, sqlite_write_lock, start_server
 from test_gateway import GatewayProcess, start_gateway
 
 from hushwire.contract.errors import RETRY_AFTER_SECONDS
@@ -47,18 +44,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
         assert srv.stop() == 0, srv.log
 
 
-@contextlib.contextmanager
-def _write_lock(path: Path) -> Iterator[None]:
-    """Hold the SQLite file's write lock from another connection (reads go on: WAL)."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("BEGIN EXCLUSIVE")
-        yield
-        db.execute("ROLLBACK")
-    finally:
-        db.close()
-
-
 def test_a_burst_past_the_store_bound_waits_its_turn_and_gets_its_answers(
         stack: tuple[ServerProcess, GatewayProcess, str]) -> None:
     srv, gw, key = stack
@@ -68,7 +53,7 @@ def test_a_burst_past_the_store_bound_waits_its_turn_and_gets_its_answers(
         limits = httpx.Limits(max_connections=BURST + 2 * STORE_THREADS)
         async with httpx.AsyncClient(base_url=gw.url, timeout=30, trust_env=False, limits=limits) as http:
             assert (await http.get("/me", headers=headers)).status_code == 200   # connections warm
-            with _write_lock(srv.data_dir / "hushwire.db"):
+            with sqlite_write_lock(srv.data_dir / "hushwire.db"):
                 # Writes that wait for the lock: they hold every store thread, so the key checks of
                 # the burst queue behind them.
                 writes = [asyncio.ensure_future(http.post("/me/webhook-secret", headers=headers))
@@ -90,7 +75,7 @@ def test_a_database_that_does_not_answer_is_503_with_retry_after(
         stack: tuple[ServerProcess, GatewayProcess, str]) -> None:
     srv, gw, key = stack
     with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as http, \
-            _write_lock(srv.data_dir / "hushwire.db"):
+            sqlite_write_lock(srv.data_dir / "hushwire.db"):
         t0 = time.monotonic()
         r = http.post("/me/webhook-secret", headers={"Authorization": key})
         took = time.monotonic() - t0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, create_key, start_server
+from conftest import ServerProcess, create_key, sqlite_write_lock, start_server
 from pg_fixtures import fresh_database_url
 
 from client import HushwireClientError, JobsClient
@@ -114,16 +113,8 @@ def _p99(x: np.ndarray) -> float:
     return float(np.percentile(x, 99))
 
 
-@contextlib.contextmanager
-def _sqlite_lock(url: str) -> Iterator[None]:
-    """Hold the SQLite file's write lock from another connection."""
-    db = sqlite3.connect(url[len("sqlite://"):], isolation_level=None)
-    try:
-        db.execute("BEGIN EXCLUSIVE")
-        yield
-        db.execute("ROLLBACK")
-    finally:
-        db.close()
+def _sqlite_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    return sqlite_write_lock(url[len("sqlite://"):])
 
 
 @contextlib.contextmanager

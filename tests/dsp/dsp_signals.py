@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 
@@ -48,3 +51,20 @@ def run(den, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
         parts = [den.process(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
     parts.append(den.flush())
     return np.concatenate(parts)
+
+
+def noisy_speech(sr: int, seconds: float) -> np.ndarray:
+    """:func:`speech_like` in white noise at -30 dBFS: one channel, float32, shape (samples, 1)."""
+    return (speech_like(sr, seconds) + white(sr, seconds, level_dbfs=-30.0)).astype(np.float32)[:, None]
+
+
+@contextlib.contextmanager
+def weights_in_use(weights: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """The denoiser's model runs ``weights`` inside the block, and what it ran before after it."""
+    from server.dsp import denoiser as denoiser_mod
+
+    saved = denoiser_mod.use_weights(weights)
+    try:
+        yield weights
+    finally:
+        denoiser_mod.use_weights(saved)

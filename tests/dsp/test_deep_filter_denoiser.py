@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from dsp_signals import energy_db, run, speech_like, white
+from dsp_signals import energy_db, noisy_speech, run, weights_in_use, white
 from test_model import _random_weights
 
 from server.dsp import SUPPORTED_RATES, Denoiser
@@ -20,23 +20,15 @@ from server.dsp import denoiser as denoiser_mod
 
 @pytest.fixture
 def df_weights() -> Iterator[dict[str, np.ndarray]]:
-    w = _random_weights(seed=11, df_bins=128, df_taps=2)
-    saved = denoiser_mod.use_weights(w)
-    try:
+    with weights_in_use(_random_weights(seed=11, df_bins=128, df_taps=2)) as w:
         yield w
-    finally:
-        denoiser_mod.use_weights(saved)
-
-
-def _mix(sr: int, seconds: float) -> np.ndarray:
-    return (speech_like(sr, seconds) + white(sr, seconds, level_dbfs=-30.0)).astype(np.float32)[:, None]
 
 
 def test_the_engine_runs_the_deep_filter(df_weights: dict[str, np.ndarray]) -> None:
     den = Denoiser(16000)
     model = den.pool.model
     assert model is not None and model.df_bins == 128
-    x = _mix(16000, 1.0)
+    x = noisy_speech(16000, 1.0)
     y = run(den, x)[den.latency_samples :]
     # the same weights with the filter's output layer zeroed: a different output
     denoiser_mod.use_weights({**df_weights, "df.weight": df_weights["df.weight"] * 0.0,
@@ -48,7 +40,7 @@ def test_the_engine_runs_the_deep_filter(df_weights: dict[str, np.ndarray]) -> N
 
 @pytest.mark.parametrize("rate", SUPPORTED_RATES)
 def test_chunking_does_not_change_the_output(df_weights: dict[str, np.ndarray], rate: int) -> None:
-    x = _mix(rate, 0.6)
+    x = noisy_speech(rate, 0.6)
     whole = run(Denoiser(rate), x)
     for chunk in (1 + rate // 100, round(rate * 0.037)):
         np.testing.assert_allclose(run(Denoiser(rate), x, chunk=chunk), whole, atol=1e-6)
@@ -57,7 +49,7 @@ def test_chunking_does_not_change_the_output(df_weights: dict[str, np.ndarray], 
 @pytest.mark.parametrize("rate", [8000, 44100, 48000])
 @pytest.mark.parametrize("mode", ["limit0", "bypass"])
 def test_pass_through_is_exact(df_weights: dict[str, np.ndarray], rate: int, mode: str) -> None:
-    x = _mix(rate, 0.5)
+    x = noisy_speech(rate, 0.5)
     den = Denoiser(rate, attenuation_limit_db=0 if mode == "limit0" else None)
     den.bypass = mode == "bypass"
     y = run(den, x, chunk=rate // 30)

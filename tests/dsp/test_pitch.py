@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from dsp_signals import run, speech_like, white
+from dsp_signals import noisy_speech, run, weights_in_use
 from test_model import _random_weights
 
 from server.dsp import SUPPORTED_RATES, Denoiser
@@ -91,22 +91,14 @@ def test_silence_gives_zeros_not_nans() -> None:
 
 @pytest.fixture
 def pitch_weights() -> Iterator[dict[str, np.ndarray]]:
-    w = _random_weights(seed=12, pitch_dense=8)
-    saved = denoiser_mod.use_weights(w)
-    try:
+    with weights_in_use(_random_weights(seed=12, pitch_dense=8)) as w:
         yield w
-    finally:
-        denoiser_mod.use_weights(saved)
-
-
-def _mix(sr: int, seconds: float) -> np.ndarray:
-    return (speech_like(sr, seconds) + white(sr, seconds, level_dbfs=-30.0)).astype(np.float32)[:, None]
 
 
 def test_the_engine_feeds_the_features_to_the_model(pitch_weights: dict[str, np.ndarray]) -> None:
     den = Denoiser(16000)
     assert den.pool.model is not None and den.pool.model.n_pitch == 41
-    x = _mix(16000, 1.0)
+    x = noisy_speech(16000, 1.0)
     y = run(den, x)
     denoiser_mod.use_weights({**pitch_weights, "dense_p.weight": pitch_weights["dense_p.weight"] * 0.0})
     z = run(Denoiser(16000), x)
@@ -115,7 +107,7 @@ def test_the_engine_feeds_the_features_to_the_model(pitch_weights: dict[str, np.
 
 @pytest.mark.parametrize("rate", SUPPORTED_RATES)
 def test_chunking_does_not_change_the_output(pitch_weights: dict[str, np.ndarray], rate: int) -> None:
-    x = _mix(rate, 0.6)
+    x = noisy_speech(rate, 0.6)
     whole = run(Denoiser(rate), x)
     for chunk in (1 + rate // 100, round(rate * 0.037)):
         np.testing.assert_allclose(run(Denoiser(rate), x, chunk=chunk), whole, atol=1e-6)
@@ -124,7 +116,7 @@ def test_chunking_does_not_change_the_output(pitch_weights: dict[str, np.ndarray
 def test_batched_streams_match_single_streams(pitch_weights: dict[str, np.ndarray]) -> None:
     """One hop of several streams as one batch gives each stream what it gets alone."""
     rate, hop = 16000, 160
-    xs = [_mix(rate, 0.4) * g for g in (1.0, 0.3, 2.0)]
+    xs = [noisy_speech(rate, 0.4) * g for g in (1.0, 0.3, 2.0)]
     alone = [run(Denoiser(rate), x, chunk=hop) for x in xs]
     pool = Denoiser(rate).pool
     dens = [Denoiser(rate, pool=pool) for _ in xs]
