@@ -46,17 +46,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def localhost_twice(tmp_path: Path) -> dict[str, str]:
-    """An environment in which ``localhost`` names 127.0.0.1 and ::1 (in that order), whatever this
-    machine's /etc/hosts says: nss_wrapper (Debian's libnss-wrapper, installed by .ci/run) makes the
-    processes started with it resolve names from a hosts file of their own."""
+def localhost_twice(tmp_path: Path, second: str = "::1") -> dict[str, str]:
+    """An environment in which ``localhost`` names 127.0.0.1 and ``second`` (in that order), whatever
+    this machine's /etc/hosts says: nss_wrapper (Debian's libnss-wrapper, installed by .ci/run) makes
+    the processes started with it resolve names from a hosts file of their own."""
     import glob
 
     found = sorted(glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so"))
     if not found:
         pytest.skip("libnss-wrapper is not installed (apt-get install libnss-wrapper)")
     hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+    hosts.write_text(f"127.0.0.1 localhost\n{second} localhost\n")
     return {**os.environ, "LD_PRELOAD": found[0], "NSS_WRAPPER_HOSTS": str(hosts)}
 
 

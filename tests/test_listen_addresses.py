@@ -13,8 +13,10 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import HUSHWIRE, ROOT, localhost_twice, start_logged, start_server, stop_process
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ADDRESSES = ("127.0.0.1", "[::1]")
 
@@ -62,6 +64,24 @@ def test_a_busy_metrics_port_is_a_one_line_error(tmp_path: Path, processes: str)
     assert out.returncode == 2, out.stderr
     assert f"hushwire: --metrics-port: cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "listening on" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_an_address_the_machine_does_not_have_is_left_out(tmp_path: Path, processes: str) -> None:
+    """``localhost`` listed with an address this machine lacks (::1 in a container with IPv6 off; here
+    192.0.2.1, TEST-NET-1): the server starts on the addresses it has, as grpc itself does with a name,
+    and says which it left out; it used to refuse to start."""
+    srv = start_server(tmp_path, "--host", "localhost", "--processes", processes, "--workers", "0",
+                       "--health-http-host", "localhost", "--health-http-port", "0",
+                       env=localhost_twice(tmp_path, "192.0.2.1"))
+    try:
+        assert "localhost: 192.0.2.1 is not configured on this machine: listening on 127.0.0.1 only" in srv.log
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert _get(f"http://127.0.0.1:{_port(srv.log, 'health mirror')}/readyz")[0] == 200
+    finally:
+        assert srv.stop() == 0, srv.log
 
 
 def test_gateway_serves_every_address(tmp_path: Path) -> None:

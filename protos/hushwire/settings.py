@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import tomllib
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 
+_log = logging.getLogger("hushwire")
 _PORT_TRIES = 5   # picks of a port free on every address (port 0) before giving up
 
 
@@ -91,23 +93,42 @@ def bind_all(host: str, port: int, what: str = "") -> tuple[list[socket.socket],
     """Sockets bound (not listening, no ``SO_REUSEPORT``) on every address of ``host``
     (:func:`listen_hosts`), all on one port: ``port``, or for 0 one the OS picked that is free on every
     address. A busy or bad address is a one-line :class:`ConfigError` (``what`` names the setting)
-    before anything else starts."""
+    before anything else starts.
+
+    An address of a name that this machine does not have (``localhost``'s ::1 where IPv6 is off, as
+    in many containers whose /etc/hosts still lists it) is left out with a warning, as grpc leaves it
+    out when it resolves the name itself: the name is served on the addresses that exist, and only a
+    name none of whose addresses exists is an error."""
     hosts = listen_hosts(host, port)
     for _ in range(_PORT_TRIES):
         bound: list[socket.socket] = []
+        absent: list[str] = []
         got = port
         try:
             for family, address in hosts:
                 sock = tcp_socket(family)
-                bound.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((address, got))
+                try:
+                    sock.bind((address, got))
+                except OSError as exc:
+                    sock.close()
+                    if exc.errno != errno.EADDRNOTAVAIL or len(hosts) == 1:
+                        raise
+                    absent.append(address)
+                    continue
+                bound.append(sock)
                 got = int(sock.getsockname()[1])
+            if not bound:
+                raise ConfigError(f"{what}cannot listen on {host}:{port}: none of its addresses "
+                                  f"({', '.join(absent)}) is configured on this machine")
+            for address in absent:
+                _log.warning("%s%s: %s is not configured on this machine: listening on %s only", what, host,
+                             address, ", ".join(str(s.getsockname()[0]) for s in bound))
             return bound, got
         except OSError as exc:
             for sock in bound:
                 sock.close()
-            if port == 0 and len(bound) > 1 and exc.errno == errno.EADDRINUSE:
+            if port == 0 and bound and exc.errno == errno.EADDRINUSE:
                 continue   # the OS's pick for the first address is taken on another: pick again
             where = f" ({address})" if len(hosts) > 1 else ""
             raise ConfigError(f"{what}cannot listen on {host}:{got}{where}: {exc.strerror or exc}") from None
