@@ -41,7 +41,7 @@ _SECRETS = SECRET_SETTINGS  # never flags: they would show in `ps`
 _GATEWAY_SETTINGS = ["gateway_host", "gateway_port", "grpc_target", "public_url", "log_level", "log_format",
                      "connect_timeout", "max_upload_bytes", "upload_idle_seconds", "http_keepalive_seconds",
                      "gateway_tls_cert", "gateway_tls_key", "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key",
-                     "grpc_connections"]
+                     "grpc_connections", "max_connections"]
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", default=None, help="listen port, 0 for any [env HUSHWIRE_GATEWAY_PORT] (default: 8080)")
     for name in ("grpc_target", "public_url", "log_level", "log_format", "connect_timeout", "max_upload_bytes",
                  "upload_idle_seconds", "http_keepalive_seconds", "gateway_tls_cert", "gateway_tls_key",
-                 "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections"):
+                 "grpc_tls_ca", "grpc_tls_cert", "grpc_tls_key", "grpc_connections", "max_connections"):
         _flag(gw, name)
     gw.set_defaults(func=_cmd_gateway)
 

@@ -184,6 +184,50 @@ class _CatchAll:
                 await response(scope, receive, send)
 
 
+class _ConnectionLimit:
+    """At most ``limit`` connections served at once (``--max-connections``): each HTTP request in flight
+    and each open WebSocket counts, from its start to its last byte. Idle keep-alive connections do not
+    count, so they never starve new requests (they close after ``--http-keepalive-seconds``). Past the
+    limit a request gets 503 OVERLOADED with ``Retry-After`` and ``Connection: close`` (the connection
+    is freed too), and a ``/live`` WebSocket is refused as a full server refuses it (error message, close
+    1013). Liveness and metrics (:data:`UNCOUNTED_PATHS`) always answer: a busy gateway is not a dead one.
+
+    uvicorn's own ``limit_concurrency`` counts idle connections too and answers in plain text."""
+
+    UNCOUNTED_PATHS = frozenset({"/healthz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+        self.full = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.UNCOUNTED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            error = GatewayError("OVERLOADED", f"the gateway is serving its maximum of {self.limit} connections "
+                                               "(--max-connections); try again shortly")
+            if not self.full:   # once per time the limit is reached, not once per refusal
+                log.warning("%d connections busy (--max-connections): refusing new requests with OVERLOADED",
+                            self.active)
+                self.full = True
+            if scope["type"] == "websocket":
+                await LiveBridge.refuse(WebSocket(scope, receive, send), error)
+            else:
+                response = error.response()
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.full = self.full and self.active >= self.limit
+
+
 class _Gateway:
     """The route handlers, bound to one config and one upstream channel."""
 
@@ -447,6 +491,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(_CatchAll)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(_ConnectionLimit, limit=config.max_connections)   # outermost: a refusal costs nothing
     return app
 
 

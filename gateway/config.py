@@ -31,6 +31,7 @@ class GatewayConfig:
     grpc_tls_cert: str | None = default("grpc_tls_cert")
     grpc_tls_key: str | None = default("grpc_tls_key")
     grpc_connections: int = default("grpc_connections")
+    max_connections: int = default("max_connections")
 
     def __post_init__(self) -> None:
         if (self.gateway_tls_cert is None) != (self.gateway_tls_key is None):

@@ -425,11 +425,20 @@ class LiveBridge:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(code), CLOSE_TIMEOUT_S)
 
-    async def _fail(self, ws: WebSocket, err: GatewayError) -> None:
+    @classmethod
+    async def refuse(cls, ws: WebSocket, err: GatewayError) -> None:
+        """Refuse a ``/live`` WebSocket before any stream opens, as a refusal from the server is sent:
+        accepted, the error message, then the close code for ``err`` (1013 for OVERLOADED)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.accept(), CLOSE_TIMEOUT_S)
+            await cls._fail(ws, err)
+
+    @classmethod
+    async def _fail(cls, ws: WebSocket, err: GatewayError) -> None:
         log.info("live stream ended: %s %s", err.code, err.msg)
         body = json.dumps({"error": {"code": err.code, "msg": err.msg}})
         if err.code != "SLOW_CONSUMER":   # a client that reads nothing would not get it either
             with contextlib.suppress(_ClientGone, GatewayError):
-                await asyncio.wait_for(self._send(ws, text=body), CLOSE_TIMEOUT_S)
-        await self._close(ws, close_code(err))
+                await asyncio.wait_for(cls._send(ws, text=body), CLOSE_TIMEOUT_S)
+        await cls._close(ws, close_code(err))
 

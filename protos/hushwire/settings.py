@@ -266,6 +266,10 @@ _HELP = {
                               "keep it above the idle time of the clients and balancers in front (httpx 5 s, "
                               "aiohttp 15 s, HAProxy's server pool 5 s, AWS ALB 60 s), so that they close "
                               "first: a request sent as the gateway closes its connection gets no reply",
+    "max_connections": "the most connections the gateway serves at once: each HTTP request in flight and each "
+                       "open `/live` WebSocket counts (idle keep-alive connections do not; they close after "
+                       "`--http-keepalive-seconds`); past it a request gets 503 OVERLOADED with Retry-After and "
+                       "`/live` closes with 1013 (`/healthz` and `/metrics` always answer)",
     "target": "the server a client command talks to",
     "key": "the API key of a client command",
     "log_level": "debug, info, warning or error",
@@ -399,6 +403,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("upload_idle_seconds", "HUSHWIRE_UPLOAD_IDLE_SECONDS", "gateway.upload_idle_seconds", 60.0, float),
         Setting("http_keepalive_seconds", "HUSHWIRE_GATEWAY_HTTP_KEEPALIVE_SECONDS", "gateway.http_keepalive_seconds",
                 75, _positive_int),
+        Setting("max_connections", "HUSHWIRE_GATEWAY_MAX_CONNECTIONS", "gateway.max_connections", 2000,
+                _positive_int),
         Setting("target", "HUSHWIRE_TARGET", None, TARGET),
         Setting("key", "HUSHWIRE_API_KEY", None, None),
         Setting("log_level", "HUSHWIRE_LOG_LEVEL", "log.level", "info", str.lower),
