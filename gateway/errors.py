@@ -12,7 +12,8 @@ Tree::
     │     anything else      502 UPSTREAM_ERROR
     └── raised by the gateway itself for the HTTP shape of a request:
           400/415 INVALID_REQUEST, 400 INVALID_FILE (no file), 413 FILE_TOO_LARGE, 408 REQUEST_TIMEOUT,
-          404 NOT_FOUND / 405 METHOD_NOT_ALLOWED (no such route or method), 500 INTERNAL (a bug, with an id)
+          404 NOT_FOUND / 405 METHOD_NOT_ALLOWED (no such route or method), 500 INTERNAL (a bug, with an id),
+          503 OVERLOADED (past ``--max-connections``, gateway.app._ConnectionLimit)
 
 :func:`from_rpc_error` is the only place that turns a gRPC failure into an HTTP status;
 :func:`from_call_error` is the same for a streaming call, where a write racing the server's end of

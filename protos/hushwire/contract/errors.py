@@ -14,7 +14,8 @@ Tree (docs/design.md, "Errors")::
     SLOW_CONSUMER          –   / RESOURCE_EXHAUSTED   (stream only; 429 if it ever reached HTTP)
     REQUEST_TIMEOUT        408 / DEADLINE_EXCEEDED
     OVERLOADED             503 / UNAVAILABLE          (with Retry-After; /live closes with 1013; why in the
-                                                      trailer hushwire-refused-for: load, cap or users)
+                                                      trailer hushwire-refused-for: load, cap or users;
+                                                      the gateway's own, past --max-connections, has none)
     IDEMPOTENCY_CONFLICT   409 / ALREADY_EXISTS
     SERVICE_UNAVAILABLE    503 / UNAVAILABLE          (with Retry-After)
     INTERNAL               500 / INTERNAL
