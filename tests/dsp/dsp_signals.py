@@ -58,6 +58,16 @@ def noisy_speech(sr: int, seconds: float) -> np.ndarray:
     return (speech_like(sr, seconds) + white(sr, seconds, level_dbfs=-30.0)).astype(np.float32)[:, None]
 
 
+def assert_chunking_invariant(rate: int) -> None:
+    """The weights in use give the same output for :func:`noisy_speech` whole and in two chunkings."""
+    from server.dsp import Denoiser
+
+    x = noisy_speech(rate, 0.6)
+    whole = run(Denoiser(rate), x)
+    for chunk in (1 + rate // 100, round(rate * 0.037)):
+        np.testing.assert_allclose(run(Denoiser(rate), x, chunk=chunk), whole, atol=1e-6)
+
+
 @contextlib.contextmanager
 def weights_in_use(weights: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """The denoiser's model runs ``weights`` inside the block, and what it ran before after it."""
